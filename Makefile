@@ -1,0 +1,45 @@
+# ModelPress front door. `make run` and `make test` create .venv and install on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+# No telemetry: the machines this runs on have no outside network.
+export DVC_NO_ANALYTICS := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: help install run test test-all lint format clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --constraint constraints.txt -e '.[dev]'
+	@touch $@
+
+install: $(STAMP)  ## create .venv and install everything (pinned)
+
+run: $(STAMP)  ## run the whole pipeline (dvc repro) on params.yaml and print the variants table
+	$(BIN)/dvc repro
+	$(BIN)/modelpress table metrics/variants.json
+
+test: $(STAMP)  ## run the test suite (offline, CPU-only, slow tests included)
+	$(BIN)/pytest
+
+test-fast: $(STAMP)  ## run the tests without the slow marker
+	$(BIN)/pytest -m "not slow"
+
+lint: $(STAMP)  ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)  ## apply ruff fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:  ## remove pipeline outputs (keeps .venv)
+	rm -rf data models variants metrics plots reports dvc.lock .dvc/tmp .dvc/cache

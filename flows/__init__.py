@@ -1,0 +1,1 @@
+"""ModelPress flows and the command-line entry point."""

@@ -1,0 +1,1 @@
+"""ModelPress tasks: plain, typed functions. No Prefect needed to call them."""

@@ -1,0 +1,86 @@
+"""The per-variant stage: dispatch one variant from params.yaml to its technique's module.
+
+A technique that cannot handle this model (VariantError) records the variant as failed, with
+the reason, instead of stopping the pipeline; a variant whose source failed is failed in turn.
+Bad input (config, files) still stops with a one-line error.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tasks import distilled, pruned, tensorrt_fp16, tflite_int8
+from tasks.config import Params, load_params
+from tasks.data import load_preprocess, load_split
+from tasks.errors import ConfigError, VariantError
+from tasks.io import atomic_dir, read_json
+from tasks.train import load_baseline
+from tasks.variant import VariantRecord, read_record, write_record
+
+
+def compress(
+    params: Params, name: str, data_dir: Path, baseline_dir: Path, source_dir: Path, out_dir: Path
+) -> VariantRecord:
+    """Build variant `name` into out_dir; returns its record (status ok, skipped or failed)."""
+    if name not in params.variants:
+        known = ", ".join(params.variants) or "none"
+        raise ConfigError(f"variants.{name}: unknown variant; params.yaml defines: {known}")
+    cfg = params.variants[name]
+    source = read_record(source_dir)
+    preprocess = load_preprocess(data_dir)
+    if source.status != "ok":
+        return _record_failure(
+            name, cfg.technique, cfg.source, f"source '{source.name}' is {source.status}", out_dir
+        )
+    try:
+        if cfg.technique == "tflite_int8":
+            return tflite_int8.quantize(
+                name, cfg, source_dir, load_split(data_dir, "calib"), preprocess, out_dir
+            )
+        teacher = load_baseline(baseline_dir) if cfg.source == "baseline" else None
+        baseline_sha = read_json(baseline_dir / "baseline.json")["sha256"]
+        test = load_split(data_dir, "test")
+        if cfg.technique == "tensorrt_fp16":
+            return tensorrt_fp16.build(name, cfg, source_dir, teacher, test, preprocess, out_dir)
+        train, val = load_split(data_dir, "train"), load_split(data_dir, "val")
+        technique = pruned.prune if cfg.technique == "pruned" else distilled.distill
+        return technique(
+            name, cfg, teacher, train, val, test, preprocess, baseline_sha, params.seed, out_dir
+        )
+    except VariantError as exc:
+        return _record_failure(name, cfg.technique, cfg.source, str(exc), out_dir)
+
+
+def _record_failure(
+    name: str, technique: str, source: str, reason: str, out_dir: Path
+) -> VariantRecord:
+    record = VariantRecord(
+        name=name, technique=technique, status="failed", source=source, reason=reason
+    )
+    with atomic_dir(out_dir) as staging:
+        write_record(staging, record)
+    return record
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="compress: build one variant")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument(
+        "--name", required=True, help="variant name (a key of params.yaml variants)"
+    )
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--baseline", type=Path, required=True, help="the train stage's output")
+    parser.add_argument("--source", type=Path, required=True, help="the source variant's directory")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    record = compress(params, args.name, args.data, args.baseline, args.source, args.out)
+    note = f" ({record.reason})" if record.reason else ""
+    print(f"compress: {args.name} [{record.technique}] {record.status}{note} → {args.out}")
+
+
+if __name__ == "__main__":
+    from tasks.cli_support import run_main
+
+    run_main(main)

@@ -1,0 +1,220 @@
+"""params.yaml parsed once into typed, validated models.
+
+Every knob lives in params.yaml. Entry points call `load_params` and pass sections down;
+nothing below them opens the file again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tasks.errors import ConfigError
+
+Technique = Literal["tflite_int8", "pruned", "distilled", "tensorrt_fp16"]
+TECHNIQUES: tuple[str, ...] = ("tflite_int8", "pruned", "distilled", "tensorrt_fp16")
+# Techniques that start from the torch baseline rather than from an ONNX file.
+TORCH_TECHNIQUES = frozenset({"pruned", "distilled"})
+# Techniques whose output is an ONNX model another variant can start from.
+ONNX_TECHNIQUES = frozenset({"pruned", "distilled"})
+
+Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitFractions(_Strict):
+    train: Fraction = 0.6
+    calib: Fraction = 0.1
+    val: Fraction = 0.1
+    test: Fraction = 0.2
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitFractions:
+        total = self.train + self.calib + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split fractions must add up to 1.0, got {total:.3f}")
+        return self
+
+
+class DataConfig(_Strict):
+    """Where images come from and how they are preprocessed."""
+
+    source: Literal["digits", "npz", "imagefolder"] = "digits"
+    path: str | None = None
+    image_size: Annotated[int, Field(ge=8, le=1024)] = 32
+    channels: Literal[1, 3] = 1
+    num_classes: PositiveInt | None = None
+    splits: SplitFractions = SplitFractions()
+    mean: list[float] | None = None
+    std: list[Annotated[float, Field(gt=0)]] | None = None
+
+    @model_validator(mode="after")
+    def _path_matches_source(self) -> DataConfig:
+        if self.source != "digits" and not self.path:
+            raise ValueError(f"source '{self.source}' needs data.path")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if values is not None and len(values) != self.channels:
+                raise ValueError(f"{name} needs {self.channels} value(s), got {len(values)}")
+        return self
+
+
+class BaselineConfig(_Strict):
+    """The model to compress: trained here, a torch.export .pt2, or module:factory + state_dict."""
+
+    source: Literal["train", "pt2", "factory"] = "train"
+    path: str | None = None
+    factory: str | None = None
+    factory_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _fields_for_source(self) -> BaselineConfig:
+        if self.source == "pt2" and not self.path:
+            raise ValueError("source 'pt2' needs baseline.path (a torch.export .pt2 file)")
+        if self.source == "factory" and not (self.factory and self.path):
+            raise ValueError("source 'factory' needs baseline.factory and baseline.path")
+        if self.factory is not None and ":" not in self.factory:
+            raise ValueError(
+                f"factory must look like 'package.module:function', got {self.factory!r}"
+            )
+        return self
+
+
+class TrainConfig(_Strict):
+    width: PositiveInt = 32
+    epochs: PositiveInt = 8
+    batch_size: PositiveInt = 64
+    lr: Annotated[float, Field(gt=0)] = 3e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    threads: PositiveInt | None = None
+
+
+class _VariantBase(_Strict):
+    source: str = Field(description="variant this one starts from ('baseline' or another variant)")
+
+
+class TfliteInt8Config(_VariantBase):
+    technique: Literal["tflite_int8"]
+    int8_io: bool = True
+    calibration_samples: PositiveInt = 200
+    per_channel: bool = True
+
+
+class PrunedConfig(_VariantBase):
+    technique: Literal["pruned"]
+    ratio: Fraction = 0.4
+    finetune_epochs: Annotated[int, Field(ge=0)] = 3
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    batch_size: PositiveInt = 64
+
+
+class DistilledConfig(_VariantBase):
+    technique: Literal["distilled"]
+    width: PositiveInt = 12
+    epochs: PositiveInt = 12
+    temperature: Annotated[float, Field(gt=0)] = 4.0
+    alpha: Annotated[float, Field(ge=0, le=1)] = 0.7
+    lr: Annotated[float, Field(gt=0)] = 3e-3
+    batch_size: PositiveInt = 64
+
+
+class TensorrtFp16Config(_VariantBase):
+    technique: Literal["tensorrt_fp16"]
+    workspace_mb: PositiveInt = 1024
+    max_batch: PositiveInt = 64
+
+
+VariantConfig = Annotated[
+    TfliteInt8Config | PrunedConfig | DistilledConfig | TensorrtFp16Config,
+    Field(discriminator="technique"),
+]
+
+
+class Params(_Strict):
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    baseline: BaselineConfig = BaselineConfig()
+    train: TrainConfig = TrainConfig()
+    variants: dict[str, VariantConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _variant_graph(self) -> Params:
+        for name, variant in self.variants.items():
+            _check_variant_source(name, variant, self.variants)
+        return self
+
+
+def _check_variant_source(name: str, variant: Any, variants: dict[str, Any]) -> None:
+    if not name.replace("_", "").isalnum() or name == "baseline":
+        raise ValueError(f"variant name {name!r}: use letters, digits and '_', not 'baseline'")
+    source = variant.source
+    if source == "baseline":
+        return
+    if variant.technique in TORCH_TECHNIQUES:
+        raise ValueError(f"{name}: technique '{variant.technique}' needs source 'baseline'")
+    if source not in variants:
+        raise ValueError(f"{name}: source {source!r} is not 'baseline' nor a variant")
+    if variants[source].technique not in ONNX_TECHNIQUES:
+        raise ValueError(
+            f"{name}: source {source!r} does not produce ONNX "
+            f"(use one of: baseline, {', '.join(sorted(ONNX_TECHNIQUES))} variants)"
+        )
+
+
+def load_params(path: Path | str, overrides: dict[str, Any] | None = None) -> Params:
+    """Read and validate params.yaml, with optional nested overrides merged on top."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({_first_line(exc)})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    merged = _deep_merge(raw, overrides or {})
+    return parse_params(merged, origin=str(path))
+
+
+def parse_params(raw: dict[str, Any], origin: str = "params") -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{origin}: {_describe(exc)}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    # Discriminated unions put the tag in the location; drop it so the key reads as written.
+    location = ".".join(str(part) for part in error["loc"] if part not in TECHNIQUES)
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif error["type"] == "union_tag_invalid":
+        message = f"unknown technique {error['input'].get('technique')!r}; expected one of {', '.join(TECHNIQUES)}"
+    elif error["type"] == "union_tag_not_found":
+        message = f"missing 'technique'; expected one of {', '.join(TECHNIQUES)}"
+    elif "input" in error and not isinstance(error["input"], dict | list):
+        message = f"{message} (got {error['input']!r})"
+    return f"{location}: {message}" if location else message
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

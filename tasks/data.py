@@ -1,0 +1,278 @@
+"""Data: load the embedded digits, a user .npz or an ImageFolder tree; split and record preprocessing.
+
+Splits are stored as float32 pixels in [0, 1], layout NCHW, at the configured size. Normalisation
+(mean/std) is recorded in preprocess.json and applied by every runtime wrapper, so a deployed
+artifact carries what it needs to reproduce its inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tasks.config import DataConfig, load_params
+from tasks.errors import DataError
+from tasks.io import atomic_dir, read_json, write_json
+
+SPLITS: tuple[str, ...] = ("train", "calib", "val", "test")
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
+
+
+@dataclass(frozen=True)
+class Split:
+    x: np.ndarray  # float32 (N, C, H, W) in [0, 1]
+    y: np.ndarray  # int64 (N,)
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Everything a runtime needs to turn [0, 1] pixels into model inputs."""
+
+    image_size: int
+    channels: int
+    num_classes: int
+    mean: list[float]
+    std: list[float]
+    layout: str = "NCHW"
+    pixel_range: tuple[float, float] = (0.0, 1.0)
+    class_names: list[str] | None = None
+
+    def normalize(self, x: np.ndarray) -> np.ndarray:
+        """[0, 1] NCHW pixels → normalised float32 NCHW model input."""
+        mean = np.asarray(self.mean, dtype=np.float32).reshape(1, -1, 1, 1)
+        std = np.asarray(self.std, dtype=np.float32).reshape(1, -1, 1, 1)
+        return ((x.astype(np.float32) - mean) / std).astype(np.float32)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.image_size, self.image_size)
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    splits: dict[str, Split]
+    preprocess: Preprocess
+
+
+def prepare(cfg: DataConfig, seed: int, root: Path = Path(".")) -> PreparedData:
+    """Load the configured source, check it, split it deterministically and fix normalisation."""
+    x, y, class_names = _load_source(cfg, root)
+    num_classes = _check_labels(cfg, y, class_names)
+    _check_pixels(x, cfg.path or "digits")
+    splits = split_stratified(x, y, cfg.splits.model_dump(), seed)
+    mean, std = _normalisation(cfg, splits["train"].x)
+    preprocess = Preprocess(
+        image_size=cfg.image_size,
+        channels=cfg.channels,
+        num_classes=num_classes,
+        mean=mean,
+        std=std,
+        class_names=class_names,
+    )
+    return PreparedData(splits=splits, preprocess=preprocess)
+
+
+def split_stratified(
+    x: np.ndarray, y: np.ndarray, fractions: dict[str, float], seed: int
+) -> dict[str, Split]:
+    """Per-class shuffled split by the given fractions; same seed, same split."""
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in SPLITS}
+    cumulative = np.cumsum([fractions[name] for name in SPLITS])
+    for label in np.unique(y):
+        indices = rng.permutation(np.flatnonzero(y == label))
+        cuts = np.round(cumulative * len(indices)).astype(int)
+        for name, start, stop in zip(SPLITS, np.r_[0, cuts[:-1]], cuts, strict=True):
+            parts[name].append(indices[start:stop])
+    splits = {}
+    for name in SPLITS:
+        chosen = np.sort(np.concatenate(parts[name]))
+        if chosen.size == 0:
+            raise DataError(
+                f"data.splits.{name}: split is empty ({len(y)} samples); "
+                "raise its fraction or provide more data"
+            )
+        splits[name] = Split(x=x[chosen], y=y[chosen])
+    return splits
+
+
+def write_prepared(prepared: PreparedData, out_dir: Path) -> None:
+    """Write <split>.npz and preprocess.json into out_dir atomically."""
+    with atomic_dir(out_dir) as staging:
+        for name, split in prepared.splits.items():
+            np.savez(staging / f"{name}.npz", x=split.x, y=split.y)
+        write_json(staging / "preprocess.json", asdict(prepared.preprocess))
+
+
+def load_split(data_dir: Path, name: str) -> Split:
+    path = Path(data_dir) / f"{name}.npz"
+    if not path.exists():
+        raise DataError(f"{path}: split not found; run the 'prepare' stage first")
+    with np.load(path) as archive:
+        return Split(x=archive["x"].astype(np.float32), y=archive["y"].astype(np.int64))
+
+
+def load_preprocess(data_dir: Path) -> Preprocess:
+    path = Path(data_dir) / "preprocess.json"
+    if not path.exists():
+        raise DataError(f"{path}: not found; run the 'prepare' stage first")
+    raw = read_json(path)
+    raw["pixel_range"] = tuple(raw["pixel_range"])
+    return Preprocess(**raw)
+
+
+# ---- sources -------------------------------------------------------------------------------
+
+
+def _load_source(cfg: DataConfig, root: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+    if cfg.source == "digits":
+        return (*_load_digits(cfg), [str(d) for d in range(10)])
+    path = root / str(cfg.path)
+    if not path.exists():
+        raise DataError(f"data.path: {path} does not exist")
+    if cfg.source == "npz":
+        x, y = _load_npz(path, cfg)
+        return x, y, None
+    return _load_imagefolder(path, cfg)
+
+
+def _load_digits(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images / 16.0).astype(np.float32)[:, None, :, :]
+    x = _resize(images, cfg.image_size)
+    if cfg.channels == 3:
+        x = np.repeat(x, 3, axis=1)
+    return x, digits.target.astype(np.int64)
+
+
+def _load_npz(path: Path, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        archive = np.load(path)
+    except Exception as exc:  # numpy raises several types for a corrupt archive
+        raise DataError(f"{path}: not a readable .npz file ({type(exc).__name__})") from None
+    with archive:
+        missing = {"x", "y"} - set(archive.files)
+        if missing:
+            raise DataError(f"{path}: missing array(s) {sorted(missing)}; expected 'x' and 'y'")
+        x, y = archive["x"], archive["y"]
+    if x.ndim != 4 or x.shape[1] != cfg.channels:
+        raise DataError(
+            f"{path}: x has shape {x.shape}; expected (N, {cfg.channels}, H, W) (data.channels)"
+        )
+    if y.ndim != 1 or len(y) != len(x):
+        raise DataError(f"{path}: y has shape {y.shape}; expected ({len(x)},)")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{path}: y has dtype {y.dtype}; expected integer class labels")
+    if x.dtype == np.uint8:
+        pixels = x.astype(np.float32) / 255.0
+    elif x.dtype == np.float32:
+        _check_pixels(x, str(path))
+        pixels = x
+    else:
+        raise DataError(f"{path}: x has dtype {x.dtype}; expected uint8 or float32")
+    if pixels.shape[2:] != (cfg.image_size, cfg.image_size):
+        pixels = _resize(pixels, cfg.image_size)
+    return pixels, y.astype(np.int64)
+
+
+def _load_imagefolder(path: Path, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    from PIL import Image, UnidentifiedImageError
+
+    class_dirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(class_dirs) < 2:
+        raise DataError(f"{path}: found {len(class_dirs)} class folder(s); expected at least 2")
+    mode = "L" if cfg.channels == 1 else "RGB"
+    images, labels = [], []
+    for label, class_dir in enumerate(class_dirs):
+        for file in sorted(class_dir.iterdir()):
+            if file.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                with Image.open(file) as img:
+                    resized = img.convert(mode).resize(
+                        (cfg.image_size, cfg.image_size), Image.Resampling.BILINEAR
+                    )
+            except (UnidentifiedImageError, OSError) as exc:
+                raise DataError(f"{file}: not a readable image ({type(exc).__name__})") from None
+            array = np.asarray(resized, dtype=np.float32) / 255.0
+            images.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
+            labels.append(label)
+    if not images:
+        raise DataError(f"{path}: no .png/.jpg/.jpeg images in its class folders")
+    return np.stack(images), np.asarray(labels, dtype=np.int64), [d.name for d in class_dirs]
+
+
+def _resize(x: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    out = np.empty((*x.shape[:2], size, size), dtype=np.float32)
+    for i in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            plane = Image.fromarray(x[i, c].astype(np.float32), mode="F")
+            out[i, c] = np.asarray(plane.resize((size, size), Image.Resampling.BILINEAR))
+    return np.clip(out, 0.0, 1.0)
+
+
+# ---- checks --------------------------------------------------------------------------------
+
+
+def _check_pixels(x: np.ndarray, origin: str) -> None:
+    finite = np.isfinite(x)
+    if not finite.all():
+        bad = int((~finite).sum())
+        raise DataError(f"{origin}: x has {bad} NaN/Inf pixel value(s); expected finite pixels")
+    low, high = float(x.min()), float(x.max())
+    if low < 0.0 or high > 1.0:
+        raise DataError(f"{origin}: float32 pixels span [{low:.3g}, {high:.3g}]; expected [0, 1]")
+
+
+def _check_labels(cfg: DataConfig, y: np.ndarray, class_names: list[str] | None) -> int:
+    origin = cfg.path or "digits"
+    if len(y) == 0:
+        raise DataError(f"{origin}: no samples")
+    inferred = len(class_names) if class_names else int(y.max()) + 1
+    num_classes = cfg.num_classes or inferred
+    low, high = int(y.min()), int(y.max())
+    if low < 0 or high >= num_classes:
+        raise DataError(
+            f"{origin}: labels span [{low}, {high}]; expected 0..{num_classes - 1} "
+            f"(data.num_classes={num_classes})"
+        )
+    present = np.unique(y).size
+    if present < 2:
+        raise DataError(f"{origin}: only {present} class present; expected at least 2")
+    return num_classes
+
+
+def _normalisation(cfg: DataConfig, train_x: np.ndarray) -> tuple[list[float], list[float]]:
+    mean = cfg.mean or [float(v) for v in train_x.mean(axis=(0, 2, 3))]
+    std = cfg.std or [max(float(v), 1e-3) for v in train_x.std(axis=(0, 2, 3))]
+    return [round(v, 6) for v in mean], [round(v, 6) for v in std]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="prepare: load, check and split the data")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    prepared = prepare(params.data, params.seed, root=args.params.parent)
+    write_prepared(prepared, args.out)
+    sizes = ", ".join(f"{name} {len(split)}" for name, split in prepared.splits.items())
+    print(
+        f"prepare: {params.data.source} → {args.out} ({sizes}; {prepared.preprocess.num_classes} classes)"
+    )
+
+
+if __name__ == "__main__":
+    from tasks.cli_support import run_main
+
+    run_main(main)

@@ -1,0 +1,189 @@
+"""evaluate: run every variant in its own runtime on the test split and compare with the baseline."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tasks.config import load_params
+from tasks.data import Split, load_split
+from tasks.io import atomic_dir, write_json
+from tasks.runtime import load_predictor
+from tasks.variant import RECORD_NAME, VariantRecord, read_record
+
+BASELINE = "baseline"
+
+
+@dataclass(frozen=True)
+class VariantMetrics:
+    """One row of metrics/variants.json."""
+
+    status: str
+    technique: str
+    source: str | None
+    runtime: str | None
+    accuracy: float | None
+    accuracy_drop: float | None  # percentage points, baseline minus variant
+    agreement: float | None  # top-1 agreement with the baseline
+    kl_divergence: float | None  # mean KL(baseline ‖ variant) over test samples
+    per_class_accuracy: list[float] | None
+    size_bytes: int | None
+    size_ratio: float | None  # baseline size / variant size
+    params: int | None
+    macs: int | None
+    cpu_fp16_accuracy: float | None
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    metrics: dict[str, VariantMetrics]
+    logits: dict[str, np.ndarray]
+    labels: np.ndarray
+
+
+def run_variant(
+    variant_dir: Path, images: np.ndarray, threads: int = 1, batch_size: int = 64
+) -> np.ndarray:
+    predictor = load_predictor(variant_dir, threads=threads)
+    return np.concatenate(
+        [predictor(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+    )
+
+
+def evaluate(variants_dir: Path, names: list[str], test: Split, threads: int = 1) -> Evaluation:
+    """Metrics for the baseline and each named variant; predictions kept per sample."""
+    base_dir = variants_dir / BASELINE
+    base_record = read_record(base_dir)
+    base_logits = run_variant(base_dir, test.x, threads)
+    base_size = model_size(base_dir)
+    logits = {BASELINE: base_logits}
+    metrics = {BASELINE: _row(base_record, base_logits, base_logits, test.y, base_size, base_size)}
+    for name in names:
+        directory = variants_dir / name
+        record = read_record(directory)
+        if record.status != "ok":
+            metrics[name] = _row(record, None, base_logits, test.y, None, base_size)
+            continue
+        logits[name] = run_variant(directory, test.x, threads)
+        metrics[name] = _row(
+            record, logits[name], base_logits, test.y, model_size(directory), base_size
+        )
+        print(f"evaluate: {name} accuracy {metrics[name].accuracy:.4f}", flush=True)
+    return Evaluation(metrics=metrics, logits=logits, labels=test.y)
+
+
+def model_size(variant_dir: Path) -> int:
+    """Bytes on disk of the model file(s): everything in the directory but variant.json."""
+    return sum(
+        p.stat().st_size for p in variant_dir.iterdir() if p.is_file() and p.name != RECORD_NAME
+    )
+
+
+def _row(
+    record: VariantRecord,
+    logits: np.ndarray | None,
+    base_logits: np.ndarray,
+    labels: np.ndarray,
+    size: int | None,
+    base_size: int,
+) -> VariantMetrics:
+    common = dict(
+        status=record.status,
+        technique=record.technique,
+        source=record.source,
+        runtime=record.runtime,
+        params=record.params,
+        macs=record.macs,
+        reason=record.reason,
+        cpu_fp16_accuracy=record.extra.get("cpu_fp16_accuracy"),
+    )
+    if logits is None:
+        return VariantMetrics(
+            accuracy=None,
+            accuracy_drop=None,
+            agreement=None,
+            kl_divergence=None,
+            per_class_accuracy=None,
+            size_bytes=None,
+            size_ratio=None,
+            **common,
+        )
+    predicted, base_predicted = logits.argmax(1), base_logits.argmax(1)
+    acc, base_acc = float((predicted == labels).mean()), float((base_predicted == labels).mean())
+    return VariantMetrics(
+        accuracy=round(acc, 6),
+        accuracy_drop=round(100.0 * (base_acc - acc), 4),
+        agreement=round(float((predicted == base_predicted).mean()), 6),
+        kl_divergence=round(mean_kl(base_logits, logits), 6),
+        per_class_accuracy=per_class_accuracy(predicted, labels),
+        size_bytes=size,
+        size_ratio=round(base_size / size, 3) if size else None,
+        **common,
+    )
+
+
+def mean_kl(reference_logits: np.ndarray, logits: np.ndarray) -> float:
+    """Mean over samples of KL(softmax(reference) ‖ softmax(logits))."""
+    log_p, log_q = _log_softmax(reference_logits), _log_softmax(logits)
+    return float(np.mean(np.sum(np.exp(log_p) * (log_p - log_q), axis=1)))
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def per_class_accuracy(predicted: np.ndarray, labels: np.ndarray) -> list[float]:
+    classes = range(int(labels.max()) + 1)
+    return [
+        round(float((predicted[labels == c] == c).mean()), 6)
+        if (labels == c).any()
+        else float("nan")
+        for c in classes
+    ]
+
+
+def write_evaluation(evaluation: Evaluation, metrics_dir: Path, plot_file: Path) -> None:
+    """metrics/variants.json, per-sample predictions, and the accuracy-vs-size plot data."""
+    with atomic_dir(metrics_dir) as staging:
+        arrays = {"labels": evaluation.labels}
+        for name, logits in evaluation.logits.items():
+            arrays[f"logits__{name}"] = logits
+            arrays[f"pred__{name}"] = logits.argmax(1)
+        np.savez(staging / "predictions.npz", **arrays)
+        write_json(
+            staging / "variants.json",
+            {name: asdict(row) for name, row in evaluation.metrics.items()},
+        )
+    points = [
+        {"variant": name, "size_kb": round(row.size_bytes / 1024, 1), "accuracy": row.accuracy}
+        for name, row in evaluation.metrics.items()
+        if row.status == "ok"
+    ]
+    write_json(plot_file, points)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="evaluate: every variant in its own runtime")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--variants", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="metrics directory")
+    parser.add_argument(
+        "--plot", type=Path, required=True, help="accuracy-vs-size plot data (JSON)"
+    )
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    evaluation = evaluate(args.variants, list(params.variants), load_split(args.data, "test"))
+    write_evaluation(evaluation, args.out, args.plot)
+    print(f"evaluate: {len(evaluation.metrics)} variants → {args.out / 'variants.json'}")
+
+
+if __name__ == "__main__":
+    from tasks.cli_support import run_main
+
+    run_main(main)

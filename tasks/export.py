@@ -1,0 +1,156 @@
+"""export: torch model → ONNX fp32, checked against torch's own outputs."""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from tasks.data import Preprocess, load_preprocess, load_split
+from tasks.errors import ModelError
+from tasks.io import atomic_dir, read_json
+from tasks.models import count_macs_params
+from tasks.train import load_baseline, predict
+from tasks.variant import (
+    TensorSpec,
+    VariantRecord,
+    finished_record,
+    preprocess_fields,
+    write_record,
+)
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+OPSET = 17
+MODEL_FILE = "model.onnx"
+
+
+@dataclass(frozen=True)
+class ExportCheck:
+    max_abs_diff: float
+    agreement: float
+
+
+def export_onnx(model: nn.Module, preprocess: Preprocess, path: Path) -> None:
+    """Write an fp32 ONNX model with a dynamic batch dimension."""
+    example = torch.zeros(1, *preprocess.input_shape)
+    with warnings.catch_warnings():
+        # torch flags the TorchScript-based exporter as legacy; it is the one that needs no
+        # extra packages and handles fx GraphModules from .pt2 programs.
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(
+                model.eval(),
+                (example,),
+                str(path),
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            )
+        except Exception as exc:  # unsupported op names surface in the message
+            raise ModelError(
+                f"export: ONNX export failed ({str(exc).splitlines()[0][:200]})"
+            ) from None
+
+
+def check_onnx(path: Path, model: nn.Module, x: np.ndarray, atol: float = 1e-3) -> ExportCheck:
+    """Run the ONNX file in ONNX Runtime and compare with torch on the same inputs."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    onnx_logits = session.run(None, {INPUT_NAME: x})[0]
+    torch_logits = predict(model, x)
+    diff = float(np.abs(onnx_logits - torch_logits).max())
+    agreement = float((onnx_logits.argmax(1) == torch_logits.argmax(1)).mean())
+    scale = max(1.0, float(np.abs(torch_logits).max()))
+    if diff > atol * scale:
+        raise ModelError(
+            f"export: ONNX output differs from torch by {diff:.3g} (> {atol * scale:.3g})"
+        )
+    return ExportCheck(max_abs_diff=diff, agreement=agreement)
+
+
+def onnx_record(
+    name: str,
+    technique: str,
+    source: str | None,
+    preprocess: Preprocess,
+    macs: int,
+    params: int,
+    settings: dict | None = None,
+    parent_sha256: str | None = None,
+    baseline_sha256: str | None = None,
+    extra: dict | None = None,
+) -> VariantRecord:
+    """variant.json for an fp32 ONNX model produced by this module's `export_onnx`."""
+    c, h, w = preprocess.input_shape
+    return VariantRecord(
+        name=name,
+        technique=technique,
+        status="ok",
+        source=source,
+        runtime="onnxruntime",
+        model_file=MODEL_FILE,
+        input=TensorSpec(INPUT_NAME, [None, c, h, w], "float32", layout="NCHW"),
+        output=TensorSpec(OUTPUT_NAME, [None, preprocess.num_classes], "float32"),
+        preprocess=preprocess_fields(preprocess),
+        settings=settings or {},
+        macs=macs,
+        params=params,
+        parent_sha256=parent_sha256,
+        baseline_sha256=baseline_sha256,
+        extra=extra or {},
+    )
+
+
+def write_onnx_variant(
+    model: nn.Module, preprocess: Preprocess, check_x: np.ndarray, out_dir: Path, **record_fields
+) -> VariantRecord:
+    """Export `model`, check it against torch, and write the variant directory atomically."""
+    macs, params = count_macs_params(model, preprocess.input_shape)
+    with atomic_dir(out_dir) as staging:
+        export_onnx(model, preprocess, staging / MODEL_FILE)
+        check = check_onnx(staging / MODEL_FILE, model, check_x)
+        record = onnx_record(preprocess=preprocess, macs=macs, params=params, **record_fields)
+        extra = record.extra | {"onnx_max_abs_diff": check.max_abs_diff}
+        record = finished_record(staging, record, extra=extra)
+        write_record(staging, record)
+    return record
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="export: baseline → ONNX fp32")
+    parser.add_argument("--baseline", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    preprocess = load_preprocess(args.data)
+    model = load_baseline(args.baseline)
+    weights_sha = read_json(args.baseline / "baseline.json")["sha256"]
+    test_x = preprocess.normalize(load_split(args.data, "test").x)
+    record = write_onnx_variant(
+        model,
+        preprocess,
+        test_x,
+        args.out,
+        name="baseline",
+        technique="baseline",
+        source=None,
+        parent_sha256=weights_sha,
+    )
+    print(
+        f"export: baseline ONNX fp32 → {args.out} (max |Δ| vs torch {record.extra['onnx_max_abs_diff']:.2e})"
+    )
+
+
+if __name__ == "__main__":
+    from tasks.cli_support import run_main
+
+    run_main(main)

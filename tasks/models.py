@@ -1,0 +1,222 @@
+"""Model definitions and loading: the default residual CNN, user factories and .pt2 programs."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tasks.errors import ModelError
+
+DEFAULT_FACTORY = "tasks.models:resnet_cnn"
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class ResNetCNN(nn.Module):
+    """A small ResNet: stem, three residual stages (1x, 2x, 4x width), global pool, linear."""
+
+    def __init__(self, num_classes: int, in_channels: int = 1, width: int = 32) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+        )
+        self.stage1 = ResidualBlock(width, width)
+        self.stage2 = ResidualBlock(width, 2 * width, stride=2)
+        self.stage3 = ResidualBlock(2 * width, 4 * width, stride=2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stage3(self.stage2(self.stage1(self.stem(x))))
+        return self.classifier(torch.flatten(self.pool(x), 1))
+
+
+def resnet_cnn(num_classes: int, in_channels: int = 1, width: int = 32) -> ResNetCNN:
+    """Factory for the default model (referenced as 'tasks.models:resnet_cnn')."""
+    return ResNetCNN(num_classes=num_classes, in_channels=in_channels, width=width)
+
+
+def build_from_factory(factory: str, kwargs: dict[str, Any]) -> nn.Module:
+    """Import 'package.module:function' and call it with kwargs."""
+    module_name, _, attr = factory.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ModelError(f"baseline.factory: cannot import {factory!r} ({exc})") from None
+    try:
+        model = fn(**kwargs)
+    except TypeError as exc:
+        raise ModelError(f"baseline.factory_kwargs: {factory} rejected them ({exc})") from None
+    if not isinstance(model, nn.Module):
+        raise ModelError(
+            f"baseline.factory: {factory} returned {type(model).__name__}, not nn.Module"
+        )
+    return model
+
+
+def load_state_dict_file(model: nn.Module, path: Path) -> nn.Module:
+    """Load a state_dict file into model, with one-line errors for missing/corrupt/mismatched files."""
+    if not path.exists():
+        raise ModelError(f"{path}: state_dict file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt file
+        raise ModelError(f"{path}: not a readable torch state_dict ({_short(exc)})") from None
+    if not isinstance(state, dict):
+        raise ModelError(f"{path}: holds a {type(state).__name__}; expected a state_dict mapping")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelError(f"{path}: does not fit the factory's model ({_short(exc)})") from None
+    return model
+
+
+def load_pt2(path: Path) -> nn.Module:
+    """Load a torch.export program as a trainable module with real Conv2d/Linear/BatchNorm layers."""
+    if not path.exists():
+        raise ModelError(f"{path}: .pt2 file not found")
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:  # corrupt zip, wrong format, version mismatch
+        raise ModelError(f"{path}: not a readable torch.export .pt2 file ({_short(exc)})") from None
+    return modularize(program.module())
+
+
+# aten op → (module type, how to build it from the node's args)
+_CONV = torch.ops.aten.conv2d.default
+_LINEAR = torch.ops.aten.linear.default
+_BATCH_NORM = torch.ops.aten.batch_norm.default
+
+
+def modularize(graph_module: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Turn functional conv2d/linear/batch_norm calls into nn modules owning their parameters.
+
+    torch.export programs call aten ops on free-standing parameters; structural pruning and
+    per-layer tools need real layers, so the parameters move into Conv2d/Linear/BatchNorm2d.
+    """
+    graph = graph_module.graph
+    for node in list(graph.nodes):
+        if node.op == "call_module" and node.target == "_guards_fn":
+            graph.erase_node(node)  # export's input guards pin the batch size; we batch freely
+    for index, node in enumerate(list(graph.nodes)):
+        if node.op != "call_function" or node.target not in (_CONV, _LINEAR, _BATCH_NORM):
+            continue
+        module = _module_for(graph_module, node)
+        name = f"mp_layer{index}"
+        graph_module.add_submodule(name, module)
+        with graph.inserting_before(node):
+            replacement = graph.call_module(name, (node.args[0],))
+        node.replace_all_uses_with(replacement)
+        graph.erase_node(node)
+    graph.eliminate_dead_code()
+    graph_module.recompile()
+    _check_parameters_owned(graph_module)
+    return graph_module
+
+
+def _attr(graph_module: torch.fx.GraphModule, node: Any) -> torch.Tensor | None:
+    if node is None:
+        return None
+    if node.op != "get_attr":
+        raise ModelError(f"layer {node.name}: weights computed at run time are not supported")
+    value = graph_module
+    for part in node.target.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _module_for(graph_module: torch.fx.GraphModule, node: Any) -> nn.Module:
+    args = list(node.args) + [None] * 9
+    if node.target is _CONV:
+        weight, bias = _attr(graph_module, args[1]), _attr(graph_module, args[2])
+        stride, padding, dilation = args[3] or [1, 1], args[4] or [0, 0], args[5] or [1, 1]
+        groups = args[6] or 1
+        if isinstance(padding, str):
+            raise ModelError(f"layer {node.name}: string padding {padding!r} is not supported")
+        conv = nn.Conv2d(
+            weight.shape[1] * groups,
+            weight.shape[0],
+            tuple(weight.shape[2:]),
+            stride=tuple(stride),
+            padding=tuple(padding),
+            dilation=tuple(dilation),
+            groups=groups,
+            bias=bias is not None,
+        )
+        _copy_params(conv, weight=weight, bias=bias)
+        return conv
+    if node.target is _LINEAR:
+        weight, bias = _attr(graph_module, args[1]), _attr(graph_module, args[2])
+        linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+        _copy_params(linear, weight=weight, bias=bias)
+        return linear
+    weight, bias = _attr(graph_module, args[1]), _attr(graph_module, args[2])
+    mean, var = _attr(graph_module, args[3]), _attr(graph_module, args[4])
+    norm = nn.BatchNorm2d(
+        mean.shape[0], eps=float(args[7]), momentum=float(args[6]), affine=weight is not None
+    )
+    _copy_params(norm, weight=weight, bias=bias)
+    norm.running_mean.copy_(mean)
+    norm.running_var.copy_(var)
+    return norm
+
+
+def _copy_params(module: nn.Module, **tensors: torch.Tensor | None) -> None:
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            if tensor is not None:
+                getattr(module, name).copy_(tensor)
+
+
+def _check_parameters_owned(graph_module: torch.fx.GraphModule) -> None:
+    """Any parameter still read by a raw op belongs to a layer type we cannot convert."""
+    for node in graph_module.graph.nodes:
+        if node.op != "call_function":
+            continue
+        for arg in node.all_input_nodes:
+            if arg.op == "get_attr" and isinstance(_attr(graph_module, arg), nn.Parameter):
+                raise ModelError(
+                    f"unsupported layer: {node.target} (node '{node.name}') holds trainable "
+                    "weights; supported weighted layers are conv2d, linear and batch_norm"
+                )
+
+
+def count_macs_params(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
+    """Multiply-accumulates for one image, and the parameter count."""
+    import torch_pruning as tp
+
+    example = torch.zeros(1, *input_shape)
+    was_training = model.training
+    model.eval()
+    macs, params = tp.utils.count_ops_and_params(model, example)
+    model.train(was_training)
+    return int(macs), int(params)
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0][:160] if text else type(exc).__name__).rstrip(".")

@@ -1,0 +1,136 @@
+"""tflite_int8: ONNX → TF SavedModel → LiteRT full-integer int8, calibrated on the calib split."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import tempfile
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+
+from tasks.config import TfliteInt8Config
+from tasks.data import Preprocess, Split
+from tasks.errors import VariantError
+from tasks.io import atomic_dir
+from tasks.variant import (
+    TensorSpec,
+    VariantRecord,
+    finished_record,
+    model_path,
+    preprocess_fields,
+    read_record,
+    write_record,
+)
+
+MODEL_FILE = "model.tflite"
+
+
+def quantize(
+    name: str,
+    cfg: TfliteInt8Config,
+    source_dir: Path,
+    calib: Split,
+    preprocess: Preprocess,
+    out_dir: Path,
+) -> VariantRecord:
+    """Convert the source variant's ONNX model to a full-integer int8 LiteRT model."""
+    source = read_record(source_dir)
+    onnx_file = model_path(source_dir, source)
+    if source.runtime != "onnxruntime":
+        raise VariantError(
+            f"{name}: source '{source.name}' is {source.runtime}, expected an ONNX model"
+        )
+    with tempfile.TemporaryDirectory(prefix="mp-onnx2tf-") as work, atomic_dir(out_dir) as staging:
+        work_dir = Path(work)
+        # onnx2tf rewrites the ONNX file it is given (simplification); never let it touch the source.
+        onnx_copy = work_dir / "model.onnx"
+        shutil.copyfile(onnx_file, onnx_copy)
+        calib_file = work_dir / "calib.npy"
+        # onnx2tf calibrates on NHWC pixels and applies (x - mean) / std itself.
+        np.save(calib_file, calib.x[: cfg.calibration_samples].transpose(0, 2, 3, 1))
+        tflite = _convert(onnx_copy, work_dir, calib_file, preprocess, cfg, source.input.name)
+        shutil.copyfile(tflite, staging / MODEL_FILE)
+        input_spec, output_spec = _io_specs(staging / MODEL_FILE)
+        record = VariantRecord(
+            name=name,
+            technique="tflite_int8",
+            status="ok",
+            source=source.name,
+            runtime="litert",
+            model_file=MODEL_FILE,
+            input=input_spec,
+            output=output_spec,
+            preprocess=preprocess_fields(preprocess),
+            settings=cfg.model_dump(),
+            macs=source.macs,
+            params=source.params,
+            parent_sha256=source.model_sha256,
+            baseline_sha256=source.baseline_sha256 or source.model_sha256,
+            extra={
+                "onnx2tf": version("onnx2tf"),
+                "calibration_samples": int(min(len(calib), cfg.calibration_samples)),
+            },
+        )
+        record = finished_record(staging, record)
+        write_record(staging, record)
+    return record
+
+
+def _convert(
+    onnx_file: Path,
+    work_dir: Path,
+    calib_file: Path,
+    preprocess: Preprocess,
+    cfg: TfliteInt8Config,
+    input_name: str,
+) -> Path:
+    import onnx2tf
+
+    io_dtype = "int8" if cfg.int8_io else "float32"
+    log = io.StringIO()
+    try:
+        # onnx2tf prints pages of progress even when asked not to; keep it for the error message.
+        with contextlib.redirect_stdout(log):
+            onnx2tf.convert(
+                input_onnx_file_path=str(onnx_file),
+                output_folder_path=str(work_dir / "tf"),
+                output_integer_quantized_tflite=True,
+                custom_input_op_name_np_data_path=[
+                    [input_name, str(calib_file), preprocess.mean, preprocess.std]
+                ],
+                quant_type="per-channel" if cfg.per_channel else "per-tensor",
+                input_quant_dtype=io_dtype,
+                output_quant_dtype=io_dtype,
+                non_verbose=True,
+            )
+    except Exception as exc:  # onnx2tf raises bare exceptions naming the failing op
+        detail = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
+        raise VariantError(
+            f"tflite_int8: onnx2tf could not convert {onnx_file.name} ({detail})"
+        ) from None
+    produced = work_dir / "tf" / f"{onnx_file.stem}_full_integer_quant.tflite"
+    if not produced.exists():
+        raise VariantError(f"tflite_int8: onnx2tf wrote no full-integer model for {onnx_file.name}")
+    return produced
+
+
+def _io_specs(tflite_file: Path) -> tuple[TensorSpec, TensorSpec]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(tflite_file))
+    return _spec(interpreter.get_input_details()[0], "NHWC"), _spec(
+        interpreter.get_output_details()[0], None
+    )
+
+
+def _spec(detail: dict, layout: str | None) -> TensorSpec:
+    dtype = np.dtype(detail["dtype"]).name
+    scale, zero_point = detail["quantization"]
+    quantization = (
+        {"scale": float(scale), "zero_point": int(zero_point)} if dtype == "int8" else None
+    )
+    shape = [None if dim < 0 else int(dim) for dim in detail["shape_signature"]]
+    return TensorSpec(detail["name"], shape, dtype, layout=layout, quantization=quantization)

@@ -1,0 +1,248 @@
+"""train: produce the baseline (train the default CNN, or import the user's model) and check it fits."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from tasks.config import BaselineConfig, TrainConfig, load_params
+from tasks.data import Preprocess, Split, load_preprocess, load_split
+from tasks.errors import ModelError
+from tasks.io import atomic_dir, read_json, sha256_file, write_json
+from tasks.models import (
+    DEFAULT_FACTORY,
+    build_from_factory,
+    count_macs_params,
+    load_pt2,
+    load_state_dict_file,
+)
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float = 1e-4
+    augment: bool = True
+
+
+@dataclass(frozen=True)
+class BaselineResult:
+    model: nn.Module
+    kind: str  # "train", "factory" or "pt2"
+    factory: str | None
+    factory_kwargs: dict[str, Any]
+    test_accuracy: float
+    macs: int
+    params: int
+
+
+def fit(
+    model: nn.Module,
+    train: Split,
+    val: Split,
+    preprocess: Preprocess,
+    settings: FitSettings,
+    seed: int,
+    label: str,
+    loss_fn: LossFn | None = None,
+) -> nn.Module:
+    """Train with AdamW + one-cycle LR; print one progress line per epoch."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    x_train = torch.from_numpy(preprocess.normalize(train.x))
+    y_train = torch.from_numpy(train.y)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
+    )
+    steps = settings.epochs * max(1, -(-len(train) // settings.batch_size))
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.lr, total_steps=steps)
+    loss_fn = loss_fn or (
+        lambda logits, labels, _inputs: nn.functional.cross_entropy(logits, labels)
+    )
+    for epoch in range(1, settings.epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        order = torch.from_numpy(rng.permutation(len(train)))
+        total = 0.0
+        for batch in order.split(settings.batch_size):
+            inputs = x_train[batch]
+            if settings.augment:
+                inputs = _random_shift(inputs, rng)
+            loss = loss_fn(model(inputs), y_train[batch], inputs)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += float(loss.detach()) * len(batch)
+        val_acc = accuracy(predict(model, preprocess.normalize(val.x)), val.y)
+        print(
+            f"{label}: epoch {epoch}/{settings.epochs} loss {total / len(train):.4f} "
+            f"val acc {val_acc:.4f} ({time.perf_counter() - started:.1f}s)",
+            flush=True,
+        )
+    return model.eval()
+
+
+def _random_shift(inputs: torch.Tensor, rng: np.random.Generator, pad: int = 2) -> torch.Tensor:
+    """Shift the whole batch by up to `pad` pixels: cheap augmentation that helps small data."""
+    dy, dx = (int(v) for v in rng.integers(-pad, pad + 1, size=2))
+    return torch.roll(inputs, shifts=(dy, dx), dims=(2, 3))
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Logits for normalised NCHW float32 inputs."""
+    model.eval()
+    chunks = [model(torch.from_numpy(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
+    return torch.cat(chunks).float().numpy()
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((logits.argmax(axis=1) == labels).mean())
+
+
+def check_model_fits(model: nn.Module, preprocess: Preprocess, origin: str) -> None:
+    """The model must take the data's input shape and give one logit per class."""
+    example = torch.zeros(2, *preprocess.input_shape)
+    try:
+        with torch.no_grad():
+            out = model.eval()(example)
+    except Exception as exc:  # shape errors surface as several types
+        raise ModelError(
+            f"{origin}: model rejects input of shape {tuple(example.shape[1:])} "
+            f"(data.channels/image_size) ({str(exc).splitlines()[0][:120]})"
+        ) from None
+    if not isinstance(out, torch.Tensor) or out.shape != (2, preprocess.num_classes):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelError(
+            f"{origin}: model output has shape {shape} for a batch of 2; "
+            f"expected (2, {preprocess.num_classes}) — one logit per class"
+        )
+
+
+def make_baseline(
+    cfg: BaselineConfig,
+    train_cfg: TrainConfig,
+    data_dir: Path,
+    seed: int,
+    root: Path = Path("."),
+) -> BaselineResult:
+    """Train the default model, or load and check the user's model."""
+    preprocess = load_preprocess(data_dir)
+    if train_cfg.threads:
+        torch.set_num_threads(train_cfg.threads)
+    factory: str | None = None
+    kwargs: dict[str, Any] = {}
+    if cfg.source == "train":
+        factory, kwargs = DEFAULT_FACTORY, default_kwargs(preprocess, train_cfg.width)
+        settings = FitSettings(
+            train_cfg.epochs, train_cfg.batch_size, train_cfg.lr, train_cfg.weight_decay
+        )
+        torch.manual_seed(seed)
+        model = build_from_factory(factory, kwargs)
+        train, val = load_split(data_dir, "train"), load_split(data_dir, "val")
+        fit(model, train, val, preprocess, settings, seed, "train")
+    elif cfg.source == "factory":
+        factory, kwargs = str(cfg.factory), cfg.factory_kwargs
+        model = load_state_dict_file(build_from_factory(factory, kwargs), root / str(cfg.path))
+    else:
+        model = load_pt2(root / str(cfg.path))
+    origin = f"baseline ({cfg.path or DEFAULT_FACTORY})"
+    check_model_fits(model, preprocess, origin)
+    test = load_split(data_dir, "test")
+    test_acc = accuracy(predict(model, preprocess.normalize(test.x)), test.y)
+    macs, params = count_macs_params(model, preprocess.input_shape)
+    return BaselineResult(
+        model=model.eval(),
+        kind=cfg.source,
+        factory=factory,
+        factory_kwargs=kwargs,
+        test_accuracy=test_acc,
+        macs=macs,
+        params=params,
+    )
+
+
+def default_kwargs(preprocess: Preprocess, width: int) -> dict[str, Any]:
+    """Constructor arguments of the default CNN for this data."""
+    return {
+        "num_classes": preprocess.num_classes,
+        "in_channels": preprocess.channels,
+        "width": width,
+    }
+
+
+def save_baseline(
+    result: BaselineResult, cfg: BaselineConfig, out_dir: Path, root: Path = Path(".")
+) -> None:
+    """Write the baseline in a form every later stage can load, atomically."""
+    with atomic_dir(out_dir) as staging:
+        if result.factory is None:
+            weights = staging / "model.pt2"
+            shutil.copyfile(root / str(cfg.path), weights)
+            record: dict[str, Any] = {"kind": "pt2", "file": weights.name}
+        else:
+            weights = staging / "weights.pt"
+            torch.save(result.model.state_dict(), weights)
+            record = {
+                "kind": "factory",
+                "factory": result.factory,
+                "factory_kwargs": result.factory_kwargs,
+                "file": weights.name,
+            }
+        record.update(
+            test_accuracy=result.test_accuracy,
+            macs=result.macs,
+            params=result.params,
+            sha256=sha256_file(weights),
+        )
+        write_json(staging / "baseline.json", record)
+
+
+def load_baseline(baseline_dir: Path) -> nn.Module:
+    """Rebuild the baseline torch module saved by `save_baseline`."""
+    baseline_dir = Path(baseline_dir)
+    record_path = baseline_dir / "baseline.json"
+    if not record_path.exists():
+        raise ModelError(f"{record_path}: not found; run the 'train' stage first")
+    record = read_json(record_path)
+    weights = baseline_dir / record["file"]
+    if record["kind"] == "pt2":
+        return load_pt2(weights).eval()
+    model = build_from_factory(record["factory"], record["factory_kwargs"])
+    return load_state_dict_file(model, weights).eval()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="train: make the baseline model")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    root = args.params.parent
+    result = make_baseline(params.baseline, params.train, args.data, params.seed, root=root)
+    save_baseline(result, params.baseline, args.out, root=root)
+    print(
+        f"train: baseline ({result.kind}) test accuracy {result.test_accuracy:.4f}, "
+        f"{result.params:,} params, {result.macs / 1e6:.1f} M MACs → {args.out}"
+    )
+
+
+if __name__ == "__main__":
+    from tasks.cli_support import run_main
+
+    run_main(main)

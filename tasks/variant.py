@@ -1,0 +1,90 @@
+"""The variant artifact contract: a directory with the model file(s) and variant.json, nothing else."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from tasks.data import Preprocess
+from tasks.errors import ModelError
+from tasks.io import read_json, sha256_file, write_json
+
+Status = Literal["ok", "skipped", "failed"]
+Runtime = Literal["onnxruntime", "litert", "tensorrt"]
+RECORD_NAME = "variant.json"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: list[int | None]
+    dtype: str  # float32 | int8
+    layout: str | None = None  # NCHW | NHWC for image inputs
+    quantization: dict[str, float] | None = None  # {"scale": s, "zero_point": z} for int8
+
+
+@dataclass(frozen=True)
+class VariantRecord:
+    name: str
+    technique: str  # baseline | tflite_int8 | pruned | distilled | tensorrt_fp16
+    status: Status
+    source: str | None = None
+    reason: str | None = None
+    runtime: Runtime | None = None
+    model_file: str | None = None
+    input: TensorSpec | None = None
+    output: TensorSpec | None = None
+    preprocess: dict[str, Any] | None = None  # mean/std/size the inputs need
+    settings: dict[str, Any] = field(default_factory=dict)
+    macs: int | None = None
+    params: int | None = None
+    parent_sha256: str | None = None  # the model file this variant was made from
+    baseline_sha256: str | None = None
+    model_sha256: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def write_record(directory: Path, record: VariantRecord) -> None:
+    write_json(Path(directory) / RECORD_NAME, asdict(record))
+
+
+def read_record(directory: Path) -> VariantRecord:
+    path = Path(directory) / RECORD_NAME
+    if not path.exists():
+        raise ModelError(f"{path}: not found; is {directory} a variant directory?")
+    raw = read_json(path)
+    for key in ("input", "output"):
+        if raw.get(key) is not None:
+            raw[key] = TensorSpec(**raw[key])
+    return VariantRecord(**raw)
+
+
+def model_path(directory: Path, record: VariantRecord) -> Path:
+    if record.model_file is None:
+        raise ModelError(
+            f"{directory}: variant '{record.name}' has no model file ({record.status})"
+        )
+    return Path(directory) / record.model_file
+
+
+def finished_record(directory: Path, record: VariantRecord, **changes: Any) -> VariantRecord:
+    """Fill in the model's checksum once its file is in `directory`."""
+    values = asdict(record) | changes
+    for key in ("input", "output"):
+        if isinstance(values[key], dict):
+            values[key] = TensorSpec(**values[key])
+    if values["model_file"]:
+        values["model_sha256"] = sha256_file(Path(directory) / values["model_file"])
+    return VariantRecord(**values)
+
+
+def preprocess_fields(preprocess: Preprocess) -> dict[str, Any]:
+    return {
+        "image_size": preprocess.image_size,
+        "channels": preprocess.channels,
+        "mean": preprocess.mean,
+        "std": preprocess.std,
+        "pixel_range": list(preprocess.pixel_range),
+        "num_classes": preprocess.num_classes,
+    }
