@@ -9,6 +9,8 @@ STAMP := $(VENV)/.installed-stamp
 export DVC_NO_ANALYTICS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONDONTWRITEBYTECODE := 1
+# dvc.yaml stages call `python`: make it the venv's.
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: help install run test test-all lint format clean
 

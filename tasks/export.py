@@ -82,7 +82,7 @@ def onnx_record(
     technique: str,
     source: str | None,
     preprocess: Preprocess,
-    macs: int,
+    macs: int | None,
     params: int,
     settings: dict | None = None,
     parent_sha256: str | None = None,

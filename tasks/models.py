@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tasks.errors import ModelError
+from tasks.errors import ModelError, VariantError
 
 DEFAULT_FACTORY = "tasks.models:resnet_cnn"
 
@@ -95,18 +95,22 @@ def load_state_dict_file(model: nn.Module, path: Path) -> nn.Module:
     return model
 
 
-def load_pt2(path: Path) -> nn.Module:
-    """Load a torch.export program as a trainable module with real Conv2d/Linear/BatchNorm layers."""
+def load_pt2(path: Path) -> torch.fx.GraphModule:
+    """Load a torch.export program as a plain GraphModule that can be trained and exported."""
     if not path.exists():
         raise ModelError(f"{path}: .pt2 file not found")
     try:
         program = torch.export.load(str(path))
     except Exception as exc:  # corrupt zip, wrong format, version mismatch
         raise ModelError(f"{path}: not a readable torch.export .pt2 file ({_short(exc)})") from None
-    return modularize(program.module())
+    graph_module = program.module()
+    for node in list(graph_module.graph.nodes):
+        if node.op == "call_module" and node.target == "_guards_fn":
+            graph_module.graph.erase_node(node)  # export's input guards pin the batch size
+    # A plain GraphModule: the exported one refuses train()/eval(), which fine-tuning needs.
+    return torch.fx.GraphModule(graph_module, graph_module.graph).eval()
 
 
-# aten op → (module type, how to build it from the node's args)
 _CONV = torch.ops.aten.conv2d.default
 _LINEAR = torch.ops.aten.linear.default
 _BATCH_NORM = torch.ops.aten.batch_norm.default
@@ -115,34 +119,31 @@ _BATCH_NORM = torch.ops.aten.batch_norm.default
 def modularize(graph_module: torch.fx.GraphModule) -> torch.fx.GraphModule:
     """Turn functional conv2d/linear/batch_norm calls into nn modules owning their parameters.
 
-    torch.export programs call aten ops on free-standing parameters; structural pruning and
-    per-layer tools need real layers, so the parameters move into Conv2d/Linear/BatchNorm2d.
+    torch.export programs call aten ops on free-standing parameters; structural pruning needs
+    real layers, so the parameters move into Conv2d/Linear/BatchNorm2d modules. A weighted op
+    of any other kind raises VariantError naming it.
     """
     graph = graph_module.graph
-    for node in list(graph.nodes):
-        if node.op == "call_module" and node.target == "_guards_fn":
-            graph.erase_node(node)  # export's input guards pin the batch size; we batch freely
     for index, node in enumerate(list(graph.nodes)):
         if node.op != "call_function" or node.target not in (_CONV, _LINEAR, _BATCH_NORM):
             continue
-        module = _module_for(graph_module, node)
         name = f"mp_layer{index}"
-        graph_module.add_submodule(name, module)
+        graph_module.add_submodule(name, _module_for(graph_module, node))
         with graph.inserting_before(node):
             replacement = graph.call_module(name, (node.args[0],))
         node.replace_all_uses_with(replacement)
         graph.erase_node(node)
     graph.eliminate_dead_code()
-    graph_module.recompile()
-    _check_parameters_owned(graph_module)
-    return graph_module
+    plain = torch.fx.GraphModule(graph_module, graph)
+    _check_parameters_owned(plain)
+    return plain.eval()
 
 
 def _attr(graph_module: torch.fx.GraphModule, node: Any) -> torch.Tensor | None:
     if node is None:
         return None
     if node.op != "get_attr":
-        raise ModelError(f"layer {node.name}: weights computed at run time are not supported")
+        raise VariantError(f"unsupported layer {node.name}: its weights are computed at run time")
     value = graph_module
     for part in node.target.split("."):
         value = getattr(value, part)
@@ -156,7 +157,7 @@ def _module_for(graph_module: torch.fx.GraphModule, node: Any) -> nn.Module:
         stride, padding, dilation = args[3] or [1, 1], args[4] or [0, 0], args[5] or [1, 1]
         groups = args[6] or 1
         if isinstance(padding, str):
-            raise ModelError(f"layer {node.name}: string padding {padding!r} is not supported")
+            raise VariantError(f"unsupported layer {node.name}: string padding {padding!r}")
         conv = nn.Conv2d(
             weight.shape[1] * groups,
             weight.shape[0],
@@ -199,22 +200,33 @@ def _check_parameters_owned(graph_module: torch.fx.GraphModule) -> None:
             continue
         for arg in node.all_input_nodes:
             if arg.op == "get_attr" and isinstance(_attr(graph_module, arg), nn.Parameter):
-                raise ModelError(
-                    f"unsupported layer: {node.target} (node '{node.name}') holds trainable "
-                    "weights; supported weighted layers are conv2d, linear and batch_norm"
+                raise VariantError(
+                    f"unsupported layer for structural pruning: {node.target} (node "
+                    f"'{node.name}') holds weights; supported: conv2d, linear, batch_norm"
                 )
 
 
-def count_macs_params(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
-    """Multiply-accumulates for one image, and the parameter count."""
+def count_macs_params(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int | None, int]:
+    """Multiply-accumulates for one image (None where unknown), and the parameter count."""
+    import copy
+
     import torch_pruning as tp
 
-    example = torch.zeros(1, *input_shape)
+    params = sum(p.numel() for p in model.parameters())
+    if isinstance(model, torch.fx.GraphModule) and not _has_layers(model):
+        try:  # torch-pruning counts MACs per layer module; a .pt2 program needs real layers
+            model = modularize(copy.deepcopy(model))
+        except VariantError:
+            return None, params
     was_training = model.training
     model.eval()
-    macs, params = tp.utils.count_ops_and_params(model, example)
+    macs, _ = tp.utils.count_ops_and_params(model, torch.zeros(1, *input_shape))
     model.train(was_training)
-    return int(macs), int(params)
+    return int(macs), params
+
+
+def _has_layers(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d | nn.Linear) for m in model.modules())
 
 
 def _short(exc: Exception) -> str:

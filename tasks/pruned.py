@@ -12,7 +12,7 @@ from tasks.config import PrunedConfig
 from tasks.data import Preprocess, Split
 from tasks.errors import VariantError
 from tasks.export import write_onnx_variant
-from tasks.models import count_macs_params
+from tasks.models import count_macs_params, modularize
 from tasks.train import FitSettings, fit
 from tasks.variant import VariantRecord
 
@@ -55,10 +55,13 @@ def prune(
     """Prune a copy of the baseline to cfg.ratio, fine-tune it, and write the ONNX variant."""
     import copy
 
-    before_macs, before_params = count_macs_params(teacher, preprocess.input_shape)
-    model = prune_channels(copy.deepcopy(teacher), preprocess, cfg.ratio)
+    model = copy.deepcopy(teacher)
+    if isinstance(model, torch.fx.GraphModule):  # a user's .pt2 program: give it real layers
+        model = modularize(model)
+    before_macs, before_params = count_macs_params(model, preprocess.input_shape)
+    model = prune_channels(model, preprocess, cfg.ratio)
     after_macs, after_params = count_macs_params(model, preprocess.input_shape)
-    if after_macs >= before_macs:
+    if after_macs is None or before_macs is None or after_macs >= before_macs:
         raise VariantError(
             f"{name}: torch-pruning removed no channels from this model "
             f"({type(teacher).__name__}); it found no prunable Conv2d/Linear layers"

@@ -45,7 +45,7 @@ class BaselineResult:
     factory: str | None
     factory_kwargs: dict[str, Any]
     test_accuracy: float
-    macs: int
+    macs: int | None
     params: int
 
 
@@ -226,6 +226,10 @@ def load_baseline(baseline_dir: Path) -> nn.Module:
     return load_state_dict_file(model, weights).eval()
 
 
+def _mmacs(macs: int | None) -> str:
+    return "unknown" if macs is None else f"{macs / 1e6:.1f} M"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="train: make the baseline model")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -238,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     save_baseline(result, params.baseline, args.out, root=root)
     print(
         f"train: baseline ({result.kind}) test accuracy {result.test_accuracy:.4f}, "
-        f"{result.params:,} params, {result.macs / 1e6:.1f} M MACs → {args.out}"
+        f"{result.params:,} params, {_mmacs(result.macs)} MACs → {args.out}"
     )
 
 
