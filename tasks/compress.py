@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from tasks import distilled, pruned, tensorrt_fp16, tflite_int8
-from tasks.config import Params, load_params
+from tasks.config import Params, VariantConfig, load_params
 from tasks.data import load_preprocess, load_split
 from tasks.errors import ConfigError, VariantError
 from tasks.io import atomic_dir, read_json
@@ -22,22 +22,34 @@ from tasks.variant import VariantRecord, read_record, write_record
 def compress(
     params: Params, name: str, data_dir: Path, baseline_dir: Path, source_dir: Path, out_dir: Path
 ) -> VariantRecord:
-    """Build variant `name` into out_dir; returns its record (status ok, skipped or failed)."""
+    """Build variant `name` of params.yaml into out_dir; returns its record (ok, skipped or failed)."""
     if name not in params.variants:
         known = ", ".join(params.variants) or "none"
         raise ConfigError(f"variants.{name}: unknown variant; params.yaml defines: {known}")
-    cfg = params.variants[name]
+    return build_variant(
+        name, params.variants[name], params.seed, data_dir, baseline_dir, source_dir, out_dir
+    )
+
+
+def build_variant(
+    name: str,
+    cfg: VariantConfig,
+    seed: int,
+    data_dir: Path,
+    baseline_dir: Path,
+    source_dir: Path,
+    out_dir: Path,
+) -> VariantRecord:
+    """Dispatch one variant to its technique's module."""
     source = read_record(source_dir)
     preprocess = load_preprocess(data_dir)
     if source.status != "ok":
-        return _record_failure(
-            name, cfg.technique, cfg.source, f"source '{source.name}' is {source.status}", out_dir
-        )
+        reason = f"source '{source.name}' is {source.status}"
+        return _record_failure(name, cfg.technique, cfg.source, reason, out_dir)
     try:
         if cfg.technique == "tflite_int8":
-            return tflite_int8.quantize(
-                name, cfg, source_dir, load_split(data_dir, "calib"), preprocess, out_dir
-            )
+            calib = load_split(data_dir, "calib")
+            return tflite_int8.quantize(name, cfg, source_dir, calib, preprocess, out_dir)
         teacher = load_baseline(baseline_dir) if cfg.source == "baseline" else None
         baseline_sha = read_json(baseline_dir / "baseline.json")["sha256"]
         test = load_split(data_dir, "test")
@@ -46,7 +58,7 @@ def compress(
         train, val = load_split(data_dir, "train"), load_split(data_dir, "val")
         technique = pruned.prune if cfg.technique == "pruned" else distilled.distill
         return technique(
-            name, cfg, teacher, train, val, test, preprocess, baseline_sha, params.seed, out_dir
+            name, cfg, teacher, train, val, test, preprocess, baseline_sha, seed, out_dir
         )
     except VariantError as exc:
         return _record_failure(name, cfg.technique, cfg.source, str(exc), out_dir)

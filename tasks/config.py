@@ -137,33 +137,133 @@ VariantConfig = Annotated[
 ]
 
 
+class FetchConfig(_Strict):
+    """Where the versioned baseline model and data live (a git + DVC repo). Null repo: embedded default."""
+
+    repo: str | None = None  # git URL or local path of the DVC repo
+    model_path: str | None = None  # path of the .pt2 model inside that repo
+    data_path: str | None = None  # path of the .npz data inside that repo
+    model_rev: str | None = None  # default git rev (tag/branch/commit) when the flow gets none
+    data_rev: str | None = None
+    remote: str | None = None  # DVC remote name; null: the repo's default remote
+    remote_config: dict[str, str] = Field(default_factory=dict)  # e.g. {endpointurl: http://...}
+
+    @model_validator(mode="after")
+    def _paths_with_repo(self) -> FetchConfig:
+        if self.repo and not (self.model_path or self.data_path):
+            raise ValueError("fetch.repo needs fetch.model_path and/or fetch.data_path")
+        return self
+
+
+class DataGates(_Strict):
+    """Great Expectations data suite thresholds."""
+
+    min_samples_per_class: Annotated[int, Field(ge=1)] = 5
+    max_class_imbalance: Annotated[float, Field(ge=1.0)] = 10.0  # largest class / smallest class
+
+
+class VariantGates(_Strict):
+    """Great Expectations metrics suite thresholds; null means not checked."""
+
+    min_accuracy: Annotated[float, Field(ge=0, le=1)] | None = 0.9
+    max_accuracy_drop: Annotated[float, Field(ge=0)] | None = 1.0  # points, on the CI upper bound
+    max_worst_class_drop: Annotated[float, Field(ge=0)] | None = 6.0  # points
+    min_agreement: Annotated[float, Field(ge=0, le=1)] | None = 0.97
+    max_size_bytes: PositiveInt | None = None
+    max_p50_ms: Annotated[float, Field(gt=0)] | None = None
+
+
+class GatesConfig(_Strict):
+    confidence: Annotated[float, Field(gt=0.5, lt=1.0)] = 0.95
+    data: DataGates = DataGates()
+    defaults: VariantGates = VariantGates()
+    per_variant: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    def for_variant(self, name: str) -> VariantGates:
+        """Defaults with this variant's overrides on top."""
+        return VariantGates.model_validate(
+            self.defaults.model_dump() | self.per_variant.get(name, {})
+        )
+
+    @model_validator(mode="after")
+    def _overrides_valid(self) -> GatesConfig:
+        for name, override in self.per_variant.items():
+            try:
+                VariantGates.model_validate(self.defaults.model_dump() | override)
+            except ValidationError as exc:
+                error = exc.errors()[0]
+                key = ".".join(str(part) for part in error["loc"])
+                message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+                raise ValueError(f"per_variant.{name}.{key}: {message}") from None
+        return self
+
+
+class BenchmarkConfig(_Strict):
+    threads: PositiveInt = 1
+    warmup: Annotated[int, Field(ge=0)] = 10
+    iterations: PositiveInt = 100
+    max_seconds: Annotated[float, Field(gt=0)] = 20.0
+
+
+class ReviewConfig(_Strict):
+    approval: Literal["ui", "auto"] = "ui"
+    timeout_s: PositiveInt = 86_400
+
+
+class RegistryConfig(_Strict):
+    uri: str = "./registry"  # a local directory, or s3://bucket/prefix
+    model_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")] = (
+        "digits-resnet"
+    )
+    endpoint_url: str | None = None  # S3-compatible endpoint (MinIO, moto); null: AWS
+    region: str = "us-east-1"
+
+
+class ScheduleConfig(_Strict):
+    cron: str = "0 2 * * *"
+    timezone: str = "UTC"
+
+
 class Params(_Strict):
     seed: int = 0
     data: DataConfig = DataConfig()
     baseline: BaselineConfig = BaselineConfig()
     train: TrainConfig = TrainConfig()
     variants: dict[str, VariantConfig] = Field(default_factory=dict)
+    fetch: FetchConfig = FetchConfig()
+    gates: GatesConfig = GatesConfig()
+    benchmark: BenchmarkConfig = BenchmarkConfig()
+    review: ReviewConfig = ReviewConfig()
+    registry: RegistryConfig = RegistryConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
 
     @model_validator(mode="after")
     def _variant_graph(self) -> Params:
         for name, variant in self.variants.items():
             _check_variant_source(name, variant, self.variants)
+        for name in self.gates.per_variant:
+            if name not in self.variants and name != "baseline":
+                raise ValueError(f"gates.per_variant.{name}: not a variant in 'variants'")
         return self
 
 
 def _check_variant_source(name: str, variant: Any, variants: dict[str, Any]) -> None:
     if not name.replace("_", "").isalnum() or name == "baseline":
-        raise ValueError(f"variant name {name!r}: use letters, digits and '_', not 'baseline'")
+        raise ValueError(
+            f"variants.{name}: use letters, digits and '_' in variant names, not 'baseline'"
+        )
     source = variant.source
     if source == "baseline":
         return
     if variant.technique in TORCH_TECHNIQUES:
-        raise ValueError(f"{name}: technique '{variant.technique}' needs source 'baseline'")
+        raise ValueError(
+            f"variants.{name}.source: technique '{variant.technique}' needs source 'baseline'"
+        )
     if source not in variants:
-        raise ValueError(f"{name}: source {source!r} is not 'baseline' nor a variant")
+        raise ValueError(f"variants.{name}.source: {source!r} is not 'baseline' nor a variant")
     if variants[source].technique not in ONNX_TECHNIQUES:
         raise ValueError(
-            f"{name}: source {source!r} does not produce ONNX "
+            f"variants.{name}.source: {source!r} does not produce ONNX "
             f"(use one of: baseline, {', '.join(sorted(ONNX_TECHNIQUES))} variants)"
         )
 
@@ -175,6 +275,10 @@ def load_params(path: Path | str, overrides: dict[str, Any] | None = None) -> Pa
         raw = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"{path}: cannot read it as a YAML text file ({type(exc).__name__})"
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({_first_line(exc)})") from None
     if not isinstance(raw, dict):
@@ -193,7 +297,10 @@ def parse_params(raw: dict[str, Any], origin: str = "params") -> Params:
 def _describe(exc: ValidationError) -> str:
     error = exc.errors()[0]
     # Discriminated unions put the tag in the location; drop it so the key reads as written.
-    location = ".".join(str(part) for part in error["loc"] if part not in TECHNIQUES)
+    loc = list(error["loc"])
+    if len(loc) > 2 and loc[0] == "variants" and loc[2] in TECHNIQUES:
+        del loc[2]  # the discriminated union's tag, not a key the user wrote
+    location = ".".join(str(part) for part in loc)
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         message = "unknown key"
@@ -203,6 +310,8 @@ def _describe(exc: ValidationError) -> str:
         message = f"missing 'technique'; expected one of {', '.join(TECHNIQUES)}"
     elif "input" in error and not isinstance(error["input"], dict | list):
         message = f"{message} (got {error['input']!r})"
+    if message.startswith("per_variant."):  # a nested key reported by a model validator
+        return f"{location}.{message}"
     return f"{location}: {message}" if location else message
 
 

@@ -158,11 +158,16 @@ def _load_npz(path: Path, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
         archive = np.load(path)
     except Exception as exc:  # numpy raises several types for a corrupt archive
         raise DataError(f"{path}: not a readable .npz file ({type(exc).__name__})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: holds a single array; expected an .npz archive with 'x' and 'y'")
     with archive:
         missing = {"x", "y"} - set(archive.files)
         if missing:
             raise DataError(f"{path}: missing array(s) {sorted(missing)}; expected 'x' and 'y'")
-        x, y = archive["x"], archive["y"]
+        try:
+            x, y = archive["x"], archive["y"]
+        except ValueError:  # object arrays need pickle, which we never enable
+            raise DataError(f"{path}: x/y are object arrays; expected numeric arrays") from None
     if x.ndim != 4 or x.shape[1] != cfg.channels:
         raise DataError(
             f"{path}: x has shape {x.shape}; expected (N, {cfg.channels}, H, W) (data.channels)"
@@ -225,6 +230,8 @@ def _resize(x: np.ndarray, size: int) -> np.ndarray:
 
 
 def _check_pixels(x: np.ndarray, origin: str) -> None:
+    if x.size == 0:
+        return  # reported as "no samples" with the labels
     finite = np.isfinite(x)
     if not finite.all():
         bad = int((~finite).sum())

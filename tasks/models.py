@@ -99,10 +99,20 @@ def load_pt2(path: Path) -> torch.fx.GraphModule:
     """Load a torch.export program as a plain GraphModule that can be trained and exported."""
     if not path.exists():
         raise ModelError(f"{path}: .pt2 file not found")
+    import logging
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise ModelError(f"{path}: not a readable torch.export .pt2 file (not a zip archive)")
+    export_logger = logging.getLogger("torch.export")
+    previous_level = export_logger.level
+    export_logger.setLevel(logging.ERROR + 10)  # torch logs a full traceback before raising
     try:
         program = torch.export.load(str(path))
     except Exception as exc:  # corrupt zip, wrong format, version mismatch
         raise ModelError(f"{path}: not a readable torch.export .pt2 file ({_short(exc)})") from None
+    finally:
+        export_logger.setLevel(previous_level)
     graph_module = program.module()
     for node in list(graph_module.graph.nodes):
         if node.op == "call_module" and node.target == "_guards_fn":

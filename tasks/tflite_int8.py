@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import shutil
 import tempfile
+import threading
 from importlib.metadata import version
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from tasks.variant import (
 )
 
 MODEL_FILE = "model.tflite"
+_CONVERT_LOCK = threading.Lock()
 
 
 def quantize(
@@ -90,10 +90,9 @@ def _convert(
     import onnx2tf
 
     io_dtype = "int8" if cfg.int8_io else "float32"
-    log = io.StringIO()
     try:
-        # onnx2tf prints pages of progress even when asked not to; keep it for the error message.
-        with contextlib.redirect_stdout(log):
+        # onnx2tf keeps global Keras/TF state: one conversion at a time in a process.
+        with _CONVERT_LOCK:
             onnx2tf.convert(
                 input_onnx_file_path=str(onnx_file),
                 output_folder_path=str(work_dir / "tf"),

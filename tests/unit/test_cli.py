@@ -1,0 +1,291 @@
+"""Stage entry points on bad input: exit 2, one `error: ` line naming the culprit, no traceback,
+and no output (nor hidden staging) directory left behind."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO_ROOT, write_params
+
+EXIT_USER_ERROR = 2
+
+
+@dataclass(frozen=True)
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    env["DVC_NO_ANALYTICS"] = "1"
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def _run(cwd: Path, module: str, *args: str) -> Run:
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    return Run(done.returncode, done.stdout, done.stderr)
+
+
+def _assert_user_error(run: Run, *culprits: str) -> str:
+    """Exit 2, exactly one non-empty stderr line `error: ...` naming every culprit, no traceback."""
+    assert run.returncode == EXIT_USER_ERROR, (run.returncode, run.stderr[-2000:])
+    assert "Traceback" not in run.stderr, run.stderr[-2000:]
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one stderr line, got {len(lines)}:\n{run.stderr[-2000:]}"
+    assert run.stderr.strip() == lines[0].strip()
+    line = lines[0]
+    assert line.startswith("error: "), line
+    assert len(line) > len("error: ") + 5, line
+    for culprit in culprits:
+        assert culprit in line, (culprit, line)
+    return line
+
+
+def _assert_nothing_left(parent: Path, out_name: str) -> None:
+    assert not (parent / out_name).exists(), f"{out_name} was created"
+    staging = sorted(p.name for p in parent.glob(".*.tmp"))
+    assert staging == [], f"staging left behind: {staging}"
+
+
+# ---- prepare ----------------------------------------------------------------------------------
+
+
+def _npz_params(tmp_path: Path, **data: object) -> None:
+    write_params(tmp_path, {"data": {"source": "npz", "path": "inputs/bad.npz", **data}})
+
+
+def _write_npz(tmp_path: Path, x: np.ndarray, y: np.ndarray) -> None:
+    (tmp_path / "inputs").mkdir()
+    np.savez(tmp_path / "inputs" / "bad.npz", x=x, y=y)
+
+
+def test_prepare_rejects_nan_pixels(tmp_path: Path) -> None:
+    y = np.repeat(np.arange(3), 10)
+    x = np.random.default_rng(0).random((len(y), 1, 16, 16), dtype=np.float32)
+    x[4, 0, 2, 2] = np.nan
+    x[7, 0, 3, 3] = np.nan
+    _write_npz(tmp_path, x, y)
+    _npz_params(tmp_path)
+    run = _run(tmp_path, "tasks.data", "--params", "params.yaml", "--out", "data")
+    line = _assert_user_error(run, "inputs/bad.npz", "2 NaN/Inf pixel value(s)")
+    assert run.stdout == ""
+    assert line.startswith("error: inputs/bad.npz: ")
+    _assert_nothing_left(tmp_path, "data")
+
+
+@pytest.mark.parametrize(
+    ("labels", "num_classes", "detail"),
+    [
+        (np.repeat(np.arange(4), 8), 3, "labels span [0, 3]; expected 0..2 (data.num_classes=3)"),
+        (np.repeat(np.arange(-1, 3), 8), None, "labels span [-1, 2]"),
+    ],
+    ids=["above-num-classes", "negative"],
+)
+def test_prepare_rejects_labels_out_of_range(
+    tmp_path: Path, labels: np.ndarray, num_classes: int | None, detail: str
+) -> None:
+    x = np.random.default_rng(0).integers(0, 256, (len(labels), 1, 12, 12), dtype=np.uint8)
+    _write_npz(tmp_path, x, labels.astype(np.int64))
+    _npz_params(tmp_path, num_classes=num_classes)
+    run = _run(tmp_path, "tasks.data", "--params", "params.yaml", "--out", "data")
+    _assert_user_error(run, "bad.npz", detail)
+    _assert_nothing_left(tmp_path, "data")
+
+
+def test_prepare_rejects_a_bad_params_file(tmp_path: Path) -> None:
+    write_params(tmp_path, {"data": {"sizee": 16}})
+    run = _run(tmp_path, "tasks.data", "--params", "params.yaml", "--out", "data")
+    _assert_user_error(run, "params.yaml: data.sizee: unknown key")
+    _assert_nothing_left(tmp_path, "data")
+
+
+# ---- train ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def prepared_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny digits prepared once by the real prepare entry point."""
+    root = tmp_path_factory.mktemp("cli_prepare")
+    write_params(root)
+    run = _run(root, "tasks.data", "--params", "params.yaml", "--out", "data")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "prepare: digits → data" in run.stdout
+    assert "10 classes" in run.stdout
+    assert sorted(p.name for p in (root / "data").iterdir()) == [
+        "calib.npz",
+        "preprocess.json",
+        "test.npz",
+        "train.npz",
+        "val.npz",
+    ]
+    assert [p.name for p in root.glob(".*.tmp")] == []
+    return root / "data"
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, prepared_data: Path) -> Path:
+    shutil.copytree(prepared_data, tmp_path / "data")
+    return tmp_path
+
+
+def _train(workspace: Path) -> Run:
+    return _run(
+        workspace,
+        "tasks.train",
+        "--params",
+        "params.yaml",
+        "--data",
+        "data",
+        "--out",
+        "models/baseline",
+    )
+
+
+def _assert_no_model(workspace: Path) -> None:
+    assert not (workspace / "models").exists(), list((workspace / "models").rglob("*"))
+    _assert_nothing_left(workspace, "models")
+
+
+def test_train_pt2_missing_file(workspace: Path) -> None:
+    write_params(workspace, {"baseline": {"source": "pt2", "path": "inputs/model.pt2"}})
+    run = _train(workspace)
+    _assert_user_error(run, "inputs/model.pt2", "not found")
+    _assert_no_model(workspace)
+
+
+def _corrupt_pt2(workspace: Path) -> None:
+    (workspace / "inputs").mkdir()
+    (workspace / "inputs" / "model.pt2").write_bytes(np.random.default_rng(0).bytes(4096))
+    write_params(workspace, {"baseline": {"source": "pt2", "path": "inputs/model.pt2"}})
+
+
+def test_train_pt2_corrupt_file_exits_2_and_leaves_nothing(workspace: Path) -> None:
+    _corrupt_pt2(workspace)
+    run = _train(workspace)
+    assert run.returncode == EXIT_USER_ERROR, run.stderr[-2000:]
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: inputs/model.pt2: not a readable torch.export .pt2 file"), last
+    _assert_no_model(workspace)
+
+
+def test_train_pt2_corrupt_file_prints_one_line(workspace: Path) -> None:
+    _corrupt_pt2(workspace)
+    _assert_user_error(_train(workspace), "inputs/model.pt2", "not a readable")
+
+
+def test_train_pt2_with_wrong_number_of_logits(workspace: Path) -> None:
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16 * 16, 5)).eval()
+    program = torch.export.export(model, (torch.zeros(1, 1, 16, 16),))
+    (workspace / "inputs").mkdir()
+    torch.export.save(program, str(workspace / "inputs" / "model.pt2"))
+    write_params(workspace, {"baseline": {"source": "pt2", "path": "inputs/model.pt2"}})
+    run = _train(workspace)
+    _assert_user_error(
+        run,
+        "inputs/model.pt2",
+        "output has shape (2, 5)",
+        "expected (2, 10)",
+        "one logit per class",
+    )
+    _assert_no_model(workspace)
+
+
+def test_train_factory_with_mismatched_state_dict(workspace: Path) -> None:
+    import torch
+    from torch import nn
+
+    (workspace / "inputs").mkdir()
+    torch.save(nn.Linear(3, 3).state_dict(), workspace / "inputs" / "weights.pt")
+    write_params(
+        workspace,
+        {
+            "baseline": {
+                "source": "factory",
+                "factory": "tasks.models:resnet_cnn",
+                "factory_kwargs": {"num_classes": 10, "in_channels": 1, "width": 8},
+                "path": "inputs/weights.pt",
+            }
+        },
+    )
+    run = _train(workspace)
+    _assert_user_error(run, "inputs/weights.pt", "does not fit the factory's model")
+    _assert_no_model(workspace)
+
+
+def test_train_factory_that_cannot_be_imported(workspace: Path) -> None:
+    (workspace / "inputs").mkdir()
+    (workspace / "inputs" / "weights.pt").write_bytes(b"")
+    write_params(
+        workspace,
+        {
+            "baseline": {
+                "source": "factory",
+                "factory": "no_such_pkg.models:build",
+                "path": "inputs/weights.pt",
+            }
+        },
+    )
+    run = _train(workspace)
+    _assert_user_error(run, "baseline.factory", "'no_such_pkg.models:build'")
+    _assert_no_model(workspace)
+
+
+# ---- compress and the modelpress command ------------------------------------------------------
+
+
+def test_compress_unknown_variant(workspace: Path) -> None:
+    write_params(workspace)
+    run = _run(
+        workspace,
+        "tasks.compress",
+        "--params",
+        "params.yaml",
+        "--name",
+        "nosuch",
+        "--data",
+        "data",
+        "--baseline",
+        "models/baseline",
+        "--source",
+        "variants/baseline",
+        "--out",
+        "variants/nosuch",
+    )
+    line = _assert_user_error(run, "variants.nosuch: unknown variant")
+    # it lists what params.yaml does define
+    for name in ("tflite_int8", "pruned", "distilled", "tensorrt_fp16", "distilled_int8"):
+        assert name in line
+    _assert_nothing_left(workspace / "variants", "nosuch")
+    assert not (workspace / "variants").exists()
+
+
+def test_table_with_a_missing_metrics_file(tmp_path: Path) -> None:
+    run = _run(tmp_path, "flows.cli", "table", "missing.json")
+    _assert_user_error(run, "missing.json", "not found")
+    assert run.stdout == ""
+    assert list(tmp_path.iterdir()) == []

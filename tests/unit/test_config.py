@@ -1,0 +1,367 @@
+"""params.yaml parsing: the repo's file loads; every mistake is one line naming the dotted key."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tasks.config import (
+    TECHNIQUES,
+    DistilledConfig,
+    Params,
+    PrunedConfig,
+    TensorrtFp16Config,
+    TfliteInt8Config,
+    load_params,
+    parse_params,
+)
+from tasks.errors import ConfigError
+from tests.conftest import REPO_ROOT
+
+REPO_PARAMS = REPO_ROOT / "params.yaml"
+
+
+@pytest.fixture(scope="module")
+def repo_raw() -> dict[str, Any]:
+    return yaml.safe_load(REPO_PARAMS.read_text())
+
+
+def _merged(raw: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of raw with extra merged in (written out here, independent of the code)."""
+    out = copy.deepcopy(raw)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _error(raw: dict[str, Any], origin: str = "params.yaml") -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_params(raw, origin=origin)
+    message = str(info.value)
+    assert message.strip(), "error message is empty"
+    assert "\n" not in message, f"error message spans several lines: {message!r}"
+    assert message.startswith(f"{origin}: "), message
+    return message
+
+
+# ---- the repo's params.yaml -------------------------------------------------------------------
+
+
+def test_repo_params_load_with_their_values() -> None:
+    params = load_params(REPO_PARAMS)
+    assert isinstance(params, Params)
+    assert params.seed == 0
+    assert params.data.source == "digits"
+    assert params.data.image_size == 32
+    assert params.data.channels == 1
+    assert params.data.num_classes is None
+    splits = params.data.splits
+    assert (splits.train, splits.calib, splits.val, splits.test) == (0.6, 0.1, 0.1, 0.2)
+    assert params.baseline.source == "train"
+    assert params.train.width == 32
+    assert params.train.lr == pytest.approx(0.003)
+    assert set(params.variants) == {
+        "tflite_int8",
+        "pruned",
+        "distilled",
+        "tensorrt_fp16",
+        "distilled_int8",
+        "pruned_int8",
+    }
+
+
+def test_repo_variants_parse_into_their_technique_models() -> None:
+    variants = load_params(REPO_PARAMS).variants
+    assert isinstance(variants["tflite_int8"], TfliteInt8Config)
+    assert isinstance(variants["pruned"], PrunedConfig)
+    assert isinstance(variants["distilled"], DistilledConfig)
+    assert isinstance(variants["tensorrt_fp16"], TensorrtFp16Config)
+    assert variants["pruned"].ratio == pytest.approx(0.4)
+    assert variants["distilled"].width == 12
+    assert variants["distilled"].alpha == pytest.approx(0.7)
+    assert variants["distilled_int8"].technique == "tflite_int8"
+    assert variants["distilled_int8"].source == "distilled"
+    assert variants["pruned_int8"].source == "pruned"
+    assert variants["tflite_int8"].calibration_samples == 180
+
+
+def test_params_are_frozen() -> None:
+    params = load_params(REPO_PARAMS)
+    with pytest.raises(Exception, match="frozen"):
+        params.data.image_size = 64  # type: ignore[misc]
+
+
+def test_empty_file_gives_the_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("")
+    params = load_params(path)
+    assert params.variants == {}
+    assert params.data.source == "digits"
+    assert params.baseline.source == "train"
+
+
+# ---- unknown keys -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        ({"sed": 1}, "sed"),
+        ({"data": {"sizee": 16}}, "data.sizee"),
+        ({"data": {"splits": {"tran": 0.6}}}, "data.splits.tran"),
+        ({"train": {"epoch": 3}}, "train.epoch"),
+        ({"baseline": {"pth": "x.pt2"}}, "baseline.pth"),
+    ],
+    ids=["top-level", "data.sizee", "data.splits.tran", "train.epoch", "baseline.pth"],
+)
+def test_unknown_key_names_the_dotted_key(
+    repo_raw: dict[str, Any], extra: dict[str, Any], key: str
+) -> None:
+    message = _error(_merged(repo_raw, extra))
+    assert message == f"params.yaml: {key}: unknown key"
+
+
+def test_unknown_key_inside_a_variant_names_the_dotted_key(repo_raw: dict[str, Any]) -> None:
+    raw = _merged(
+        repo_raw,
+        {"variants": {"small": {"technique": "pruned", "source": "baseline", "ratioo": 0.3}}},
+    )
+    assert _error(raw) == "params.yaml: variants.small.ratioo: unknown key"
+
+
+def test_unknown_key_in_a_variant_named_like_its_technique(repo_raw: dict[str, Any]) -> None:
+    raw = _merged(repo_raw, {"variants": {"pruned": {"ratioo": 0.3}}})
+    assert _error(raw) == "params.yaml: variants.pruned.ratioo: unknown key"
+
+
+# ---- bad values -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "detail"),
+    [
+        ({"train": {"lr": -0.1}}, "train.lr", "greater than 0 (got -0.1)"),
+        ({"train": {"epochs": 0}}, "train.epochs", "greater than 0 (got 0)"),
+        ({"data": {"image_size": 3}}, "data.image_size", "greater than or equal to 8 (got 3)"),
+        ({"data": {"channels": 2}}, "data.channels", "1 or 3 (got 2)"),
+        ({"seed": "abc"}, "seed", "valid integer"),
+        ({"data": {"source": "csv"}}, "data.source", "'digits', 'npz' or 'imagefolder'"),
+        ({"data": {"splits": {"train": 0.0}}}, "data.splits.train", "greater than 0"),
+    ],
+    ids=[
+        "negative-lr",
+        "zero-epochs",
+        "image-size-3",
+        "channels-2",
+        "seed-str",
+        "source",
+        "split-0",
+    ],
+)
+def test_bad_value_names_the_key(
+    repo_raw: dict[str, Any], extra: dict[str, Any], key: str, detail: str
+) -> None:
+    message = _error(_merged(repo_raw, extra))
+    assert message.startswith(f"params.yaml: {key}: "), message
+    assert detail in message
+
+
+def test_split_fractions_must_sum_to_one(repo_raw: dict[str, Any]) -> None:
+    raw = _merged(repo_raw, {"data": {"splits": {"train": 0.5}}})
+    message = _error(raw)
+    assert message == "params.yaml: data.splits: split fractions must add up to 1.0, got 0.900"
+
+
+def test_ratio_above_one_names_the_variant_key(repo_raw: dict[str, Any]) -> None:
+    raw = _merged(
+        repo_raw,
+        {"variants": {"half": {"technique": "pruned", "source": "baseline", "ratio": 1.5}}},
+    )
+    message = _error(raw)
+    assert message.startswith("params.yaml: variants.half.ratio: "), message
+    assert "less than 1 (got 1.5)" in message
+
+
+def test_ratio_above_one_in_the_repo_pruned_variant(repo_raw: dict[str, Any]) -> None:
+    raw = _merged(repo_raw, {"variants": {"pruned": {"ratio": 1.5}}})
+    assert _error(raw).startswith("params.yaml: variants.pruned.ratio: ")
+
+
+def test_mean_length_must_match_channels(repo_raw: dict[str, Any]) -> None:
+    raw = _merged(repo_raw, {"data": {"mean": [0.5, 0.5]}})
+    message = _error(raw)
+    assert "mean needs 1 value(s), got 2" in message
+
+
+def test_npz_source_needs_a_path(repo_raw: dict[str, Any]) -> None:
+    message = _error(_merged(repo_raw, {"data": {"source": "npz"}}))
+    assert "source 'npz' needs data.path" in message
+
+
+def test_pt2_baseline_needs_a_path(repo_raw: dict[str, Any]) -> None:
+    message = _error(_merged(repo_raw, {"baseline": {"source": "pt2"}}))
+    assert "source 'pt2' needs baseline.path" in message
+
+
+def test_factory_must_be_module_colon_function(repo_raw: dict[str, Any]) -> None:
+    raw = _merged(
+        repo_raw, {"baseline": {"source": "factory", "factory": "mypkg.build", "path": "w.pt"}}
+    )
+    message = _error(raw)
+    assert "'package.module:function'" in message
+    assert "'mypkg.build'" in message
+
+
+# ---- techniques and the variant graph ---------------------------------------------------------
+
+
+def test_unknown_technique_lists_the_valid_ones(repo_raw: dict[str, Any]) -> None:
+    raw = _merged(repo_raw, {"variants": {"x": {"technique": "magic", "source": "baseline"}}})
+    message = _error(raw)
+    assert message.startswith("params.yaml: variants.x: unknown technique 'magic'"), message
+    assert "expected one of tflite_int8, pruned, distilled, tensorrt_fp16" in message
+    for technique in TECHNIQUES:
+        assert technique in message
+
+
+def test_missing_technique_lists_the_valid_ones(repo_raw: dict[str, Any]) -> None:
+    raw = _merged(repo_raw, {"variants": {"x": {"source": "baseline"}}})
+    message = _error(raw)
+    assert "variants.x: missing 'technique'" in message
+    assert "tflite_int8, pruned, distilled, tensorrt_fp16" in message
+
+
+def test_source_naming_a_missing_variant_is_refused(repo_raw: dict[str, Any]) -> None:
+    raw = _merged(repo_raw, {"variants": {"x": {"technique": "tflite_int8", "source": "nosuch"}}})
+    message = _error(raw)
+    assert "variants.x.source: 'nosuch' is not 'baseline' nor a variant" in message
+
+
+@pytest.mark.parametrize("technique", ["pruned", "distilled"])
+def test_torch_technique_must_start_from_the_baseline(
+    repo_raw: dict[str, Any], technique: str
+) -> None:
+    raw = _merged(repo_raw, {"variants": {"x": {"technique": technique, "source": "distilled"}}})
+    message = _error(raw)
+    assert f"variants.x.source: technique '{technique}' needs source 'baseline'" in message
+
+
+def test_int8_of_an_int8_variant_is_refused(repo_raw: dict[str, Any]) -> None:
+    raw = _merged(
+        repo_raw, {"variants": {"x": {"technique": "tflite_int8", "source": "tflite_int8"}}}
+    )
+    message = _error(raw)
+    assert "variants.x.source: 'tflite_int8' does not produce ONNX" in message
+    assert "baseline, distilled, pruned" in message
+
+
+def test_int8_of_a_tensorrt_variant_is_refused(repo_raw: dict[str, Any]) -> None:
+    raw = _merged(
+        repo_raw, {"variants": {"x": {"technique": "tflite_int8", "source": "tensorrt_fp16"}}}
+    )
+    assert "variants.x.source: 'tensorrt_fp16' does not produce ONNX" in _error(raw)
+
+
+def test_variant_may_not_be_called_baseline(repo_raw: dict[str, Any]) -> None:
+    raw = _merged(
+        repo_raw, {"variants": {"baseline": {"technique": "tflite_int8", "source": "baseline"}}}
+    )
+    assert (
+        "variants.baseline: use letters, digits and '_' in variant names, not 'baseline'"
+        in _error(raw)
+    )
+
+
+def test_int8_of_pruned_and_distilled_is_accepted(repo_raw: dict[str, Any]) -> None:
+    params = parse_params(repo_raw)
+    assert params.variants["pruned_int8"].source == "pruned"
+    assert params.variants["distilled_int8"].source == "distilled"
+
+
+# ---- overrides and files ----------------------------------------------------------------------
+
+
+def test_overrides_merge_deeply() -> None:
+    params = load_params(
+        REPO_PARAMS,
+        {
+            "data": {"splits": {"train": 0.5, "test": 0.3}},
+            "train": {"epochs": 2},
+            "variants": {"pruned": {"ratio": 0.25}},
+        },
+    )
+    splits = params.data.splits
+    assert (splits.train, splits.calib, splits.val, splits.test) == (0.5, 0.1, 0.1, 0.3)
+    assert params.data.image_size == 32  # sibling keys survive
+    assert params.train.epochs == 2
+    assert params.train.width == 32
+    assert params.train.lr == pytest.approx(0.003)
+    assert params.variants["pruned"].ratio == pytest.approx(0.25)
+    assert params.variants["pruned"].finetune_epochs == 5  # sibling of the overridden key
+    assert len(params.variants) == 6  # other variants kept
+
+
+def test_override_with_an_unknown_key_is_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_params(REPO_PARAMS, {"train": {"epochz": 2}})
+    assert str(info.value) == f"{REPO_PARAMS}: train.epochz: unknown key"
+
+
+def test_missing_file_names_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere" / "params.yaml"
+    with pytest.raises(ConfigError) as info:
+        load_params(path)
+    assert str(info.value) == f"{path}: file not found"
+
+
+def test_invalid_yaml_names_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("data: [1, 2\n  image_size: }\n")
+    with pytest.raises(ConfigError) as info:
+        load_params(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: not valid YAML ("), message
+    assert "\n" not in message
+
+
+def test_non_mapping_yaml_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError) as info:
+        load_params(path)
+    assert str(info.value) == f"{path}: expected a mapping at the top level"
+
+
+def test_file_errors_carry_the_file_as_origin(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"data": {"image_size": 3}}))
+    with pytest.raises(ConfigError) as info:
+        load_params(path)
+    assert str(info.value).startswith(f"{path}: data.image_size: ")
+
+
+def test_unknown_key_in_a_per_variant_gate_names_the_dotted_key(
+    repo_raw: dict[str, Any],
+) -> None:
+    raw = copy.deepcopy(repo_raw)
+    raw.setdefault("gates", {})["per_variant"] = {"distilled": {"max_accuracy_dropp": 1.0}}
+    assert _error(raw) == "params.yaml: gates.per_variant.distilled.max_accuracy_dropp: unknown key"
+
+
+@pytest.mark.parametrize("kind", ["directory", "not-utf8"])
+def test_unreadable_params_file_names_the_path(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "params.yaml"
+    if kind == "directory":
+        path.mkdir()
+    else:
+        path.write_bytes(b"seed: \xff\xfe\n")
+    with pytest.raises(ConfigError) as info:
+        load_params(path)
+    assert str(info.value).startswith(f"{path}: ")
