@@ -12,7 +12,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 # dvc.yaml stages call `python`: make it the venv's.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help install run test test-all lint format clean
+.PHONY: help install run repro test test-fast lint format stack stack-down deploy clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -25,7 +25,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)  ## create .venv and install everything (pinned)
 
-run: $(STAMP)  ## run the whole pipeline (dvc repro) on params.yaml and print the variants table
+run: $(STAMP)  ## run the nightly flow once on params.yaml (auto-approval, local registry; no servers needed)
+	$(BIN)/modelpress nightly --approval auto
+
+repro: $(STAMP)  ## run the same steps as a DVC pipeline (dvc repro) and print the variants table
 	$(BIN)/dvc repro
 	$(BIN)/modelpress table metrics/variants.json
 
@@ -43,5 +46,14 @@ format: $(STAMP)  ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-clean:  ## remove pipeline outputs (keeps .venv)
-	rm -rf data models variants metrics plots reports dvc.lock .dvc/tmp .dvc/cache
+stack: $(STAMP)  ## start the local stack: Prefect server + UI, work pool + worker, S3 endpoint, nightly schedule
+	infra/stack.sh up
+
+stack-down:  ## stop the local stack
+	infra/stack.sh down
+
+deploy: $(STAMP)  ## (re)deploy the nightly schedule from params.yaml to the running Prefect server
+	infra/stack.sh deploy
+
+clean:  ## remove pipeline outputs and flow work files (keeps .venv and the registry)
+	rm -rf data models variants metrics plots reports dvc.lock .dvc/tmp .dvc/cache .modelpress

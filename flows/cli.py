@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tasks.cli_support import run_main
+
+if TYPE_CHECKING:
+    from tasks.config import RegistryConfig
 
 
 def _table(args: argparse.Namespace) -> None:
@@ -13,6 +18,100 @@ def _table(args: argparse.Namespace) -> None:
 
     metrics = load_metrics(args.metrics)
     print(format_table(metrics, markdown=args.markdown))
+
+
+def _registry_config(args: argparse.Namespace) -> RegistryConfig:
+    """params.registry from --params (./params.yaml if present), with --uri/--endpoint-url on top."""
+    from tasks.config import load_params, parse_params
+
+    overrides: dict[str, Any] = {}
+    if args.uri is not None:
+        overrides["uri"] = args.uri
+    if args.endpoint_url is not None:
+        overrides["endpoint_url"] = args.endpoint_url
+    path = args.params if args.params is not None else Path("params.yaml")
+    if args.params is None and not path.exists():
+        return parse_params({"registry": overrides}, origin="--uri/--endpoint-url").registry
+    return load_params(path, overrides={"registry": overrides}).registry
+
+
+def _registry_list(args: argparse.Namespace) -> None:
+    from tasks.registry import open_registry
+
+    registry = open_registry(_registry_config(args))
+    models = registry.list_models()
+    if not models:
+        print(f"no published models in {registry.uri}")
+    for model in models:
+        versions = registry.list_versions(model)
+        print(f"{model}  {len(versions)} version(s), latest {versions[-1]}")
+
+
+def _registry_show(args: argparse.Namespace) -> None:
+    from tasks.registry import open_registry
+
+    registry = open_registry(_registry_config(args))
+    if args.version is None:
+        versions = registry.list_versions(args.model)
+        print("\n".join(versions) or f"no published versions of {args.model} in {registry.uri}")
+        return
+    print(_format_manifest(registry.read_manifest(args.model, args.version)))
+
+
+def _format_manifest(manifest: dict[str, Any]) -> str:
+    """Variants with their format, approval and files (sha256, size)."""
+    lines = [f"{manifest['model']} {manifest['version']}  created {manifest['created_at']}"]
+    for name, variant in manifest["variants"].items():
+        approval = variant.get("approval", {})
+        lines.append(
+            f"  {name}  format={variant['format']}  approved by {approval.get('approved_by')} "
+            f"at {approval.get('approved_at')}"
+            + (f"  ({approval['comment']})" if approval.get("comment") else "")
+        )
+        lines.extend(_format_files(variant["files"], indent="    "))
+    return "\n".join(lines)
+
+
+def _format_files(files: dict[str, dict[str, Any]], indent: str) -> list[str]:
+    return [f"{indent}{f['sha256']}  {f['size_bytes']:>10}  {rel}" for rel, f in files.items()]
+
+
+def _registry_pull(args: argparse.Namespace) -> None:
+    from tasks.registry import open_registry
+
+    registry = open_registry(_registry_config(args))
+    dest = registry.pull(args.model, args.version, args.variant, args.dest)
+    files = registry.read_manifest(args.model, args.version)["variants"][args.variant]["files"]
+    print(f"pulled {args.model}/{args.version}/{args.variant} into {dest}; verified sha256:")
+    print("\n".join(_format_files(files, indent="  ")))
+
+
+def _add_registry(commands: Any) -> None:
+    """`modelpress registry list|show|pull`; each takes --params, --uri and --endpoint-url."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--params", type=Path, default=None, help="params.yaml to read (default ./params.yaml)"
+    )
+    common.add_argument("--uri", help="registry URI: a directory or s3://bucket/prefix")
+    common.add_argument("--endpoint-url", help="S3-compatible endpoint (MinIO, moto)")
+    registry = commands.add_parser("registry", help="list, show and pull published variants")
+    actions = registry.add_subparsers(dest="registry_command", required=True)
+    listing = actions.add_parser("list", parents=[common], help="list published models")
+    listing.set_defaults(handler=_registry_list)
+    show = actions.add_parser(
+        "show", parents=[common], help="list a model's versions, or show one version's manifest"
+    )
+    show.add_argument("model")
+    show.add_argument("version", nargs="?")
+    show.set_defaults(handler=_registry_show)
+    pull = actions.add_parser(
+        "pull", parents=[common], help="download a variant, verified against the manifest"
+    )
+    pull.add_argument("model")
+    pull.add_argument("version")
+    pull.add_argument("variant")
+    pull.add_argument("dest", type=Path)
+    pull.set_defaults(handler=_registry_pull)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,10 +123,28 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("metrics", type=Path, nargs="?", default=Path("metrics/variants.json"))
     table.add_argument("--markdown", action="store_true", help="print a markdown table")
     table.set_defaults(handler=_table)
+    _add_registry(commands)
+    nightly = commands.add_parser(
+        "nightly",
+        add_help=False,
+        help="run the nightly flow once, here (modelpress nightly --help)",
+    )
+    nightly.add_argument("args", nargs=argparse.REMAINDER)
+    nightly.set_defaults(handler=_nightly)
     return parser
 
 
+def _nightly(args: argparse.Namespace) -> None:
+    from flows.nightly import main as nightly_main  # imports Prefect: only when asked
+
+    nightly_main(args.args)
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["nightly"]:  # its own parser owns every option, --help included
+        _nightly(argparse.Namespace(args=argv[1:]))
+        return
     args = build_parser().parse_args(argv)
     run_main(lambda: args.handler(args))
 

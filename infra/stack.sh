@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The real local stack: Prefect server (SQLite) + UI, a process work pool with a worker, an S3
+# endpoint on loopback (moto) with a bucket, and the nightly deployment on its schedule.
+#   infra/stack.sh up      start everything (idempotent), print the URLs
+#   infra/stack.sh deploy  (re)deploy the nightly schedule from params.yaml
+#   infra/stack.sh down    stop what `up` started
+set -euo pipefail
+cd "$(dirname "$0")/.."
+HOME_DIR=$(pwd)
+BIN="$HOME_DIR/.venv/bin"
+STATE="$HOME_DIR/.modelpress/stack"
+PREFECT_PORT=${PREFECT_PORT:-4200}
+S3_PORT=${S3_PORT:-9000}
+POOL=modelpress-local
+BUCKET=${MODELPRESS_BUCKET:-modelpress}
+export PREFECT_API_URL="http://127.0.0.1:${PREFECT_PORT}/api"
+export PREFECT_UI_API_URL="$PREFECT_API_URL"
+export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 DVC_NO_ANALYTICS=1 GX_ANALYTICS_ENABLED=false
+mkdir -p "$STATE"
+
+start() {  # name, command...
+  local name=$1; shift
+  if [[ -f "$STATE/$name.pid" ]] && kill -0 "$(cat "$STATE/$name.pid")" 2>/dev/null; then
+    echo "  $name already running (pid $(cat "$STATE/$name.pid"))"; return
+  fi
+  nohup "$@" >"$STATE/$name.log" 2>&1 &
+  echo $! >"$STATE/$name.pid"
+  echo "  $name started (log: $STATE/$name.log)"
+}
+
+wait_for() {  # url, what
+  for _ in $(seq 1 120); do curl -sf "$1" >/dev/null && return 0; sleep 1; done
+  echo "error: $2 did not come up at $1 (see $STATE/*.log)" >&2; exit 1
+}
+
+deploy() {
+  eval "$("$BIN/python" - <<'PY'
+from tasks.config import load_params
+s = load_params("params.yaml").schedule
+print(f"export MODELPRESS_CRON='{s.cron}' MODELPRESS_TIMEZONE='{s.timezone}'")
+PY
+)"
+  export MODELPRESS_HOME="$HOME_DIR"
+  "$BIN/prefect" --no-prompt deploy --prefect-file infra/prefect.yaml --all
+}
+
+case "${1:-up}" in
+  up)
+    echo "starting the ModelPress stack"
+    start prefect-server "$BIN/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
+    wait_for "$PREFECT_API_URL/health" "Prefect server"
+    start s3 "$BIN/moto_server" -H 127.0.0.1 -p "$S3_PORT"
+    wait_for "http://127.0.0.1:${S3_PORT}/moto-api/" "S3 endpoint"
+    AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-local} AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-local} \
+      "$BIN/python" -c "import boto3; boto3.client('s3', endpoint_url='http://127.0.0.1:${S3_PORT}', region_name='us-east-1').create_bucket(Bucket='$BUCKET')" 2>/dev/null || true
+    "$BIN/prefect" work-pool inspect "$POOL" >/dev/null 2>&1 || "$BIN/prefect" work-pool create "$POOL" --type process >/dev/null
+    start worker "$BIN/prefect" worker start --pool "$POOL"
+    deploy
+    cat <<MSG
+
+ModelPress stack is up:
+  Prefect UI:   http://127.0.0.1:${PREFECT_PORT}
+  S3 endpoint:  http://127.0.0.1:${S3_PORT} (bucket '$BUCKET'; any credentials)
+  Run tonight's flow now:  PREFECT_API_URL=$PREFECT_API_URL $BIN/prefect deployment run nightly/nightly
+  Publish to S3 instead of ./registry: set registry.uri: s3://$BUCKET/registry and
+      registry.endpoint_url: http://127.0.0.1:${S3_PORT} in params.yaml
+  Stop:  infra/stack.sh down
+MSG
+    ;;
+  deploy) deploy ;;
+  down)
+    for name in worker s3 prefect-server; do
+      if [[ -f "$STATE/$name.pid" ]]; then kill "$(cat "$STATE/$name.pid")" 2>/dev/null || true; rm -f "$STATE/$name.pid"; echo "  $name stopped"; fi
+    done ;;
+  *) echo "usage: infra/stack.sh [up|deploy|down]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,647 @@
+"""The artifact registry: publish approved variants, list them, pull them back verified.
+
+Layout, the same in a local directory and in S3::
+
+    <prefix>/<model>/<version>/<variant>/<file>
+    <prefix>/<model>/<version>/manifest.json      (written last)
+
+A version is published once its manifest exists; list and show ignore the rest. Every write
+is create-only (S3 `IfNoneMatch="*"`, a hard link locally), so a published version never
+changes and two publishers of one version cannot both win.
+"""
+
+from __future__ import annotations
+
+import abc
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from tasks.config import RegistryConfig
+from tasks.errors import ModelPressError
+from tasks.io import sha256_file
+
+# botocore generates the client class at run time; there is no importable type to name
+S3Client = Any
+
+MANIFEST_NAME = "manifest.json"
+RECORD_NAME = "variant.json"
+FORMATS = ("onnx", "tflite", "tensorrt")
+MANIFEST_SCHEMA = 1
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_CHUNK = 1 << 20
+_PUT_ATTEMPTS = 3  # S3 may answer 409 ConditionalRequestConflict to racing conditional puts
+_CREDENTIAL_CODES = frozenset(
+    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
+)
+_MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+
+
+class RegistryError(ModelPressError):
+    """The registry refused or failed an operation: bad name, immutable version, bad checksum, S3 trouble."""
+
+
+@dataclass(frozen=True)
+class PublishEntry:
+    """One approved variant to publish: its directory (model file(s) + variant.json) and review data."""
+
+    directory: Path
+    format: str  # one of FORMATS
+    input: dict[str, Any]
+    metrics: dict[str, Any]
+    gates: dict[str, Any]
+    approval: dict[str, Any]  # approved_by, approved_at, comment
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    uri: str  # where the manifest lives
+    manifest: dict[str, Any]  # exactly what read_manifest returns
+
+
+@dataclass(frozen=True)
+class _LocalFile:
+    path: Path
+    sha256: str
+    size_bytes: int
+
+
+# ── the shared contract ─────────────────────────────────────────────────────────────────────
+
+
+class Registry(abc.ABC):
+    """Publish/list/pull logic shared by both stores; subclasses only move bytes under keys.
+
+    Keys are '/'-joined paths relative to the registry root, e.g. 'model/v1/manifest.json'.
+    """
+
+    @property
+    @abc.abstractmethod
+    def uri(self) -> str:
+        """The registry root as a user would write it in params.yaml."""
+
+    def publish(
+        self,
+        model: str,
+        version: str,
+        entries: dict[str, PublishEntry],
+        lineage: dict[str, Any],
+    ) -> PublishResult:
+        """Upload every entry's files, then the manifest; refuse if the version is published.
+
+        Raises RegistryError before any write for bad names or entries, or a version that
+        already has a manifest; during the upload if a file left by an earlier unfinished
+        publish has other bytes, or if another publisher's manifest landed first.
+        """
+        _check_name("model", model)
+        _check_name("version", version)
+        files = _check_entries(entries)
+        manifest_key = _key(model, version, MANIFEST_NAME)
+        if self._exists(manifest_key):
+            raise _immutable(self._uri_of(manifest_key))
+        body = _encode_manifest(_build_manifest(model, version, entries, files, lineage))
+        for variant, listing in files.items():
+            for relative, local in listing.items():
+                self._put_data(_key(model, version, variant, relative), local)
+        if not self._create(manifest_key, body, hashlib.sha256(body).hexdigest()):
+            raise _immutable(self._uri_of(manifest_key))
+        return PublishResult(uri=self._uri_of(manifest_key), manifest=json.loads(body))
+
+    def list_models(self) -> list[str]:
+        """Models with at least one published version, sorted."""
+        return _sorted(
+            [name for name in self._children("") if _is_name(name) and self.list_versions(name)]
+        )
+
+    def list_versions(self, model: str) -> list[str]:
+        """Published versions of `model` (those with a manifest), in natural order (v2 < v10)."""
+        _check_name("model", model)
+        versions = [
+            name
+            for name in self._children(model)
+            if _is_name(name) and self._exists(_key(model, name, MANIFEST_NAME))
+        ]
+        return _sorted(versions)
+
+    def read_manifest(self, model: str, version: str) -> dict[str, Any]:
+        """The manifest of a published version; RegistryError if it is not published."""
+        _check_name("model", model)
+        _check_name("version", version)
+        key = _key(model, version, MANIFEST_NAME)
+        body = self._read(key)
+        if body is None:
+            raise RegistryError(
+                f"{model}/{version} is not published in {self.uri} (no {MANIFEST_NAME}); "
+                f"published versions: {', '.join(self.list_versions(model)) or 'none'}"
+            )
+        try:
+            return json.loads(body)
+        except ValueError as exc:
+            raise RegistryError(f"{self._uri_of(key)}: not valid JSON ({exc})") from None
+
+    def pull(self, model: str, version: str, variant: str, dest: Path) -> Path:
+        """Download a variant into `dest`, every file checked against the manifest first.
+
+        Files land in a temp directory beside `dest` that is renamed into place only once
+        all sizes and sha256 sums match; on any failure `dest` is not created. `dest` must
+        not exist or be an empty directory.
+        """
+        _check_name("variant", variant)
+        files = _variant_files(self.read_manifest(model, version), model, version, variant)
+        dest = Path(dest).absolute()
+        _check_dest(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
+        try:
+            for relative, expected in files.items():
+                target = staging / _safe_relative(relative)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self._download(_key(model, version, variant, relative), target)
+                _verify(target, relative, expected)
+            staging.chmod(0o755)
+            os.rename(staging, dest)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return dest
+
+    def _put_data(self, key: str, local: _LocalFile) -> None:
+        """Create-only upload; an object already there is fine only with the same bytes."""
+        if self._create(key, local.path, local.sha256):
+            return
+        existing = self._sha256_of(key)
+        if existing != local.sha256:
+            version_root = key.rsplit("/", 2)[0]
+            raise RegistryError(
+                f"{self._uri_of(key)} already exists with sha256 {existing}, not {local.sha256} "
+                f"(left by an unfinished or concurrent publish); remove the unpublished "
+                f"{self._uri_of(version_root)}/ or publish a new version"
+            )
+
+    # ── what each store provides ──
+
+    @abc.abstractmethod
+    def _uri_of(self, key: str) -> str:
+        """The full address of `key`, for messages and results."""
+
+    @abc.abstractmethod
+    def _exists(self, key: str) -> bool: ...
+
+    @abc.abstractmethod
+    def _read(self, key: str) -> bytes | None:
+        """The object's bytes, or None if there is no such object."""
+
+    @abc.abstractmethod
+    def _create(self, key: str, source: Path | bytes, sha256: str) -> bool:
+        """Write `source` at `key` only if nothing is there; False (and no change) if something is."""
+
+    @abc.abstractmethod
+    def _sha256_of(self, key: str) -> str:
+        """Hex sha256 of the object stored at `key`."""
+
+    @abc.abstractmethod
+    def _children(self, key: str) -> list[str]:
+        """Names of the immediate sub-folders of `key` ('' is the root)."""
+
+    @abc.abstractmethod
+    def _download(self, key: str, target: Path) -> None: ...
+
+
+def open_registry(cfg: RegistryConfig) -> Registry:
+    """A registry for `cfg.uri`: `s3://bucket/prefix` or a local directory (relative to cwd)."""
+    uri = cfg.uri.strip()
+    if uri.startswith("s3://"):
+        bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+        return S3Registry(bucket, prefix, endpoint_url=cfg.endpoint_url, region=cfg.region)
+    if not uri or "://" in uri:
+        raise RegistryError(
+            f"registry.uri {cfg.uri!r}: expected a local directory or s3://bucket/prefix"
+        )
+    return LocalRegistry(Path(uri).expanduser().absolute())
+
+
+# ── local directory ─────────────────────────────────────────────────────────────────────────
+
+
+class LocalRegistry(Registry):
+    """A registry in a local (or mounted) directory; writes are temp file + exclusive hard link."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    @property
+    def uri(self) -> str:
+        return str(self.root)
+
+    def _path(self, key: str) -> Path:
+        return self.root.joinpath(*key.split("/")) if key else self.root
+
+    def _uri_of(self, key: str) -> str:
+        return str(self._path(key))
+
+    def _exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def _read(self, key: str) -> bytes | None:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def _create(self, key: str, source: Path | bytes, sha256: str) -> bool:
+        # os.replace would silently overwrite; os.link fails if the target exists, so the
+        # first writer wins and a reader never sees a partial file.
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                written = _copy_hashing(source, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            if written != sha256:
+                raise RegistryError(
+                    f"{source}: changed while publishing (sha256 {written}, expected {sha256})"
+                )
+            os.chmod(tmp, 0o644)
+            try:
+                os.link(tmp, target)
+            except FileExistsError:
+                return False
+            return True
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def _sha256_of(self, key: str) -> str:
+        return sha256_file(self._path(key))
+
+    def _children(self, key: str) -> list[str]:
+        folder = self._path(key)
+        if not folder.is_dir():
+            return []
+        return [p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+
+    def _download(self, key: str, target: Path) -> None:
+        try:
+            shutil.copyfile(self._path(key), target)
+        except FileNotFoundError:
+            raise RegistryError(
+                f"{self._uri_of(key)}: listed in the manifest but missing"
+            ) from None
+
+
+# ── S3 ──────────────────────────────────────────────────────────────────────────────────────
+
+
+class S3Registry(Registry):
+    """A registry in an S3 bucket (AWS, MinIO, moto); credentials come from the boto3 chain."""
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region: str = "us-east-1",
+        client: S3Client | None = None,
+    ) -> None:
+        if not bucket:
+            raise RegistryError("registry.uri: s3:// needs a bucket name (s3://bucket/prefix)")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.endpoint_url = endpoint_url
+        self._client = client if client is not None else _make_client(endpoint_url, region)
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+
+    def _object_key(self, key: str) -> str:
+        return "/".join(part for part in (self.prefix, key) if part)
+
+    def _uri_of(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._object_key(key)}"
+
+    def _exists(self, key: str) -> bool:
+        with self._errors(key):
+            try:
+                self._client.head_object(Bucket=self.bucket, Key=self._object_key(key))
+            except _client_error() as exc:
+                if _error_code(exc) in _MISSING_CODES:
+                    return False
+                raise
+            return True
+
+    def _read(self, key: str) -> bytes | None:
+        with self._errors(key):
+            try:
+                response = self._client.get_object(Bucket=self.bucket, Key=self._object_key(key))
+            except _client_error() as exc:
+                if _error_code(exc) in _MISSING_CODES:
+                    return None
+                raise
+            return response["Body"].read()
+
+    def _create(self, key: str, source: Path | bytes, sha256: str) -> bool:
+        checksum = base64.b64encode(bytes.fromhex(sha256)).decode()
+        with self._errors(key):
+            for attempt in range(1, _PUT_ATTEMPTS + 1):
+                try:
+                    self._put_once(key, source, checksum)
+                    return True
+                except _client_error() as exc:
+                    code = _error_code(exc)
+                    if code == "PreconditionFailed":
+                        return False
+                    if code != "ConditionalRequestConflict" or attempt == _PUT_ATTEMPTS:
+                        raise
+                time.sleep(0.2 * attempt)
+        return False  # unreachable: the loop returns or raises
+
+    def _put_once(self, key: str, source: Path | bytes, checksum: str) -> None:
+        # One PUT is enough up to 5 GiB; upload_file would be multipart but cannot send
+        # IfNoneMatch.
+        with contextlib.ExitStack() as stack:
+            body = source if isinstance(source, bytes) else stack.enter_context(open(source, "rb"))
+            self._client.put_object(
+                Bucket=self.bucket,
+                Key=self._object_key(key),
+                Body=body,
+                IfNoneMatch="*",
+                ChecksumAlgorithm="SHA256",
+                ChecksumSHA256=checksum,
+            )
+
+    def _sha256_of(self, key: str) -> str:
+        with self._errors(key):
+            head = self._client.head_object(
+                Bucket=self.bucket, Key=self._object_key(key), ChecksumMode="ENABLED"
+            )
+            stored = head.get("ChecksumSHA256")
+            if stored and "-" not in stored:  # "-N" marks a composite multipart checksum
+                return base64.b64decode(stored).hex()
+            response = self._client.get_object(Bucket=self.bucket, Key=self._object_key(key))
+            digest = hashlib.sha256()
+            for chunk in response["Body"].iter_chunks(_CHUNK):
+                digest.update(chunk)
+            return digest.hexdigest()
+
+    def _children(self, key: str) -> list[str]:
+        folder = self._object_key(key)
+        folder = f"{folder}/" if folder else ""
+        names: list[str] = []
+        with self._errors(key):
+            paginator = self._client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=folder, Delimiter="/"):
+                for common in page.get("CommonPrefixes", []):
+                    names.append(common["Prefix"][len(folder) :].rstrip("/"))
+        return names
+
+    def _download(self, key: str, target: Path) -> None:
+        with self._errors(key):
+            try:
+                response = self._client.get_object(Bucket=self.bucket, Key=self._object_key(key))
+            except _client_error() as exc:
+                if _error_code(exc) in _MISSING_CODES:
+                    raise RegistryError(
+                        f"{self._uri_of(key)}: listed in the manifest but missing"
+                    ) from None
+                raise
+            with open(target, "wb") as handle:
+                for chunk in response["Body"].iter_chunks(_CHUNK):
+                    handle.write(chunk)
+
+    @contextlib.contextmanager
+    def _errors(self, key: str) -> Iterator[None]:
+        """Turn boto errors into one-line RegistryErrors that say what to fix."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            yield
+        except (BotoCoreError, ClientError) as exc:
+            raise RegistryError(_describe_s3_error(exc, self._uri_of(key), self)) from None
+
+
+def _make_client(endpoint_url: str | None, region: str) -> S3Client:
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        connect_timeout=5,
+        read_timeout=60,
+        retries={"max_attempts": 3, "mode": "standard"},
+        # MinIO and moto serve buckets as paths, not as DNS names
+        s3={"addressing_style": "path"} if endpoint_url else None,
+    )
+    return boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+
+
+def _client_error() -> type[Exception]:
+    from botocore.exceptions import ClientError
+
+    return ClientError
+
+
+def _error_code(exc: Exception) -> str:
+    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+
+
+def _describe_s3_error(exc: Exception, where: str, registry: S3Registry) -> str:
+    """One line naming the bucket/endpoint and the fix; never credential values."""
+    from botocore.exceptions import (
+        ConnectionError,
+        HTTPClientError,
+        NoCredentialsError,
+        PartialCredentialsError,
+    )
+
+    endpoint = registry.endpoint_url or "the AWS default endpoint"
+    bucket = registry.bucket
+    code = _error_code(exc)
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        return f"no S3 credentials for bucket {bucket!r}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
+    if isinstance(exc, ConnectionError | HTTPClientError):
+        return f"cannot reach the S3 endpoint {endpoint} for bucket {bucket!r}: check registry.endpoint_url (or --endpoint-url) and that the server is up"
+    if code in _CREDENTIAL_CODES:
+        return f"S3 at {endpoint} rejected the credentials for bucket {bucket!r} ({code}): check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+    if code in ("AccessDenied", "403"):
+        return f"access denied to {where} at {endpoint}: the credentials need s3:ListBucket, s3:GetObject and s3:PutObject on bucket {bucket!r}"
+    if code == "NoSuchBucket":
+        return f"bucket {bucket!r} does not exist at {endpoint}: create it or fix registry.uri (or --uri)"
+    message = getattr(exc, "response", {}).get("Error", {}).get("Message") or _first_line(exc)
+    return f"S3 request for {where} at {endpoint} failed: {code or type(exc).__name__}: {_first_line(message)}"
+
+
+# ── helpers ─────────────────────────────────────────────────────────────────────────────────
+
+
+def _is_name(value: str) -> bool:
+    return bool(_NAME.match(value)) and ".." not in value
+
+
+def _check_name(field: str, value: str) -> None:
+    if not isinstance(value, str) or not _is_name(value):
+        raise RegistryError(
+            f"{field} name {value!r}: use 1-128 letters, digits, '.', '_' or '-', "
+            f"starting with a letter or digit, without '..'"
+        )
+
+
+def _key(*parts: str) -> str:
+    return "/".join(parts)
+
+
+def _sorted(names: list[str]) -> list[str]:
+    """Natural order: digit runs compare as numbers, so v2 sorts before v10."""
+    return sorted(
+        names,
+        key=lambda n: [
+            (0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", n) if t
+        ],
+    )
+
+
+def _check_entries(entries: dict[str, PublishEntry]) -> dict[str, dict[str, _LocalFile]]:
+    """Validate every entry and hash its files: {variant: {relative path: file}}."""
+    if not entries:
+        raise RegistryError("nothing to publish: no approved variants given")
+    for variant in entries:
+        _check_name("variant", variant)
+    return {variant: _check_entry(variant, entry) for variant, entry in entries.items()}
+
+
+def _check_entry(variant: str, entry: PublishEntry) -> dict[str, _LocalFile]:
+    directory = Path(entry.directory)
+    if not (directory / RECORD_NAME).is_file():
+        raise RegistryError(
+            f"variant {variant!r}: {directory} has no {RECORD_NAME}; is it a variant directory?"
+        )
+    if entry.format not in FORMATS:
+        raise RegistryError(
+            f"variant {variant!r}: format {entry.format!r}; expected one of {', '.join(FORMATS)}"
+        )
+    missing = [k for k in ("approved_by", "approved_at") if not entry.approval.get(k)]
+    if missing:
+        raise RegistryError(
+            f"variant {variant!r}: approval lacks {', '.join(missing)}; only approved variants are published"
+        )
+    files = sorted(p for p in directory.rglob("*") if p.is_file())
+    return {
+        p.relative_to(directory).as_posix(): _LocalFile(p, sha256_file(p), p.stat().st_size)
+        for p in files
+    }
+
+
+def _build_manifest(
+    model: str,
+    version: str,
+    entries: dict[str, PublishEntry],
+    files: dict[str, dict[str, _LocalFile]],
+    lineage: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "schema": MANIFEST_SCHEMA,
+        "model": model,
+        "version": version,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "lineage": lineage,
+        "variants": {
+            variant: {
+                "files": {
+                    rel: {"sha256": f.sha256, "size_bytes": f.size_bytes}
+                    for rel, f in files[variant].items()
+                },
+                "format": entry.format,
+                "input": entry.input,
+                "metrics": entry.metrics,
+                "gates": entry.gates,
+                "approval": entry.approval,
+            }
+            for variant, entry in entries.items()
+        },
+    }
+
+
+def _encode_manifest(manifest: dict[str, Any]) -> bytes:
+    return (json.dumps(manifest, indent=2, default=_json_default) + "\n").encode()
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):  # numpy scalars and arrays in metrics
+        return value.tolist()
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable in the manifest: {type(value).__name__}")
+
+
+def _immutable(manifest_uri: str) -> RegistryError:
+    return RegistryError(f"{manifest_uri} already exists; published versions are immutable")
+
+
+def _variant_files(
+    manifest: dict[str, Any], model: str, version: str, variant: str
+) -> dict[str, dict[str, Any]]:
+    variants = manifest.get("variants", {})
+    if variant not in variants:
+        raise RegistryError(
+            f"{model}/{version} has no variant {variant!r}; it has: {', '.join(sorted(variants)) or 'none'}"
+        )
+    return variants[variant]["files"]
+
+
+def _check_dest(dest: Path) -> None:
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise RegistryError(
+            f"{dest}: already exists and is not an empty directory; pull into a new path"
+        )
+
+
+def _safe_relative(relative: str) -> PurePosixPath:
+    """A manifest path that stays inside the pulled directory."""
+    path = PurePosixPath(relative)
+    if path.is_absolute() or not path.parts or any(p in ("", ".", "..") for p in path.parts):
+        raise RegistryError(f"manifest file path {relative!r} escapes the variant directory")
+    return path
+
+
+def _verify(path: Path, relative: str, expected: dict[str, Any]) -> None:
+    size = path.stat().st_size
+    actual = sha256_file(path)
+    if size != expected["size_bytes"] or actual != expected["sha256"]:
+        raise RegistryError(
+            f"{relative}: checksum mismatch, expected sha256 {expected['sha256']} "
+            f"({expected['size_bytes']} bytes), got {actual} ({size} bytes)"
+        )
+
+
+def _copy_hashing(source: Path | bytes, handle: Any) -> str:
+    """Write `source` to `handle` and return the sha256 of what was written."""
+    digest = hashlib.sha256()
+    if isinstance(source, bytes):
+        digest.update(source)
+        handle.write(source)
+        return digest.hexdigest()
+    with open(source, "rb") as src:
+        for chunk in iter(lambda: src.read(_CHUNK), b""):
+            digest.update(chunk)
+            handle.write(chunk)
+    return digest.hexdigest()
+
+
+def _first_line(value: object) -> str:
+    text = str(value).strip()
+    return text.splitlines()[0] if text else ""

@@ -1,0 +1,551 @@
+"""validate: Great Expectations gates on the prepared data and on every variant's metrics.
+
+Two kinds of suite run here, both as real GX validations (ephemeral context → pandas data
+source → dataframe asset → whole-dataframe batch → ExpectationSuite → ValidationDefinition →
+Checkpoint):
+
+- `check_data`: one row per sample of every split (label, pixel range, NaN count, shape, dtype)
+  and one summary row of class counts (samples per class in train, class imbalance, split sizes).
+- `gate_variants`: one row per variant (accuracy, upper bound of the paired accuracy drop, worst
+  per-class drop, agreement with the baseline, size, p50 latency) against `gates.for_variant`.
+
+Great Expectations is imported lazily (its import costs seconds). GX_ANALYTICS_ENABLED defaults
+to false when a context is built: these machines have no outside network.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tasks.config import DataGates, GatesConfig, VariantGates
+from tasks.data import SPLITS, Preprocess, Split
+from tasks.errors import DataError, ModelPressError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+BASELINE = "baseline"
+DATA_SUITE = "data"
+DOCS_SITE = "modelpress"
+STATUS_CHECK = "status == ok"
+
+Number = float | int
+
+
+class DataValidationError(ModelPressError):
+    """The data suite failed: the message names each failing check."""
+
+
+@dataclass(frozen=True)
+class Check:
+    """One expectation's outcome; `observed` and `threshold` are None where not numeric."""
+
+    name: str  # e.g. "accuracy >= min_accuracy"
+    expectation: str  # the GX expectation type, e.g. "expect_column_min_to_be_between"
+    column: str
+    success: bool
+    observed: float | int | None
+    threshold: float | int | None
+
+
+@dataclass(frozen=True)
+class SuiteResult:
+    suite: str
+    success: bool
+    checks: list[Check]
+
+    @property
+    def failures(self) -> list[Check]:
+        return [check for check in self.checks if not check.success]
+
+    def describe(self) -> str:
+        """One line: the suite and, for each failing check, observed vs threshold."""
+        if self.success:
+            return f"{self.suite}: all {len(self.checks)} check(s) passed"
+        parts = [_describe_check(check) for check in self.failures]
+        return f"{self.suite}: {len(parts)} check(s) failed: " + "; ".join(parts)
+
+
+def _describe_check(check: Check) -> str:
+    unit = " violating sample(s)" if check.expectation.endswith("_in_set") else ""
+    return (
+        f"{check.name} [{check.column}] "
+        f"(observed {_fmt(check.observed)}{unit} vs threshold {_fmt(check.threshold)})"
+    )
+
+
+def _fmt(value: Number | None) -> str:
+    if value is None:
+        return "none"
+    return str(value) if isinstance(value, int) else f"{value:.6g}"
+
+
+# ---- rules and the GX runner -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """A check before it runs: the GX expectation class and its keyword arguments."""
+
+    name: str
+    expectation: str  # class name in great_expectations.expectations
+    column: str
+    threshold: Number | None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def _at_least(name: str, column: str, threshold: Number) -> _Rule:
+    return _Rule(name, "ExpectColumnMinToBeBetween", column, threshold, {"min_value": threshold})
+
+
+def _at_most(name: str, column: str, threshold: Number) -> _Rule:
+    return _Rule(name, "ExpectColumnMaxToBeBetween", column, threshold, {"max_value": threshold})
+
+
+def _in_set(name: str, column: str, values: list[Any]) -> _Rule:
+    # Observed is the number of samples outside the set, so the threshold is 0.
+    return _Rule(name, "ExpectColumnValuesToBeInSet", column, 0, {"value_set": values})
+
+
+class _GxRunner:
+    """One ephemeral GX context shared by several suites; Data Docs built once at the end."""
+
+    def __init__(self, docs_dir: Path | None) -> None:
+        self.context = _make_context(docs_dir)
+        self.source = self.context.data_sources.add_pandas("modelpress")
+        self.docs = docs_dir is not None
+
+    def run(self, suite_name: str, frame: pd.DataFrame, rules: list[_Rule]) -> list[Check]:
+        """Validate `frame` against `rules` as suite `suite_name` through a Checkpoint."""
+        import great_expectations as gx
+
+        batch = self.source.add_dataframe_asset(suite_name).add_batch_definition_whole_dataframe(
+            "all"
+        )
+        suite = self.context.suites.add(gx.ExpectationSuite(name=suite_name))
+        for rule in rules:
+            suite.add_expectation(_expectation(rule))
+        definition = self.context.validation_definitions.add(
+            gx.ValidationDefinition(name=suite_name, data=batch, suite=suite)
+        )
+        checkpoint = self.context.checkpoints.add(
+            gx.Checkpoint(
+                name=suite_name, validation_definitions=[definition], result_format="SUMMARY"
+            )
+        )
+        outcome = checkpoint.run(batch_parameters={"dataframe": frame})
+        by_name = {rule.name: rule for rule in rules}
+        return [
+            _to_check(result, by_name[result.expectation_config.meta["check"]])
+            for run in outcome.run_results.values()
+            for result in run.results
+        ]
+
+    def build_docs(self) -> None:
+        """Write the HTML Data Docs site (index.html and one page per validation)."""
+        if self.docs:
+            self.context.build_data_docs(site_names=[DOCS_SITE])
+
+
+def _make_context(docs_dir: Path | None) -> Any:
+    """An in-memory GX context, quiet, with a local Data Docs site when docs_dir is given."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
+
+    config = DataContextConfig(
+        # No default temp-dir docs site: the only site is the one we configure below.
+        store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+        progress_bars=ProgressBarsConfig(globally=False),
+        analytics_enabled=False,
+    )
+    context = gx.get_context(project_config=config, mode="ephemeral")
+    if docs_dir is not None:
+        docs_dir.mkdir(parents=True, exist_ok=True)
+        context.add_data_docs_site(
+            site_name=DOCS_SITE,
+            site_config={
+                "class_name": "SiteBuilder",
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": str(docs_dir.resolve()),
+                },
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            },
+        )
+    return context
+
+
+def _expectation(rule: _Rule) -> Any:
+    import great_expectations.expectations as gxe
+
+    expectation_class = getattr(gxe, rule.expectation)
+    return expectation_class(column=rule.column, meta={"check": rule.name}, **rule.kwargs)
+
+
+def _to_check(result: Any, rule: _Rule) -> Check:
+    payload = result.result or {}
+    raw = payload.get("observed_value", payload.get("unexpected_count"))
+    return Check(
+        name=rule.name,
+        expectation=result.expectation_config.type,
+        column=rule.column,
+        success=bool(result.success),
+        observed=_plain_number(raw),
+        threshold=rule.threshold,
+    )
+
+
+def _plain_number(value: Any) -> Number | None:
+    """numpy scalars → int/float; NaN, strings and lists → None."""
+    if isinstance(value, bool | np.bool_) or value is None:
+        return None
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _suite_result(suite: str, checks: list[Check]) -> SuiteResult:
+    return SuiteResult(suite=suite, success=all(c.success for c in checks), checks=checks)
+
+
+# ---- data suite --------------------------------------------------------------------------------
+
+
+def check_data(
+    splits: dict[str, Split],
+    preprocess: Preprocess,
+    gates: DataGates,
+    docs_dir: Path | None = None,
+) -> SuiteResult:
+    """Run the data suite on every split; failures are reported, not raised (see assert_data_valid).
+
+    With `docs_dir`, GX writes an HTML Data Docs site there (index.html). The folder belongs to
+    this one call: GX's index builder removes pages of results it does not hold in memory, so
+    give check_data and gate_variants separate folders.
+    """
+    _check_splits(splits)
+    runner = _GxRunner(docs_dir)
+    checks = runner.run(f"{DATA_SUITE}.samples", sample_frame(splits), _sample_rules(preprocess))
+    checks += runner.run(
+        f"{DATA_SUITE}.classes",
+        class_frame(splits, preprocess.num_classes),
+        _class_rules(gates, list(splits)),
+    )
+    runner.build_docs()
+    return _suite_result(DATA_SUITE, checks)
+
+
+def assert_data_valid(result: SuiteResult) -> None:
+    """Raise DataValidationError naming every failing check when the data suite failed."""
+    if not result.success:
+        raise DataValidationError(result.describe())
+
+
+def _check_splits(splits: dict[str, Split]) -> None:
+    if "train" not in splits:
+        raise DataError(f"splits: got {sorted(splits)}; expected at least 'train' (of {SPLITS})")
+    for name, split in splits.items():
+        if split.x.ndim != 4 or split.x.shape[0] != split.y.shape[0]:
+            raise DataError(
+                f"splits.{name}: x {split.x.shape}, y {split.y.shape}; expected x (N, C, H, W), y (N,)"
+            )
+
+
+def sample_frame(splits: dict[str, Split]) -> pd.DataFrame:
+    """One row per sample: split, label, finite pixel min/max, non-finite count, shape, dtype."""
+    import pandas as pd
+
+    return pd.concat(
+        [_split_frame(name, split) for name, split in splits.items()], ignore_index=True
+    )
+
+
+def _split_frame(name: str, split: Split) -> pd.DataFrame:
+    import pandas as pd
+
+    count, channels, height, width = split.x.shape
+    flat = split.x.reshape(count, channels * height * width).astype(np.float64)
+    finite = np.isfinite(flat)
+    # Min/max over finite pixels only, so a NaN shows up in nan_count and nowhere else.
+    pixel_min = np.where(finite, flat, np.inf).min(axis=1, initial=np.inf)
+    pixel_max = np.where(finite, flat, -np.inf).max(axis=1, initial=-np.inf)
+    no_finite = ~finite.any(axis=1)
+    pixel_min[no_finite] = np.nan
+    pixel_max[no_finite] = np.nan
+    return pd.DataFrame(
+        {
+            "split": name,
+            "label": split.y.astype(np.int64),
+            "pixel_min": pixel_min,
+            "pixel_max": pixel_max,
+            "nan_count": (~finite).sum(axis=1).astype(np.int64),  # NaN and ±Inf
+            "height": height,
+            "width": width,
+            "channels": channels,
+            "dtype": str(split.x.dtype),
+        }
+    )
+
+
+def class_frame(splits: dict[str, Split], num_classes: int) -> pd.DataFrame:
+    """One summary row: train's smallest class count and imbalance, and each split's size."""
+    import pandas as pd
+
+    counts = class_counts(splits["train"].y, num_classes)
+    smallest, largest = int(counts.min()), int(counts.max())
+    row: dict[str, Number] = {
+        "train_min_class_count": smallest,
+        # An empty class would make the ratio infinite; its count check fails on its own.
+        "train_class_imbalance": largest / max(smallest, 1),
+    }
+    row |= {f"{name}_samples": len(split) for name, split in splits.items()}
+    return pd.DataFrame([row])
+
+
+def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Samples per class 0..num_classes-1; labels outside that range are not counted."""
+    labels = np.asarray(labels, dtype=np.int64)
+    valid = labels[(labels >= 0) & (labels < num_classes)]
+    return np.bincount(valid, minlength=num_classes)
+
+
+def _sample_rules(preprocess: Preprocess) -> list[_Rule]:
+    low, high = preprocess.pixel_range
+    return [
+        _in_set("label in range(num_classes)", "label", list(range(preprocess.num_classes))),
+        _at_least(f"pixel_min >= {low:g}", "pixel_min", low),
+        _at_most(f"pixel_max <= {high:g}", "pixel_max", high),
+        _Rule("nan_count == 0", "ExpectColumnSumToBeBetween", "nan_count", 0, _equal(0)),
+        _in_set("height == image_size", "height", [preprocess.image_size]),
+        _in_set("width == image_size", "width", [preprocess.image_size]),
+        _in_set("channels == channels", "channels", [preprocess.channels]),
+        _in_set("dtype == float32", "dtype", ["float32"]),
+    ]
+
+
+def _class_rules(gates: DataGates, split_names: list[str]) -> list[_Rule]:
+    rules = [
+        _at_least(
+            "train samples per class >= min_samples_per_class",
+            "train_min_class_count",
+            gates.min_samples_per_class,
+        ),
+        _at_most(
+            "train class imbalance <= max_class_imbalance",
+            "train_class_imbalance",
+            gates.max_class_imbalance,
+        ),
+    ]
+    return rules + [
+        _at_least(f"{name} split non-empty", f"{name}_samples", 1) for name in split_names
+    ]
+
+
+def _equal(value: Number) -> dict[str, Number]:
+    return {"min_value": value, "max_value": value}
+
+
+# ---- statistics --------------------------------------------------------------------------------
+
+
+def paired_drop_interval(
+    labels: np.ndarray,
+    base_pred: np.ndarray,
+    variant_pred: np.ndarray,
+    confidence: float = 0.95,
+) -> tuple[float, float, float]:
+    """Accuracy drop (baseline minus variant) in points: (point, lower, upper).
+
+    Exact conditional McNemar: only discordant samples carry information about the drop.
+    b = baseline right and variant wrong, c = baseline wrong and variant right, n = samples.
+    The drop is (b - c) / n; given b + c discordant samples, b is Binomial(b + c, p), so a
+    Clopper-Pearson interval for p maps to the drop as (2p - 1)(b + c) / n.
+
+    Gating on the upper bound rather than the point estimate means a small test set cannot
+    pass a real regression by luck: with few samples the interval is wide and the gate stays
+    closed until the evidence says the drop is below the limit. No discordant samples: (0, 0, 0).
+    """
+    labels, base_pred, variant_pred = _paired_arrays(labels, base_pred, variant_pred)
+    base_right, variant_right = base_pred == labels, variant_pred == labels
+    b = int(np.sum(base_right & ~variant_right))
+    c = int(np.sum(~base_right & variant_right))
+    discordant, n = b + c, len(labels)
+    if discordant == 0:
+        return 0.0, 0.0, 0.0
+    p_low, p_high = clopper_pearson(b, discordant, confidence)
+
+    def to_points(p: float) -> float:
+        return 100.0 * (2.0 * p - 1.0) * discordant / n
+
+    return 100.0 * (b - c) / n, to_points(p_low), to_points(p_high)
+
+
+def clopper_pearson(successes: int, trials: int, confidence: float) -> tuple[float, float]:
+    """Exact two-sided binomial interval for successes / trials."""
+    from scipy.stats import beta
+
+    alpha = 1.0 - confidence
+    low = 0.0 if successes == 0 else float(beta.ppf(alpha / 2, successes, trials - successes + 1))
+    high = (
+        1.0
+        if successes == trials
+        else float(beta.ppf(1 - alpha / 2, successes + 1, trials - successes))
+    )
+    return low, high
+
+
+def worst_class_drop(
+    labels: np.ndarray, base_pred: np.ndarray, variant_pred: np.ndarray
+) -> tuple[int, float]:
+    """The class whose accuracy drops most (baseline minus variant), and that drop in points.
+
+    Only classes present in `labels` count; ties go to the lowest class index.
+    """
+    labels, base_pred, variant_pred = _paired_arrays(labels, base_pred, variant_pred)
+    classes = np.unique(labels)
+    drops = [
+        100.0
+        * float(np.mean(base_pred[labels == k] == k) - np.mean(variant_pred[labels == k] == k))
+        for k in classes
+    ]
+    worst = int(np.argmax(drops))
+    return int(classes[worst]), drops[worst]
+
+
+def _paired_arrays(
+    labels: np.ndarray, base_pred: np.ndarray, variant_pred: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    labels, base_pred, variant_pred = (
+        np.asarray(a).reshape(-1) for a in (labels, base_pred, variant_pred)
+    )
+    sizes = [len(labels), len(base_pred), len(variant_pred)]
+    if len(set(sizes)) != 1 or sizes[0] == 0:
+        raise DataError(
+            f"predictions: labels/baseline/variant have {sizes} samples; "
+            "expected the same non-zero number"
+        )
+    return labels, base_pred, variant_pred
+
+
+# ---- variant gates -----------------------------------------------------------------------------
+
+
+def gate_variants(
+    metrics: dict[str, dict],
+    predictions: dict[str, np.ndarray],
+    latency_p50_ms: dict[str, float],
+    gates: GatesConfig,
+    docs_dir: Path | None = None,
+) -> dict[str, SuiteResult]:
+    """One GX suite per evaluated variant (baseline included) against its gates.
+
+    `metrics` are rows of metrics/variants.json; `predictions` holds "labels" and
+    "pred__<variant>"; variants missing from `latency_p50_ms` skip the latency check.
+    Variants whose status is not "ok" fail a "status == ok" check without running GX.
+    With `docs_dir`, the suites' results become an HTML Data Docs site there (index.html);
+    the folder belongs to this call (see check_data).
+    """
+    labels = _prediction(predictions, "labels")
+    base_pred = _prediction(predictions, f"pred__{BASELINE}")
+    runner: _GxRunner | None = None
+    results: dict[str, SuiteResult] = {}
+    for name, row in metrics.items():
+        if row.get("status") != "ok":
+            results[name] = _not_ok(name)
+            continue
+        runner = runner or _GxRunner(docs_dir)
+        frame = variant_frame(
+            row,
+            labels,
+            base_pred,
+            _prediction(predictions, f"pred__{name}"),
+            latency_p50_ms.get(name),
+            gates.confidence,
+        )
+        rules = _variant_rules(gates.for_variant(name), has_latency=name in latency_p50_ms)
+        results[name] = _suite_result(
+            _variant_suite(name), runner.run(_variant_suite(name), frame, rules)
+        )
+    if runner is not None:
+        runner.build_docs()
+    return results
+
+
+def variant_frame(
+    row: dict[str, Any],
+    labels: np.ndarray,
+    base_pred: np.ndarray,
+    pred: np.ndarray,
+    p50_ms: float | None,
+    confidence: float,
+) -> pd.DataFrame:
+    """The one-row dataframe a variant suite validates; a missing metric becomes NaN (fails)."""
+    import pandas as pd
+
+    _, _, drop_upper = paired_drop_interval(labels, base_pred, pred, confidence)
+    _, worst = worst_class_drop(labels, base_pred, pred)
+    values = {
+        "accuracy": row.get("accuracy"),
+        "drop_upper": drop_upper,
+        "worst_class_drop": worst,
+        "agreement": row.get("agreement"),
+        "size_bytes": row.get("size_bytes"),
+        "p50_ms": p50_ms,
+    }
+    return pd.DataFrame([{k: np.nan if v is None else float(v) for k, v in values.items()}])
+
+
+def _variant_rules(gates: VariantGates, has_latency: bool) -> list[_Rule]:
+    candidates = [
+        ("accuracy >= min_accuracy", "accuracy", gates.min_accuracy, _at_least),
+        ("drop_upper <= max_accuracy_drop", "drop_upper", gates.max_accuracy_drop, _at_most),
+        (
+            "worst_class_drop <= max_worst_class_drop",
+            "worst_class_drop",
+            gates.max_worst_class_drop,
+            _at_most,
+        ),
+        ("agreement >= min_agreement", "agreement", gates.min_agreement, _at_least),
+        ("size_bytes <= max_size_bytes", "size_bytes", gates.max_size_bytes, _at_most),
+        ("p50_ms <= max_p50_ms", "p50_ms", gates.max_p50_ms if has_latency else None, _at_most),
+    ]
+    return [
+        make(name, column, limit) for name, column, limit, make in candidates if limit is not None
+    ]
+
+
+def _variant_suite(name: str) -> str:
+    return f"variant.{name}"
+
+
+def _not_ok(name: str) -> SuiteResult:
+    check = Check(
+        name=STATUS_CHECK,
+        expectation="not_run",
+        column="status",
+        success=False,
+        observed=None,
+        threshold=None,
+    )
+    return SuiteResult(suite=_variant_suite(name), success=False, checks=[check])
+
+
+def _prediction(predictions: dict[str, np.ndarray], key: str) -> np.ndarray:
+    if key not in predictions:
+        raise DataError(
+            f"predictions: no {key!r} (found {sorted(predictions)}); run the 'evaluate' stage first"
+        )
+    return np.asarray(predictions[key])

@@ -1,0 +1,39 @@
+"""Real services for the integration tests: a Prefect server (test harness) and an S3 endpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[str]:
+    """One real Prefect server (SQLite, in a subprocess) for the whole session."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3-compatible HTTP server on loopback (a real endpoint boto3 talks HTTP to)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fake, recognisable credentials: moto accepts any."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAMODELPRESSTEST01")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "modelpress-test-secret-key-0000000000000")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")

@@ -1,0 +1,312 @@
+"""The nightly flow against real systems: a Prefect server (test harness), a git + DVC repo with two
+tagged versions pushed to a DVC remote, and a real S3 HTTP endpoint (moto server) for the registry."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import write_params
+
+pytestmark = pytest.mark.slow
+
+LENIENT_GATES = {
+    "defaults": {
+        "min_accuracy": 0.5,
+        "max_accuracy_drop": 15.0,
+        "max_worst_class_drop": 60.0,
+        "min_agreement": 0.6,
+    },
+    "per_variant": {},
+}
+VARIANTS = {
+    "tflite_int8": {"technique": "tflite_int8", "source": "baseline", "calibration_samples": 64},
+    "pruned": {"technique": "pruned", "source": "baseline", "ratio": 0.3, "finetune_epochs": 2},
+    "distilled": {"technique": "distilled", "source": "baseline", "width": 4, "epochs": 6},
+}
+
+
+def _sh(args: list[str], cwd: Path) -> str:
+    env = dict(os.environ, DVC_NO_ANALYTICS="1")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"{args}: {done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def model_repo(tiny_workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A git + DVC repo whose tags v1 and v2 hold different model and data bytes, pushed to a
+    local DVC remote; the repo's cache is then emptied so every fetch goes through the remote."""
+    from tasks.data import SPLITS, load_split
+    from tasks.train import load_baseline
+
+    repo = tmp_path_factory.mktemp("model-repo")
+    remote = tmp_path_factory.mktemp("dvc-remote")
+    _sh(["git", "init", "-q"], repo)
+    _sh(["dvc", "init", "-q"], repo)
+    _sh(["dvc", "remote", "add", "-d", "storage", str(remote)], repo)
+    (repo / "models").mkdir()
+    (repo / "data").mkdir()
+    splits = [load_split(tiny_workspace / "data", name) for name in SPLITS]
+    x = np.concatenate([s.x for s in splits])
+    y = np.concatenate([s.y for s in splits])
+    model = load_baseline(tiny_workspace / "models" / "baseline")
+    hashes = {}
+    for tag, keep in (("v1", len(y)), ("v2", len(y) - 40)):
+        program = torch.export.export(model.eval(), (torch.zeros(1, 1, 16, 16),))
+        torch.export.save(program, str(repo / "models" / "model.pt2"))
+        if tag == "v2":  # a different model: same network, one weight nudged
+            with torch.no_grad():
+                model.classifier.bias.add_(0.01)
+            torch.export.save(
+                torch.export.export(model.eval(), (torch.zeros(1, 1, 16, 16),)),
+                str(repo / "models" / "model.pt2"),
+            )
+        np.savez(
+            repo / "data" / "digits.npz", x=(x[:keep] * 255).round().astype(np.uint8), y=y[:keep]
+        )
+        _sh(["dvc", "add", "-q", "models/model.pt2", "data/digits.npz"], repo)
+        _sh(["git", "add", "-A"], repo)
+        _sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", tag], repo)
+        _sh(["git", "tag", tag], repo)
+        _sh(["dvc", "push", "-q"], repo)
+        hashes[tag] = {
+            "model": _sha256(repo / "models" / "model.pt2"),
+            "data": _sha256(repo / "data" / "digits.npz"),
+        }
+    _sh(["rm", "-rf", ".dvc/cache"], repo)
+    return {"repo": repo, "hashes": hashes}
+
+
+def _params(tmp_path: Path, repo: Path, registry: str, extra: dict | None = None) -> Path:
+    overrides = {
+        "fetch": {
+            "repo": str(repo),
+            "model_path": "models/model.pt2",
+            "data_path": "data/digits.npz",
+        },
+        "gates": LENIENT_GATES,
+        "benchmark": {"iterations": 20, "warmup": 2, "max_seconds": 2.0},
+        "registry": {"uri": registry, "model_name": "digits-tiny"},
+        **(extra or {}),
+    }
+    path = write_params(tmp_path, overrides)
+    import yaml
+
+    raw = yaml.safe_load(path.read_text())
+    raw["variants"] = (extra or {}).get("variants", VARIANTS)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def test_flow_uses_the_bytes_of_the_requested_rev(
+    prefect_server: str, model_repo: dict, tmp_path: Path
+) -> None:
+    from flows.nightly import nightly
+    from tasks.config import load_params
+    from tasks.registry import open_registry
+
+    params = _params(tmp_path, model_repo["repo"], str(tmp_path / "registry"))
+    for tag in ("v1", "v2"):
+        result = nightly(
+            params_file=str(params),
+            model_rev=tag,
+            data_rev=tag,
+            approval="auto",
+            version=f"{tag}.0",
+            workdir=str(tmp_path / "work"),
+        )
+        assert result.status == "published", result
+        manifest = open_registry(load_params(params).registry).read_manifest(
+            "digits-tiny", f"{tag}.0"
+        )
+        inputs = manifest["lineage"]["inputs"]
+        assert inputs["model_sha256"] == model_repo["hashes"][tag]["model"]
+        assert inputs["data_sha256"] == model_repo["hashes"][tag]["data"]
+        assert manifest["lineage"]["model_rev"] == tag
+        assert {
+            a["approved_by"] for a in (v["approval"] for v in manifest["variants"].values())
+        } == {"auto-approved by policy"}
+
+
+def test_unknown_rev_fails_before_any_work(
+    prefect_server: str, model_repo: dict, tmp_path: Path
+) -> None:
+    from flows.nightly import nightly
+    from tasks.fetch import FetchError
+
+    params = _params(tmp_path, model_repo["repo"], str(tmp_path / "registry"))
+    with pytest.raises(FetchError, match="v9"):
+        nightly(
+            params_file=str(params), model_rev="v9", approval="auto", workdir=str(tmp_path / "work")
+        )
+    assert not (tmp_path / "work" / "data").exists()
+
+
+def test_bad_data_stops_before_compression(
+    prefect_server: str, model_repo: dict, tmp_path: Path
+) -> None:
+    from flows.nightly import nightly
+    from tasks.validate import DataValidationError
+
+    params = _params(
+        tmp_path,
+        model_repo["repo"],
+        str(tmp_path / "registry"),
+        {"gates": {**LENIENT_GATES, "data": {"min_samples_per_class": 500}}},
+    )
+    with pytest.raises(DataValidationError, match=r"min_samples_per_class|samples"):
+        nightly(
+            params_file=str(params),
+            model_rev="v1",
+            data_rev="v1",
+            approval="auto",
+            workdir=str(tmp_path / "work"),
+        )
+    assert not (tmp_path / "work" / "variants").exists()
+    assert not (tmp_path / "registry").exists() or not any((tmp_path / "registry").iterdir())
+
+
+def _wait_for_paused_run(timeout: float = 600) -> Any:
+    """The paused nightly run, once its input schema can be read (a resume before that is refused)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            for run in client.read_flow_runs(limit=5, sort=FlowRunSort.START_TIME_DESC):
+                keyset = run.state.state_details.run_input_keyset if run.state else None
+                if run.state and run.state.is_paused() and keyset:
+                    try:
+                        client.read_flow_run_input(run.id, keyset["schema"])
+                    except Exception:  # schema not stored yet
+                        continue
+                    return run
+            time.sleep(1)
+    raise AssertionError("the flow never paused for review")
+
+
+def test_ui_approval_publishes_exactly_the_approved_subset_to_s3(
+    prefect_server: str, model_repo: dict, tmp_path: Path, s3_endpoint: str, s3_credentials: None
+) -> None:
+    import boto3
+    from prefect.flow_runs import resume_flow_run
+
+    from flows.nightly import nightly
+    from tasks.config import load_params
+    from tasks.registry import RegistryError, open_registry
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket="models")
+    extra = {
+        "registry": {
+            "uri": "s3://models/registry",
+            "endpoint_url": s3_endpoint,
+            "model_name": "digits-tiny",
+        },
+        # int8 forced below its threshold: rejected, never offered
+        "gates": {**LENIENT_GATES, "per_variant": {"tflite_int8": {"min_accuracy": 0.9999}}},
+    }
+    params = _params(tmp_path, model_repo["repo"], "unused", extra)
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = nightly(
+                params_file=str(params),
+                model_rev="v1",
+                data_rev="v1",
+                approval="ui",
+                version="1.0.0",
+                workdir=str(tmp_path / "work"),
+                review_poll_s=1,
+            )
+        except BaseException as exc:  # surfaced by the assertions below
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    paused = _wait_for_paused_run()
+    resume_flow_run(
+        paused.id,
+        run_input={
+            "approve_distilled": True,
+            "approve_pruned": False,
+            "approve_baseline": False,
+            "reviewer": "alice",
+            "comment": "student is good enough",
+        },
+    )
+    worker.join(timeout=600)
+    assert "error" not in outcome, outcome.get("error")
+    result = outcome["result"]
+    assert result.status == "published" and result.published == ["distilled"]
+    assert "tflite_int8" in result.rejected and "min_accuracy" in result.rejected["tflite_int8"]
+
+    registry = open_registry(load_params(params).registry)
+    manifest = registry.read_manifest("digits-tiny", "1.0.0")
+    assert set(manifest["variants"]) == {"distilled"}
+    assert manifest["variants"]["distilled"]["approval"]["approved_by"] == "alice"
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket="models", Prefix="registry/")["Contents"]}
+    assert not any("/tflite_int8/" in k or "/pruned/" in k for k in keys)
+    for rel, meta in manifest["variants"]["distilled"]["files"].items():
+        body = s3.get_object(Bucket="models", Key=f"registry/digits-tiny/1.0.0/distilled/{rel}")[
+            "Body"
+        ].read()
+        assert (
+            hashlib.sha256(body).hexdigest() == meta["sha256"] and len(body) == meta["size_bytes"]
+        )
+
+    # a second publish of the same version is refused and leaves the first intact
+    before = s3.get_object(Bucket="models", Key="registry/digits-tiny/1.0.0/manifest.json")[
+        "Body"
+    ].read()
+    with pytest.raises(RegistryError, match=r"immutable|exists"):
+        nightly(
+            params_file=str(params),
+            model_rev="v1",
+            data_rev="v1",
+            approval="auto",
+            version="1.0.0",
+            workdir=str(tmp_path / "work"),
+        )
+    after = s3.get_object(Bucket="models", Key="registry/digits-tiny/1.0.0/manifest.json")[
+        "Body"
+    ].read()
+    assert after == before
+
+
+def test_rerun_with_unchanged_inputs_is_cached(
+    prefect_server: str, model_repo: dict, tmp_path: Path
+) -> None:
+    from flows.nightly import nightly
+
+    params = _params(tmp_path, model_repo["repo"], str(tmp_path / "registry"))
+    common = dict(
+        params_file=str(params),
+        model_rev="v1",
+        data_rev="v1",
+        approval="auto",
+        workdir=str(tmp_path / "work"),
+    )
+    first = nightly(version="a", **common)
+    second = nightly(version="b", **common)
+    assert first.cached_tasks == []
+    assert set(second.cached_tasks) == {"baseline", *VARIANTS}
+    assert second.published == first.published

@@ -1,0 +1,383 @@
+"""The S3 registry against a real S3 HTTP endpoint on loopback (moto's threaded server)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import moto.settings
+import pytest
+from moto.server import ThreadedMotoServer
+
+from tasks.config import RegistryConfig
+from tasks.registry import PublishEntry, RegistryError, S3Registry, open_registry
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BUCKET = "modelpress-registry"
+ACCESS_KEY = "AKIAMODELPRESSTEST"
+SECRET_KEY = "modelpress-fake-secret-value"
+LINEAGE = {"git_commit": "abc123", "dvc": {"data": "md5:1", "model": "md5:2"}}
+
+
+@pytest.fixture(scope="module")
+def endpoint() -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1 with one empty bucket; yields its URL."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    _client(url).create_bucket(Bucket=BUCKET)
+    yield url
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
+    """Fake credentials in the environment, and no shared AWS config files to interfere."""
+    env = {
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    return env
+
+
+@pytest.fixture
+def prefix(request: pytest.FixtureRequest) -> str:
+    """A key prefix of its own for each test, so tests share the bucket without meeting."""
+    return f"tests/{request.node.name.replace('[', '-').replace(']', '')}"
+
+
+@pytest.fixture
+def registry(endpoint: str, prefix: str) -> S3Registry:
+    opened = open_registry(RegistryConfig(uri=f"s3://{BUCKET}/{prefix}", endpoint_url=endpoint))
+    assert isinstance(opened, S3Registry)
+    return opened
+
+
+@pytest.fixture
+def entries(tmp_path: Path) -> dict[str, PublishEntry]:
+    src = tmp_path / "variants"
+    return {
+        "pruned": _make_entry(src, "pruned", b"pruned-model-bytes" * 100),
+        "tflite_int8": _make_entry(src, "tflite_int8", b"\x00\x01int8" * 50),
+    }
+
+
+def _client(endpoint: str) -> object:
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+    )
+
+
+def _make_entry(root: Path, name: str, payload: bytes) -> PublishEntry:
+    directory = root / name
+    directory.mkdir(parents=True)
+    (directory / "model.onnx").write_bytes(payload)
+    (directory / "variant.json").write_text(json.dumps({"name": name, "technique": "pruned"}))
+    return PublishEntry(
+        directory=directory,
+        format="onnx",
+        input={"name": "input", "shape": [None, 1, 16, 16], "dtype": "float32"},
+        metrics={"accuracy": 0.97},
+        gates={"min_accuracy": 0.9},
+        approval={
+            "approved_by": "ada",
+            "approved_at": "2026-01-02T03:04:05+00:00",
+            "comment": "ok",
+        },
+    )
+
+
+def _objects(endpoint: str, prefix: str) -> dict[str, bytes]:
+    """Every object under `prefix` with its bytes."""
+    client = _client(endpoint)
+    listing = client.list_objects_v2(Bucket=BUCKET, Prefix=f"{prefix}/")
+    return {
+        item["Key"]: client.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read()
+        for item in listing.get("Contents", [])
+    }
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_publish_list_show_pull_round_trip(
+    registry: S3Registry,
+    entries: dict[str, PublishEntry],
+    endpoint: str,
+    prefix: str,
+    tmp_path: Path,
+) -> None:
+    result = registry.publish("digits", "v1", entries, LINEAGE)
+
+    assert result.uri == f"s3://{BUCKET}/{prefix}/digits/v1/manifest.json"
+    manifest = registry.read_manifest("digits", "v1")
+    assert manifest == result.manifest and manifest["lineage"] == LINEAGE
+    stored = _objects(endpoint, prefix)
+    assert sorted(stored) == sorted(
+        f"{prefix}/digits/v1/{path}"
+        for path in (
+            "manifest.json",
+            "pruned/model.onnx",
+            "pruned/variant.json",
+            "tflite_int8/model.onnx",
+            "tflite_int8/variant.json",
+        )
+    )
+    for name, entry in entries.items():
+        for filename in ("model.onnx", "variant.json"):
+            data = (entry.directory / filename).read_bytes()
+            listed = manifest["variants"][name]["files"][filename]
+            assert listed == {"sha256": _sha256(data), "size_bytes": len(data)}
+            assert stored[f"{prefix}/digits/v1/{name}/{filename}"] == data
+    head = _client(endpoint).head_object(
+        Bucket=BUCKET, Key=f"{prefix}/digits/v1/pruned/model.onnx", ChecksumMode="ENABLED"
+    )
+    model_bytes = (entries["pruned"].directory / "model.onnx").read_bytes()
+    assert head["ChecksumSHA256"] == base64.b64encode(hashlib.sha256(model_bytes).digest()).decode()
+    assert registry.list_models() == ["digits"]
+    assert registry.list_versions("digits") == ["v1"]
+
+    dest = registry.pull("digits", "v1", "tflite_int8", tmp_path / "pulled")
+    assert sorted(p.name for p in dest.iterdir()) == ["model.onnx", "variant.json"]
+    assert (dest / "model.onnx").read_bytes() == (
+        entries["tflite_int8"].directory / "model.onnx"
+    ).read_bytes()
+
+
+def test_empty_prefix_uses_the_bucket_root(endpoint: str, entries: dict[str, PublishEntry]) -> None:
+    registry = open_registry(RegistryConfig(uri=f"s3://{BUCKET}", endpoint_url=endpoint))
+
+    result = registry.publish("rootmodel", "v1", entries, LINEAGE)
+
+    assert result.uri == f"s3://{BUCKET}/rootmodel/v1/manifest.json"
+    assert "rootmodel" in registry.list_models()
+
+
+def test_second_publish_is_refused_and_first_left_intact(
+    registry: S3Registry,
+    entries: dict[str, PublishEntry],
+    endpoint: str,
+    prefix: str,
+    tmp_path: Path,
+) -> None:
+    registry.publish("digits", "v1", entries, LINEAGE)
+    before = _objects(endpoint, prefix)
+    other = {"pruned": _make_entry(tmp_path / "other", "pruned", b"different bytes")}
+
+    with pytest.raises(
+        RegistryError,
+        match=r"digits/v1/manifest\.json already exists; published versions are immutable",
+    ):
+        registry.publish("digits", "v1", other, LINEAGE)
+
+    assert _objects(endpoint, prefix) == before
+
+
+def test_manifest_412_from_a_racing_publisher_is_refused(
+    registry: S3Registry,
+    entries: dict[str, PublishEntry],
+    endpoint: str,
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pre-check passes, then the manifest PUT gets 412: the other publisher's manifest stays."""
+    registry.publish("digits", "v1", entries, LINEAGE)
+    before = _objects(endpoint, prefix)
+    monkeypatch.setattr(registry, "_exists", lambda key: False)
+
+    with pytest.raises(RegistryError, match="already exists; published versions are immutable"):
+        registry.publish("digits", "v1", entries, {"git_commit": "racer"})
+
+    assert _objects(endpoint, prefix) == before
+
+
+def test_data_file_left_with_same_bytes_is_accepted(
+    registry: S3Registry, entries: dict[str, PublishEntry], endpoint: str, prefix: str
+) -> None:
+    """An interrupted earlier attempt uploaded a file but no manifest: publishing again works."""
+    model_bytes = (entries["pruned"].directory / "model.onnx").read_bytes()
+    _client(endpoint).put_object(
+        Bucket=BUCKET, Key=f"{prefix}/digits/v1/pruned/model.onnx", Body=model_bytes
+    )
+    assert registry.list_versions("digits") == []
+
+    registry.publish("digits", "v1", entries, LINEAGE)
+
+    assert registry.list_versions("digits") == ["v1"]
+
+
+def test_data_file_left_with_other_bytes_is_refused(
+    registry: S3Registry, entries: dict[str, PublishEntry], endpoint: str, prefix: str
+) -> None:
+    key = f"{prefix}/digits/v1/pruned/model.onnx"
+    _client(endpoint).put_object(Bucket=BUCKET, Key=key, Body=b"stale", ChecksumAlgorithm="SHA256")
+
+    with pytest.raises(
+        RegistryError, match=re.escape(f"{key} already exists with sha256 {_sha256(b'stale')}")
+    ):
+        registry.publish("digits", "v1", entries, LINEAGE)
+
+    assert registry.list_versions("digits") == []
+    assert _objects(endpoint, prefix)[key] == b"stale"
+
+
+def test_pull_of_corrupted_object_fails_naming_it_and_leaves_no_dest(
+    registry: S3Registry,
+    entries: dict[str, PublishEntry],
+    endpoint: str,
+    prefix: str,
+    tmp_path: Path,
+) -> None:
+    registry.publish("digits", "v1", entries, LINEAGE)
+    key = f"{prefix}/digits/v1/pruned/model.onnx"
+    _client(endpoint).put_object(Bucket=BUCKET, Key=key, Body=b"tampered")  # bypasses the registry
+    expected = _sha256((entries["pruned"].directory / "model.onnx").read_bytes())
+    dest = tmp_path / "pulled" / "pruned"
+
+    with pytest.raises(
+        RegistryError, match=rf"model\.onnx: checksum mismatch, expected sha256 {expected}"
+    ) as caught:
+        registry.pull("digits", "v1", "pruned", dest)
+
+    assert _sha256(b"tampered") in str(caught.value)
+    assert not dest.exists() and list(dest.parent.iterdir()) == []
+
+
+def test_pull_of_unknown_variant_lists_the_published_ones(
+    registry: S3Registry, entries: dict[str, PublishEntry], tmp_path: Path
+) -> None:
+    registry.publish("digits", "v1", entries, LINEAGE)
+
+    with pytest.raises(RegistryError, match="no variant 'distilled'; it has: pruned, tflite_int8"):
+        registry.pull("digits", "v1", "distilled", tmp_path / "out")
+
+
+def test_version_without_manifest_is_not_published(
+    registry: S3Registry, entries: dict[str, PublishEntry], endpoint: str, prefix: str
+) -> None:
+    registry.publish("digits", "v1", entries, LINEAGE)
+    client = _client(endpoint)
+    client.put_object(Bucket=BUCKET, Key=f"{prefix}/digits/v2/pruned/model.onnx", Body=b"half")
+    client.put_object(Bucket=BUCKET, Key=f"{prefix}/orphan/v1/pruned/model.onnx", Body=b"half")
+
+    assert registry.list_versions("digits") == ["v1"]
+    assert registry.list_models() == ["digits"]
+    with pytest.raises(RegistryError, match="digits/v2 is not published"):
+        registry.read_manifest("digits", "v2")
+
+
+def test_bad_names_are_refused_before_any_request(
+    registry: S3Registry, entries: dict[str, PublishEntry], endpoint: str, prefix: str
+) -> None:
+    for model, version, variant in (("a/b", "v1", "x"), ("m", "..", "x"), ("m", "v1", "x\ty")):
+        with pytest.raises(RegistryError, match=r"name .*: use 1-128 letters"):
+            registry.publish(model, version, {variant: entries["pruned"]}, LINEAGE)
+
+    assert _objects(endpoint, prefix) == {}
+
+
+def test_missing_bucket_is_a_registry_error(
+    endpoint: str, entries: dict[str, PublishEntry]
+) -> None:
+    registry = open_registry(RegistryConfig(uri="s3://no-such-bucket/x", endpoint_url=endpoint))
+
+    for action in (registry.list_models, lambda: registry.publish("m", "v1", entries, LINEAGE)):
+        with pytest.raises(
+            RegistryError,
+            match=re.escape(f"bucket 'no-such-bucket' does not exist at {endpoint}: create it"),
+        ):
+            action()
+
+
+def test_closed_port_fails_fast_with_a_registry_error() -> None:
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    registry = open_registry(RegistryConfig(uri=f"s3://{BUCKET}/x", endpoint_url=endpoint))
+
+    started = time.monotonic()
+    with pytest.raises(
+        RegistryError,
+        match=re.escape(f"cannot reach the S3 endpoint {endpoint} for bucket '{BUCKET}'"),
+    ):
+        registry.list_versions("digits")
+
+    assert time.monotonic() - started < 10
+
+
+def test_rejected_credentials_are_named_but_not_shown(
+    registry: S3Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Turn on moto's authentication: our fake key belongs to no IAM user, as a wrong key would.
+    monkeypatch.setattr(moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
+
+    with pytest.raises(
+        RegistryError, match=r"rejected the credentials for bucket .* \(InvalidAccessKeyId\)"
+    ) as caught:
+        registry.list_models()
+
+    assert SECRET_KEY not in str(caught.value) and ACCESS_KEY not in str(caught.value)
+
+
+def test_cli_shows_and_pulls_over_s3(
+    registry: S3Registry,
+    entries: dict[str, PublishEntry],
+    endpoint: str,
+    prefix: str,
+    aws_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    registry.publish("digits", "v1", entries, LINEAGE)
+    params = tmp_path / "params.yaml"
+    params.write_text(f"registry:\n  uri: s3://{BUCKET}/{prefix}\n  endpoint_url: {endpoint}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | aws_env
+    env["PYTHONPATH"] = str(REPO_ROOT)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "flows.cli", "registry", *args]
+        return subprocess.run(
+            command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+        )
+
+    shown = cli("show", "digits", "--params", str(params))
+    assert (shown.returncode, shown.stdout) == (0, "v1\n"), shown.stderr
+    manifest = cli("show", "digits", "v1", "--params", str(params))
+    sha = _sha256((entries["pruned"].directory / "model.onnx").read_bytes())
+    assert (
+        manifest.returncode == 0 and sha in manifest.stdout and "approved by ada" in manifest.stdout
+    )
+    pulled = cli("pull", "digits", "v1", "pruned", str(tmp_path / "out"), "--params", str(params))
+    assert pulled.returncode == 0, pulled.stderr
+    assert f"{sha}  {len(b'pruned-model-bytes' * 100):>10}  model.onnx" in pulled.stdout
+    assert (tmp_path / "out" / "model.onnx").read_bytes() == b"pruned-model-bytes" * 100
+
+    wrong = cli("list", "--params", str(params), "--uri", "s3://no-such-bucket")
+    assert wrong.returncode == 2
+    assert wrong.stderr.startswith("error: bucket 'no-such-bucket' does not exist")
+    assert wrong.stderr.count("\n") == 1 and "Traceback" not in wrong.stderr

@@ -1,0 +1,359 @@
+"""validate: real Great Expectations runs on small data, and the paired statistics by hand."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tasks.config import DataConfig, DataGates, GatesConfig
+from tasks.data import PreparedData, Split, prepare
+from tasks.errors import DataError
+from tasks.validate import (
+    STATUS_CHECK,
+    Check,
+    DataValidationError,
+    SuiteResult,
+    assert_data_valid,
+    check_data,
+    gate_variants,
+    paired_drop_interval,
+    worst_class_drop,
+)
+
+NUM_CLASSES = 10
+PER_CLASS = 30  # 300 test samples
+
+
+@pytest.fixture(scope="module")
+def digits() -> PreparedData:
+    return prepare(DataConfig(image_size=8), seed=0)
+
+
+def _replace(prepared: PreparedData, name: str, x: np.ndarray, y: np.ndarray) -> dict[str, Split]:
+    return {**prepared.splits, name: Split(x=x, y=y)}
+
+
+def _failing_names(result: SuiteResult) -> list[str]:
+    return [check.name for check in result.failures]
+
+
+# ---- data suite --------------------------------------------------------------------------------
+
+
+def test_clean_digits_pass(digits: PreparedData) -> None:
+    result = check_data(digits.splits, digits.preprocess, DataGates())
+    assert result.success, result.describe()
+    assert result.suite == "data"
+    checks = {check.name: check for check in result.checks}
+    assert checks["nan_count == 0"].observed == 0
+    assert checks["train samples per class >= min_samples_per_class"].observed >= 100
+    assert checks["test split non-empty"].observed == len(digits.splits["test"])
+    assert all(check.expectation.startswith("expect_") for check in result.checks)
+    assert_data_valid(result)  # does not raise
+
+
+def _nan_pixel(prepared: PreparedData) -> dict[str, Split]:
+    train = prepared.splits["train"]
+    x = train.x.copy()
+    x[3, 0, 2, 2] = np.nan
+    return _replace(prepared, "train", x, train.y)
+
+
+def _label_out_of_range(prepared: PreparedData) -> dict[str, Split]:
+    test = prepared.splits["test"]
+    y = test.y.copy()
+    y[0] = NUM_CLASSES + 2
+    return _replace(prepared, "test", test.x, y)
+
+
+def _wrong_height(prepared: PreparedData) -> dict[str, Split]:
+    val = prepared.splits["val"]
+    x = np.zeros((len(val), 1, 9, 8), dtype=np.float32)
+    return _replace(prepared, "val", x, val.y)
+
+
+def _keep_of_class(prepared: PreparedData, label: int, keep: int) -> dict[str, Split]:
+    train = prepared.splits["train"]
+    in_class = np.flatnonzero(train.y == label)
+    mask = np.ones(len(train), dtype=bool)
+    mask[in_class[keep:]] = False
+    return _replace(prepared, "train", train.x[mask], train.y[mask])
+
+
+def _empty_split(prepared: PreparedData) -> dict[str, Split]:
+    calib = prepared.splits["calib"]
+    return _replace(prepared, "calib", calib.x[:0], calib.y[:0])
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "failing"),
+    [
+        (_nan_pixel, "nan_count == 0"),
+        (_label_out_of_range, "label in range(num_classes)"),
+        (_wrong_height, "height == image_size"),
+        # 2 samples of class 3 (min 5); the imbalance check fails too.
+        (
+            lambda p: _keep_of_class(p, 3, 2),
+            "train samples per class >= min_samples_per_class",
+        ),
+        # 6 samples of class 3 against ~108: enough samples, but imbalance ~18 > 10.
+        (lambda p: _keep_of_class(p, 3, 6), "train class imbalance <= max_class_imbalance"),
+        (_empty_split, "calib split non-empty"),
+    ],
+    ids=["nan_pixel", "label_out_of_range", "wrong_height", "too_few", "imbalance", "empty"],
+)
+def test_broken_data_fails_naming_the_check(
+    digits: PreparedData, corrupt: Callable[[PreparedData], dict[str, Split]], failing: str
+) -> None:
+    result = check_data(corrupt(digits), digits.preprocess, DataGates())
+    assert not result.success
+    assert failing in _failing_names(result)
+    assert failing in result.describe()
+    with pytest.raises(DataValidationError, match=r"data: \d+ check\(s\) failed"):
+        assert_data_valid(result)
+
+
+def test_imbalance_is_the_only_failure_with_enough_samples(digits: PreparedData) -> None:
+    splits = _keep_of_class(digits, 3, 6)
+    result = check_data(splits, digits.preprocess, DataGates())
+    assert _failing_names(result) == ["train class imbalance <= max_class_imbalance"]
+    (check,) = result.failures
+    assert check.observed == pytest.approx(np.bincount(splits["train"].y).max() / 6)
+    assert check.threshold == 10.0
+    assert "vs threshold 10" in result.describe()
+
+
+def test_wrong_height_reports_violating_samples(digits: PreparedData) -> None:
+    result = check_data(_wrong_height(digits), digits.preprocess, DataGates())
+    assert _failing_names(result) == ["height == image_size"]
+    assert result.failures[0].observed == len(digits.splits["val"])
+
+
+def test_check_data_without_train_split_is_a_user_error(digits: PreparedData) -> None:
+    with pytest.raises(DataError, match="expected at least 'train'"):
+        check_data({"test": digits.splits["test"]}, digits.preprocess, DataGates())
+
+
+# ---- statistics --------------------------------------------------------------------------------
+
+
+def _labels() -> np.ndarray:
+    return np.repeat(np.arange(NUM_CLASSES), PER_CLASS)
+
+
+def _wrong_at(labels: np.ndarray, indices: list[int] | range | np.ndarray) -> np.ndarray:
+    pred = labels.copy()
+    pred[list(indices)] = (labels[list(indices)] + 1) % NUM_CLASSES
+    return pred
+
+
+def _pairs(b: int, c: int, n: int = 300) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """b samples only the baseline gets right, c only the variant; spread over classes."""
+    labels = np.arange(n) % NUM_CLASSES
+    base = _wrong_at(labels, range(b, b + c))
+    variant = _wrong_at(labels, range(b))
+    return labels, base, variant
+
+
+def test_identical_predictions_give_zero_interval() -> None:
+    labels = _labels()
+    pred = _wrong_at(labels, [0, 5, 40])
+    assert paired_drop_interval(labels, pred, pred) == (0.0, 0.0, 0.0)
+
+
+def test_three_losses_no_gains_by_hand() -> None:
+    # b=3, c=0: p_hat = 1, so the upper bound is p=1 → drop = (b+c)/n = 1 point; the lower
+    # bound is the Clopper-Pearson p_L = (alpha/2)^(1/b) mapped through (2p-1)(b+c)/n.
+    point, lower, upper = paired_drop_interval(*_pairs(b=3, c=0))
+    assert point == pytest.approx(1.0)
+    assert upper == pytest.approx(100.0 * 3 / 300)
+    assert lower == pytest.approx(100.0 * (2 * 0.025 ** (1 / 3) - 1) * 3 / 300)
+    assert lower == pytest.approx(-0.41519645, abs=1e-6)
+
+
+def test_large_real_regression_excludes_zero() -> None:
+    point, lower, upper = paired_drop_interval(*_pairs(b=30, c=2))
+    assert point == pytest.approx(100.0 * 28 / 300)
+    assert 0.0 < lower < point < upper
+
+
+def test_interval_narrows_with_lower_confidence() -> None:
+    _, lower95, upper95 = paired_drop_interval(*_pairs(b=5, c=3), confidence=0.95)
+    _, lower80, upper80 = paired_drop_interval(*_pairs(b=5, c=3), confidence=0.80)
+    assert lower95 < lower80 < upper80 < upper95
+
+
+def test_paired_arrays_must_match() -> None:
+    with pytest.raises(DataError, match="same non-zero number"):
+        paired_drop_interval(np.zeros(3), np.zeros(3), np.zeros(4))
+
+
+def test_worst_class_drop_picks_the_class() -> None:
+    labels = _labels()
+    base = _wrong_at(labels, [0])  # class 0: baseline 29/30
+    class_7 = np.flatnonzero(labels == 7)[:6]
+    class_2 = np.flatnonzero(labels == 2)[:3]
+    variant = _wrong_at(labels, [*class_7, *class_2])  # class 0 improves by one sample
+    worst, drop = worst_class_drop(labels, base, variant)
+    assert worst == 7
+    assert drop == pytest.approx(100.0 * 6 / 30)
+
+
+def test_worst_class_drop_is_negative_when_every_class_improves() -> None:
+    labels = _labels()
+    base = _wrong_at(labels, np.flatnonzero(labels % 2 == 0)[::10])
+    worst, drop = worst_class_drop(labels, base, labels)
+    assert drop <= 0.0
+    assert worst in range(NUM_CLASSES)
+
+
+# ---- variant gates -----------------------------------------------------------------------------
+
+
+def _row(labels: np.ndarray, base: np.ndarray, pred: np.ndarray, size: int = 1000) -> dict:
+    return {
+        "status": "ok",
+        "accuracy": float(np.mean(pred == labels)),
+        "accuracy_drop": 100.0 * float(np.mean(base == labels) - np.mean(pred == labels)),
+        "agreement": float(np.mean(pred == base)),
+        "size_bytes": size,
+    }
+
+
+def _inputs(variants: dict[str, np.ndarray]) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+    """Metrics rows and predictions for a baseline wrong on 10 of 300 samples plus `variants`."""
+    labels = _labels()
+    base = _wrong_at(labels, range(0, 300, 30))  # one per class, 290/300
+    preds = {"baseline": base, **variants}
+    metrics = {name: _row(labels, base, pred) for name, pred in preds.items()}
+    predictions = {"labels": labels, **{f"pred__{name}": p for name, p in preds.items()}}
+    return metrics, predictions
+
+
+def _baseline_pred() -> np.ndarray:
+    return _wrong_at(_labels(), range(0, 300, 30))
+
+
+def test_variant_equal_to_baseline_passes() -> None:
+    metrics, predictions = _inputs({"same": _baseline_pred()})
+    results = gate_variants(metrics, predictions, {}, GatesConfig())
+    assert set(results) == {"baseline", "same"}
+    for result in results.values():
+        assert result.success, result.describe()
+    names = [check.name for check in results["same"].checks]
+    assert names == [
+        "accuracy >= min_accuracy",
+        "drop_upper <= max_accuracy_drop",
+        "worst_class_drop <= max_worst_class_drop",
+        "agreement >= min_agreement",
+    ]  # size and latency have no threshold by default; p50 unknown
+    drop = {c.name: c for c in results["same"].checks}["drop_upper <= max_accuracy_drop"]
+    assert drop.observed == 0.0
+
+
+def test_variant_below_accuracy_floor_is_rejected() -> None:
+    poor = _wrong_at(_labels(), range(0, 300, 7))  # 43 wrong → 0.857
+    metrics, predictions = _inputs({"poor": poor})
+    result = gate_variants(metrics, predictions, {}, GatesConfig())["poor"]
+    assert not result.success
+    assert "accuracy >= min_accuracy" in _failing_names(result)
+    assert "min_accuracy" in result.describe()
+    accuracy = {c.name: c for c in result.checks}["accuracy >= min_accuracy"]
+    assert accuracy.observed == pytest.approx(metrics["poor"]["accuracy"])
+    assert accuracy.threshold == 0.9
+
+
+def test_drop_upper_rejects_when_point_estimate_is_under_the_max() -> None:
+    labels, base = _labels(), _baseline_pred()
+    # b=5 losses (classes 1..5), c=3 gains (baseline's misses in classes 6..8): point drop
+    # 0.67 points, under the 1.0 limit, but the 95% upper bound is about 2.5 points.
+    variant = base.copy()
+    variant[[31, 61, 91, 121, 151]] = (labels[[31, 61, 91, 121, 151]] + 1) % NUM_CLASSES
+    variant[[180, 210, 240]] = labels[[180, 210, 240]]
+    metrics, predictions = _inputs({"lucky": variant})
+    assert metrics["lucky"]["accuracy_drop"] == pytest.approx(200 / 300)
+    point, _, upper = paired_drop_interval(labels, base, variant)
+    assert point < 1.0 < upper
+    result = gate_variants(metrics, predictions, {}, GatesConfig())["lucky"]
+    assert _failing_names(result) == ["drop_upper <= max_accuracy_drop"]
+    assert result.failures[0].observed == pytest.approx(upper)
+    assert "max_accuracy_drop" in result.describe()
+
+
+def test_per_variant_override_applies() -> None:
+    same = _baseline_pred()
+    metrics, predictions = _inputs({"big": same, "roomy": same, "loose": same})
+    gates = GatesConfig.model_validate(
+        {
+            "defaults": {"max_size_bytes": 500},
+            "per_variant": {"roomy": {"max_size_bytes": 5000}, "loose": {"min_accuracy": None}},
+        }
+    )
+    results = gate_variants(metrics, predictions, {}, gates)
+    assert _failing_names(results["big"]) == ["size_bytes <= max_size_bytes"]
+    assert results["roomy"].success
+    size = {c.name: c for c in results["roomy"].checks}["size_bytes <= max_size_bytes"]
+    assert (size.observed, size.threshold) == (1000, 5000)
+    assert "accuracy >= min_accuracy" not in [c.name for c in results["loose"].checks]
+
+
+def test_latency_checked_only_when_known() -> None:
+    same = _baseline_pred()
+    metrics, predictions = _inputs({"slow": same, "unmeasured": same})
+    gates = GatesConfig.model_validate({"defaults": {"max_p50_ms": 2.0}})
+    results = gate_variants(metrics, predictions, {"baseline": 1.5, "slow": 3.5}, gates)
+    assert results["baseline"].success
+    assert _failing_names(results["slow"]) == ["p50_ms <= max_p50_ms"]
+    assert "observed 3.5 vs threshold 2" in results["slow"].describe()
+    assert results["unmeasured"].success
+    assert "p50_ms <= max_p50_ms" not in [c.name for c in results["unmeasured"].checks]
+
+
+def test_skipped_or_failed_variant_is_rejected() -> None:
+    metrics, predictions = _inputs({})
+    metrics["tensorrt_fp16"] = {"status": "skipped", "reason": "no CUDA device"}
+    metrics["pruned"] = {"status": "failed", "reason": "unsupported layer"}
+    results = gate_variants(metrics, predictions, {}, GatesConfig())
+    assert results["baseline"].success
+    for name in ("tensorrt_fp16", "pruned"):
+        result = results[name]
+        assert not result.success
+        assert result.checks == [Check(STATUS_CHECK, "not_run", "status", False, None, None)]
+        assert STATUS_CHECK in result.describe()
+
+
+def test_missing_predictions_is_a_user_error() -> None:
+    metrics, predictions = _inputs({"same": _baseline_pred()})
+    del predictions["pred__same"]
+    with pytest.raises(DataError, match="pred__same"):
+        gate_variants(metrics, predictions, {}, GatesConfig())
+
+
+# ---- Data Docs ---------------------------------------------------------------------------------
+
+
+def test_gate_variants_writes_data_docs(tmp_path: Path) -> None:
+    metrics, predictions = _inputs({"same": _baseline_pred()})
+    docs = tmp_path / "docs" / "variants"
+    gate_variants(metrics, predictions, {}, GatesConfig(), docs_dir=docs)
+    index = docs / "index.html"
+    assert index.is_file()
+    html = index.read_text()
+    assert "variant.same" in html and "variant.baseline" in html
+    pages = list((docs / "validations" / "variant").rglob("*.html"))
+    assert {page.relative_to(docs / "validations" / "variant").parts[0] for page in pages} == {
+        "baseline",
+        "same",
+    }
+
+
+def test_check_data_writes_data_docs(tmp_path: Path, digits: PreparedData) -> None:
+    docs = tmp_path / "docs" / "data"
+    result = check_data(_nan_pixel(digits), digits.preprocess, DataGates(), docs_dir=docs)
+    assert not result.success
+    assert (docs / "index.html").is_file()
+    assert list((docs / "validations" / "data" / "samples").rglob("*.html"))
+    assert list((docs / "validations" / "data" / "classes").rglob("*.html"))
