@@ -20,12 +20,13 @@ from tests.conftest import write_params
 
 pytestmark = pytest.mark.slow
 
+# Tiny models on 16x16 digits: gates low enough that every built variant passes unless forced.
 LENIENT_GATES = {
     "defaults": {
-        "min_accuracy": 0.5,
-        "max_accuracy_drop": 15.0,
-        "max_worst_class_drop": 60.0,
-        "min_agreement": 0.6,
+        "min_accuracy": 0.3,
+        "max_accuracy_drop": 60.0,
+        "max_worst_class_drop": 100.0,
+        "min_agreement": 0.3,
     },
     "per_variant": {},
 }
@@ -110,6 +111,8 @@ def _params(tmp_path: Path, repo: Path, registry: str, extra: dict | None = None
 
     raw = yaml.safe_load(path.read_text())
     raw["variants"] = (extra or {}).get("variants", VARIANTS)
+    # per-variant gates replace (not merge with) the repo's, which name variants not built here
+    raw["gates"]["per_variant"] = (extra or {}).get("gates", LENIENT_GATES)["per_variant"]
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
 
