@@ -356,10 +356,8 @@ def nightly(
     metrics = evaluate_task(model_hashes, dirs, data_dir, str(eval_dir))
 
     ok = [name for name, record in records.items() if record.status == "ok"]
-    bench_futures = {
-        name: benchmark_task.submit(name, dirs[name], data_dir, params.benchmark) for name in ok
-    }
-    latencies = {name: future.result() for name, future in bench_futures.items()}
+    # one at a time: concurrent measurements would share the cores and time each other
+    latencies = {name: benchmark_task(name, dirs[name], data_dir, params.benchmark) for name in ok}
 
     verdicts = validate_task(
         metrics,

@@ -29,7 +29,7 @@ class VariantMetrics:
     accuracy_drop: float | None  # percentage points, baseline minus variant
     agreement: float | None  # top-1 agreement with the baseline
     kl_divergence: float | None  # mean KL(baseline ‖ variant) over test samples
-    per_class_accuracy: list[float] | None
+    per_class_accuracy: list[float | None] | None
     size_bytes: int | None
     size_ratio: float | None  # baseline size / variant size
     params: int | None
@@ -137,13 +137,11 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
-def per_class_accuracy(predicted: np.ndarray, labels: np.ndarray) -> list[float]:
-    classes = range(int(labels.max()) + 1)
+def per_class_accuracy(predicted: np.ndarray, labels: np.ndarray) -> list[float | None]:
+    """Accuracy per class index; None for a class absent from the test split (JSON has no NaN)."""
     return [
-        round(float((predicted[labels == c] == c).mean()), 6)
-        if (labels == c).any()
-        else float("nan")
-        for c in classes
+        round(float((predicted[labels == c] == c).mean()), 6) if (labels == c).any() else None
+        for c in range(int(labels.max()) + 1)
     ]
 
 

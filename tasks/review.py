@@ -126,7 +126,7 @@ def pareto_plot(
     front = pareto_front(points)
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
     biggest = max((metrics[n]["size_bytes"] for n in points), default=1)
-    for name, (latency, acc) in points.items():
+    for index, (name, (latency, acc)) in enumerate(points.items()):
         passed = verdicts.get(name, GateVerdict(False, "")).passed
         ax.scatter(
             latency,
@@ -138,7 +138,14 @@ def pareto_plot(
             linewidths=2 if name in front else 0,
             zorder=3,
         )
-        ax.annotate(name, (latency, acc), textcoords="offset points", xytext=(7, 5), fontsize=8)
+        # staggered labels: variants with equal accuracy and latency would print on top of each other
+        ax.annotate(
+            name,
+            (latency, acc),
+            textcoords="offset points",
+            xytext=(7, 5 - 11 * (index % 3)),
+            fontsize=8,
+        )
     ax.set_xlabel("p50 latency, batch 1 (ms)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(

@@ -313,3 +313,25 @@ def test_rerun_with_unchanged_inputs_is_cached(
     assert first.cached_tasks == []
     assert set(second.cached_tasks) == {"baseline", *VARIANTS}
     assert second.published == first.published
+
+
+def test_unanswered_review_times_out_and_publishes_nothing(
+    prefect_server: str, model_repo: dict, tmp_path: Path
+) -> None:
+    from flows.nightly import nightly
+
+    params = _params(
+        tmp_path, model_repo["repo"], str(tmp_path / "registry"), {"review": {"timeout_s": 2}}
+    )
+    result = nightly(
+        params_file=str(params),
+        model_rev="v1",
+        data_rev="v1",
+        approval="ui",
+        workdir=str(tmp_path / "work"),
+        review_poll_s=1,
+    )
+    assert result.status == "review-timed-out" and result.published == []
+    assert not (tmp_path / "registry").exists() or not any(
+        (tmp_path / "registry").rglob("manifest.json")
+    )
