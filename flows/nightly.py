@@ -39,6 +39,7 @@ from tasks.config import (
 from tasks.errors import ConfigError
 from tasks.fetch import FetchedFile, fetch_file
 from tasks.io import read_json
+from tasks.report import format_table
 from tasks.review import (
     GateVerdict,
     changes_vs_published,
@@ -76,6 +77,7 @@ class NightlyResult:
     run_dir: str
     manifest_uri: str | None = None
     cached_tasks: list[str] = field(default_factory=list)
+    table: str = ""  # the variants table, as `modelpress table` prints it
 
 
 # ---- tasks: thin wrappers over tasks/ ---------------------------------------------------------
@@ -384,6 +386,7 @@ def nightly(
         registry_uri=registry_cfg.uri,
         run_dir=str(run_dir),
         cached_tasks=cached,
+        table=format_table(metrics),
     )
     if not passing:
         logger.warning("no variant passed every gate: nothing to review or publish")
@@ -618,7 +621,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _result_text(result: NightlyResult) -> str:
-    lines = [
+    lines = [result.table, ""] if result.table else []
+    lines += [
         f"nightly: {result.status} — model {result.model}"
         + (f" version {result.version}" if result.version else "")
     ]
