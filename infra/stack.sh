@@ -41,7 +41,13 @@ print(f"export MODELPRESS_CRON='{s.cron}' MODELPRESS_TIMEZONE='{s.timezone}'")
 PY
 )"
   export MODELPRESS_HOME="$HOME_DIR"
-  "$BIN/prefect" --no-prompt deploy --prefect-file infra/prefect.yaml --all
+  # Prefect 3.8.8's CLI registers the deployment, then fails a follow-up "active workers" query
+  # (422: limit=None) against its own server; judge success by reading the deployment back.
+  "$BIN/prefect" --no-prompt deploy --prefect-file infra/prefect.yaml --all >"$STATE/deploy.log" 2>&1 || true
+  if ! "$BIN/prefect" deployment inspect nightly/nightly >/dev/null 2>&1; then
+    echo "error: deploying infra/prefect.yaml failed (see $STATE/deploy.log)" >&2; exit 1
+  fi
+  echo "  deployment nightly/nightly: cron '$MODELPRESS_CRON' ($MODELPRESS_TIMEZONE), work pool $POOL"
 }
 
 case "${1:-up}" in
