@@ -441,25 +441,24 @@ def _fetch_inputs(
     updates: dict[str, Any] = {}
     if cfg.data_path:
         fetched = fetch_task(cfg, cfg.data_path, data_rev or "HEAD", "data_rev", str(dest))
-        lineage |= {
-            "data_path": cfg.data_path,
-            "data_rev": fetched.rev,
-            "data_commit": fetched.commit,
-            "data_sha256": fetched.sha256,
-        }
+        lineage |= _fetched_lineage("data", fetched)
         updates["data"] = params.data.model_copy(
             update={"source": "npz", "path": str(fetched.local_path)}
         )
     if cfg.model_path:
         fetched = fetch_task(cfg, cfg.model_path, model_rev or "HEAD", "model_rev", str(dest))
-        lineage |= {
-            "model_path": cfg.model_path,
-            "model_rev": fetched.rev,
-            "model_commit": fetched.commit,
-            "model_sha256": fetched.sha256,
-        }
+        lineage |= _fetched_lineage("model", fetched)
         updates["baseline"] = BaselineConfig(source="pt2", path=str(fetched.local_path))
     return params.model_copy(update=updates), lineage
+
+
+def _fetched_lineage(kind: str, fetched: FetchedFile) -> dict[str, str]:
+    return {
+        f"{kind}_path": fetched.path,
+        f"{kind}_rev": fetched.rev,
+        f"{kind}_commit": fetched.commit,
+        f"{kind}_sha256": fetched.sha256,
+    }
 
 
 def _in_dependency_order(variants: dict[str, VariantConfig]) -> list[tuple[str, VariantConfig]]:

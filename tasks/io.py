@@ -51,6 +51,18 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     os.replace(staging, target)
 
 
+def save_figure(figure: Any, path: Path) -> Path:
+    """Save a matplotlib figure via a temp file beside `path`, then close it."""
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    figure.savefig(tmp)
+    plt.close(figure)
+    os.replace(tmp, path)
+    return path
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

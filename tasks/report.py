@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.errors import ModelPressError
-from tasks.io import read_json
+from tasks.io import read_json, save_figure
 
 COLUMNS = (
     "variant",
@@ -90,11 +90,7 @@ def plot_accuracy_vs_size(metrics: dict[str, dict[str, Any]], path: Path) -> Non
     ax.set_title("ModelPress variants: accuracy vs size")
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def _note(row: dict[str, Any]) -> str:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tasks.benchmark import LatencyResult
+from tasks.io import save_figure
 
 
 @dataclass(frozen=True)
@@ -154,12 +154,7 @@ def pareto_plot(
     ax.title.set_fontsize(9)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)
 
 
 def _fmt(value: float | None, pattern: str) -> str:
