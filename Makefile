@@ -12,7 +12,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 # dvc.yaml stages call `python`: make it the venv's.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help install run repro test test-fast lint format stack stack-down deploy clean
+.PHONY: help install run repro bench test test-fast lint format stack stack-down deploy clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,6 +31,10 @@ run: $(STAMP)  ## run the nightly flow once on params.yaml (auto-approval, local
 repro: $(STAMP)  ## run the same steps as a DVC pipeline (dvc repro) and print the variants table
 	$(BIN)/dvc repro
 	$(BIN)/modelpress table metrics/variants.json
+
+bench: $(STAMP)  ## benchmark every variant on the local runner profiles: table, benchmarks/latest.json, latency.png
+	$(BIN)/dvc repro
+	$(BIN)/python -m tasks.benchmark all --params params.yaml --variants variants --data data --out benchmarks
 
 test: $(STAMP)  ## run the test suite (offline, CPU-only, slow tests included)
 	$(BIN)/pytest

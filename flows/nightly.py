@@ -22,7 +22,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks.benchmark import LatencyResult, measure_latency
+from tasks.benchmark import BenchmarkRow
 from tasks.config import (
     BaselineConfig,
     BenchmarkConfig,
@@ -32,6 +32,7 @@ from tasks.config import (
     GatesConfig,
     Params,
     RegistryConfig,
+    RunnerProfile,
     TrainConfig,
     VariantConfig,
     load_params,
@@ -194,21 +195,26 @@ def evaluate_task(
     return read_json(Path(out_dir) / "metrics" / "variants.json")
 
 
-@task(name="benchmark", task_run_name="benchmark-{name}")
-def benchmark_task(
-    name: str, variant_dir: str, data_dir: str, cfg: BenchmarkConfig
-) -> LatencyResult:
-    """Latency on this machine (the per-runner work pools plug in here)."""
-    from tasks.data import load_split
+@task(name="benchmark", task_run_name="benchmark-on-{runner}")
+def local_benchmark_task(
+    runner: str,
+    profile: RunnerProfile,
+    cfg: BenchmarkConfig,
+    variant_dirs: dict[str, str],
+    images_file: str,
+) -> list[BenchmarkRow]:
+    """A runner profile measured on this machine: each variant in a fresh process, one at a time."""
+    from flows.benchmark import benchmark_variants
 
-    return measure_latency(name, Path(variant_dir), load_split(Path(data_dir), "test").x, cfg)
+    dirs = {name: Path(directory) for name, directory in variant_dirs.items()}
+    return benchmark_variants(runner, profile, cfg, dirs, Path(images_file))
 
 
 @task(name="validate")
 def validate_task(
     metrics: dict[str, Any],
     predictions_file: str,
-    latencies: dict[str, LatencyResult],
+    bench: list[BenchmarkRow],
     gates: GatesConfig,
     docs_dir: str,
 ) -> dict[str, GateVerdict]:
@@ -219,7 +225,10 @@ def validate_task(
 
     with np.load(predictions_file) as saved:
         predictions = {key: saved[key] for key in saved.files}
-    p50 = {name: result.p50_ms for name, result in latencies.items()}
+    p50: dict[str, float] = {}  # gate the slowest runner: a budget must hold everywhere it runs
+    for row in bench:
+        if row.status == "ok" and row.p50_ms is not None:
+            p50[row.variant] = max(p50.get(row.variant, 0.0), row.p50_ms)
     results = gate_variants(metrics, predictions, p50, gates, docs_dir=Path(docs_dir))
     return {name: _verdict(result, metrics[name]) for name, result in results.items()}
 
@@ -235,7 +244,7 @@ def review_task(
     model: str,
     inputs: dict[str, Any],
     metrics: dict[str, Any],
-    latencies: dict[str, LatencyResult],
+    bench: list[BenchmarkRow],
     verdicts: dict[str, GateVerdict],
     previous: dict[str, Any] | None,
     run_dir: str,
@@ -245,9 +254,9 @@ def review_task(
 
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    rows = review_rows(metrics, latencies, verdicts)
+    rows = review_rows(metrics, bench, verdicts)
     summary = summary_markdown(model, inputs, rows, changes_vs_published(metrics, previous))
-    plot = pareto_plot(metrics, latencies, verdicts, Path(run_dir) / "pareto.png")
+    plot = pareto_plot(metrics, bench, verdicts, Path(run_dir) / "pareto.png")
     key = _artifact_key(model)
     create_table_artifact(
         table=rows, key=f"{key}-variants", description="Variants: metrics, latency, gates"
@@ -358,13 +367,12 @@ def nightly(
     metrics = evaluate_task(model_hashes, dirs, data_dir, str(eval_dir))
 
     ok = [name for name, record in records.items() if record.status == "ok"]
-    # one at a time: concurrent measurements would share the cores and time each other
-    latencies = {name: benchmark_task(name, dirs[name], data_dir, params.benchmark) for name in ok}
+    bench = _run_benchmarks(params, {name: dirs[name] for name in ok}, data_dir, run_dir)
 
     verdicts = validate_task(
         metrics,
         str(eval_dir / "metrics" / "predictions.npz"),
-        latencies,
+        bench,
         params.gates,
         str(run_dir / "data-docs" / "metrics"),
     )
@@ -376,7 +384,7 @@ def nightly(
         "run_dir": str(run_dir),
     }
     summary = review_task(
-        model_name, inputs_summary, metrics, latencies, verdicts, previous, str(run_dir)
+        model_name, inputs_summary, metrics, bench, verdicts, previous, str(run_dir)
     )
     rejected = {name: verdict.reason for name, verdict in verdicts.items() if not verdict.passed}
     passing = [name for name in metrics if verdicts.get(name, GateVerdict(False, "")).passed]
@@ -408,7 +416,7 @@ def nightly(
         )
 
     version = version or datetime.now(UTC).strftime("%Y%m%d.%H%M%S")
-    entries = _publish_entries(approved, records, dirs, metrics, verdicts, latencies, decision)
+    entries = _publish_entries(approved, records, dirs, metrics, verdicts, bench, decision)
     lineage = _lineage(params, lineage_inputs, baseline, model_rev, data_rev, root)
     manifest_uri = publish_task(registry_cfg, model_name, version, entries, lineage)
     logger.info(
@@ -450,6 +458,49 @@ def _fetch_inputs(
         lineage |= _fetched_lineage("model", fetched)
         updates["baseline"] = BaselineConfig(source="pt2", path=str(fetched.local_path))
     return params.model_copy(update=updates), lineage
+
+
+def _run_benchmarks(
+    params: Params, variant_dirs: dict[str, str], data_dir: str, run_dir: Path
+) -> list[BenchmarkRow]:
+    """Runners with a work pool get the variants through the artifact store and run in parallel;
+    profiles without one are measured here, one variant at a time."""
+    import numpy as np
+
+    from flows.benchmark import dispatch_task, upload_inputs
+    from tasks.data import load_split
+    from tasks.store import ArtifactStore
+
+    cfg = params.benchmark
+    profiles = {name: params.runners[name] for name in cfg.runners}
+    images = load_split(Path(data_dir), "test").x
+    futures = []
+    remote = {name: p for name, p in profiles.items() if p.work_pool}
+    if remote:
+        store = ArtifactStore(cfg.store_uri, endpoint_url=cfg.store_endpoint_url)
+        keys, images_key = upload_inputs(store, run_dir.name, variant_dirs, images)
+        futures = [
+            dispatch_task.submit(
+                name,
+                profile,
+                cfg,
+                store.uri,
+                cfg.store_endpoint_url,
+                keys,
+                images_key,
+                f"runs/{run_dir.name}/{name}.json",
+            )
+            for name, profile in remote.items()
+        ]
+    images_file = run_dir / "test-images.npz"
+    np.savez(images_file, x=images)
+    rows: list[BenchmarkRow] = []
+    for name, profile in profiles.items():
+        if not profile.work_pool:
+            rows += local_benchmark_task(name, profile, cfg, variant_dirs, str(images_file))
+    for future in futures:
+        rows += future.result()
+    return rows
 
 
 def _fetched_lineage(kind: str, fetched: FetchedFile) -> dict[str, str]:
@@ -529,7 +580,7 @@ def _publish_entries(
     dirs: dict[str, str],
     metrics: dict[str, Any],
     verdicts: dict[str, GateVerdict],
-    latencies: dict[str, LatencyResult],
+    bench: list[BenchmarkRow],
     decision: dict[str, Any],
 ) -> dict[str, Any]:
     from tasks.registry import PublishEntry
@@ -543,9 +594,7 @@ def _publish_entries(
             directory=Path(dirs[name]),
             format=formats[str(record.runtime)],
             input=asdict(record.input) | {"preprocess": record.preprocess} if record.input else {},
-            metrics=metrics[name] | {"latency": asdict(latencies[name])}
-            if name in latencies
-            else metrics[name],
+            metrics=metrics[name] | {"benchmarks": [asdict(b) for b in bench if b.variant == name]},
             gates={"passed": verdicts[name].passed, "reason": verdicts[name].reason},
             approval=approval_record,
         )

@@ -1,58 +1,482 @@
-"""benchmark: latency of one variant at batch 1 in its own runtime, after warm-up, as percentiles."""
+"""benchmark: latency, throughput and memory of a variant in its own runtime, the way the runtimes'
+own benchmark tools measure: warm-up, many timed iterations, percentiles, fixed threads and affinity,
+several independent trials so a reviewer can tell a real speedup from noise.
+
+Each variant is measured in a fresh process (`measure_in_subprocess`) so peak memory, thread pools
+and CPU affinity belong to that variant alone. This module and what it imports need only numpy and
+the light runtimes (ONNX Runtime, LiteRT): it runs on an edge runner without torch or TensorFlow.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import platform
+import resource
+import subprocess
+import sys
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from tasks.config import BenchmarkConfig
-from tasks.runtime import load_predictor
+from tasks.config import BenchmarkConfig, RunnerProfile
+from tasks.errors import ModelPressError
+
+RUNTIME_PACKAGES = ("numpy", "onnxruntime", "ai-edge-litert", "tensorrt")
 
 
 @dataclass(frozen=True)
-class LatencyResult:
+class BenchmarkRow:
+    """One row of the metrics table's latency part: a variant on a runner."""
+
     variant: str
     runner: str
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-    iterations: int
-    threads: int
-    load_ms: float
-    host: str
+    status: str  # ok | failed | skipped
+    reason: str | None = None
+    p50_ms: float | None = None  # median over trials of each trial's p50
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    mean_ms: float | None = None
+    p50_trials_ms: list[float] = field(default_factory=list)
+    p50_ci95_ms: list[float] | None = None  # 95% t-interval of the mean trial p50
+    throughput_ips: float | None = None  # images per second at throughput_batch
+    throughput_batch: int | None = None
+    peak_rss_mb: float | None = None
+    load_ms: float | None = None
+    size_bytes: int | None = None
+    iterations: int = 0
+    direct_p50_ms: float | None = None  # LiteRT called directly in a plain loop (cross-check)
+    host: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def failed(cls, variant: str, runner: str, reason: str, status: str = "failed") -> BenchmarkRow:
+        return cls(variant=variant, runner=runner, status=status, reason=reason)
 
 
-def measure_latency(
-    name: str, variant_dir: Path, images: np.ndarray, cfg: BenchmarkConfig, runner: str = "local"
-) -> LatencyResult:
-    """Warm up, then time single-image inference until `iterations` or `max_seconds`, first reached."""
+def apply_profile(profile: RunnerProfile) -> tuple[int, list[int]]:
+    """Pin this process to the profile's CPUs and cap its memory; returns (threads, cpus)."""
+    if profile.cpu_affinity is not None:
+        available = os.sched_getaffinity(0)
+        cpus = [c for c in profile.cpu_affinity if c in available]
+        if not cpus:
+            raise ModelPressError(
+                f"runners: cpu_affinity {profile.cpu_affinity} names no CPU of this host"
+            )
+        os.sched_setaffinity(0, cpus)
+    if profile.memory_limit_mb is not None:
+        limit = profile.memory_limit_mb << 20
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    cpus = sorted(os.sched_getaffinity(0))
+    return (profile.threads or len(cpus)), cpus
+
+
+def measure(
+    name: str,
+    variant_dir: Path,
+    images: np.ndarray,
+    runner: str,
+    profile: RunnerProfile,
+    cfg: BenchmarkConfig,
+) -> BenchmarkRow:
+    """Measure in this process (call apply_profile first): load, latency trials, throughput."""
+    from tasks.evaluate import model_size
+    from tasks.runtime import load_predictor
+
+    threads, cpus = apply_profile(profile)
     started = time.perf_counter()
-    predictor = load_predictor(variant_dir, threads=cfg.threads)
+    predictor = load_predictor(variant_dir, threads=threads)
     load_ms = 1000 * (time.perf_counter() - started)
+    # inputs are prepared (normalised, quantised) outside the timed region, as benchmark tools do
+    prepared = [predictor.prepare(images[i : i + 1]) for i in range(min(len(images), 64))]
     for i in range(cfg.warmup):
-        predictor(images[i % len(images)][None])
+        predictor.infer(prepared[i % len(prepared)])
+    trials = [_latency_trial(predictor.infer, prepared, cfg) for _ in range(cfg.trials)]
+    p50s = [float(np.percentile(t, 50)) for t in trials]
+    every = np.concatenate(trials)
+    return BenchmarkRow(
+        variant=name,
+        runner=runner,
+        status="ok",
+        p50_ms=_r(float(np.median(p50s))),
+        p90_ms=_r(float(np.median([np.percentile(t, 90) for t in trials]))),
+        p99_ms=_r(float(np.median([np.percentile(t, 99) for t in trials]))),
+        mean_ms=_r(float(every.mean())),
+        p50_trials_ms=[_r(v) for v in p50s],
+        p50_ci95_ms=_t_interval(p50s),
+        throughput_ips=_r(_throughput(predictor, images, cfg)),
+        throughput_batch=cfg.throughput_batch,
+        peak_rss_mb=_r(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        load_ms=_r(load_ms),
+        size_bytes=model_size(variant_dir),
+        iterations=int(every.size),
+        host=host_facts(threads, cpus),
+    )
+
+
+def _latency_trial(infer: Any, prepared: list[np.ndarray], cfg: BenchmarkConfig) -> np.ndarray:
+    """Batch-1 timings (ms) over real test images, until iterations or max_seconds."""
     timings: list[float] = []
     deadline = time.perf_counter() + cfg.max_seconds
     while len(timings) < cfg.iterations and time.perf_counter() < deadline:
-        image = images[len(timings) % len(images)][None]  # real test images, not zeros
+        x = prepared[len(timings) % len(prepared)]
         tick = time.perf_counter()
-        predictor(image)
+        infer(x)
         timings.append(1000 * (time.perf_counter() - tick))
-    p50, p90, p99 = np.percentile(timings, [50, 90, 99])
-    return LatencyResult(
-        variant=name,
-        runner=runner,
-        p50_ms=round(float(p50), 4),
-        p90_ms=round(float(p90), 4),
-        p99_ms=round(float(p99), 4),
-        mean_ms=round(float(np.mean(timings)), 4),
-        iterations=len(timings),
-        threads=cfg.threads,
-        load_ms=round(load_ms, 2),
-        host=f"{platform.node()} ({platform.processor() or platform.machine()})",
+    return np.asarray(timings)
+
+
+def _throughput(predictor: Any, images: np.ndarray, cfg: BenchmarkConfig) -> float:
+    batch = predictor.prepare(np.resize(images, (cfg.throughput_batch, *images.shape[1:])))
+    predictor.infer(batch)  # warm the batch shape (LiteRT re-allocates on a new shape)
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < cfg.throughput_seconds:
+        predictor.infer(batch)
+        done += len(batch)
+    return done / (time.perf_counter() - started)
+
+
+# Two-sided 97.5% quantiles of Student's t for 1..10 degrees of freedom (no scipy on edge runners).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
+def _t_interval(values: list[float]) -> list[float] | None:
+    """95% confidence interval of the mean of the trials' p50s."""
+    if len(values) < 2:
+        return None
+    df = len(values) - 1
+    quantile = _T975[df - 1] if df <= len(_T975) else 2.0  # df > 10: within 5% of the exact value
+    mean = float(np.mean(values))
+    half = quantile * float(np.std(values, ddof=1)) / len(values) ** 0.5
+    return [_r(mean - half), _r(mean + half)]
+
+
+def host_facts(threads: int, cpus: list[int]) -> dict[str, Any]:
+    """What a reviewer needs to trust a number: which CPU, how many threads, pinned where."""
+    return {
+        "hostname": platform.node(),
+        "cpu_model": _cpu_model(),
+        "machine": platform.machine(),
+        "logical_cpus": os.cpu_count(),
+        "threads": threads,
+        "affinity": cpus,
+        "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+        "python": platform.python_version(),
+        "libraries": _versions(),
+    }
+
+
+def _cpu_model() -> str:
+    text = _read("/proc/cpuinfo") or ""
+    for line in text.splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for package in RUNTIME_PACKAGES:
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def _r(value: float) -> float:
+    return round(value, 4)
+
+
+# ---- isolation: one fresh process per measurement --------------------------------------------
+
+
+def measure_in_subprocess(
+    name: str,
+    variant_dir: Path,
+    images_file: Path,
+    runner: str,
+    profile: RunnerProfile,
+    cfg: BenchmarkConfig,
+    timeout_s: float = 600,
+) -> BenchmarkRow:
+    """Run `measure` in a fresh Python process; a crash or timeout becomes a failed row."""
+    with tempfile.TemporaryDirectory(prefix="mp-bench-") as work:
+        out = Path(work) / "row.json"
+        command = [
+            sys.executable,
+            "-m",
+            "tasks.benchmark",
+            "one",
+            "--name",
+            name,
+            "--variant",
+            str(variant_dir),
+            "--images",
+            str(images_file),
+            "--runner",
+            runner,
+            "--profile",
+            profile.model_dump_json(),
+            "--config",
+            cfg.model_dump_json(),
+            "--out",
+            str(out),
+        ]
+        try:
+            done = subprocess.run(
+                command, capture_output=True, text=True, timeout=timeout_s, check=False
+            )
+        except subprocess.TimeoutExpired:
+            return BenchmarkRow.failed(name, runner, f"timed out after {timeout_s:.0f}s")
+        if done.returncode != 0 or not out.exists():
+            lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+            return BenchmarkRow.failed(
+                name, runner, lines[-1][:300] if lines else f"exit code {done.returncode}"
+            )
+        return BenchmarkRow(**json.loads(out.read_text()))
+
+
+def _one(args: argparse.Namespace) -> None:
+    """The child side of measure_in_subprocess."""
+    from tasks.io import write_json
+
+    profile = RunnerProfile.model_validate_json(args.profile)
+    cfg = BenchmarkConfig.model_validate_json(args.config)
+    with np.load(args.images) as archive:
+        images = archive["x"].astype(np.float32)
+    row = measure(args.name, Path(args.variant), images, args.runner, profile, cfg)
+    model_file = Path(args.variant) / "model.tflite"
+    if model_file.exists():
+        direct = direct_litert_p50(model_file, images, row.host["threads"], cfg.iterations)
+        row = BenchmarkRow(**(asdict(row) | {"direct_p50_ms": _r(direct)}))
+    write_json(Path(args.out), asdict(row))
+
+
+def direct_litert_p50(model_file: Path, images: np.ndarray, threads: int, iterations: int) -> float:
+    """p50 (ms) of LiteRT's Interpreter called directly in a plain loop: the harness's cross-check.
+
+    Independent of tasks.runtime: its own interpreter, its own input quantisation.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(model_file), num_threads=threads)
+    detail = interpreter.get_input_details()[0]
+    output_index = interpreter.get_output_details()[0]["index"]
+    interpreter.resize_tensor_input(detail["index"], [1, *images.shape[2:], images.shape[1]])
+    interpreter.allocate_tensors()
+    scale, zero_point = detail["quantization"]
+    nhwc = images.transpose(0, 2, 3, 1)
+    if detail["dtype"] == np.int8:
+        mean = np.float32(nhwc.mean())  # any in-range input exercises the same int8 kernels
+        nhwc = np.clip(np.round((nhwc - mean) / scale + zero_point), -128, 127).astype(np.int8)
+    timings = []
+    for i in range(iterations + 10):
+        x = nhwc[i % len(nhwc)][None]
+        tick = time.perf_counter()
+        interpreter.set_tensor(detail["index"], x)
+        interpreter.invoke()
+        interpreter.get_tensor(output_index)
+        if i >= 10:
+            timings.append(1000 * (time.perf_counter() - tick))
+    return float(np.percentile(timings, 50))
+
+
+# ---- make bench: every variant on every local profile -----------------------------------------
+
+
+def bench_all(
+    variants_dir: Path,
+    names: list[str],
+    images_file: Path,
+    runners: dict[str, RunnerProfile],
+    cfg: BenchmarkConfig,
+) -> list[BenchmarkRow]:
+    """Benchmark each ready variant on each profile, one at a time (measurements must not overlap)."""
+    from tasks.variant import read_record
+
+    rows = []
+    for runner, profile in runners.items():
+        for name in names:
+            record = read_record(variants_dir / name)
+            if record.status != "ok":
+                rows.append(
+                    BenchmarkRow.failed(
+                        name, runner, f"variant is {record.status}: {record.reason}", "skipped"
+                    )
+                )
+                continue
+            if not runs_on(record.runtime, profile):
+                reason = f"{record.runtime} variants are not measured on {profile.kind} runners"
+                rows.append(BenchmarkRow.failed(name, runner, reason, "skipped"))
+                continue
+            row = measure_in_subprocess(
+                name, variants_dir / name, images_file, runner, profile, cfg
+            )
+            print(f"bench: {runner:<10} {name:<16} {_brief(row)}", flush=True)
+            rows.append(row)
+    return rows
+
+
+def runs_on(runtime: str | None, profile: RunnerProfile) -> bool:
+    """CPU runners measure ONNX Runtime and LiteRT variants; CUDA runners measure TensorRT engines."""
+    return runtime == "tensorrt" if profile.kind == "cuda" else runtime in {"onnxruntime", "litert"}
+
+
+def _brief(row: BenchmarkRow) -> str:
+    if row.status != "ok":
+        return f"{row.status}: {row.reason}"
+    return f"p50 {row.p50_ms:.3f} ms (trials {min(row.p50_trials_ms):.3f}–{max(row.p50_trials_ms):.3f}), {row.throughput_ips:.0f} img/s"
+
+
+def format_bench_table(rows: list[BenchmarkRow], baseline: str = "baseline") -> str:
+    """Table with each variant's p50 ratio against the baseline on the same runner."""
+    base = {r.runner: r.p50_ms for r in rows if r.variant == baseline and r.status == "ok"}
+    header = (
+        "runner",
+        "variant",
+        "p50 ms",
+        "p50 spread",
+        "p90 ms",
+        "p99 ms",
+        "speedup",
+        "img/s",
+        "peak MiB",
+        "status",
     )
+    lines = [header]
+    for r in rows:
+        ok = r.status == "ok"
+        speedup = (
+            f"{base[r.runner] / r.p50_ms:.2f}x" if ok and base.get(r.runner) and r.p50_ms else "-"
+        )
+        spread = (
+            f"{min(r.p50_trials_ms):.3f}–{max(r.p50_trials_ms):.3f}"
+            if ok and r.p50_trials_ms
+            else "-"
+        )
+        lines.append(
+            (
+                r.runner,
+                r.variant,
+                f"{r.p50_ms:.3f}" if ok else "-",
+                spread,
+                f"{r.p90_ms:.3f}" if ok else "-",
+                f"{r.p99_ms:.3f}" if ok else "-",
+                speedup,
+                f"{r.throughput_ips:.0f}" if ok else "-",
+                f"{r.peak_rss_mb:.0f}" if ok else "-",
+                r.status if ok else f"{r.status}: {r.reason}",
+            )
+        )
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    table = [
+        "  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    ]
+    checks = [
+        f"cross-check {r.runner} {r.variant}: harness p50 {r.p50_ms:.4f} ms, LiteRT direct loop "
+        f"{r.direct_p50_ms:.4f} ms ({100 * (r.p50_ms - r.direct_p50_ms) / r.direct_p50_ms:+.1f}%)"
+        for r in rows
+        if r.status == "ok" and r.direct_p50_ms and r.p50_ms
+    ]
+    return "\n".join([*table, "", *checks] if checks else table)
+
+
+def plot_latency(rows: list[BenchmarkRow], path: Path) -> Path:
+    """Grouped bars: p50 latency per variant and runner, with the trials' spread as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tasks.io import save_figure
+
+    ok = [r for r in rows if r.status == "ok"]
+    variants = list(dict.fromkeys(r.variant for r in ok))
+    runners = list(dict.fromkeys(r.runner for r in ok))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(variants) + 2), 4.5), dpi=120)
+    width = 0.8 / max(1, len(runners))
+    for k, runner in enumerate(runners):
+        by_variant = {r.variant: r for r in ok if r.runner == runner}
+        xs = [i + k * width for i, v in enumerate(variants) if v in by_variant]
+        chosen = [by_variant[v] for v in variants if v in by_variant]
+        heights = [r.p50_ms for r in chosen]
+        errors = [
+            [r.p50_ms - min(r.p50_trials_ms) for r in chosen],
+            [max(r.p50_trials_ms) - r.p50_ms for r in chosen],
+        ]
+        ax.bar(xs, heights, width, yerr=errors, capsize=3, label=runner)
+    ax.set_xticks(
+        [i + width * (len(runners) - 1) / 2 for i in range(len(variants))], variants, rotation=20
+    )
+    ax.set_ylabel("p50 latency, batch 1 (ms)")
+    ax.set_title("Latency by variant and runner (error bars: spread of p50 over trials)")
+    ax.legend()
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def _bench(args: argparse.Namespace) -> None:
+    from tasks.config import load_params
+    from tasks.data import load_split
+    from tasks.io import atomic_dir, write_json
+
+    params = load_params(args.params)
+    runners = {
+        name: params.runners[name]
+        for name in params.benchmark.runners
+        if params.runners[name].work_pool is None
+    }
+    names = ["baseline", *params.variants]
+    test = load_split(args.data, "test")
+    with tempfile.TemporaryDirectory(prefix="mp-bench-") as work:
+        images_file = Path(work) / "test.npz"
+        np.savez(images_file, x=test.x)
+        rows = bench_all(args.variants, names, images_file, runners, params.benchmark)
+    with atomic_dir(args.out) as staging:
+        write_json(
+            staging / "latest.json",
+            {"rows": [asdict(r) for r in rows], "config": params.benchmark.model_dump()},
+        )
+        plot_latency(rows, staging / "latency.png")
+    print(format_bench_table(rows))
+    print(f"bench: {args.out / 'latest.json'}, {args.out / 'latency.png'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="benchmark variants on runner profiles")
+    commands = parser.add_subparsers(dest="command", required=True)
+    one = commands.add_parser(
+        "one", help="measure one variant in this process (used by the harness)"
+    )
+    for flag in ("--name", "--variant", "--images", "--runner", "--profile", "--config", "--out"):
+        one.add_argument(flag, required=True)
+    one.set_defaults(handler=_one)
+    every = commands.add_parser("all", help="every variant on every local profile (make bench)")
+    every.add_argument("--params", type=Path, default=Path("params.yaml"))
+    every.add_argument("--variants", type=Path, default=Path("variants"))
+    every.add_argument("--data", type=Path, default=Path("data"))
+    every.add_argument("--out", type=Path, default=Path("benchmarks"))
+    every.set_defaults(handler=_bench)
+    args = parser.parse_args(argv)
+    args.handler(args)
+
+
+if __name__ == "__main__":
+    from tasks.cli_support import run_main
+
+    run_main(main)

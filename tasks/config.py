@@ -6,11 +6,19 @@ nothing below them opens the file again.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tasks.errors import ConfigError
 
@@ -22,6 +30,10 @@ TORCH_TECHNIQUES = frozenset({"pruned", "distilled"})
 ONNX_TECHNIQUES = frozenset({"pruned", "distilled"})
 
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+# DVC remote options that hold secrets (S3, Azure, GDrive, OSS, HTTP/WebDAV/SSH remotes)
+_CREDENTIAL_KEY = re.compile(
+    r"secret|password|token|access_key|account_key|key_id|connection_string"
+)
 PositiveInt = Annotated[int, Field(gt=0)]
 
 
@@ -148,6 +160,19 @@ class FetchConfig(_Strict):
     remote: str | None = None  # DVC remote name; null: the repo's default remote
     remote_config: dict[str, str] = Field(default_factory=dict)  # e.g. {endpointurl: http://...}
 
+    @field_validator("remote_config")
+    @classmethod
+    def _no_credentials(cls, value: dict[str, str]) -> dict[str, str]:
+        # params are recorded in every manifest's lineage: a secret here would be published
+        secrets = sorted(key for key in value if _CREDENTIAL_KEY.search(key))
+        if secrets:
+            raise ValueError(
+                f"{', '.join(secrets)}: credentials do not belong in params.yaml (it is recorded "
+                "in the published manifest); set them in the environment (AWS_ACCESS_KEY_ID, "
+                "AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN), a DVC --local config or an instance role"
+            )
+        return value
+
     @model_validator(mode="after")
     def _paths_with_repo(self) -> FetchConfig:
         if self.repo and not (self.model_path or self.data_path):
@@ -198,11 +223,31 @@ class GatesConfig(_Strict):
         return self
 
 
+class RunnerProfile(_Strict):
+    """Where and how a variant is benchmarked. Profiles are data: add one, and a work pool, per runner."""
+
+    kind: Literal["cpu", "cuda"] = "cpu"
+    threads: Annotated[int, Field(ge=0)] = 0  # 0: every core the process may use
+    cpu_affinity: list[Annotated[int, Field(ge=0)]] | None = None  # pin the measuring process
+    memory_limit_mb: PositiveInt | None = None  # address-space cap of the measuring process
+    gpu_id: Annotated[int, Field(ge=0)] = 0
+    precision: Literal["fp32", "fp16"] = "fp32"
+    work_pool: str | None = None  # Prefect work pool of this runner; null: measure on this machine
+    timeout_s: PositiveInt = 900  # a dispatched benchmark that takes longer is marked failed
+
+
 class BenchmarkConfig(_Strict):
-    threads: PositiveInt = 1
+    runners: list[str] = Field(default_factory=lambda: ["cloud-cpu", "edge-cpu"])
     warmup: Annotated[int, Field(ge=0)] = 10
-    iterations: PositiveInt = 100
-    max_seconds: Annotated[float, Field(gt=0)] = 20.0
+    iterations: PositiveInt = 200  # per trial, at batch 1
+    max_seconds: Annotated[float, Field(gt=0)] = 5.0  # per trial: iterations or time, first reached
+    trials: Annotated[int, Field(ge=1, le=50)] = 5  # independent repeats: the spread of p50
+    throughput_batch: PositiveInt = 32
+    throughput_seconds: Annotated[float, Field(gt=0)] = 2.0
+    store_uri: str = (
+        ".modelpress/store"  # how variant files reach runners: a directory or s3://bucket/prefix
+    )
+    store_endpoint_url: str | None = None  # S3-compatible endpoint of the store; null: AWS
 
 
 class ReviewConfig(_Strict):
@@ -217,6 +262,14 @@ class RegistryConfig(_Strict):
     )
     endpoint_url: str | None = None  # S3-compatible endpoint (MinIO, moto); null: AWS
     region: str = "us-east-1"
+
+    @field_validator("model_name")
+    @classmethod
+    def _no_parent_reference(cls, value: str) -> str:
+        # the registry refuses '..' in names: fail here, not at publish time after all the work
+        if ".." in value:
+            raise ValueError("'..' is not allowed in a registry name")
+        return value
 
 
 class ScheduleConfig(_Strict):
@@ -233,6 +286,12 @@ class Params(_Strict):
     fetch: FetchConfig = FetchConfig()
     gates: GatesConfig = GatesConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
+    runners: dict[str, RunnerProfile] = Field(
+        default_factory=lambda: {
+            "cloud-cpu": RunnerProfile(),
+            "edge-cpu": RunnerProfile(threads=1, cpu_affinity=[0], memory_limit_mb=2048),
+        }
+    )
     review: ReviewConfig = ReviewConfig()
     registry: RegistryConfig = RegistryConfig()
     schedule: ScheduleConfig = ScheduleConfig()
@@ -244,6 +303,12 @@ class Params(_Strict):
         for name in self.gates.per_variant:
             if name not in self.variants and name != "baseline":
                 raise ValueError(f"gates.per_variant.{name}: not a variant in 'variants'")
+        for name in self.benchmark.runners:
+            if name not in self.runners:
+                known = ", ".join(self.runners) or "none"
+                raise ValueError(
+                    f"benchmark.runners: {name!r} is not a profile in 'runners' ({known})"
+                )
         return self
 
 

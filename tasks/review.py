@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.benchmark import LatencyResult
+from tasks.benchmark import BenchmarkRow
 from tasks.io import save_figure
 
 
@@ -19,34 +19,40 @@ class GateVerdict:
 
 
 def review_rows(
-    metrics: dict[str, dict[str, Any]],
-    latencies: dict[str, LatencyResult],
-    verdicts: dict[str, GateVerdict],
+    metrics: dict[str, dict[str, Any]], bench: list[BenchmarkRow], verdicts: dict[str, GateVerdict]
 ) -> list[dict[str, Any]]:
-    """One row per variant and runner, in the order of the metrics table."""
+    """One row per variant and runner (a variant no runner measured still gets a row)."""
     rows = []
     for name, row in metrics.items():
-        latency = latencies.get(name)
         verdict = verdicts.get(name, GateVerdict(False, row.get("reason") or row["status"]))
-        rows.append(
-            {
-                "variant": name,
-                "runner": latency.runner if latency else "-",
-                "accuracy": _fmt(row.get("accuracy"), "{:.4f}"),
-                "drop_pts": _fmt(row.get("accuracy_drop"), "{:+.2f}"),
-                "agreement": _fmt(row.get("agreement"), "{:.4f}"),
-                "size_kib": _fmt(
-                    row["size_bytes"] / 1024 if row.get("size_bytes") else None, "{:.0f}"
-                ),
-                "ratio": _fmt(row.get("size_ratio"), "{:.2f}x"),
-                "p50_ms": _fmt(latency.p50_ms if latency else None, "{:.3f}"),
-                "p90_ms": _fmt(latency.p90_ms if latency else None, "{:.3f}"),
-                "p99_ms": _fmt(latency.p99_ms if latency else None, "{:.3f}"),
-                "gate": "pass" if verdict.passed else "REJECTED",
-                "reason": verdict.reason,
-            }
-        )
+        measured = [b for b in bench if b.variant == name] or [None]
+        for b in measured:
+            ok = b is not None and b.status == "ok"
+            rows.append(
+                {
+                    "variant": name,
+                    "runner": b.runner if b else "-",
+                    "accuracy": _fmt(row.get("accuracy"), "{:.4f}"),
+                    "drop_pts": _fmt(row.get("accuracy_drop"), "{:+.2f}"),
+                    "agreement": _fmt(row.get("agreement"), "{:.4f}"),
+                    "size_kib": _fmt(
+                        row["size_bytes"] / 1024 if row.get("size_bytes") else None, "{:.0f}"
+                    ),
+                    "ratio": _fmt(row.get("size_ratio"), "{:.2f}x"),
+                    "p50_ms": _fmt(b.p50_ms if ok else None, "{:.3f}"),
+                    "p90_ms": _fmt(b.p90_ms if ok else None, "{:.3f}"),
+                    "p99_ms": _fmt(b.p99_ms if ok else None, "{:.3f}"),
+                    "gate": "pass" if verdict.passed else "REJECTED",
+                    "reason": "; ".join(part for part in (verdict.reason, _bench_note(b)) if part),
+                }
+            )
     return rows
+
+
+def _bench_note(row: BenchmarkRow | None) -> str:
+    if row is None or row.status == "ok":
+        return ""
+    return f"benchmark on {row.runner} {row.status}: {row.reason}"
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -108,50 +114,62 @@ def pareto_front(points: dict[str, tuple[float, float]]) -> set[str]:
 
 def pareto_plot(
     metrics: dict[str, dict[str, Any]],
-    latencies: dict[str, LatencyResult],
+    bench: list[BenchmarkRow],
     verdicts: dict[str, GateVerdict],
     path: Path,
 ) -> Path:
-    """Accuracy vs p50 latency; marker area ∝ size on disk; Pareto-optimal variants outlined."""
+    """Accuracy vs p50 latency per runner (marker shape); marker area ∝ size; Pareto front outlined."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = {
-        name: (latencies[name].p50_ms, 100 * row["accuracy"])
-        for name, row in metrics.items()
-        if row.get("accuracy") is not None and name in latencies
-    }
-    front = pareto_front(points)
+    measured = [
+        b
+        for b in bench
+        if b.status == "ok" and metrics.get(b.variant, {}).get("accuracy") is not None
+    ]
+    runners = list(dict.fromkeys(b.runner for b in measured))
+    shapes = "os^Dv<>p"
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
-    biggest = max((metrics[n]["size_bytes"] for n in points), default=1)
-    for index, (name, (latency, acc)) in enumerate(points.items()):
-        passed = verdicts.get(name, GateVerdict(False, "")).passed
-        ax.scatter(
-            latency,
-            acc,
-            s=40 + 600 * metrics[name]["size_bytes"] / biggest,
-            alpha=0.6,
-            color="tab:green" if passed else "tab:red",
-            edgecolors="black" if name in front else "none",
-            linewidths=2 if name in front else 0,
-            zorder=3,
-        )
-        # staggered labels: variants with equal accuracy and latency would print on top of each other
-        ax.annotate(
-            name,
-            (latency, acc),
-            textcoords="offset points",
-            xytext=(7, 5 - 11 * (index % 3)),
-            fontsize=8,
-        )
+    biggest = max((metrics[b.variant]["size_bytes"] for b in measured), default=1)
+    for k, runner in enumerate(runners):
+        on_runner = [b for b in measured if b.runner == runner]
+        points = {
+            b.variant: (float(b.p50_ms or 0), 100 * metrics[b.variant]["accuracy"])
+            for b in on_runner
+        }
+        front = pareto_front(points)
+        for index, (name, (latency, acc)) in enumerate(points.items()):
+            passed = verdicts.get(name, GateVerdict(False, "")).passed
+            ax.scatter(
+                latency,
+                acc,
+                s=40 + 600 * metrics[name]["size_bytes"] / biggest,
+                alpha=0.6,
+                marker=shapes[k % len(shapes)],
+                color="tab:green" if passed else "tab:red",
+                edgecolors="black" if name in front else "none",
+                linewidths=2 if name in front else 0,
+                zorder=3,
+                label=runner if index == 0 else None,
+            )
+            # staggered labels: variants with equal accuracy and latency would overlap
+            ax.annotate(
+                name,
+                (latency, acc),
+                textcoords="offset points",
+                xytext=(7, 5 - 11 * (index % 3)),
+                fontsize=7,
+            )
     ax.set_xlabel("p50 latency, batch 1 (ms)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(
-        "Accuracy vs latency (marker area ∝ size; outlined = Pareto front; red = rejected)"
+        "Accuracy vs latency per runner (area ∝ size; outlined = Pareto front; red = rejected)"
     )
     ax.title.set_fontsize(9)
+    if runners:
+        ax.legend(title="runner", fontsize=8)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     return save_figure(fig, path)

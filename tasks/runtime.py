@@ -1,12 +1,15 @@
 """Runtime wrappers: each takes a variant directory and returns logits for a batch of images.
 
 Images go in as float32 NCHW pixels in [0, 1]; each wrapper applies the variant's own
-preprocessing (normalisation, layout, int8 quantisation) as recorded in variant.json.
+preprocessing (normalisation, layout, int8 quantisation) as recorded in variant.json. A loaded
+model is split into prepare → infer → finish so a benchmark can time `infer` alone, the way the
+runtimes' own benchmark tools do.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +17,26 @@ import numpy as np
 from tasks.errors import ModelError
 from tasks.variant import TensorSpec, VariantRecord, model_path, read_record
 
-Predictor = Callable[[np.ndarray], np.ndarray]
+Array = Callable[[np.ndarray], np.ndarray]
 
 
-def load_predictor(variant_dir: Path, threads: int = 1) -> Predictor:
-    """A function images → logits (float32), running the variant in its own runtime."""
+@dataclass(frozen=True)
+class LoadedModel:
+    """A variant in its runtime: images → logits, in three steps."""
+
+    prepare: Array  # [0, 1] NCHW images → the runtime's input (normalised, laid out, quantised)
+    infer: Array  # runtime input → raw output (the part a benchmark times)
+    finish: Array  # raw output → float32 logits
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self.finish(self.infer(self.prepare(images)))
+
+
+Predictor = LoadedModel
+
+
+def load_predictor(variant_dir: Path, threads: int = 1) -> LoadedModel:
+    """Load the variant in its own runtime (ONNX Runtime, LiteRT or TensorRT)."""
     record = read_record(variant_dir)
     if record.status != "ok":
         raise ModelError(
@@ -28,8 +46,7 @@ def load_predictor(variant_dir: Path, threads: int = 1) -> Predictor:
     if not path.exists():
         raise ModelError(f"{path}: model file missing from the variant directory")
     loaders = {"onnxruntime": _onnxruntime, "litert": _litert, "tensorrt": _tensorrt}
-    run = loaders[str(record.runtime)](path, record, threads)
-    return lambda images: run(normalize(images, record))
+    return loaders[str(record.runtime)](path, record, threads)
 
 
 def normalize(images: np.ndarray, record: VariantRecord) -> np.ndarray:
@@ -39,7 +56,7 @@ def normalize(images: np.ndarray, record: VariantRecord) -> np.ndarray:
     return ((images.astype(np.float32) - mean) / std).astype(np.float32)
 
 
-def _onnxruntime(path: Path, record: VariantRecord, threads: int) -> Predictor:
+def _onnxruntime(path: Path, record: VariantRecord, threads: int) -> LoadedModel:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -52,10 +69,14 @@ def _onnxruntime(path: Path, record: VariantRecord, threads: int) -> Predictor:
             f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0][:160]})"
         ) from None
     input_name = session.get_inputs()[0].name
-    return lambda x: session.run(None, {input_name: x})[0].astype(np.float32)
+    return LoadedModel(
+        prepare=lambda images: normalize(images, record),
+        infer=lambda x: session.run(None, {input_name: x})[0],
+        finish=lambda y: y.astype(np.float32),
+    )
 
 
-def _litert(path: Path, record: VariantRecord, threads: int) -> Predictor:
+def _litert(path: Path, record: VariantRecord, threads: int) -> LoadedModel:
     from ai_edge_litert.interpreter import Interpreter
 
     try:
@@ -64,25 +85,28 @@ def _litert(path: Path, record: VariantRecord, threads: int) -> Predictor:
         raise ModelError(
             f"{path}: LiteRT cannot load it ({str(exc).splitlines()[0][:160]})"
         ) from None
-    input_detail = interpreter.get_input_details()[0]
-    output_detail = interpreter.get_output_details()[0]
+    input_index = interpreter.get_input_details()[0]["index"]
+    output_index = interpreter.get_output_details()[0]["index"]
     assert record.input is not None and record.output is not None
+    input_spec, output_spec = record.input, record.output
     allocated: list[int] = [-1]
 
-    def run(x: np.ndarray) -> np.ndarray:
+    def infer(x: np.ndarray) -> np.ndarray:
         if x.shape[0] != allocated[0]:
-            interpreter.resize_tensor_input(
-                input_detail["index"], [x.shape[0], *x.shape[2:], x.shape[1]]
-            )
+            interpreter.resize_tensor_input(input_index, list(x.shape))
             interpreter.allocate_tensors()
             allocated[0] = x.shape[0]
-        interpreter.set_tensor(
-            input_detail["index"], quantize(x.transpose(0, 2, 3, 1), record.input)
-        )
+        interpreter.set_tensor(input_index, x)
         interpreter.invoke()
-        return dequantize(interpreter.get_tensor(output_detail["index"]), record.output)
+        return interpreter.get_tensor(output_index)
 
-    return run
+    return LoadedModel(
+        prepare=lambda images: quantize(
+            normalize(images, record).transpose(0, 2, 3, 1), input_spec
+        ),
+        infer=infer,
+        finish=lambda y: dequantize(y, output_spec),
+    )
 
 
 def quantize(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
@@ -100,7 +124,7 @@ def dequantize(y: np.ndarray, spec: TensorSpec) -> np.ndarray:
     ).astype(np.float32)
 
 
-def _tensorrt(path: Path, record: VariantRecord, threads: int) -> Predictor:
+def _tensorrt(path: Path, record: VariantRecord, threads: int) -> LoadedModel:
     """Run a serialized TensorRT engine; needs `tensorrt` and a CUDA device (buffers via torch)."""
     import tensorrt as trt
     import torch
@@ -117,7 +141,7 @@ def _tensorrt(path: Path, record: VariantRecord, threads: int) -> Predictor:
     assert record.input is not None and record.output is not None
     input_name, output_name = record.input.name, record.output.name
 
-    def run(x: np.ndarray) -> np.ndarray:
+    def infer(x: np.ndarray) -> np.ndarray:
         inputs = torch.from_numpy(np.ascontiguousarray(x)).cuda()
         context.set_input_shape(input_name, tuple(inputs.shape))
         outputs = torch.empty(
@@ -131,4 +155,6 @@ def _tensorrt(path: Path, record: VariantRecord, threads: int) -> Predictor:
         stream.synchronize()
         return outputs.cpu().numpy()
 
-    return run
+    return LoadedModel(
+        prepare=lambda images: normalize(images, record), infer=infer, finish=lambda y: y
+    )

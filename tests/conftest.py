@@ -26,6 +26,15 @@ os.environ.pop("PREFECT_API_URL", None)
 TINY_OVERRIDES: dict = {
     "data": {"image_size": 16},
     "train": {"width": 8, "epochs": 12},
+    # short benchmark trials: tests check behaviour, `make bench` measures
+    "benchmark": {
+        "iterations": 20,
+        "warmup": 2,
+        "max_seconds": 1.0,
+        "trials": 2,
+        "throughput_batch": 8,
+        "throughput_seconds": 0.2,
+    },
     "variants": {
         "tflite_int8": {
             "technique": "tflite_int8",

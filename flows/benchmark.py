@@ -1,0 +1,170 @@
+"""Benchmarks on runners: the `benchmark` flow that runs on a runner's work pool, and the nightly
+side that dispatches it (one deployment per pool: `benchmark/<runner>`) and collects its rows.
+
+Variant files and results travel through the artifact store (tasks/store.py). A runner that has no
+worker, fails or times out yields failed rows with the reason; it never hangs the nightly flow and
+never disappears from the review.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prefect import flow, get_run_logger, task
+
+from tasks.benchmark import BenchmarkRow, measure_in_subprocess, runs_on
+from tasks.config import BenchmarkConfig, RunnerProfile
+from tasks.store import ArtifactStore
+from tasks.variant import read_record
+
+FLOW_NAME = "benchmark"
+
+
+def benchmark_variants(
+    runner: str,
+    profile: RunnerProfile,
+    cfg: BenchmarkConfig,
+    variant_dirs: dict[str, Path],
+    images_file: Path,
+) -> list[BenchmarkRow]:
+    """Every variant this runner can run, one at a time, each in a fresh process."""
+    rows = []
+    for name, directory in variant_dirs.items():
+        record = read_record(directory)
+        if not runs_on(record.runtime, profile):
+            reason = f"{record.runtime} variants are not measured on {profile.kind} runners"
+            rows.append(BenchmarkRow.failed(name, runner, reason, status="skipped"))
+            continue
+        rows.append(measure_in_subprocess(name, directory, images_file, runner, profile, cfg))
+    return rows
+
+
+@flow(name=FLOW_NAME, log_prints=True)
+def benchmark_runner(
+    runner: str,
+    profile: dict[str, Any],
+    config: dict[str, Any],
+    store_uri: str,
+    variants: dict[str, str],
+    images_key: str,
+    result_key: str,
+    store_endpoint_url: str | None = None,
+) -> int:
+    """Runs on the runner: fetch variants from the store, measure, put the rows back in the store."""
+    store = ArtifactStore(store_uri, endpoint_url=store_endpoint_url)
+    profile_model = RunnerProfile.model_validate(profile)
+    with tempfile.TemporaryDirectory(prefix="mp-runner-") as work:
+        work_dir = Path(work)
+        images_file = work_dir / "images.npz"
+        images_file.write_bytes(store.get_bytes(images_key))
+        dirs = {name: store.get_dir(key, work_dir / name) for name, key in variants.items()}
+        rows = benchmark_variants(
+            runner, profile_model, BenchmarkConfig.model_validate(config), dirs, images_file
+        )
+    store.put_json(result_key, [asdict(r) for r in rows])
+    print(f"benchmark on {runner}: {len(rows)} rows → {result_key}")
+    return len(rows)
+
+
+# ---- the nightly side ---------------------------------------------------------------------------
+
+
+@task(name="dispatch-benchmark", task_run_name="benchmark-on-{runner}")
+def dispatch_task(
+    runner: str,
+    profile: RunnerProfile,
+    cfg: BenchmarkConfig,
+    store_uri: str,
+    store_endpoint_url: str | None,
+    variants: dict[str, str],
+    images_key: str,
+    result_key: str,
+) -> list[BenchmarkRow]:
+    """Run `benchmark/<runner>` on its work pool; any failure becomes failed rows with the reason."""
+    assert profile.work_pool is not None
+    idle = _no_worker_reason(profile.work_pool)
+    if idle:
+        return [BenchmarkRow.failed(name, runner, idle) for name in variants]
+    from prefect.deployments import run_deployment
+
+    run = run_deployment(
+        f"{FLOW_NAME}/{runner}",
+        parameters={
+            "runner": runner,
+            "profile": profile.model_dump(),
+            "config": cfg.model_dump(),
+            "store_uri": store_uri,
+            "variants": variants,
+            "images_key": images_key,
+            "result_key": result_key,
+            "store_endpoint_url": store_endpoint_url,
+        },
+        timeout=profile.timeout_s,
+    )
+    state = run.state
+    if state is None or not state.is_completed():
+        reason = _failure_reason(run, profile)
+        get_run_logger().warning("benchmark on %s: %s", runner, reason)
+        return [BenchmarkRow.failed(name, runner, reason) for name in variants]
+    rows = ArtifactStore(store_uri, endpoint_url=store_endpoint_url).get_json(result_key)
+    return [BenchmarkRow(**row) for row in rows]
+
+
+def _no_worker_reason(pool: str) -> str | None:
+    """A reason when no worker polls `pool` (so the run would only wait), else None."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import WorkerFilter, WorkerFilterStatus
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(pool)
+            online = client.read_workers_for_work_pool(
+                pool,
+                worker_filter=WorkerFilter(status=WorkerFilterStatus(any_=["ONLINE"])),
+                limit=10,
+                offset=0,
+            )
+        except ObjectNotFound:
+            return f"work pool {pool!r} does not exist (create it and start a worker: see infra/stack.sh)"
+    return None if online else f"no worker is polling work pool {pool!r}"
+
+
+def _failure_reason(run: Any, profile: RunnerProfile) -> str:
+    state = run.state
+    if state is None or not state.is_final():
+        _cancel(run.id)
+        name = state.name if state else "unknown"
+        return f"timed out after {profile.timeout_s}s in state {name} (runner flow run {run.name})"
+    return f"runner flow run {run.name} ended {state.name}: {(state.message or '').strip()[:200]}"
+
+
+def _cancel(flow_run_id: Any) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled
+
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(
+            flow_run_id, Cancelled(message="nightly stopped waiting"), force=True
+        )
+
+
+def upload_inputs(
+    store: ArtifactStore, run_key: str, variant_dirs: dict[str, str], images: np.ndarray
+) -> tuple[dict[str, str], str]:
+    """Put the variants (content-addressed by model sha256) and the test images in the store."""
+    keys = {}
+    for name, directory in variant_dirs.items():
+        record = read_record(Path(directory))
+        keys[name] = f"variants/{record.model_sha256}/{name}"
+        store.put_dir(Path(directory), keys[name])
+    with tempfile.TemporaryDirectory(prefix="mp-store-") as work:
+        images_file = Path(work) / "images.npz"
+        np.savez(images_file, x=images)
+        images_key = f"runs/{run_key}/images.npz"
+        store.put_bytes(images_key, images_file.read_bytes())
+    return keys, images_key
