@@ -20,7 +20,7 @@ help:  ## list the targets
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet --constraint constraints.txt -e '.[dev]'
+	$(BIN)/pip install --quiet --constraint constraints.txt -e '.[full,dev]'
 	@touch $@
 
 install: $(STAMP)  ## create .venv and install everything (pinned)
