@@ -11,6 +11,7 @@ from tasks.cli_support import run_main
 
 if TYPE_CHECKING:
     from tasks.config import RegistryConfig
+    from tasks.registry import VerifyReport
 
 
 def _table(args: argparse.Namespace) -> None:
@@ -86,15 +87,43 @@ def _registry_pull(args: argparse.Namespace) -> None:
     print("\n".join(_format_files(files, indent="  ")))
 
 
+def _registry_verify(args: argparse.Namespace) -> None:
+    """Check every published file; exit 1 if anything is corrupt, missing or unreadable."""
+    from tasks.registry import open_registry
+
+    registry = open_registry(_registry_config(args))
+    report = registry.verify()
+    print(_format_report(registry.uri, report))
+    if not report.ok:
+        sys.exit(1)
+
+
+def _format_report(uri: str, report: VerifyReport) -> str:
+    """A summary line, then `kind  key: detail` for each problem."""
+    counts: dict[str, int] = {}
+    for problem in report.problems:
+        counts[problem.kind] = counts.get(problem.kind, 0) + 1
+    found = ", ".join(f"{n} {kind}" for kind, n in counts.items()) or "no problems"
+    verdict = "OK" if report.ok else "FAILED"
+    lines = [
+        f"{verdict}: {uri}: {report.checked_versions} version(s), "
+        f"{report.checked_files} file(s) checked; {found}"
+    ]
+    lines.extend(f"  {p.kind}  {p.key}: {p.detail}" for p in report.problems)
+    return "\n".join(lines)
+
+
 def _add_registry(commands: Any) -> None:
-    """`modelpress registry list|show|pull`; each takes --params, --uri and --endpoint-url."""
+    """`modelpress registry list|show|pull|verify`; each takes --params, --uri, --endpoint-url."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--params", type=Path, default=None, help="params.yaml to read (default ./params.yaml)"
     )
     common.add_argument("--uri", help="registry URI: a directory or s3://bucket/prefix")
     common.add_argument("--endpoint-url", help="S3-compatible endpoint (MinIO, moto)")
-    registry = commands.add_parser("registry", help="list, show and pull published variants")
+    registry = commands.add_parser(
+        "registry", help="list, show, pull and verify published variants"
+    )
     actions = registry.add_subparsers(dest="registry_command", required=True)
     listing = actions.add_parser("list", parents=[common], help="list published models")
     listing.set_defaults(handler=_registry_list)
@@ -112,6 +141,12 @@ def _add_registry(commands: Any) -> None:
     pull.add_argument("variant")
     pull.add_argument("dest", type=Path)
     pull.set_defaults(handler=_registry_pull)
+    verify = actions.add_parser(
+        "verify",
+        parents=[common],
+        help="check every published file against its manifest; exit 1 if any is corrupt",
+    )
+    verify.set_defaults(handler=_registry_verify)
 
 
 def build_parser() -> argparse.ArgumentParser:

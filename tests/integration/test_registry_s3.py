@@ -10,8 +10,10 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import boto3
@@ -20,7 +22,15 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from tasks.config import RegistryConfig
-from tasks.registry import PublishEntry, RegistryError, S3Registry, open_registry
+from tasks.registry import (
+    CLAIM_NAME,
+    RESERVATION_NAME,
+    PublishEntry,
+    RegistryError,
+    S3Registry,
+    VerifyReport,
+    open_registry,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUCKET = "modelpress-registry"
@@ -144,6 +154,7 @@ def test_publish_list_show_pull_round_trip(
     assert sorted(stored) == sorted(
         f"{prefix}/digits/v1/{path}"
         for path in (
+            ".claim",
             "manifest.json",
             "pruned/model.onnx",
             "pruned/variant.json",
@@ -381,3 +392,188 @@ def test_cli_shows_and_pulls_over_s3(
     assert wrong.returncode == 2
     assert wrong.stderr.startswith("error: bucket 'no-such-bucket' does not exist")
     assert wrong.stderr.count("\n") == 1 and "Traceback" not in wrong.stderr
+
+
+# ── verify, allocation and concurrency ──────────────────────────────────────────────────────
+
+
+@pytest.fixture
+def atomic_conditional_puts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make moto's conditional PUT atomic, as S3's is.
+
+    moto checks If-None-Match and then stores the object with no lock in between, so two
+    racing PUTs could in principle both succeed, which S3 never allows (the loser gets 412,
+    or 409 to retry). Serializing moto's PUT handler makes these tests measure our code
+    against S3's documented behaviour rather than a race inside the fake.
+    """
+    from moto.s3.responses import S3Response
+
+    lock = threading.Lock()
+    original = S3Response.put_object
+
+    def put_object(self: S3Response) -> object:
+        with lock:
+            return original(self)
+
+    monkeypatch.setattr(S3Response, "put_object", put_object)
+
+
+def _run_threads(count: int, target: Callable[[int], object]) -> list[object]:
+    """Start `count` threads together at a barrier; their results (or exceptions), in order."""
+    barrier = threading.Barrier(count)
+    results: list[object] = [None] * count
+
+    def run(n: int) -> None:
+        barrier.wait()
+        try:
+            results[n] = target(n)
+        except Exception as exc:
+            results[n] = exc
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return results
+
+
+def _kinds(report: VerifyReport) -> list[tuple[str, str]]:
+    return [(p.kind, p.key) for p in report.problems]
+
+
+def test_verify_reads_every_object_back(
+    registry: S3Registry, entries: dict[str, PublishEntry], endpoint: str, prefix: str
+) -> None:
+    registry.publish("digits", "v1", entries, LINEAGE)
+    registry.publish("digits", "v2", entries, LINEAGE)
+    assert registry.verify() == VerifyReport(2, 8, [])
+    client = _client(endpoint)
+    # tampering that keeps a valid stored ChecksumSHA256: only reading the bytes catches it
+    key = f"{prefix}/digits/v1/pruned/model.onnx"
+    client.put_object(
+        Bucket=BUCKET,
+        Key=key,
+        Body=bytes(len(b"pruned-model-bytes" * 100)),
+        ChecksumAlgorithm="SHA256",
+    )
+    client.delete_object(Bucket=BUCKET, Key=f"{prefix}/digits/v2/tflite_int8/variant.json")
+    client.put_object(Bucket=BUCKET, Key=f"{prefix}/digits/v2/pruned/extra.bin", Body=b"x")
+    client.put_object(Bucket=BUCKET, Key=f"{prefix}/digits/v3/pruned/model.onnx", Body=b"half")
+    client.put_object(Bucket=BUCKET, Key=f"{prefix}/digits/v4/manifest.json", Body=b"{oops")
+
+    report = registry.verify()
+
+    assert _kinds(report) == [
+        ("corrupt", "digits/v1/pruned/model.onnx"),
+        ("missing", "digits/v2/tflite_int8/variant.json"),
+        ("orphaned", "digits/v2/pruned/extra.bin"),
+        ("orphaned", "digits/v3"),
+        ("bad-manifest", "digits/v4/manifest.json"),
+    ]
+    assert not report.ok and (report.checked_versions, report.checked_files) == (3, 8)
+
+
+def test_a_stale_reservation_is_orphaned(registry: S3Registry, endpoint: str, prefix: str) -> None:
+    created = (datetime.now(UTC) - timedelta(hours=2)).isoformat()
+    _client(endpoint).put_object(
+        Bucket=BUCKET,
+        Key=f"{prefix}/digits/9/{RESERVATION_NAME}",
+        Body=json.dumps({"created_at": created}).encode(),
+    )
+    assert registry.allocate_version("digits") == "10"
+
+    report = registry.verify()
+
+    assert _kinds(report) == [("orphaned", "digits/9")] and report.ok  # 10 is fresh
+    assert registry.list_versions("digits") == []
+
+
+def test_eight_concurrent_allocators_get_eight_versions(
+    endpoint: str, prefix: str, atomic_conditional_puts: None
+) -> None:
+    uri = f"s3://{BUCKET}/{prefix}"
+    # one client each, built here: creating boto3 clients is not thread-safe
+    allocators = [open_registry(RegistryConfig(uri=uri, endpoint_url=endpoint)) for _ in range(8)]
+
+    versions = _run_threads(8, lambda n: allocators[n].allocate_version("digits"))
+
+    assert sorted(versions, key=int) == [str(n) for n in range(1, 9)]  # type: ignore[arg-type]
+    keys = _objects(endpoint, prefix)
+    assert sorted(keys) == sorted(f"{prefix}/digits/{n}/{RESERVATION_NAME}" for n in range(1, 9))
+    assert allocators[0].list_versions("digits") == []
+
+
+def test_allocated_version_publishes_and_verifies_clean(
+    registry: S3Registry, entries: dict[str, PublishEntry], endpoint: str, prefix: str
+) -> None:
+    version = registry.allocate_version("digits")
+
+    registry.publish("digits", version, entries, LINEAGE)
+
+    assert (version, registry.list_versions("digits")) == ("1", ["1"])
+    assert registry.verify() == VerifyReport(1, 4, [])
+    assert f"{prefix}/digits/1/{CLAIM_NAME}" in _objects(endpoint, prefix)
+    assert registry.allocate_version("digits") == "2"
+
+
+@pytest.mark.parametrize("other_files", [True, False], ids=["other-files", "same-files"])
+def test_concurrent_publishes_of_one_version_have_one_winner(
+    endpoint: str,
+    prefix: str,
+    entries: dict[str, PublishEntry],
+    tmp_path: Path,
+    atomic_conditional_puts: None,
+    other_files: bool,
+) -> None:
+    uri = f"s3://{BUCKET}/{prefix}"
+    publishers = [open_registry(RegistryConfig(uri=uri, endpoint_url=endpoint)) for _ in range(2)]
+    theirs = {
+        "pruned": _make_entry(tmp_path / "theirs", "pruned", b"their pruned bytes"),
+        "tflite_int8": _make_entry(tmp_path / "theirs", "tflite_int8", b"their int8 bytes"),
+    }
+    candidates = [entries, theirs if other_files else entries]
+
+    outcomes = _run_threads(
+        2, lambda n: publishers[n].publish("digits", "7", candidates[n], {"n": n})
+    )
+
+    errors = [o for o in outcomes if isinstance(o, RegistryError)]
+    winners = [n for n, o in enumerate(outcomes) if not isinstance(o, Exception)]
+    assert len(winners) == 1 and len(errors) == 1, outcomes
+    assert re.search(r"claimed by another publish|immutable", str(errors[0]))
+    assert publishers[0].read_manifest("digits", "7")["lineage"] == {"n": winners[0]}
+    assert publishers[0].verify() == VerifyReport(1, 4, [])
+
+
+def test_cli_verify_over_s3(
+    registry: S3Registry,
+    entries: dict[str, PublishEntry],
+    endpoint: str,
+    prefix: str,
+    aws_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    registry.publish("digits", "v1", entries, LINEAGE)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | aws_env
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    where = ["--uri", f"s3://{BUCKET}/{prefix}", "--endpoint-url", endpoint]
+
+    def verify() -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "flows.cli", "registry", "verify", *where]
+        return subprocess.run(
+            command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+        )
+
+    clean = verify()
+    assert (clean.returncode, clean.stdout) == (
+        0,
+        f"OK: s3://{BUCKET}/{prefix}: 1 version(s), 4 file(s) checked; no problems\n",
+    ), clean.stderr
+    key = f"{prefix}/digits/v1/tflite_int8/model.onnx"
+    _client(endpoint).put_object(Bucket=BUCKET, Key=key, Body=b"tampered")
+    broken = verify()
+    assert broken.returncode == 1, broken.stderr
+    assert broken.stdout.startswith(f"FAILED: s3://{BUCKET}/{prefix}: 1 version(s), 4 file(s)")
+    assert "  corrupt  digits/v1/tflite_int8/model.onnx: 8 bytes stored" in broken.stdout
+    assert SECRET_KEY not in broken.stdout + broken.stderr

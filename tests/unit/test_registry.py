@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import threading
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,10 +16,14 @@ import pytest
 from flows.cli import main as cli_main
 from tasks.config import RegistryConfig
 from tasks.registry import (
+    CLAIM_NAME,
+    RESERVATION_NAME,
     LocalRegistry,
+    Problem,
     PublishEntry,
     Registry,
     RegistryError,
+    VerifyReport,
     open_registry,
 )
 
@@ -369,3 +375,340 @@ def test_cli_reads_the_registry_from_params(
     with pytest.raises(SystemExit):
         cli_main(["registry", "list", "--params", str(tmp_path / "missing.yaml")])
     assert "missing.yaml: file not found" in capsys.readouterr().err
+
+
+# ── verify ──────────────────────────────────────────────────────────────────────────────────
+
+
+def rewrite(path: Path, data: bytes) -> None:
+    """Replace a stored (read-only, hard-linked) file's bytes, as a tamperer would."""
+    path.unlink()
+    path.write_bytes(data)
+
+
+def kinds(report: VerifyReport) -> list[tuple[str, str]]:
+    return [(p.kind, p.key) for p in report.problems]
+
+
+def test_verify_of_a_clean_registry_counts_what_it_read(
+    registry: LocalRegistry, entries: dict[str, PublishEntry]
+) -> None:
+    assert registry.verify() == VerifyReport(0, 0, [])
+    registry.publish("digits", "v1", entries, LINEAGE)
+    registry.publish("digits", "v2", entries, LINEAGE)
+    registry.publish("other", "1", {"pruned": entries["pruned"]}, LINEAGE)
+
+    report = registry.verify()
+
+    assert (report.checked_versions, report.checked_files, report.problems) == (3, 10, [])
+    assert report.ok
+
+
+def test_verify_reports_corrupt_and_missing_files(
+    registry: LocalRegistry, entries: dict[str, PublishEntry]
+) -> None:
+    registry.publish("digits", "v1", entries, LINEAGE)
+    version = registry.root / "digits" / "v1"
+    model = version / "pruned" / "model.onnx"
+    same_size = bytes(len(model.read_bytes()))
+    rewrite(model, same_size)
+    rewrite(version / "tflite_int8" / "model.onnx", b"short")
+    (version / "tflite_int8" / "variant.json").unlink()
+
+    report = registry.verify()
+
+    assert kinds(report) == [
+        ("corrupt", "digits/v1/pruned/model.onnx"),
+        ("corrupt", "digits/v1/tflite_int8/model.onnx"),
+        ("missing", "digits/v1/tflite_int8/variant.json"),
+    ]
+    assert hashlib.sha256(same_size).hexdigest() in report.problems[0].detail
+    assert "5 bytes stored" in report.problems[1].detail
+    assert not report.ok and report.checked_files == 4
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (b'{"schema": 1, "model": "digits"}', "lacks version, created_at, variants"),
+        (
+            b'{"schema": 1, "model": "digits", "version": "v9", "created_at": "x", "variants": {}}',
+            "stored under digits/v1",
+        ),
+        (
+            b'{"schema": 1, "model": "digits", "version": "v1", "created_at": "x", '
+            b'"variants": {"a": {"format": "onnx", "files": {"../../x": '
+            b'{"sha256": "' + b"0" * 64 + b'", "size_bytes": 1}}}}}',
+            "escapes the variant directory",
+        ),
+        (
+            b'{"schema": 1, "model": "digits", "version": "v1", "created_at": "x", '
+            b'"variants": {"a": {"format": "onnx", "files": {"m": {"sha256": "zz"}}}}}',
+            "m: expected sha256 and size_bytes",
+        ),
+    ],
+)
+def test_verify_reports_a_bad_manifest_and_read_manifest_refuses_it(
+    registry: LocalRegistry, entries: dict[str, PublishEntry], body: bytes, detail: str
+) -> None:
+    registry.publish("digits", "v1", entries, LINEAGE)
+    rewrite(registry.root / "digits" / "v1" / "manifest.json", body)
+
+    report = registry.verify()
+
+    assert [(p.kind, p.key) for p in report.problems] == [
+        ("bad-manifest", "digits/v1/manifest.json")
+    ]
+    assert detail in report.problems[0].detail and not report.ok
+    with pytest.raises(RegistryError, match=re.escape(detail)) as caught:
+        registry.read_manifest("digits", "v1")
+    assert "\n" not in str(caught.value)
+
+
+def test_verify_reports_leftovers_as_orphaned_but_ok(
+    registry: LocalRegistry, entries: dict[str, PublishEntry]
+) -> None:
+    registry.publish("digits", "v1", entries, LINEAGE)
+    (registry.root / "digits" / "v1" / "pruned" / "notes.txt").write_text("unlisted")
+    interrupted = registry.root / "digits" / "v2" / "pruned"
+    interrupted.mkdir(parents=True)
+    (interrupted / "model.onnx").write_bytes(b"half a publish")
+
+    report = registry.verify()
+
+    assert kinds(report) == [
+        ("orphaned", "digits/v1/pruned/notes.txt"),
+        ("orphaned", "digits/v2"),
+    ]
+    assert "no manifest.json: an interrupted" in report.problems[1].detail
+    assert report.ok and report.checked_versions == 1
+
+
+@pytest.mark.parametrize("marker", [RESERVATION_NAME, CLAIM_NAME])
+def test_a_bare_reservation_is_orphaned_only_once_stale(
+    registry: LocalRegistry, marker: str
+) -> None:
+    version = registry.root / "digits" / "7"
+    version.mkdir(parents=True)
+    created = datetime.now(UTC) - timedelta(minutes=30)
+    (version / marker).write_text(json.dumps({"created_at": created.isoformat()}))
+
+    assert registry.verify().problems == []
+    stale = registry.verify(stale_after=timedelta(minutes=10))
+    assert kinds(stale) == [("orphaned", "digits/7")] and stale.ok
+    assert "never published" in stale.problems[0].detail
+    (version / marker).write_text("garbage")
+    assert kinds(registry.verify()) == [("orphaned", "digits/7")]
+
+
+def test_verify_report_ok_ignores_only_orphans() -> None:
+    orphan = Problem("orphaned", "m/1/x", "not listed")
+    assert VerifyReport(1, 1, [orphan]).ok
+    for kind in ("corrupt", "missing", "bad-manifest"):
+        assert not VerifyReport(1, 1, [orphan, Problem(kind, "m/1/y", "?")]).ok  # type: ignore[arg-type]
+
+
+# ── version allocation ──────────────────────────────────────────────────────────────────────
+
+
+def test_allocated_versions_count_up_and_publish_cleanly(
+    registry: LocalRegistry, entries: dict[str, PublishEntry]
+) -> None:
+    first = registry.allocate_version("digits")
+    second = registry.allocate_version("digits")
+
+    assert (first, second) == ("1", "2")
+    assert registry.list_versions("digits") == [] and registry.list_models() == []
+    assert (registry.root / "digits" / "1" / RESERVATION_NAME).is_file()
+    registry.publish("digits", second, entries, LINEAGE)
+    registry.publish("digits", first, entries, LINEAGE)
+    assert registry.list_versions("digits") == ["1", "2"]
+    assert registry.verify() == VerifyReport(2, 8, [])
+    assert registry.allocate_version("digits") == "3"
+
+
+def test_allocation_skips_versions_published_explicitly(
+    registry: LocalRegistry, entries: dict[str, PublishEntry], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry.publish("digits", "4", entries, LINEAGE)
+    registry.publish("digits", "v9", entries, LINEAGE)
+    assert registry.allocate_version("digits") == "5"  # listing hint: past the highest integer
+
+    monkeypatch.setattr(registry, "_next_integer", lambda model: 3)  # a stale hint
+    assert registry.allocate_version("digits") == "3"
+    assert registry.allocate_version("digits") == "6"  # 4 is published, 5 reserved
+    assert registry.verify().problems == []
+
+
+def test_allocation_survives_a_lost_reply_to_its_own_reservation(
+    registry: LocalRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The create landed but reported "already there" (a retried S3 PUT): it is still ours."""
+    real_create = registry._create
+
+    def create_then_claim_it_existed(key: str, source: Path | bytes, sha256: str) -> bool:
+        real_create(key, source, sha256)
+        return False
+
+    monkeypatch.setattr(registry, "_create", create_then_claim_it_existed)
+
+    assert registry.allocate_version("digits") == "1"
+
+
+def run_threads(count: int, target: Callable[[int], object]) -> list[object]:
+    """Start `count` threads together at a barrier; their results (or exceptions), in order."""
+    barrier = threading.Barrier(count)
+    results: list[object] = [None] * count
+
+    def run(n: int) -> None:
+        barrier.wait()
+        try:
+            results[n] = target(n)
+        except Exception as exc:
+            results[n] = exc
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return results
+
+
+def test_eight_concurrent_allocators_get_eight_versions(registry: LocalRegistry) -> None:
+    registry.allocate_version("digits")  # 1 is taken before they start
+    # separate registry objects, as separate processes on one shared directory would have
+    allocators = [LocalRegistry(registry.root) for _ in range(8)]
+
+    versions = run_threads(8, lambda n: allocators[n].allocate_version("digits"))
+
+    assert sorted(versions, key=int) == [str(n) for n in range(2, 10)]  # type: ignore[arg-type]
+
+
+def test_concurrent_publishes_of_one_version_with_other_files_have_one_winner(
+    registry: LocalRegistry, entries: dict[str, PublishEntry], tmp_path: Path
+) -> None:
+    """Without the claim both could fail: each uploads a file first, then meets the other's."""
+    theirs = {
+        "pruned": make_entry(tmp_path / "theirs", "pruned", b"their pruned bytes"),
+        "tflite_int8": make_entry(tmp_path / "theirs", "tflite_int8", b"their int8 bytes"),
+    }
+    candidates = [entries, theirs]
+
+    outcomes = run_threads(2, lambda n: registry.publish("digits", "5", candidates[n], {"n": n}))
+
+    errors = [o for o in outcomes if isinstance(o, RegistryError)]
+    winners = [n for n, o in enumerate(outcomes) if not isinstance(o, Exception)]
+    assert len(winners) == 1 and len(errors) == 1, outcomes
+    assert re.search(r"claimed by another publish|immutable", str(errors[0]))
+    assert registry.read_manifest("digits", "5")["lineage"] == {"n": winners[0]}
+    assert registry.verify() == VerifyReport(1, 4, [])
+
+
+def test_concurrent_publishes_of_one_version_with_same_files_have_one_winner(
+    registry: LocalRegistry, entries: dict[str, PublishEntry]
+) -> None:
+    outcomes = run_threads(2, lambda n: registry.publish("digits", "5", entries, {"n": n}))
+
+    errors = [o for o in outcomes if isinstance(o, RegistryError)]
+    assert len(errors) == 1 and "published versions are immutable" in str(errors[0])
+    assert registry.verify() == VerifyReport(1, 4, [])
+
+
+def test_a_claim_for_other_files_stops_a_publish_before_any_write(
+    registry: LocalRegistry, entries: dict[str, PublishEntry]
+) -> None:
+    version = registry.root / "digits" / "3"
+    version.mkdir(parents=True)
+    (version / CLAIM_NAME).write_text(json.dumps({"fingerprint": "0" * 64, "created_at": "x"}))
+
+    with pytest.raises(RegistryError, match=r"digits/3 is claimed by another publish") as caught:
+        registry.publish("digits", "3", entries, LINEAGE)
+
+    assert "\n" not in str(caught.value)
+    assert sorted(p.name for p in version.iterdir()) == [CLAIM_NAME]
+
+
+def test_publishing_the_same_version_again_returns_it(
+    registry: LocalRegistry, entries: dict[str, PublishEntry]
+) -> None:
+    """A retry whose first try landed (e.g. the reply was lost) succeeds, changing nothing."""
+    first = registry.publish("digits", "v1", entries, LINEAGE)
+    before = snapshot(registry.root)
+
+    again = registry.publish("digits", "v1", entries, LINEAGE)
+
+    assert again == first and snapshot(registry.root) == before
+
+
+def test_os_errors_become_one_line_registry_errors(
+    tmp_path: Path, entries: dict[str, PublishEntry]
+) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the registry should be")
+    registry = LocalRegistry(blocker)
+
+    for action in (
+        lambda: registry.publish("digits", "v1", entries, LINEAGE),
+        lambda: registry.allocate_version("digits"),
+    ):
+        with pytest.raises(RegistryError, match=re.escape(str(blocker))) as caught:
+            action()
+        assert "\n" not in str(caught.value)
+    assert blocker.read_text() == "a file where the registry should be"
+
+
+# ── the verify command ──────────────────────────────────────────────────────────────────────
+
+
+def test_cli_verify_exit_codes(
+    registry: LocalRegistry,
+    entries: dict[str, PublishEntry],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    registry.publish("digits", "v1", entries, LINEAGE)
+    uri = ["--uri", registry.uri]
+
+    cli_main(["registry", "verify", *uri])
+    assert capsys.readouterr().out == (
+        f"OK: {registry.uri}: 1 version(s), 4 file(s) checked; no problems\n"
+    )
+
+    leftover = registry.root / "digits" / "v2" / "pruned"
+    leftover.mkdir(parents=True)
+    (leftover / "model.onnx").write_bytes(b"half")
+    cli_main(["registry", "verify", *uri])  # orphans alone: listed, exit 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith("1 orphaned") and out[1].startswith("  orphaned  digits/v2: 1 file(s)")
+
+    rewrite(registry.root / "digits" / "v1" / "pruned" / "model.onnx", b"tampered")
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["registry", "verify", *uri])
+    assert exit_info.value.code == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"FAILED: {registry.uri}: 1 version(s), 4 file(s) checked; ")
+    assert "1 corrupt" in out[0] and "1 orphaned" in out[0]
+    assert any(line.startswith("  corrupt  digits/v1/pruned/model.onnx: ") for line in out)
+
+
+def test_cli_verify_reads_the_registry_from_params(
+    registry: LocalRegistry,
+    entries: dict[str, PublishEntry],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    registry.publish("digits", "v1", entries, LINEAGE)
+    params = tmp_path / "params.yaml"
+    params.write_text(f"registry:\n  uri: {registry.uri}\n")
+    os.unlink(registry.root / "digits" / "v1" / "tflite_int8" / "variant.json")
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["registry", "verify", "--params", str(params)])
+
+    assert exit_info.value.code == 1
+    assert "  missing  digits/v1/tflite_int8/variant.json: listed in" in capsys.readouterr().out
