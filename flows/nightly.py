@@ -39,7 +39,7 @@ from tasks.config import (
 )
 from tasks.errors import ConfigError
 from tasks.fetch import FetchedFile, fetch_file
-from tasks.io import read_json
+from tasks.io import read_json, write_json
 from tasks.report import format_table
 from tasks.review import (
     GateVerdict,
@@ -255,6 +255,7 @@ def review_task(
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     rows = review_rows(metrics, bench, verdicts)
+    write_json(Path(run_dir) / "review.json", rows)
     summary = summary_markdown(model, inputs, rows, changes_vs_published(metrics, previous))
     plot = pareto_plot(metrics, bench, verdicts, Path(run_dir) / "pareto.png")
     key = _artifact_key(model)
@@ -415,7 +416,8 @@ def nightly(
             version=None, status="nothing-approved", published=[], approval=decision, **result
         )
 
-    version = version or datetime.now(UTC).strftime("%Y%m%d.%H%M%S")
+    # a new version number is claimed with a conditional write: two runs never get the same one
+    version = version or _allocate_version(registry_cfg, model_name)
     entries = _publish_entries(approved, records, dirs, metrics, verdicts, bench, decision)
     lineage = _lineage(params, lineage_inputs, baseline, model_rev, data_rev, root)
     manifest_uri = publish_task(registry_cfg, model_name, version, entries, lineage)
@@ -564,6 +566,12 @@ def _ask_for_approval(
     except FlowPauseTimeout:
         return None
     return decision_from_form(answer, passing)
+
+
+def _allocate_version(cfg: RegistryConfig, model: str) -> str:
+    from tasks.registry import open_registry
+
+    return open_registry(cfg).allocate_version(model)
 
 
 def _last_published(cfg: RegistryConfig, model: str) -> dict[str, Any] | None:

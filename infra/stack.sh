@@ -16,6 +16,8 @@ BUCKET=${MODELPRESS_BUCKET:-modelpress}
 export PREFECT_API_URL="http://127.0.0.1:${PREFECT_PORT}/api"
 export PREFECT_UI_API_URL="$PREFECT_API_URL"
 export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 DVC_NO_ANALYTICS=1 GX_ANALYTICS_ENABLED=false
+# API calls retry (bounded, with backoff) on 429/502/503 and connection errors; add 500/504 too
+export PREFECT_CLIENT_RETRY_EXTRA_CODES=500,504
 mkdir -p "$STATE"
 
 start() {  # name, command...
@@ -43,11 +45,16 @@ PY
   export MODELPRESS_HOME="$HOME_DIR"
   # Prefect 3.8.8's CLI registers the deployment, then fails a follow-up "active workers" query
   # (422: limit=None) against its own server; judge success by reading the deployment back.
-  "$BIN/prefect" --no-prompt deploy --prefect-file infra/prefect.yaml --all >"$STATE/deploy.log" 2>&1 || true
-  if ! "$BIN/prefect" deployment inspect nightly/nightly >/dev/null 2>&1; then
-    echo "error: deploying infra/prefect.yaml failed (see $STATE/deploy.log)" >&2; exit 1
-  fi
-  echo "  deployment nightly/nightly: cron '$MODELPRESS_CRON' ($MODELPRESS_TIMEZONE), work pool $POOL"
+  # One deployment per call: the failing query would otherwise end `--all` after the first one.
+  : >"$STATE/deploy.log"
+  for deployment in nightly/nightly benchmark/cloud-cpu benchmark/edge-cpu benchmark/cuda; do
+    "$BIN/prefect" --no-prompt deploy --prefect-file infra/prefect.yaml --name "${deployment#*/}" >>"$STATE/deploy.log" 2>&1 || true
+    if ! "$BIN/prefect" deployment inspect "$deployment" >/dev/null 2>&1; then
+      echo "error: deploying $deployment from infra/prefect.yaml failed (see $STATE/deploy.log)" >&2; exit 1
+    fi
+    echo "  deployment $deployment"
+  done
+  echo "  nightly schedule: cron '$MODELPRESS_CRON' ($MODELPRESS_TIMEZONE), work pool $POOL"
 }
 
 case "${1:-up}" in
@@ -59,8 +66,14 @@ case "${1:-up}" in
     wait_for "http://127.0.0.1:${S3_PORT}/moto-api/" "S3 endpoint"
     AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-local} AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-local} \
       "$BIN/python" -c "import boto3; boto3.client('s3', endpoint_url='http://127.0.0.1:${S3_PORT}', region_name='us-east-1').create_bucket(Bucket='$BUCKET')" 2>/dev/null || true
-    "$BIN/prefect" work-pool inspect "$POOL" >/dev/null 2>&1 || "$BIN/prefect" work-pool create "$POOL" --type process >/dev/null
+    for pool in "$POOL" modelpress-cloud-cpu modelpress-edge-cpu modelpress-cuda; do
+      "$BIN/prefect" work-pool inspect "$pool" >/dev/null 2>&1 || "$BIN/prefect" work-pool create "$pool" --type process >/dev/null
+    done
     start worker "$BIN/prefect" worker start --pool "$POOL"
+    # local stand-ins for the cloud and edge runners (on a device: `pip install .[edge]` and
+    # `prefect worker start --pool modelpress-edge-cpu` there); no cuda worker unless you start one
+    start worker-cloud-cpu "$BIN/prefect" worker start --pool modelpress-cloud-cpu
+    start worker-edge-cpu "$BIN/prefect" worker start --pool modelpress-edge-cpu
     deploy
     cat <<MSG
 
@@ -75,7 +88,7 @@ MSG
     ;;
   deploy) deploy ;;
   down)
-    for name in worker s3 prefect-server; do
+    for name in worker worker-cloud-cpu worker-edge-cpu s3 prefect-server; do
       if [[ -f "$STATE/$name.pid" ]]; then kill "$(cat "$STATE/$name.pid")" 2>/dev/null || true; rm -f "$STATE/$name.pid"; echo "  $name stopped"; fi
     done ;;
   *) echo "usage: infra/stack.sh [up|deploy|down]" >&2; exit 2 ;;
