@@ -53,21 +53,85 @@ def benchmark_runner(
     images_key: str,
     result_key: str,
     store_endpoint_url: str | None = None,
+    engines: dict[str, dict[str, Any]] | None = None,
 ) -> int:
-    """Runs on the runner: fetch variants from the store, measure, put the rows back in the store."""
+    """Runs on the runner: fetch variants from the store, build TensorRT engines when this is a
+    CUDA runner, measure, and put the rows (and built engines) back in the store."""
     store = ArtifactStore(store_uri, endpoint_url=store_endpoint_url)
     profile_model = RunnerProfile.model_validate(profile)
+    built: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="mp-runner-") as work:
         work_dir = Path(work)
         images_file = work_dir / "images.npz"
         images_file.write_bytes(store.get_bytes(images_key))
         dirs = {name: store.get_dir(key, work_dir / name) for name, key in variants.items()}
-        rows = benchmark_variants(
+        rows: list[BenchmarkRow] = []
+        if engines and profile_model.kind == "cuda":
+            engine_dirs, built, rows = build_engines(
+                runner, engines, store, work_dir, images_file, result_key
+            )
+            dirs |= engine_dirs
+        rows += benchmark_variants(
             runner, profile_model, BenchmarkConfig.model_validate(config), dirs, images_file
         )
-    store.put_json(result_key, [asdict(r) for r in rows])
-    print(f"benchmark on {runner}: {len(rows)} rows → {result_key}")
+    store.put_json(result_key, {"rows": [asdict(r) for r in rows], "engines": built})
+    print(f"benchmark on {runner}: {len(rows)} rows, {len(built)} engine(s) → {result_key}")
     return len(rows)
+
+
+def build_engines(
+    runner: str,
+    engines: dict[str, dict[str, Any]],
+    store: ArtifactStore,
+    work_dir: Path,
+    images_file: Path,
+    result_key: str,
+) -> tuple[dict[str, Path], dict[str, dict[str, Any]], list[BenchmarkRow]]:
+    """Build each requested TensorRT fp16 engine here (engines are specific to this GPU), run it on
+    the test images, and put the engine and its logits in the store for the nightly flow."""
+    import io
+
+    from tasks import tensorrt_fp16  # torch + tensorrt: CUDA runners have the full install
+    from tasks.config import TensorrtFp16Config
+    from tasks.evaluate import run_variant
+
+    with np.load(images_file) as archive:
+        images = archive["x"].astype(np.float32)
+    dirs: dict[str, Path] = {}
+    built: dict[str, dict[str, Any]] = {}
+    rows: list[BenchmarkRow] = []
+    for name, spec in engines.items():
+        source_dir = store.get_dir(spec["source_key"], work_dir / f"{name}-source")
+        cfg = TensorrtFp16Config.model_validate(spec["config"])
+        out = work_dir / name
+        record = tensorrt_fp16.build(
+            name, cfg, source_dir, None, None, _preprocess_of(source_dir), out
+        )
+        if record.status != "ok":
+            rows.append(
+                BenchmarkRow.failed(name, runner, f"engine not built: {record.reason}", "skipped")
+            )
+            continue
+        buffer = io.BytesIO()
+        np.save(buffer, run_variant(out, images))
+        key = f"{result_key.removesuffix('.json')}/engines/{name}"
+        store.put_dir(out, key)
+        store.put_bytes(f"{key}.logits.npy", buffer.getvalue())
+        built[name] = {
+            "key": key,
+            "logits_key": f"{key}.logits.npy",
+            "build": record.extra.get("build"),
+        }
+        dirs[name] = out
+    return dirs, built, rows
+
+
+def _preprocess_of(variant_dir: Path) -> Any:
+    from tasks.data import Preprocess
+
+    spec = read_record(variant_dir).preprocess or {}
+    fields = ("image_size", "channels", "num_classes", "mean", "std")
+    return Preprocess(**{key: spec[key] for key in fields})
 
 
 # ---- the nightly side ---------------------------------------------------------------------------
@@ -83,12 +147,15 @@ def dispatch_task(
     variants: dict[str, str],
     images_key: str,
     result_key: str,
-) -> list[BenchmarkRow]:
-    """Run `benchmark/<runner>` on its work pool; any failure becomes failed rows with the reason."""
+    engines: dict[str, dict[str, Any]] | None = None,
+) -> tuple[list[BenchmarkRow], dict[str, dict[str, Any]]]:
+    """Run `benchmark/<runner>` on its work pool; any failure becomes failed rows with the reason.
+    Returns the rows and the TensorRT engines the runner built (store keys)."""
+    names = [*variants, *(engines or {})]
     assert profile.work_pool is not None
     idle = _no_worker_reason(profile.work_pool)
     if idle:
-        return [BenchmarkRow.failed(name, runner, idle) for name in variants]
+        return [BenchmarkRow.failed(name, runner, idle) for name in names], {}
     from prefect.deployments import run_deployment
 
     run = run_deployment(
@@ -102,6 +169,7 @@ def dispatch_task(
             "images_key": images_key,
             "result_key": result_key,
             "store_endpoint_url": store_endpoint_url,
+            "engines": engines or {},
         },
         timeout=profile.timeout_s,
     )
@@ -109,9 +177,9 @@ def dispatch_task(
     if state is None or not state.is_completed():
         reason = _failure_reason(run, profile)
         get_run_logger().warning("benchmark on %s: %s", runner, reason)
-        return [BenchmarkRow.failed(name, runner, reason) for name in variants]
-    rows = ArtifactStore(store_uri, endpoint_url=store_endpoint_url).get_json(result_key)
-    return [BenchmarkRow(**row) for row in rows]
+        return [BenchmarkRow.failed(name, runner, reason) for name in names], {}
+    result = ArtifactStore(store_uri, endpoint_url=store_endpoint_url).get_json(result_key)
+    return [BenchmarkRow(**row) for row in result["rows"]], result["engines"]
 
 
 def _no_worker_reason(pool: str) -> str | None:

@@ -368,11 +368,25 @@ def nightly(
     metrics = evaluate_task(model_hashes, dirs, data_dir, str(eval_dir))
 
     ok = [name for name, record in records.items() if record.status == "ok"]
-    bench = _run_benchmarks(params, {name: dirs[name] for name in ok}, data_dir, run_dir)
+    engine_requests = {  # engines are built on the CUDA runner that will run them
+        name: {"source_key": cfg.source, "config": cfg.model_dump()}
+        for name, cfg in params.variants.items()
+        if cfg.technique == "tensorrt_fp16"
+        and records[name].status == "skipped"
+        and cfg.source in ok
+    }
+    bench, engines = _run_benchmarks(
+        params, {name: dirs[name] for name in ok}, data_dir, run_dir, engine_requests
+    )
+    predictions_file = eval_dir / "metrics" / "predictions.npz"
+    if engines:
+        predictions_file = _merge_engines(
+            engines, params, metrics, records, dirs, predictions_file, variants_root, run_dir
+        )
 
     verdicts = validate_task(
         metrics,
-        str(eval_dir / "metrics" / "predictions.npz"),
+        str(predictions_file),
         bench,
         params.gates,
         str(run_dir / "data-docs" / "metrics"),
@@ -463,8 +477,12 @@ def _fetch_inputs(
 
 
 def _run_benchmarks(
-    params: Params, variant_dirs: dict[str, str], data_dir: str, run_dir: Path
-) -> list[BenchmarkRow]:
+    params: Params,
+    variant_dirs: dict[str, str],
+    data_dir: str,
+    run_dir: Path,
+    engine_requests: dict[str, dict[str, Any]],
+) -> tuple[list[BenchmarkRow], dict[str, dict[str, Any]]]:
     """Runners with a work pool get the variants through the artifact store and run in parallel;
     profiles without one are measured here, one variant at a time."""
     import numpy as np
@@ -481,6 +499,10 @@ def _run_benchmarks(
     if remote:
         store = ArtifactStore(cfg.store_uri, endpoint_url=cfg.store_endpoint_url)
         keys, images_key = upload_inputs(store, run_dir.name, variant_dirs, images)
+        engine_requests = {  # source names → their store keys
+            name: spec | {"source_key": keys[spec["source_key"]]}
+            for name, spec in engine_requests.items()
+        }
         futures = [
             dispatch_task.submit(
                 name,
@@ -491,6 +513,7 @@ def _run_benchmarks(
                 keys,
                 images_key,
                 f"runs/{run_dir.name}/{name}.json",
+                engine_requests if profile.kind == "cuda" else None,
             )
             for name, profile in remote.items()
         ]
@@ -500,9 +523,56 @@ def _run_benchmarks(
     for name, profile in profiles.items():
         if not profile.work_pool:
             rows += local_benchmark_task(name, profile, cfg, variant_dirs, str(images_file))
+    engines: dict[str, dict[str, Any]] = {}
     for future in futures:
-        rows += future.result()
-    return rows
+        runner_rows, built = future.result()
+        rows += runner_rows
+        engines |= built
+    return rows, engines
+
+
+def _merge_engines(
+    engines: dict[str, dict[str, Any]],
+    params: Params,
+    metrics: dict[str, Any],
+    records: dict[str, VariantRecord],
+    dirs: dict[str, str],
+    predictions_file: Path,
+    variants_root: Path,
+    run_dir: Path,
+) -> Path:
+    """Engines built on a CUDA runner join the run: their files, their metrics (from the logits the
+    runner computed on the test images) and their per-sample predictions for the gates."""
+    import io
+
+    import numpy as np
+
+    from tasks.evaluate import metrics_row, model_size
+    from tasks.store import ArtifactStore
+
+    store = ArtifactStore(
+        params.benchmark.store_uri, endpoint_url=params.benchmark.store_endpoint_url
+    )
+    with np.load(predictions_file) as saved:
+        predictions = {key: saved[key] for key in saved.files}
+    base_dir = Path(dirs["baseline"])
+    for name, built in engines.items():
+        directory = store.get_dir(built["key"], variants_root / f"{name}-engine-{_key(built)}")
+        logits = np.load(io.BytesIO(store.get_bytes(built["logits_key"])))
+        records[name], dirs[name] = read_record(directory), str(directory)
+        row = metrics_row(
+            records[name],
+            logits,
+            predictions["logits__baseline"],
+            predictions["labels"],
+            model_size(directory),
+            model_size(base_dir),
+        )
+        metrics[name] = asdict(row)
+        predictions[f"logits__{name}"], predictions[f"pred__{name}"] = logits, logits.argmax(1)
+    merged = run_dir / "predictions.npz"
+    np.savez(merged, **predictions)
+    return merged
 
 
 def _fetched_lineage(kind: str, fetched: FetchedFile) -> dict[str, str]:

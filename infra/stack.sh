@@ -89,7 +89,14 @@ MSG
   deploy) deploy ;;
   down)
     for name in worker worker-cloud-cpu worker-edge-cpu s3 prefect-server; do
-      if [[ -f "$STATE/$name.pid" ]]; then kill "$(cat "$STATE/$name.pid")" 2>/dev/null || true; rm -f "$STATE/$name.pid"; echo "  $name stopped"; fi
+      if [[ -f "$STATE/$name.pid" ]]; then
+        pid=$(cat "$STATE/$name.pid")
+        kill "$pid" 2>/dev/null || true
+        # workers shut down gracefully but may wait on a server that is already gone
+        for _ in $(seq 1 10); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+        kill -9 "$pid" 2>/dev/null || true
+        rm -f "$STATE/$name.pid"; echo "  $name stopped"
+      fi
     done ;;
   *) echo "usage: infra/stack.sh [up|deploy|down]" >&2; exit 2 ;;
 esac

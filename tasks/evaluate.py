@@ -61,15 +61,17 @@ def evaluate(variants_dir: Path, names: list[str], test: Split, threads: int = 1
     base_logits = run_variant(base_dir, test.x, threads)
     base_size = model_size(base_dir)
     logits = {BASELINE: base_logits}
-    metrics = {BASELINE: _row(base_record, base_logits, base_logits, test.y, base_size, base_size)}
+    metrics = {
+        BASELINE: metrics_row(base_record, base_logits, base_logits, test.y, base_size, base_size)
+    }
     for name in names:
         directory = variants_dir / name
         record = read_record(directory)
         if record.status != "ok":
-            metrics[name] = _row(record, None, base_logits, test.y, None, base_size)
+            metrics[name] = metrics_row(record, None, base_logits, test.y, None, base_size)
             continue
         logits[name] = run_variant(directory, test.x, threads)
-        metrics[name] = _row(
+        metrics[name] = metrics_row(
             record, logits[name], base_logits, test.y, model_size(directory), base_size
         )
         print(f"evaluate: {name} accuracy {metrics[name].accuracy:.4f}", flush=True)
@@ -83,7 +85,7 @@ def model_size(variant_dir: Path) -> int:
     )
 
 
-def _row(
+def metrics_row(
     record: VariantRecord,
     logits: np.ndarray | None,
     base_logits: np.ndarray,

@@ -64,13 +64,14 @@ def build(
     cfg: TensorrtFp16Config,
     source_dir: Path,
     teacher: nn.Module | None,
-    test: Split,
+    test: Split | None,
     preprocess: Preprocess,
     out_dir: Path,
 ) -> VariantRecord:
     """Build the engine if possible; always record the CPU fp16 accuracy where the torch model exists."""
     source = read_record(source_dir)
-    fp16_acc = cpu_fp16_accuracy(teacher, test, preprocess) if teacher is not None else None
+    has_torch_model = teacher is not None and test is not None
+    fp16_acc = cpu_fp16_accuracy(teacher, test, preprocess) if has_torch_model else None
     extra = {"cpu_fp16_accuracy": fp16_acc}
     reason = tensorrt_unavailable_reason()
     with atomic_dir(out_dir) as staging:

@@ -23,7 +23,7 @@ from tests.conftest import REPO_ROOT, write_params
 
 pytestmark = pytest.mark.slow
 
-POOLS = {"cloud-cpu": "mp-test-cloud", "edge-cpu": "mp-test-edge"}
+POOLS = {"cloud-cpu": "mp-test-cloud", "edge-cpu": "mp-test-edge", "cuda": "mp-test-cuda"}
 GATES = {
     "defaults": {
         "min_accuracy": 0.3,
@@ -34,7 +34,8 @@ GATES = {
     "per_variant": {},
 }
 VARIANTS = {
-    "tflite_int8": {"technique": "tflite_int8", "source": "baseline", "calibration_samples": 64}
+    "tflite_int8": {"technique": "tflite_int8", "source": "baseline", "calibration_samples": 64},
+    "tensorrt_fp16": {"technique": "tensorrt_fp16", "source": "baseline"},
 }
 
 
@@ -136,6 +137,8 @@ def _params(tmp_path: Path, edge_timeout: int) -> Path:
             "work_pool": POOLS["edge-cpu"],
             "timeout_s": edge_timeout,
         },
+        # this machine has no GPU: the cuda runner's worker runs here and must say so honestly
+        "cuda": {"kind": "cuda", "work_pool": POOLS["cuda"], "timeout_s": 600},
     }
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
@@ -150,7 +153,7 @@ def _rows(result: Any) -> dict[tuple[str, str], dict[str, Any]]:
     return rows
 
 
-def test_nightly_collects_rows_from_both_runners(workers: dict, tmp_path: Path) -> None:
+def test_nightly_collects_rows_from_every_runner(workers: dict, tmp_path: Path) -> None:
     from flows.nightly import nightly
 
     result = nightly(
@@ -158,13 +161,20 @@ def test_nightly_collects_rows_from_both_runners(workers: dict, tmp_path: Path) 
     )
     assert result.status == "published"
     rows = _rows(result)
-    for runner in POOLS:
+    for runner in ("cloud-cpu", "edge-cpu"):
         for variant in ("baseline", "tflite_int8"):
             row = rows[(variant, runner)]
             assert row["status"] == "ok", row
             assert row["p50_ms"] > 0 and len(row["p50_trials_ms"]) == 2
     assert rows[("baseline", "edge-cpu")]["host"]["threads"] == 1
     assert rows[("baseline", "edge-cpu")]["host"]["affinity"] == [0]
+    # the CUDA runner measures TensorRT engines only, and builds them itself: without TensorRT
+    # it reports that instead of faking an engine
+    assert rows[("tflite_int8", "cuda")]["status"] == "skipped"
+    review = json.loads((Path(result.run_dir) / "review.json").read_text())
+    engine = [r for r in review if r["variant"] == "tensorrt_fp16" and r["runner"] == "cuda"]
+    assert engine and "engine not built: needs a CUDA runner with TensorRT" in engine[0]["reason"]
+    assert "tensorrt_fp16" not in result.published
 
 
 def test_killed_worker_gives_failed_rows_and_a_completed_review(
