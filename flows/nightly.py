@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import subprocess
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -37,7 +38,7 @@ from tasks.config import (
     VariantConfig,
     load_params,
 )
-from tasks.errors import ConfigError
+from tasks.errors import ConfigError, ModelPressError
 from tasks.fetch import FetchedFile, fetch_file
 from tasks.io import read_json, write_json
 from tasks.report import format_table
@@ -84,7 +85,25 @@ class NightlyResult:
 # ---- tasks: thin wrappers over tasks/ ---------------------------------------------------------
 
 
-@task(name="fetch", retries=3, retry_delay_seconds=[2, 5, 15])
+def _worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry I/O trouble, not a rev or path that does not exist (fail fast on those)."""
+    from tasks.fetch import FetchNotFoundError
+
+    try:
+        state.result()
+    except FetchNotFoundError:
+        return False
+    except Exception:
+        return True
+    return True
+
+
+@task(
+    name="fetch",
+    retries=3,
+    retry_delay_seconds=[2, 5, 15],
+    retry_condition_fn=_worth_retrying,
+)
 def fetch_task(cfg: FetchConfig, path: str, rev: str, field_name: str, dest: str) -> FetchedFile:
     """Read one DVC-tracked file at a git rev."""
     return fetch_file(cfg, path, rev, field_name, Path(dest))
@@ -306,6 +325,9 @@ def nightly(
         if registry_uri
         else params.registry
     )
+    model_name = params.registry.model_name
+    # before any work: an unreachable registry or a bad version would otherwise fail at the end
+    previous = _check_registry(registry_cfg, model_name, version)
     root = Path(params_file).resolve().parent
     work = Path(workdir).resolve()
     run_dir = work / "runs" / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -391,8 +413,6 @@ def nightly(
         params.gates,
         str(run_dir / "data-docs" / "metrics"),
     )
-    model_name = params.registry.model_name
-    previous = _last_published(registry_cfg, model_name)
     inputs_summary = {
         **lineage_inputs,
         "baseline_sha256": baseline["sha256"],
@@ -644,9 +664,12 @@ def _allocate_version(cfg: RegistryConfig, model: str) -> str:
     return open_registry(cfg).allocate_version(model)
 
 
-def _last_published(cfg: RegistryConfig, model: str) -> dict[str, Any] | None:
-    from tasks.registry import open_registry
+def _check_registry(cfg: RegistryConfig, model: str, version: str | None) -> dict[str, Any] | None:
+    """Check `version`'s name and that the registry answers; returns the last manifest."""
+    from tasks.registry import _check_name, open_registry
 
+    if version is not None:
+        _check_name("version", version)  # the registry's own naming rule
     registry = open_registry(cfg)
     versions = registry.list_versions(model)
     return registry.read_manifest(model, versions[-1]) if versions else None
@@ -730,20 +753,45 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--version")
     parser.add_argument("--workdir", default=".modelpress")
     args = parser.parse_args(argv)
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).addFilter(_UserErrorWithoutTraceback())
 
     def run() -> None:
-        result = nightly(
-            params_file=args.params,
-            model_rev=args.model_rev,
-            data_rev=args.data_rev,
-            approval=args.approval,
-            registry_uri=args.registry_uri,
-            version=args.version,
-            workdir=args.workdir,
-        )
+        try:
+            result = nightly(
+                params_file=args.params,
+                model_rev=args.model_rev,
+                data_rev=args.data_rev,
+                approval=args.approval,
+                registry_uri=args.registry_uri,
+                version=args.version,
+                workdir=args.workdir,
+            )
+        finally:
+            _deliver_prefect_queues()
         print(_result_text(result))
 
     run_main(run)
+
+
+class _UserErrorWithoutTraceback(logging.Filter):
+    """Prefect logs a failed run's exception with its traceback; for a user mistake
+    (ModelPressError) the CLI's one `error:` line says it all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], ModelPressError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _deliver_prefect_queues() -> None:
+    """Send Prefect's queued logs and events now: drained at exit, they would print after the
+    CLI's last line."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=5, at_exit=False)
+    EventsWorker.drain_all(timeout=5, at_exit=False)
 
 
 def _result_text(result: NightlyResult) -> str:

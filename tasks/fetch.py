@@ -21,6 +21,10 @@ class FetchError(ModelPressError):
     """The repo, rev or path cannot be read."""
 
 
+class FetchNotFoundError(FetchError):
+    """The rev or path does not exist: asking again cannot help (not retried)."""
+
+
 @dataclass(frozen=True)
 class FetchedFile:
     repo: str
@@ -43,7 +47,7 @@ def resolve_rev(repo: str, rev: str, field: str) -> str:
             check=False,
         )
         if done.returncode != 0:
-            raise FetchError(f"{field}: rev {rev!r} does not exist in {repo}")
+            raise FetchNotFoundError(f"{field}: rev {rev!r} does not exist in {repo}")
         return done.stdout.strip()
     done = subprocess.run(
         ["git", "ls-remote", repo, rev], capture_output=True, text=True, check=False
@@ -55,7 +59,7 @@ def resolve_rev(repo: str, rev: str, field: str) -> str:
     if not done.stdout.strip():
         if len(rev) >= 7 and all(ch in "0123456789abcdef" for ch in rev.lower()):
             return rev  # a commit hash: ls-remote lists only refs
-        raise FetchError(f"{field}: rev {rev!r} does not exist in {repo}")
+        raise FetchNotFoundError(f"{field}: rev {rev!r} does not exist in {repo}")
     return done.stdout.split()[0]
 
 
@@ -89,7 +93,7 @@ def fetch_file(cfg: FetchConfig, path: str, rev: str, field: str, dest_dir: Path
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
     except FileNotFoundError:
-        raise FetchError(f"{field}: {path} not found in {cfg.repo} at {rev}") from None
+        raise FetchNotFoundError(f"{field}: {path} not found in {cfg.repo} at {rev}") from None
     except ModelPressError:
         raise
     except Exception as exc:  # DVC raises many types: missing remote data, bad remote config

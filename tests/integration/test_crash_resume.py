@@ -60,7 +60,7 @@ def test_killed_run_resumes_from_cache_and_publishes_once(
     )
     raw = yaml.safe_load(params.read_text())
     raw["variants"], raw["gates"]["per_variant"] = VARIANTS, {}
-    raw["benchmark"] = {"iterations": 20, "warmup": 2, "max_seconds": 2.0, "threads": 1}
+    raw["benchmark"] = {"iterations": 20, "warmup": 2, "max_seconds": 2.0, "trials": 1}
     params.write_text(yaml.safe_dump(raw, sort_keys=False))
     workdir = tmp_path / "work"
 
