@@ -1,0 +1,171 @@
+"""Two nightly runs publishing the same model at the same time, as two real processes against the
+session's Prefect server and one S3 registry on a loopback endpoint.
+
+Without a version, each run allocates one by a conditional write: both publish, under distinct
+versions. With the same explicit version, exactly one publishes and the other is refused in one
+line. Either way `registry verify` finds every manifest and checksum whole afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import boto3
+import numpy as np
+import pytest
+import yaml
+
+from tasks.config import RegistryConfig
+from tasks.registry import open_registry
+from tests.conftest import REPO_ROOT, write_params
+
+BUCKET = "mp-concurrent"
+MODEL = "digits-concurrent"
+ENV = {
+    "AWS_ACCESS_KEY_ID": "AKIAMODELPRESSCONC01",
+    "AWS_SECRET_ACCESS_KEY": "concurrent-test-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_CONFIG_FILE": os.devnull,
+    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+    "DVC_NO_ANALYTICS": "1",
+    "PYTHONPATH": str(REPO_ROOT),
+}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny random data, a linear .pt2 model and params with one fast variant that always passes."""
+    import torch
+    from torch import nn
+
+    root = tmp_path_factory.mktemp("concurrent")
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(10), 30)
+    (root / "inputs").mkdir()
+    np.savez(
+        root / "inputs" / "data.npz",
+        x=rng.integers(0, 256, (len(y), 1, 16, 16), dtype=np.uint8),
+        y=y,
+    )
+    model = nn.Sequential(nn.Flatten(), nn.Linear(256, 10)).eval()
+    example = (torch.zeros(1, 1, 16, 16),)
+    torch.export.save(torch.export.export(model, example), str(root / "inputs" / "model.pt2"))
+    no_gates = dict.fromkeys(
+        ("min_accuracy", "max_accuracy_drop", "max_worst_class_drop", "min_agreement")
+    )
+    params = write_params(
+        root,
+        {
+            "data": {"source": "npz", "path": "inputs/data.npz"},
+            "baseline": {"source": "pt2", "path": "inputs/model.pt2"},
+            "gates": {"defaults": no_gates, "per_variant": {}},
+            "registry": {"model_name": MODEL},
+        },
+    )
+    raw = yaml.safe_load(params.read_text())
+    raw["variants"] = {
+        "distilled": {"technique": "distilled", "source": "baseline", "width": 4, "epochs": 1}
+    }
+    raw["gates"]["per_variant"] = {}
+    raw["benchmark"] |= {"runners": ["cloud-cpu"], "trials": 1, "iterations": 10}
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return root
+
+
+def _start(root: Path, name: str, api_url: str, prefix: str, *extra: str) -> Any:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            *("-m", "flows.cli", "nightly", "--params", str(root / "params.yaml")),
+            *("--approval", "auto", "--workdir", str(root / f"work-{name}")),
+            *("--registry-uri", f"s3://{BUCKET}/{prefix}", *extra),
+        ],
+        cwd=root,
+        env={k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        | ENV
+        | {"PREFECT_API_URL": api_url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _run_both(
+    workspace: Path, api_url: str, endpoint: str, prefix: str, *extra: str
+) -> list[subprocess.CompletedProcess[str]]:
+    raw = yaml.safe_load((workspace / "params.yaml").read_text())
+    raw["registry"]["endpoint_url"] = endpoint
+    (workspace / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    runs = [_start(workspace, n, api_url, prefix, *extra) for n in ("a", "b")]
+    done = []
+    for run in runs:
+        out, err = run.communicate(timeout=600)
+        done.append(subprocess.CompletedProcess(run.args, run.returncode, out, err))
+    return done
+
+
+def _published_version(stdout: str) -> str:
+    found = re.search(r"^nightly: published — model \S+ version (\S+)$", stdout, re.MULTILINE)
+    assert found, stdout[-1500:]
+    return found.group(1)
+
+
+def _registry(endpoint: str, prefix: str) -> object:
+    for name, value in ENV.items():
+        os.environ.setdefault(name, value)
+    return open_registry(RegistryConfig(uri=f"s3://{BUCKET}/{prefix}", endpoint_url=endpoint))
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_endpoint: str) -> str:
+    boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="x",
+        aws_secret_access_key="x",
+    ).create_bucket(Bucket=BUCKET)
+    return BUCKET
+
+
+@pytest.mark.slow
+def test_two_runs_at_once_get_distinct_versions(
+    workspace: Path, prefect_server: str, s3_endpoint: str, bucket: str
+) -> None:
+    done = _run_both(workspace, prefect_server, s3_endpoint, "auto-versions")
+
+    for run in done:
+        assert run.returncode == 0, run.stderr[-3000:]
+    versions = sorted(_published_version(run.stdout) for run in done)
+    assert versions == ["1", "2"], [r.stdout[-800:] for r in done]
+    registry = _registry(s3_endpoint, "auto-versions")
+    assert registry.list_versions(MODEL) == ["1", "2"]
+    report = registry.verify()
+    assert report.problems == [] and report.checked_versions == 2
+    for version in versions:
+        assert set(registry.read_manifest(MODEL, version)["variants"]) == {"baseline", "distilled"}
+
+
+@pytest.mark.slow
+def test_two_runs_for_one_version_one_publishes_one_is_refused(
+    workspace: Path, prefect_server: str, s3_endpoint: str, bucket: str
+) -> None:
+    done = _run_both(workspace, prefect_server, s3_endpoint, "same-version", "--version", "7")
+
+    codes = sorted(run.returncode for run in done)
+    assert codes == [0, 2], [(r.returncode, r.stderr[-1500:]) for r in done]
+    refused = next(run for run in done if run.returncode == 2)
+    last_line = refused.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: ") and "7" in last_line, last_line
+    assert "Traceback" not in refused.stderr
+    registry = _registry(s3_endpoint, "same-version")
+    assert registry.list_versions(MODEL) == ["7"]
+    report = registry.verify()
+    assert report.problems == [] and report.checked_versions == 1
