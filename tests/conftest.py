@@ -52,6 +52,27 @@ TINY_OVERRIDES: dict = {
     },
 }
 
+# Tiny models on 16x16 digits: gates low enough that every built variant passes unless forced.
+LENIENT_GATES: dict = {
+    "defaults": {
+        "min_accuracy": 0.3,
+        "max_accuracy_drop": 60.0,
+        "max_worst_class_drop": 100.0,
+        "min_agreement": 0.3,
+    },
+    "per_variant": {},
+}
+# One runner, one short trial: for tests whose subject is not the measurement.
+FAST_BENCHMARK: dict = {
+    "runners": ["cloud-cpu"],
+    "warmup": 1,
+    "iterations": 10,
+    "max_seconds": 0.5,
+    "trials": 1,
+    "throughput_batch": 4,
+    "throughput_seconds": 0.2,
+}
+
 
 def write_params(directory: Path, overrides: dict | None = None) -> Path:
     """params.yaml for tests: the repo's defaults with the tiny overrides (and any extra) on top."""
@@ -64,6 +85,29 @@ def write_params(directory: Path, overrides: dict | None = None) -> Path:
     path = directory / "params.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
+
+
+def write_random_inputs(root: Path) -> dict:
+    """Random 16x16 images (30 per class, 10 classes) in `inputs/data.npz` and a linear
+    torch.export model in `inputs/model.pt2`: inputs for runs whose subject is not accuracy.
+    Returns the params overrides that point at them, with every accuracy gate off."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(10), 30)
+    (root / "inputs").mkdir(parents=True, exist_ok=True)
+    x = rng.integers(0, 256, (len(y), 1, 16, 16), dtype=np.uint8)
+    np.savez(root / "inputs" / "data.npz", x=x, y=y)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(256, 10)).eval()
+    exported = torch.export.export(model, (torch.zeros(1, 1, 16, 16),))
+    torch.export.save(exported, str(root / "inputs" / "model.pt2"))
+    return {
+        "data": {"source": "npz", "path": "inputs/data.npz"},
+        "baseline": {"source": "pt2", "path": "inputs/model.pt2"},
+        "gates": {"defaults": dict.fromkeys(LENIENT_GATES["defaults"]), "per_variant": {}},
+    }
 
 
 @pytest.fixture(scope="session")

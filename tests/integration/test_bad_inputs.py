@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import REPO_ROOT, write_params
+from tests.conftest import FAST_BENCHMARK, REPO_ROOT, write_params
 
 EXIT_USER_ERROR = 2
 FAKE_CREDENTIALS = {
@@ -32,16 +32,6 @@ FAKE_CREDENTIALS = {
 IMAGE = (1, 16, 16)
 ONE_VARIANT = {
     "distilled": {"technique": "distilled", "source": "baseline", "width": 4, "epochs": 1}
-}
-# keys of BenchmarkConfig that keep a measurement short; unknown ones are dropped (see _benchmark)
-FAST_BENCHMARK = {
-    "runners": ["cloud-cpu"],
-    "warmup": 1,
-    "iterations": 10,
-    "max_seconds": 0.5,
-    "trials": 1,
-    "throughput_batch": 4,
-    "throughput_seconds": 0.2,
 }
 
 
@@ -71,13 +61,6 @@ def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _benchmark() -> dict[str, Any]:
-    """FAST_BENCHMARK restricted to the keys this checkout's BenchmarkConfig has."""
-    from tasks.config import BenchmarkConfig
-
-    return {k: v for k, v in FAST_BENCHMARK.items() if k in BenchmarkConfig.model_fields}
 
 
 def _env(api_url: str) -> dict[str, str]:
@@ -164,7 +147,7 @@ class Workspace:
         raw = yaml.safe_load(path.read_text())
         raw["variants"] = dict(ONE_VARIANT)
         raw["gates"]["per_variant"] = {}
-        raw["benchmark"] = {**raw.get("benchmark", {}), **_benchmark()}
+        raw["benchmark"] = {**raw.get("benchmark", {}), **FAST_BENCHMARK}
         raw = _merge(raw, overrides or {})
         if edit is not None:
             edit(raw)

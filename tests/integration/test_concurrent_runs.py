@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-import numpy as np
 import pytest
 import yaml
 
 from tasks.config import RegistryConfig
 from tasks.registry import open_registry
-from tests.conftest import REPO_ROOT, write_params
+from tests.conftest import REPO_ROOT, write_params, write_random_inputs
 
 BUCKET = "mp-concurrent"
 MODEL = "digits-concurrent"
@@ -42,33 +41,9 @@ ENV = {
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny random data, a linear .pt2 model and params with one fast variant that always passes."""
-    import torch
-    from torch import nn
-
     root = tmp_path_factory.mktemp("concurrent")
-    rng = np.random.default_rng(0)
-    y = np.repeat(np.arange(10), 30)
-    (root / "inputs").mkdir()
-    np.savez(
-        root / "inputs" / "data.npz",
-        x=rng.integers(0, 256, (len(y), 1, 16, 16), dtype=np.uint8),
-        y=y,
-    )
-    model = nn.Sequential(nn.Flatten(), nn.Linear(256, 10)).eval()
-    example = (torch.zeros(1, 1, 16, 16),)
-    torch.export.save(torch.export.export(model, example), str(root / "inputs" / "model.pt2"))
-    no_gates = dict.fromkeys(
-        ("min_accuracy", "max_accuracy_drop", "max_worst_class_drop", "min_agreement")
-    )
-    params = write_params(
-        root,
-        {
-            "data": {"source": "npz", "path": "inputs/data.npz"},
-            "baseline": {"source": "pt2", "path": "inputs/model.pt2"},
-            "gates": {"defaults": no_gates, "per_variant": {}},
-            "registry": {"model_name": MODEL},
-        },
-    )
+    inputs = write_random_inputs(root)
+    params = write_params(root, inputs | {"registry": {"model_name": MODEL}})
     raw = yaml.safe_load(params.read_text())
     raw["variants"] = {
         "distilled": {"technique": "distilled", "source": "baseline", "width": 4, "epochs": 1}
@@ -117,9 +92,9 @@ def _published_version(stdout: str) -> str:
     return found.group(1)
 
 
-def _registry(endpoint: str, prefix: str) -> object:
-    for name, value in ENV.items():
-        os.environ.setdefault(name, value)
+def _registry(endpoint: str, prefix: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+        monkeypatch.setenv(name, ENV[name])
     return open_registry(RegistryConfig(uri=f"s3://{BUCKET}/{prefix}", endpoint_url=endpoint))
 
 
@@ -137,7 +112,11 @@ def bucket(s3_endpoint: str) -> str:
 
 @pytest.mark.slow
 def test_two_runs_at_once_get_distinct_versions(
-    workspace: Path, prefect_server: str, s3_endpoint: str, bucket: str
+    workspace: Path,
+    prefect_server: str,
+    s3_endpoint: str,
+    bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     done = _run_both(workspace, prefect_server, s3_endpoint, "auto-versions")
 
@@ -145,7 +124,7 @@ def test_two_runs_at_once_get_distinct_versions(
         assert run.returncode == 0, run.stderr[-3000:]
     versions = sorted(_published_version(run.stdout) for run in done)
     assert versions == ["1", "2"], [r.stdout[-800:] for r in done]
-    registry = _registry(s3_endpoint, "auto-versions")
+    registry = _registry(s3_endpoint, "auto-versions", monkeypatch)
     assert registry.list_versions(MODEL) == ["1", "2"]
     report = registry.verify()
     assert report.problems == [] and report.checked_versions == 2
@@ -155,7 +134,11 @@ def test_two_runs_at_once_get_distinct_versions(
 
 @pytest.mark.slow
 def test_two_runs_for_one_version_one_publishes_one_is_refused(
-    workspace: Path, prefect_server: str, s3_endpoint: str, bucket: str
+    workspace: Path,
+    prefect_server: str,
+    s3_endpoint: str,
+    bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     done = _run_both(workspace, prefect_server, s3_endpoint, "same-version", "--version", "7")
 
@@ -165,7 +148,7 @@ def test_two_runs_for_one_version_one_publishes_one_is_refused(
     last_line = refused.stderr.strip().splitlines()[-1]
     assert last_line.startswith("error: ") and "7" in last_line, last_line
     assert "Traceback" not in refused.stderr
-    registry = _registry(s3_endpoint, "same-version")
+    registry = _registry(s3_endpoint, "same-version", monkeypatch)
     assert registry.list_versions(MODEL) == ["7"]
     report = registry.verify()
     assert report.problems == [] and report.checked_versions == 1

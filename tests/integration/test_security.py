@@ -19,39 +19,26 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import REPO_ROOT, write_params
+from tests.conftest import (
+    FAST_BENCHMARK,
+    LENIENT_GATES,
+    REPO_ROOT,
+    write_params,
+    write_random_inputs,
+)
 
 SECRETS = {
     "AWS_ACCESS_KEY_ID": "AKIAMODELPRESSLEAK01",
     "AWS_SECRET_ACCESS_KEY": "mp-secret-LEAK-7f3a9c",
     "AWS_SESSION_TOKEN": "mp-token-LEAK-42",
 }
-LENIENT_GATES = {
-    "defaults": {
-        "min_accuracy": 0.3,
-        "max_accuracy_drop": 60.0,
-        "max_worst_class_drop": 100.0,
-        "min_agreement": 0.3,
-    },
-    "per_variant": {},
-}
 THREE_VARIANTS = {
     "tflite_int8": {"technique": "tflite_int8", "source": "baseline", "calibration_samples": 64},
     "pruned": {"technique": "pruned", "source": "baseline", "ratio": 0.3, "finetune_epochs": 1},
     "distilled": {"technique": "distilled", "source": "baseline", "width": 4, "epochs": 4},
-}
-FAST_BENCHMARK = {
-    "runners": ["cloud-cpu"],
-    "warmup": 1,
-    "iterations": 10,
-    "max_seconds": 0.5,
-    "trials": 1,
-    "throughput_batch": 4,
-    "throughput_seconds": 0.2,
 }
 EXIT_USER_ERROR = 2
 
@@ -131,20 +118,13 @@ def _s3(endpoint: str) -> Any:
     return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
 
 
-def _benchmark() -> dict[str, Any]:
-    """FAST_BENCHMARK restricted to the keys this checkout's BenchmarkConfig has."""
-    from tasks.config import BenchmarkConfig
-
-    return {k: v for k, v in FAST_BENCHMARK.items() if k in BenchmarkConfig.model_fields}
-
-
 def _params(directory: Path, registry: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = write_params(directory, {"gates": LENIENT_GATES, "registry": registry, **(extra or {})})
     raw = yaml.safe_load(path.read_text())
     raw["variants"] = THREE_VARIANTS
     raw["gates"]["per_variant"] = {}
-    raw["benchmark"] = {**raw["benchmark"], **_benchmark()}
+    raw["benchmark"] = {**raw["benchmark"], **FAST_BENCHMARK}
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
 
@@ -464,36 +444,13 @@ def test_cli_without_approval_flag_waits_for_a_reviewer_and_publishes_nothing(
 ) -> None:
     """`modelpress nightly` with no --approval takes params' default (ui): an unanswered review
     times out and nothing is published."""
-    import torch
-    from torch import nn
-
-    rng = np.random.default_rng(0)
-    y = np.repeat(np.arange(10), 30)
-    (tmp_path / "inputs").mkdir()
-    np.savez(
-        tmp_path / "inputs" / "data.npz",
-        x=rng.integers(0, 256, (len(y), 1, 16, 16), dtype=np.uint8),
-        y=y,
-    )
-    model = nn.Sequential(nn.Flatten(), nn.Linear(256, 10)).eval()
-    torch.export.save(
-        torch.export.export(model, (torch.zeros(1, 1, 16, 16),)), str(tmp_path / "inputs" / "m.pt2")
-    )
-    no_gates = dict.fromkeys(LENIENT_GATES["defaults"])  # every variant passes: a review is due
-    params = write_params(
-        tmp_path,
-        {
-            "data": {"source": "npz", "path": "inputs/data.npz"},
-            "baseline": {"source": "pt2", "path": "inputs/m.pt2"},
-            "gates": {"defaults": no_gates},
-            "review": {"timeout_s": 1},
-        },
-    )
+    inputs = write_random_inputs(tmp_path)  # every accuracy gate off: a review is due
+    params = write_params(tmp_path, inputs | {"review": {"timeout_s": 1}})
     raw = yaml.safe_load(params.read_text())
     assert raw["review"]["approval"] == "ui"  # the repo's default, untouched
     raw["variants"] = {"distilled": THREE_VARIANTS["distilled"] | {"epochs": 1}}
     raw["gates"]["per_variant"] = {}
-    raw["benchmark"] = {**raw["benchmark"], **_benchmark()}
+    raw["benchmark"] = {**raw["benchmark"], **FAST_BENCHMARK}
     params.write_text(yaml.safe_dump(raw, sort_keys=False))
 
     done = _cli(
