@@ -122,6 +122,9 @@ class TfliteInt8Config(_VariantBase):
 class PrunedConfig(_VariantBase):
     technique: Literal["pruned"]
     ratio: Fraction = 0.4
+    # keep a multiple of this many channels per layer (null: exactly ratio): CPU and GPU kernels
+    # are vectorised over channel blocks, and odd counts throw most of the MAC savings away
+    round_to: PositiveInt | None = 8
     finetune_epochs: Annotated[int, Field(ge=0)] = 3
     lr: Annotated[float, Field(gt=0)] = 1e-3
     batch_size: PositiveInt = 64

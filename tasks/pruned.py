@@ -17,8 +17,11 @@ from tasks.train import FitSettings, fit
 from tasks.variant import VariantRecord
 
 
-def prune_channels(model: nn.Module, preprocess: Preprocess, ratio: float) -> nn.Module:
-    """Remove the lowest-magnitude channels of every prunable layer (the classifier is kept)."""
+def prune_channels(
+    model: nn.Module, preprocess: Preprocess, ratio: float, round_to: int | None = None
+) -> nn.Module:
+    """Remove the lowest-magnitude channels of every prunable layer (the classifier is kept),
+    leaving a multiple of `round_to` channels per layer when it is set."""
     import torch_pruning as tp
 
     example = torch.zeros(1, *preprocess.input_shape)
@@ -35,6 +38,7 @@ def prune_channels(model: nn.Module, preprocess: Preprocess, ratio: float) -> nn
             importance=tp.importance.MagnitudeImportance(p=2),
             pruning_ratio=ratio,
             ignored_layers=classifiers,
+            round_to=round_to,
         )
         pruner.step()
     return model
@@ -59,7 +63,7 @@ def prune(
     if isinstance(model, torch.fx.GraphModule):  # a user's .pt2 program: give it real layers
         model = modularize(model)
     before_macs, before_params = count_macs_params(model, preprocess.input_shape)
-    model = prune_channels(model, preprocess, cfg.ratio)
+    model = prune_channels(model, preprocess, cfg.ratio, cfg.round_to)
     after_macs, after_params = count_macs_params(model, preprocess.input_shape)
     if after_macs is None or before_macs is None or after_macs >= before_macs:
         raise VariantError(

@@ -41,7 +41,13 @@ TINY_OVERRIDES: dict = {
             "source": "baseline",
             "calibration_samples": 64,
         },
-        "pruned": {"technique": "pruned", "source": "baseline", "ratio": 0.5, "finetune_epochs": 2},
+        "pruned": {
+            "technique": "pruned",
+            "source": "baseline",
+            "ratio": 0.5,
+            "round_to": 4,  # width 8: a multiple of 8 would leave the first stage unpruned
+            "finetune_epochs": 2,
+        },
         "distilled": {"technique": "distilled", "source": "baseline", "width": 4, "epochs": 10},
         "tensorrt_fp16": {"technique": "tensorrt_fp16", "source": "baseline"},
         "distilled_int8": {

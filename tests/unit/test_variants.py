@@ -107,6 +107,22 @@ def test_pruned_removes_channels_for_real(built: Path) -> None:
     assert _accuracy(built / "variants" / "pruned", built) > 0.6
 
 
+@pytest.mark.parametrize(("round_to", "expected"), [(None, [19, 38, 76]), (8, [16, 32, 72])])
+def test_pruning_keeps_channel_counts_the_kernels_like(
+    round_to: int | None, expected: list[int]
+) -> None:
+    """ratio 0.4 of 32/64/128 channels: 19/38/76 exactly, or multiples of 8 when asked."""
+    from tasks.data import Preprocess
+    from tasks.models import ResNetCNN
+    from tasks.pruned import prune_channels
+
+    preprocess = Preprocess(image_size=16, channels=1, num_classes=10, mean=[0.5], std=[0.25])
+    model = prune_channels(ResNetCNN(num_classes=10, width=32).eval(), preprocess, 0.4, round_to)
+
+    stages = [model.stem[0], model.stage2.conv1, model.stage3.conv1]
+    assert [conv.out_channels for conv in stages] == expected
+
+
 def test_distilled_student_is_smaller_and_learns(built: Path) -> None:
     baseline = read_record(built / "variants" / "baseline")
     record = read_record(built / "variants" / "distilled")
