@@ -603,13 +603,17 @@ class S3Registry(Registry):
 
     def _read(self, key: str) -> bytes | None:
         with self._errors(key):
-            try:
-                response = self._client.get_object(Bucket=self.bucket, Key=self._object_key(key))
-            except _client_error() as exc:
-                if _error_code(exc) in _MISSING_CODES:
-                    return None
-                raise
-            return response["Body"].read()
+            response = self._get_or_none(key)
+            return None if response is None else response["Body"].read()
+
+    def _get_or_none(self, key: str) -> dict[str, Any] | None:
+        """GetObject's response, or None when the key does not exist (call inside _errors)."""
+        try:
+            return self._client.get_object(Bucket=self.bucket, Key=self._object_key(key))
+        except _client_error() as exc:
+            if _error_code(exc) in _MISSING_CODES:
+                return None
+            raise
 
     def _create(self, key: str, source: Path | bytes, sha256: str) -> bool:
         checksum = base64.b64encode(bytes.fromhex(sha256)).decode()
@@ -668,12 +672,9 @@ class S3Registry(Registry):
 
     def _digest(self, key: str) -> tuple[int, str] | None:
         with self._errors(key):
-            try:
-                response = self._client.get_object(Bucket=self.bucket, Key=self._object_key(key))
-            except _client_error() as exc:
-                if _error_code(exc) in _MISSING_CODES:
-                    return None
-                raise
+            response = self._get_or_none(key)
+            if response is None:
+                return None
             digest, size = hashlib.sha256(), 0
             for chunk in response["Body"].iter_chunks(_CHUNK):
                 digest.update(chunk)

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from tasks.registry import (
     VerifyReport,
     open_registry,
 )
+from tests.unit.test_registry import run_threads
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUCKET = "modelpress-registry"
@@ -418,26 +419,6 @@ def atomic_conditional_puts(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(S3Response, "put_object", put_object)
 
 
-def _run_threads(count: int, target: Callable[[int], object]) -> list[object]:
-    """Start `count` threads together at a barrier; their results (or exceptions), in order."""
-    barrier = threading.Barrier(count)
-    results: list[object] = [None] * count
-
-    def run(n: int) -> None:
-        barrier.wait()
-        try:
-            results[n] = target(n)
-        except Exception as exc:
-            results[n] = exc
-
-    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    return results
-
-
 def _kinds(report: VerifyReport) -> list[tuple[str, str]]:
     return [(p.kind, p.key) for p in report.problems]
 
@@ -496,7 +477,7 @@ def test_eight_concurrent_allocators_get_eight_versions(
     # one client each, built here: creating boto3 clients is not thread-safe
     allocators = [open_registry(RegistryConfig(uri=uri, endpoint_url=endpoint)) for _ in range(8)]
 
-    versions = _run_threads(8, lambda n: allocators[n].allocate_version("digits"))
+    versions = run_threads(8, lambda n: allocators[n].allocate_version("digits"))
 
     assert sorted(versions, key=int) == [str(n) for n in range(1, 9)]  # type: ignore[arg-type]
     keys = _objects(endpoint, prefix)
@@ -534,7 +515,7 @@ def test_concurrent_publishes_of_one_version_have_one_winner(
     }
     candidates = [entries, theirs if other_files else entries]
 
-    outcomes = _run_threads(
+    outcomes = run_threads(
         2, lambda n: publishers[n].publish("digits", "7", candidates[n], {"n": n})
     )
 
