@@ -116,6 +116,25 @@ def write_random_inputs(root: Path) -> dict:
     }
 
 
+def cli_env(credentials: dict[str, str], api_url: str | None = None) -> dict[str, str]:
+    """The environment of a `python -m flows.cli` subprocess: this one's, with the AWS settings
+    replaced by `credentials` and no AWS files or instance metadata to fall back on, and the
+    Prefect API at `api_url` when given (a shared test server instead of a temporary one)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | credentials
+    env |= {
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "DVC_NO_ANALYTICS": "1",
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    return env
+
+
 @pytest.fixture(scope="session")
 def tiny_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A workspace with prepared tiny data, a trained tiny baseline and its ONNX export."""

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import FAST_BENCHMARK, REPO_ROOT, write_params
+from tests.conftest import FAST_BENCHMARK, cli_env, write_params
 
 EXIT_USER_ERROR = 2
 FAKE_CREDENTIALS = {
@@ -61,21 +61,6 @@ def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _env(api_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env |= FAKE_CREDENTIALS | {
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_CONFIG_FILE": os.devnull,
-        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "PREFECT_API_URL": api_url,  # the session's server: no temporary server per case
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "DVC_NO_ANALYTICS": "1",
-        "PYTHONPATH": str(REPO_ROOT),
-    }
-    return env
 
 
 def _sh(args: list[str], cwd: Path) -> None:
@@ -174,7 +159,7 @@ class Workspace:
         return subprocess.run(
             command,
             cwd=self.root,
-            env=_env(self.fixture("prefect_server")),
+            env=cli_env(FAKE_CREDENTIALS, self.fixture("prefect_server")),
             capture_output=True,
             text=True,
             timeout=300,

@@ -22,7 +22,8 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from tasks.config import RegistryConfig
-from tasks.registry import PublishEntry, S3Registry, open_registry
+from tasks.registry import S3Registry, open_registry
+from tests.unit.test_registry import make_entry
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 POLICY_BUCKET = "modelpress-bucket"
@@ -172,21 +173,6 @@ def _recording(registry: S3Registry) -> list[Request]:
     return seen
 
 
-def _entry(root: Path, name: str, payload: bytes) -> PublishEntry:
-    directory = root / name
-    directory.mkdir(parents=True)
-    (directory / "model.onnx").write_bytes(payload)
-    (directory / "variant.json").write_text(json.dumps({"name": name}))
-    return PublishEntry(
-        directory=directory,
-        format="onnx",
-        input={"name": "input", "shape": [None, 1, 16, 16], "dtype": "float32"},
-        metrics={"accuracy": 0.97},
-        gates={"min_accuracy": 0.9},
-        approval={"approved_by": "ada", "approved_at": "2026-01-02T03:04:05+00:00", "comment": ""},
-    )
-
-
 def test_every_request_of_a_publish_is_allowed_for_the_publisher_only(
     endpoint: str, tmp_path: Path
 ) -> None:
@@ -197,7 +183,7 @@ def test_every_request_of_a_publish_is_allowed_for_the_publisher_only(
     publisher = open_registry(cfg)
     assert isinstance(publisher, S3Registry)
     sent = _recording(publisher)
-    entries = {"pruned": _entry(tmp_path / "v", "pruned", b"model-bytes" * 64)}
+    entries = {"pruned": make_entry(tmp_path / "v", "pruned", b"model-bytes" * 64)}
 
     version = publisher.allocate_version("digits")
     publisher.publish("digits", version, entries, {"git_commit": "abc"})

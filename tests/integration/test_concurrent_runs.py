@@ -8,7 +8,6 @@ line. Either way `registry verify` finds every manifest and checksum whole after
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -21,20 +20,13 @@ import yaml
 
 from tasks.config import RegistryConfig
 from tasks.registry import open_registry
-from tests.conftest import REPO_ROOT, write_params, write_random_inputs
+from tests.conftest import cli_env, write_params, write_random_inputs
 
 BUCKET = "mp-concurrent"
 MODEL = "digits-concurrent"
-ENV = {
+CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "AKIAMODELPRESSCONC01",
     "AWS_SECRET_ACCESS_KEY": "concurrent-test-secret",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_CONFIG_FILE": os.devnull,
-    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-    "AWS_EC2_METADATA_DISABLED": "true",
-    "TF_CPP_MIN_LOG_LEVEL": "2",
-    "DVC_NO_ANALYTICS": "1",
-    "PYTHONPATH": str(REPO_ROOT),
 }
 
 
@@ -63,9 +55,7 @@ def _start(root: Path, name: str, api_url: str, prefix: str, *extra: str) -> Any
             *("--registry-uri", f"s3://{BUCKET}/{prefix}", *extra),
         ],
         cwd=root,
-        env={k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-        | ENV
-        | {"PREFECT_API_URL": api_url},
+        env=cli_env(CREDENTIALS, api_url),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -93,8 +83,9 @@ def _published_version(stdout: str) -> str:
 
 
 def _registry(endpoint: str, prefix: str, monkeypatch: pytest.MonkeyPatch) -> Any:
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
-        monkeypatch.setenv(name, ENV[name])
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     return open_registry(RegistryConfig(uri=f"s3://{BUCKET}/{prefix}", endpoint_url=endpoint))
 
 

@@ -31,7 +31,7 @@ from tasks.registry import (
     VerifyReport,
     open_registry,
 )
-from tests.unit.test_registry import run_threads
+from tests.unit.test_registry import make_entry, run_threads
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUCKET = "modelpress-registry"
@@ -85,8 +85,8 @@ def registry(endpoint: str, prefix: str) -> S3Registry:
 def entries(tmp_path: Path) -> dict[str, PublishEntry]:
     src = tmp_path / "variants"
     return {
-        "pruned": _make_entry(src, "pruned", b"pruned-model-bytes" * 100),
-        "tflite_int8": _make_entry(src, "tflite_int8", b"\x00\x01int8" * 50),
+        "pruned": make_entry(src, "pruned", b"pruned-model-bytes" * 100),
+        "tflite_int8": make_entry(src, "tflite_int8", b"\x00\x01int8" * 50),
     }
 
 
@@ -97,25 +97,6 @@ def _client(endpoint: str) -> object:
         region_name="us-east-1",
         aws_access_key_id=ACCESS_KEY,
         aws_secret_access_key=SECRET_KEY,
-    )
-
-
-def _make_entry(root: Path, name: str, payload: bytes) -> PublishEntry:
-    directory = root / name
-    directory.mkdir(parents=True)
-    (directory / "model.onnx").write_bytes(payload)
-    (directory / "variant.json").write_text(json.dumps({"name": name, "technique": "pruned"}))
-    return PublishEntry(
-        directory=directory,
-        format="onnx",
-        input={"name": "input", "shape": [None, 1, 16, 16], "dtype": "float32"},
-        metrics={"accuracy": 0.97},
-        gates={"min_accuracy": 0.9},
-        approval={
-            "approved_by": "ada",
-            "approved_at": "2026-01-02T03:04:05+00:00",
-            "comment": "ok",
-        },
     )
 
 
@@ -202,7 +183,7 @@ def test_second_publish_is_refused_and_first_left_intact(
 ) -> None:
     registry.publish("digits", "v1", entries, LINEAGE)
     before = _objects(endpoint, prefix)
-    other = {"pruned": _make_entry(tmp_path / "other", "pruned", b"different bytes")}
+    other = {"pruned": make_entry(tmp_path / "other", "pruned", b"different bytes")}
 
     with pytest.raises(
         RegistryError,
@@ -510,8 +491,8 @@ def test_concurrent_publishes_of_one_version_have_one_winner(
     uri = f"s3://{BUCKET}/{prefix}"
     publishers = [open_registry(RegistryConfig(uri=uri, endpoint_url=endpoint)) for _ in range(2)]
     theirs = {
-        "pruned": _make_entry(tmp_path / "theirs", "pruned", b"their pruned bytes"),
-        "tflite_int8": _make_entry(tmp_path / "theirs", "tflite_int8", b"their int8 bytes"),
+        "pruned": make_entry(tmp_path / "theirs", "pruned", b"their pruned bytes"),
+        "tflite_int8": make_entry(tmp_path / "theirs", "tflite_int8", b"their int8 bytes"),
     }
     candidates = [entries, theirs if other_files else entries]
 

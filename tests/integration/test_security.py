@@ -10,7 +10,6 @@ flow's return value, and what was printed. Failing runs and the CLI are searched
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from tests.conftest import (
     FAST_BENCHMARK,
     LENIENT_GATES,
     REPO_ROOT,
+    cli_env,
     write_params,
     write_random_inputs,
 )
@@ -196,22 +196,6 @@ def _result_storage() -> Path:
     return Path(PREFECT_LOCAL_STORAGE_PATH.value())
 
 
-def _cli_env(api_url: str | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | SECRETS
-    env |= {
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_CONFIG_FILE": os.devnull,
-        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "DVC_NO_ANALYTICS": "1",
-        "PYTHONPATH": str(REPO_ROOT),
-    }
-    if api_url:
-        env["PREFECT_API_URL"] = api_url
-    return env
-
-
 def _cli(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "flows.cli", *args],
@@ -362,7 +346,7 @@ def test_failed_runs_leak_no_credentials(
 def test_registry_cli_errors_leak_no_credentials(s3_endpoint: str, tmp_path: Path) -> None:
     import moto.settings
 
-    env = _cli_env()
+    env = cli_env(SECRETS)
     missing = _cli(
         tmp_path, env, "registry", "list", "--uri", "s3://mp-absent", "--endpoint-url", s3_endpoint
     )
@@ -455,7 +439,7 @@ def test_cli_without_approval_flag_waits_for_a_reviewer_and_publishes_nothing(
 
     done = _cli(
         tmp_path,
-        _cli_env(prefect_server),
+        cli_env(SECRETS, prefect_server),
         *("nightly", "--params", str(params), "--workdir", str(tmp_path / "work")),
         *("--registry-uri", str(tmp_path / "registry")),
     )

@@ -11,7 +11,6 @@ files. The same publish is then retried; it must complete and `verify()` must be
 from __future__ import annotations
 
 import errno
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 
 import tasks.registry
 from tasks.registry import LocalRegistry, PublishEntry, Registry, RegistryError
+from tests.unit.test_registry import make_entry
 
 T = TypeVar("T")
 LINEAGE = {"git_commit": "abc123", "params": {"a": 1}}
@@ -119,21 +119,10 @@ class FaultyLocalRegistry(LocalRegistry):
 
 def make_entries(root: Path) -> dict[str, PublishEntry]:
     """Three variant directories of two files each, wrapped as PublishEntries."""
-    entries = {}
-    for n, name in enumerate(VARIANTS):
-        directory = root / name
-        directory.mkdir(parents=True)
-        (directory / "model.onnx").write_bytes(name.encode() * (100 + 37 * n))
-        (directory / "variant.json").write_text(json.dumps({"name": name}))
-        entries[name] = PublishEntry(
-            directory=directory,
-            format="onnx",
-            input={"name": "input", "shape": [None, 1, 16, 16], "dtype": "float32"},
-            metrics={"accuracy": 0.97},
-            gates={"min_accuracy": 0.9},
-            approval={"approved_by": "ada", "approved_at": "2026-01-02T03:04:05+00:00"},
-        )
-    return entries
+    return {
+        name: make_entry(root, name, name.encode() * (100 + 37 * n))
+        for n, name in enumerate(VARIANTS)
+    }
 
 
 def expected_files(entries: dict[str, PublishEntry]) -> set[str]:
