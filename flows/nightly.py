@@ -39,7 +39,7 @@ from tasks.config import (
     load_params,
 )
 from tasks.errors import ConfigError, ModelPressError
-from tasks.fetch import FetchedFile, fetch_file
+from tasks.fetch import FetchedFile, FetchNotFoundError, fetch_file
 from tasks.io import read_json, write_json
 from tasks.report import format_table
 from tasks.review import (
@@ -87,8 +87,6 @@ class NightlyResult:
 
 def _worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
     """Retry I/O trouble, not a rev or path that does not exist (fail fast on those)."""
-    from tasks.fetch import FetchNotFoundError
-
     try:
         state.result()
     except FetchNotFoundError:
@@ -666,10 +664,10 @@ def _allocate_version(cfg: RegistryConfig, model: str) -> str:
 
 def _check_registry(cfg: RegistryConfig, model: str, version: str | None) -> dict[str, Any] | None:
     """Check `version`'s name and that the registry answers; returns the last manifest."""
-    from tasks.registry import _check_name, open_registry
+    from tasks.registry import check_name, open_registry
 
     if version is not None:
-        _check_name("version", version)  # the registry's own naming rule
+        check_name("version", version)  # the registry's own naming rule
     registry = open_registry(cfg)
     versions = registry.list_versions(model)
     return registry.read_manifest(model, versions[-1]) if versions else None

@@ -144,8 +144,8 @@ class Registry(abc.ABC):
         or if another publisher's manifest landed first. Publishing again exactly what a
         version already holds (a retry whose first try did land) returns that version.
         """
-        _check_name("model", model)
-        _check_name("version", version)
+        check_name("model", model)
+        check_name("version", version)
         files = _check_entries(entries)
         manifest_key = _key(model, version, MANIFEST_NAME)
         manifest = _build_manifest(model, version, entries, files, lineage)
@@ -169,7 +169,7 @@ class Registry(abc.ABC):
         listed until published; `verify()` calls it orphaned once older than
         STALE_RESERVATION without a manifest.
         """
-        _check_name("model", model)
+        check_name("model", model)
         body = _encode_json({"created_at": _now(), "nonce": uuid.uuid4().hex})
         first = self._next_integer(model)
         for candidate in range(first, first + _ALLOCATE_ATTEMPTS):
@@ -201,7 +201,7 @@ class Registry(abc.ABC):
 
     def list_versions(self, model: str) -> list[str]:
         """Published versions of `model` (those with a manifest), in natural order (v2 < v10)."""
-        _check_name("model", model)
+        check_name("model", model)
         versions = [
             name
             for name in self._children(model)
@@ -211,8 +211,8 @@ class Registry(abc.ABC):
 
     def read_manifest(self, model: str, version: str) -> dict[str, Any]:
         """The manifest of a published version; RegistryError if it is not published or is bad."""
-        _check_name("model", model)
-        _check_name("version", version)
+        check_name("model", model)
+        check_name("version", version)
         key = _key(model, version, MANIFEST_NAME)
         body = self._read(key)
         if body is None:
@@ -232,7 +232,7 @@ class Registry(abc.ABC):
         all sizes and sha256 sums match; on any failure `dest` is not created. `dest` must
         not exist or be an empty directory.
         """
-        _check_name("variant", variant)
+        check_name("variant", variant)
         files = _variant_files(self.read_manifest(model, version), model, version, variant)
         dest = Path(dest).absolute()
         _check_dest(dest)
@@ -781,7 +781,8 @@ def _is_name(value: str) -> bool:
     return bool(_NAME.match(value)) and ".." not in value
 
 
-def _check_name(field: str, value: str) -> None:
+def check_name(field: str, value: str) -> None:
+    """Refuse a model, version or variant name that is not one safe path segment."""
     if not isinstance(value, str) or not _is_name(value):
         raise RegistryError(
             f"{field} name {value!r}: use 1-128 letters, digits, '.', '_' or '-', "
@@ -808,7 +809,7 @@ def _check_entries(entries: dict[str, PublishEntry]) -> dict[str, dict[str, _Loc
     if not entries:
         raise RegistryError("nothing to publish: no approved variants given")
     for variant in entries:
-        _check_name("variant", variant)
+        check_name("variant", variant)
     return {variant: _check_entry(variant, entry) for variant, entry in entries.items()}
 
 
