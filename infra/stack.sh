@@ -84,6 +84,10 @@ case "${1:-up}" in
     PREFECT_SERVER_API_AUTH_STRING=$PREFECT_API_AUTH_STRING PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED=true \
       start prefect-server "$BIN/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
     wait_for "$PREFECT_API_URL/health" "Prefect server"
+    # a server left running by a stack.sh from before auth would still be open: don't go on with it
+    if [[ $(curl -s -o /dev/null -w '%{http_code}' "$PREFECT_API_URL/admin/version") != 401 ]]; then
+      echo "error: the Prefect server at $PREFECT_API_URL answers without the credential: run infra/stack.sh down, then up" >&2; exit 1
+    fi
     start s3 "$BIN/moto_server" -H 127.0.0.1 -p "$S3_PORT"
     wait_for "http://127.0.0.1:${S3_PORT}/moto-api/" "S3 endpoint"
     AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-local} AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-local} \
