@@ -12,8 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HOME_DIR=$(pwd)
-BIN="$HOME_DIR/.venv/bin"
-STATE="$HOME_DIR/.modelpress/stack"
+# overridable for the tests, which run the real script with their own venv and state directory
+BIN=${MODELPRESS_BIN:-"$HOME_DIR/.venv/bin"}
+STATE=${MODELPRESS_STACK_STATE:-"$HOME_DIR/.modelpress/stack"}
 PREFECT_PORT=${PREFECT_PORT:-4200}
 S3_PORT=${S3_PORT:-9000}
 POOL=modelpress-local
