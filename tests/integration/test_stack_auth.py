@@ -248,6 +248,29 @@ def test_websockets_refuse_without_the_credential(auth_server: AuthServer) -> No
         assert outcome(["prefect"], right) == 'message {"type":"auth_success"}', path
 
 
+def test_cli_without_the_credential_says_so_in_one_line(
+    auth_server: AuthServer, tmp_path: Path
+) -> None:
+    """`modelpress nightly` against the closed server, before `eval "$(infra/stack.sh env)"` or
+    after a rotation: exit 2 and one `error:` line that names the setting, not a traceback."""
+    wrong = f"{USER}:an-old-rotated-password"
+    command = [sys.executable, "-m", "flows.cli", "nightly", "--params", "params.yaml"]
+    command += ["--workdir", str(tmp_path / "work"), "--approval", "auto"]
+    for credential, expected in ((None, "wants a credential (401)"), (wrong, "refused")):
+        env = cli_env({}, auth_server.url) | {"PREFECT_HOME": str(tmp_path / "home")}
+        if credential:
+            env["PREFECT_API_AUTH_STRING"] = credential
+        done = subprocess.run(
+            command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 2, done.stderr[-3000:]
+        assert done.stderr.startswith(f"error: the Prefect server at {auth_server.url} {expected}")
+        assert "PREFECT_API_AUTH_STRING" in done.stderr and "infra/stack.sh env" in done.stderr
+        assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1, done.stderr
+        assert "an-old-rotated-password" not in done.stdout + done.stderr
+    assert not (tmp_path / "work").exists() or not any((tmp_path / "work").rglob("manifest.json"))
+
+
 # ---- a nightly behind the auth ---------------------------------------------------------------------
 
 
