@@ -755,6 +755,8 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger(name).addFilter(_UserErrorWithoutTraceback())
 
     def run() -> None:
+        from prefect.exceptions import PrefectHTTPStatusError
+
         try:
             result = nightly(
                 params_file=args.params,
@@ -765,11 +767,35 @@ def main(argv: list[str] | None = None) -> None:
                 version=args.version,
                 workdir=args.workdir,
             )
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code == 401:
+                raise ServerAuthError.from_settings() from None
+            raise
         finally:
             _deliver_prefect_queues()
         print(_result_text(result))
 
     run_main(run)
+
+
+class ServerAuthError(ModelPressError):
+    """The Prefect server wants a credential (the stack's auth string) this client lacks."""
+
+    @classmethod
+    def from_settings(cls) -> ServerAuthError:
+        from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
+
+        url = PREFECT_API_URL.value()
+        hint = 'for the local stack: eval "$(infra/stack.sh env)"'
+        if PREFECT_API_AUTH_STRING.value():  # never echoed: it is the secret
+            return cls(
+                f"the Prefect server at {url} refused PREFECT_API_AUTH_STRING (401; "
+                f"rotated? {hint})"
+            )
+        return cls(
+            f"the Prefect server at {url} wants a credential (401): set "
+            f"PREFECT_API_AUTH_STRING ({hint})"
+        )
 
 
 class _UserErrorWithoutTraceback(logging.Filter):

@@ -4,11 +4,17 @@
 #   infra/stack.sh up      start everything (idempotent), print the URLs
 #   infra/stack.sh deploy  (re)deploy the nightly schedule from params.yaml
 #   infra/stack.sh down    stop what `up` started
+#   infra/stack.sh env     print the export lines a shell needs to talk to the stack (eval them)
+#   infra/stack.sh rotate-auth  stop, replace the credential, start again
+# The server is closed: HTTP basic auth (PREFECT_SERVER_API_AUTH_STRING) on the API, its
+# websockets and the UI's login, and CSRF tokens on every state-changing request. The credential
+# is generated on first `up` into $STATE/auth (mode 600, under the git-ignored .modelpress/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HOME_DIR=$(pwd)
-BIN="$HOME_DIR/.venv/bin"
-STATE="$HOME_DIR/.modelpress/stack"
+# overridable for the tests, which run the real script with their own venv and state directory
+BIN=${MODELPRESS_BIN:-"$HOME_DIR/.venv/bin"}
+STATE=${MODELPRESS_STACK_STATE:-"$HOME_DIR/.modelpress/stack"}
 PREFECT_PORT=${PREFECT_PORT:-4200}
 S3_PORT=${S3_PORT:-9000}
 POOL=modelpress-local
@@ -18,7 +24,9 @@ export PREFECT_UI_API_URL="$PREFECT_API_URL"
 export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 DVC_NO_ANALYTICS=1 GX_ANALYTICS_ENABLED=false
 # API calls retry (bounded, with backoff) on 429/502/503 and connection errors; add 500/504 too
 export PREFECT_CLIENT_RETRY_EXTRA_CODES=500,504
+AUTH_FILE="$STATE/auth"
 mkdir -p "$STATE"
+chmod 700 "$STATE"  # logs and the credential: the user's only
 
 start() {  # name, command...
   local name=$1; shift
@@ -33,6 +41,18 @@ start() {  # name, command...
 wait_for() {  # url, what
   for _ in $(seq 1 120); do curl -sf "$1" >/dev/null && return 0; sleep 1; done
   echo "error: $2 did not come up at $1 (see $STATE/*.log)" >&2; exit 1
+}
+
+ensure_auth() {  # the credential, generated once; exported for this script's clients and workers
+  if [[ ! -s "$AUTH_FILE" ]]; then
+    # umask first: the file is never readable by others, not even between create and chmod
+    (umask 077 && "$BIN/python" -c 'import secrets; print("modelpress:" + secrets.token_urlsafe(32))' >"$AUTH_FILE.new")
+    mv "$AUTH_FILE.new" "$AUTH_FILE"
+    echo "  generated the stack's credential (user 'modelpress') in $AUTH_FILE"
+  fi
+  chmod 600 "$AUTH_FILE"
+  PREFECT_API_AUTH_STRING=$(<"$AUTH_FILE")
+  export PREFECT_API_AUTH_STRING
 }
 
 deploy() {
@@ -60,8 +80,15 @@ PY
 case "${1:-up}" in
   up)
     echo "starting the ModelPress stack"
-    start prefect-server "$BIN/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
+    ensure_auth
+    # the server alone gets the server-side setting (workers and flow runs need only the client's)
+    PREFECT_SERVER_API_AUTH_STRING=$PREFECT_API_AUTH_STRING PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED=true \
+      start prefect-server "$BIN/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
     wait_for "$PREFECT_API_URL/health" "Prefect server"
+    # a server left running by a stack.sh from before auth would still be open: don't go on with it
+    if [[ $(curl -s -o /dev/null -w '%{http_code}' "$PREFECT_API_URL/admin/version") != 401 ]]; then
+      echo "error: the Prefect server at $PREFECT_API_URL answers without the credential: run infra/stack.sh down, then up" >&2; exit 1
+    fi
     start s3 "$BIN/moto_server" -H 127.0.0.1 -p "$S3_PORT"
     wait_for "http://127.0.0.1:${S3_PORT}/moto-api/" "S3 endpoint"
     AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-local} AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-local} \
@@ -78,15 +105,31 @@ case "${1:-up}" in
     cat <<MSG
 
 ModelPress stack is up:
-  Prefect UI:   http://127.0.0.1:${PREFECT_PORT}
+  Prefect UI:   http://127.0.0.1:${PREFECT_PORT}  (login: the contents of $AUTH_FILE,
+                "user:password" on one line; the file is the only copy, never printed)
   S3 endpoint:  http://127.0.0.1:${S3_PORT} (bucket '$BUCKET'; any credentials)
-  Run tonight's flow now:  PREFECT_API_URL=$PREFECT_API_URL $BIN/prefect deployment run nightly/nightly
+  This shell's clients (prefect, modelpress):  eval "\$(infra/stack.sh env)"
+  Run tonight's flow now:  eval "\$(infra/stack.sh env)" && $BIN/prefect deployment run nightly/nightly
   Publish to S3 instead of ./registry: set registry.uri: s3://$BUCKET/registry and
       registry.endpoint_url: http://127.0.0.1:${S3_PORT} in params.yaml
-  Stop:  infra/stack.sh down
+  Stop:  infra/stack.sh down    New credential:  infra/stack.sh rotate-auth
 MSG
     ;;
-  deploy) deploy ;;
+  deploy) ensure_auth; deploy ;;
+  env)
+    if [[ ! -s "$AUTH_FILE" ]]; then
+      echo "error: no credential at $AUTH_FILE: start the stack first (infra/stack.sh up)" >&2; exit 1
+    fi
+    # the secret stays in the file: the printed line reads it when the shell evaluates it
+    printf 'export PREFECT_API_URL=%q\n' "$PREFECT_API_URL"
+    printf 'export PREFECT_API_AUTH_STRING="$(cat %q)"\n' "$AUTH_FILE"
+    ;;
+  rotate-auth)
+    # the server reads its auth string at start and every worker holds the old one: stop all,
+    # replace the credential, start all. A run waiting for review is stopped too (rerun it).
+    "$HOME_DIR/infra/stack.sh" down
+    rm -f "$AUTH_FILE"
+    exec "$HOME_DIR/infra/stack.sh" up ;;
   down)
     for name in worker worker-cloud-cpu worker-edge-cpu s3 prefect-server; do
       if [[ -f "$STATE/$name.pid" ]]; then
@@ -98,5 +141,5 @@ MSG
         rm -f "$STATE/$name.pid"; echo "  $name stopped"
       fi
     done ;;
-  *) echo "usage: infra/stack.sh [up|deploy|down]" >&2; exit 2 ;;
+  *) echo "usage: infra/stack.sh [up|deploy|down|env|rotate-auth]" >&2; exit 2 ;;
 esac

@@ -60,11 +60,12 @@ class Scan:
 
     scanned: dict[str, int] = field(default_factory=dict)  # source → bytes
     hits: list[str] = field(default_factory=list)
+    secrets: dict[str, str] = field(default_factory=lambda: dict(SECRETS))  # name → secret
 
     def add(self, source: str, content: str | bytes) -> None:
         data = content if isinstance(content, bytes) else content.encode("utf-8", "replace")
         self.scanned[source] = self.scanned.get(source, 0) + len(data)
-        for name, secret in SECRETS.items():
+        for name, secret in self.secrets.items():
             count = data.count(secret.encode())
             if count:
                 self.hits.append(f"{name} x{count} in {source}")
