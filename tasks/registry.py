@@ -240,7 +240,9 @@ class Registry(abc.ABC):
         versions = [
             name
             for name in self._children(model)
-            if _is_name(name) and self._exists(_key(model, name, MANIFEST_NAME))
+            if _is_name(name)
+            and name != DECISIONS_DIR
+            and self._exists(_key(model, name, MANIFEST_NAME))
         ]
         return _sorted(versions)
 

@@ -185,3 +185,30 @@ def _entry(root: Path, name: str, accuracy: float, size: int, p50: float = 0.0) 
         gates=entry.gates,
         approval=entry.approval,
     )
+
+
+def test_cli_lists_who_decided_what_and_why(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flows.cli import main as cli_main
+
+    registry = LocalRegistry(tmp_path / "registry")
+    registry.record_decision(
+        "m",
+        "run-1",
+        {
+            "outcome": "nothing-approved",
+            "approved": [],
+            "not_approved": ["tflite_int8"],
+            "reviewer": "bob",
+            "identity": "typed name checked against review.approvers",
+            "comment": "int8 is slower than fp32",
+            "flow_run_url": "http://127.0.0.1:4200/runs/flow-run/run-1",
+        },
+    )
+
+    cli_main(["registry", "decisions", "m", "--uri", str(tmp_path / "registry")])
+
+    out = capsys.readouterr().out
+    assert "nothing-approved  approved: none  not approved: tflite_int8  by bob" in out
+    assert "comment: int8 is slower than fp32" in out and "runs/flow-run/run-1" in out
