@@ -1041,6 +1041,8 @@ def _result_text(result: NightlyResult) -> str:
     lines += [f"  rejected:  {name}: {reason}" for name, reason in result.rejected.items()]
     if result.manifest_uri:
         lines.append(f"  manifest:  {result.manifest_uri}")
+    if result.decision_uri:
+        lines.append(f"  decision:  {result.decision_uri}")
     lines.append(f"  registry:  {result.registry_uri}")
     lines.append(f"  run files: {result.run_dir} (Pareto plot, Data Docs)")
     if result.cached_tasks:
