@@ -821,9 +821,12 @@ def _tag_run(tag: str) -> None:
     run_id = flow_run.get_id()
     if run_id is None:
         return
-    with get_client(sync_client=True) as client:
-        tags = client.read_flow_run(UUID(run_id)).tags
-        client.update_flow_run(UUID(run_id), tags=sorted({*tags, tag}))
+    try:
+        with get_client(sync_client=True) as client:
+            tags = client.read_flow_run(UUID(run_id)).tags
+            client.update_flow_run(UUID(run_id), tags=sorted({*tags, tag}))
+    except Exception as exc:  # a label: never fail a run (after a publish, say) for want of it
+        get_run_logger().warning("could not tag the run %r: %s", tag, exc)
 
 
 def _decision_record(
