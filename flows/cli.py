@@ -69,6 +69,9 @@ def _format_manifest(manifest: dict[str, Any]) -> str:
             f"at {approval.get('approved_at')}"
             + (f"  ({approval['comment']})" if approval.get("comment") else "")
         )
+        if approval.get("identity"):  # manifests before the approver list lack these
+            review = approval.get("flow_run_url") or approval.get("flow_run_id")
+            lines.append(f"    identity: {approval['identity']}; review: {review}")
         lines.extend(_format_files(variant["files"], indent="    "))
     return "\n".join(lines)
 
@@ -85,6 +88,32 @@ def _registry_pull(args: argparse.Namespace) -> None:
     files = registry.read_manifest(args.model, args.version)["variants"][args.variant]["files"]
     print(f"pulled {args.model}/{args.version}/{args.variant} into {dest}; verified sha256:")
     print("\n".join(_format_files(files, indent="  ")))
+
+
+def _registry_decisions(args: argparse.Namespace) -> None:
+    """Every review decision of a model, oldest first: who decided what, how we know, and why."""
+    from tasks.registry import open_registry
+
+    registry = open_registry(_registry_config(args))
+    decisions = registry.list_decisions(args.model)
+    if not decisions:
+        print(f"no review decisions recorded for {args.model} in {registry.uri}")
+    for d in decisions:
+        print(_format_decision(d))
+
+
+def _format_decision(d: dict[str, Any]) -> str:
+    """One decision on two lines: outcome, variants and reviewer; then comment, reason and run."""
+    approved = ", ".join(d.get("approved") or []) or "none"
+    not_approved = ", ".join(d.get("not_approved") or []) or "none"
+    head = (
+        f"{d.get('decided_at')}  {d.get('outcome')}  approved: {approved}  "
+        f"not approved: {not_approved}  by {d.get('reviewer') or '-'} ({d.get('identity') or '-'})"
+    )
+    details = [f"comment: {d['comment']}"] if d.get("comment") else []
+    details += [f"reason: {d['reason']}"] if d.get("reason") else []
+    details.append(f"run: {d.get('flow_run_url') or d.get('flow_run_id')}")
+    return head + "\n  " + "  ".join(details)
 
 
 def _registry_verify(args: argparse.Namespace) -> None:
@@ -114,7 +143,7 @@ def _format_report(uri: str, report: VerifyReport) -> str:
 
 
 def _add_registry(commands: Any) -> None:
-    """`modelpress registry list|show|pull|verify`; each takes --params, --uri, --endpoint-url."""
+    """`modelpress registry list|show|decisions|pull|verify`; each takes --params, --uri, --endpoint-url."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--params", type=Path, default=None, help="params.yaml to read (default ./params.yaml)"
@@ -122,7 +151,7 @@ def _add_registry(commands: Any) -> None:
     common.add_argument("--uri", help="registry URI: a directory or s3://bucket/prefix")
     common.add_argument("--endpoint-url", help="S3-compatible endpoint (MinIO, moto)")
     registry = commands.add_parser(
-        "registry", help="list, show, pull and verify published variants"
+        "registry", help="list, show, pull and verify published variants; review decisions"
     )
     actions = registry.add_subparsers(dest="registry_command", required=True)
     listing = actions.add_parser("list", parents=[common], help="list published models")
@@ -141,6 +170,13 @@ def _add_registry(commands: Any) -> None:
     pull.add_argument("variant")
     pull.add_argument("dest", type=Path)
     pull.set_defaults(handler=_registry_pull)
+    decisions = actions.add_parser(
+        "decisions",
+        parents=[common],
+        help="every review decision of a model: approved, nothing approved, refused, timed out",
+    )
+    decisions.add_argument("model")
+    decisions.set_defaults(handler=_registry_decisions)
     verify = actions.add_parser(
         "verify",
         parents=[common],

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import subprocess
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -23,6 +24,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.approval import who_may_approve
 from tasks.benchmark import BenchmarkRow
 from tasks.config import (
     BaselineConfig,
@@ -33,6 +35,7 @@ from tasks.config import (
     GatesConfig,
     Params,
     RegistryConfig,
+    ReviewConfig,
     RunnerProfile,
     TrainConfig,
     VariantConfig,
@@ -45,9 +48,12 @@ from tasks.report import format_table
 from tasks.review import (
     GateVerdict,
     changes_vs_published,
+    form_markdown,
+    key_numbers,
     pareto_plot,
     review_rows,
     summary_markdown,
+    toggle_title,
 )
 from tasks.variant import VariantRecord, read_record
 
@@ -79,6 +85,7 @@ class NightlyResult:
     run_dir: str
     manifest_uri: str | None = None
     cached_tasks: list[str] = field(default_factory=list)
+    decision_uri: str | None = None  # the review's decision record in the registry
     table: str = ""  # the variants table, as `modelpress table` prints it
 
 
@@ -238,7 +245,7 @@ def validate_task(
     """Great Expectations metrics suite per variant, with the paired statistical drop gate."""
     import numpy as np
 
-    from tasks.validate import gate_variants
+    from tasks.validate import gate_variants, paired_drop_interval
 
     with np.load(predictions_file) as saved:
         predictions = {key: saved[key] for key in saved.files}
@@ -247,13 +254,25 @@ def validate_task(
         if row.status == "ok" and row.p50_ms is not None:
             p50[row.variant] = max(p50.get(row.variant, 0.0), row.p50_ms)
     results = gate_variants(metrics, predictions, p50, gates, docs_dir=Path(docs_dir))
-    return {name: _verdict(result, metrics[name]) for name, result in results.items()}
+    uppers = {  # the bound the drop gate judges, shown to the reviewer
+        name: paired_drop_interval(
+            predictions["labels"],
+            predictions["pred__baseline"],
+            predictions[f"pred__{name}"],
+            gates.confidence,
+        )[2]
+        for name in results
+        if f"pred__{name}" in predictions and metrics[name]["status"] == "ok"
+    }
+    return {
+        name: _verdict(result, metrics[name], uppers.get(name)) for name, result in results.items()
+    }
 
 
-def _verdict(result: Any, row: dict[str, Any]) -> GateVerdict:
+def _verdict(result: Any, row: dict[str, Any], drop_upper: float | None) -> GateVerdict:
     if row["status"] != "ok":  # skipped/failed variants: their own reason says more than the gate
         return GateVerdict(False, f"{row['status']}: {row.get('reason')}")
-    return GateVerdict(result.success, "" if result.success else result.describe())
+    return GateVerdict(result.success, "" if result.success else result.describe(), drop_upper)
 
 
 @task(name="review")
@@ -263,17 +282,23 @@ def review_task(
     metrics: dict[str, Any],
     bench: list[BenchmarkRow],
     verdicts: dict[str, GateVerdict],
-    previous: dict[str, Any] | None,
+    published: dict[str, dict[str, Any]],
+    who: str,
     run_dir: str,
-) -> str:
-    """Prefect artifacts for the reviewer: table, summary markdown, Pareto plot. Returns the summary."""
+) -> tuple[str, dict[str, str]]:
+    """Prefect artifacts for the reviewer: table, summary markdown, Pareto plot.
+
+    Returns the approval form's text (narrow: it renders in a small scroll box) and each
+    passing variant's toggle label with its key numbers.
+    """
     import base64
 
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     rows = review_rows(metrics, bench, verdicts)
     write_json(Path(run_dir) / "review.json", rows)
-    summary = summary_markdown(model, inputs, rows, changes_vs_published(metrics, previous))
+    changes = changes_vs_published(metrics, published, bench)
+    summary = summary_markdown(model, inputs, rows, changes)
     plot = pareto_plot(metrics, bench, verdicts, Path(run_dir) / "pareto.png")
     key = _artifact_key(model)
     create_table_artifact(
@@ -286,7 +311,29 @@ def review_task(
         key=f"{key}-pareto",
         description="Accuracy vs latency (marker area ∝ size)",
     )
-    return summary
+    passing = [name for name in metrics if verdicts.get(name, GateVerdict(False, "")).passed]
+    numbers = {name: key_numbers(name, metrics[name], verdicts[name], bench) for name in passing}
+    rejected = [name for name in metrics if name not in numbers]
+    form = form_markdown(model, numbers, rejected, changes, who)
+    return form, {name: toggle_title(name, n) for name, n in numbers.items()}
+
+
+@task(name="record-decision", retries=3, retry_delay_seconds=[2, 5, 15])
+def record_decision_task(
+    cfg: RegistryConfig, model: str, run_id: str, record: dict[str, Any]
+) -> str:
+    """Keep the review's decision with the model (registry `decisions/`); shown on the run too."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from tasks.registry import open_registry
+
+    uri = open_registry(cfg).record_decision(model, run_id, record)
+    create_markdown_artifact(
+        markdown=_decision_markdown(record, uri),
+        key=f"{_artifact_key(model)}-decision",
+        description=f"Review decision: {record['outcome']}",
+    )
+    return uri
 
 
 @task(name="publish")
@@ -415,9 +462,18 @@ def nightly(
         **lineage_inputs,
         "baseline_sha256": baseline["sha256"],
         "run_dir": str(run_dir),
+        "last_published_version": previous["version"] if previous else None,
     }
-    summary = review_task(
-        model_name, inputs_summary, metrics, bench, verdicts, previous, str(run_dir)
+
+    form_text, titles = review_task(
+        model_name,
+        inputs_summary,
+        metrics,
+        bench,
+        verdicts,
+        _last_published(registry_cfg, model_name, list(metrics)),
+        who_may_approve(params.review.approvers),
+        str(run_dir),
     )
     rejected = {name: verdict.reason for name, verdict in verdicts.items() if not verdict.passed}
     passing = [name for name in metrics if verdicts.get(name, GateVerdict(False, "")).passed]
@@ -431,37 +487,82 @@ def nightly(
     )
     if not passing:
         logger.warning("no variant passed every gate: nothing to review or publish")
+        _tag_run("nothing-passed")
         return NightlyResult(
             version=None, status="nothing-passed", published=[], approval=None, **result
         )
 
-    # approval: a person in the Prefect UI, or the explicit auto policy
-    decision = _ask_for_approval(passing, summary, approval, params.review.timeout_s, review_poll_s)
+    # approval: a person in the Prefect UI, or the explicit auto policy. Every decision (and
+    # every refused submission) is recorded in the registry beside the versions.
+    run = _run_link()
+
+    def record(outcome: str, decision: dict[str, Any] | None) -> str:
+        entry = _decision_record(model_name, outcome, decision, passing, rejected, run)
+        return record_decision_task(registry_cfg, model_name, run["flow_run_id"], entry)
+
+    decision = _ask_for_approval(
+        passing, form_text, titles, approval, params.review, review_poll_s, record
+    )
     if decision is None:
-        logger.warning("review timed out after %ss: nothing published", params.review.timeout_s)
+        uri = record("timed-out", None)
+        logger.warning(
+            "review timed out after %ss: nothing published (decision recorded: %s)",
+            params.review.timeout_s,
+            uri,
+        )
+        _tag_run("review-timed-out")
         return NightlyResult(
-            version=None, status="review-timed-out", published=[], approval=None, **result
+            version=None,
+            status="review-timed-out",
+            published=[],
+            approval=None,
+            decision_uri=uri,
+            **result,
         )
     approved = [name for name in passing if name in decision["approved"]]
     if not approved:
-        return NightlyResult(
-            version=None, status="nothing-approved", published=[], approval=decision, **result
+        uri = record("nothing-approved", decision)
+        logger.warning(
+            "nothing approved by %s (not approved: %s; comment: %r): nothing published "
+            "(decision recorded: %s)",
+            decision["approved_by"],
+            ", ".join(passing),
+            decision["comment"],
+            uri,
         )
+        _tag_run("nothing-approved")
+        return NightlyResult(
+            version=None,
+            status="nothing-approved",
+            published=[],
+            approval=decision,
+            decision_uri=uri,
+            **result,
+        )
+    decision = decision | run | {"decision": record("approved", decision)}
 
-    # a new version number is claimed with a conditional write: two runs never get the same one
+    # a new version number is claimed with a conditional write, only now that the decision is
+    # valid and the publish can go through: two runs never get the same one
     version = version or _allocate_version(registry_cfg, model_name)
     entries = _publish_entries(approved, records, dirs, metrics, verdicts, bench, decision)
     lineage = _lineage(params, lineage_inputs, baseline, model_rev, data_rev, root)
     manifest_uri = publish_task(registry_cfg, model_name, version, entries, lineage)
     logger.info(
-        "published %s version %s: %s → %s", model_name, version, ", ".join(approved), manifest_uri
+        "published %s version %s: %s approved by %s → %s",
+        model_name,
+        version,
+        ", ".join(approved),
+        decision["approved_by"],
+        manifest_uri,
     )
+    _tag_run("published")
     return NightlyResult(
         version=version,
         status="published",
         published=approved,
         approval=decision,
         manifest_uri=manifest_uri,
+        decision_uri=decision["decision"],
         **result,
     )
 
@@ -630,36 +731,165 @@ def _artifact_key(model: str) -> str:
 
 
 def _ask_for_approval(
-    passing: list[str], summary: str, approval: str, timeout_s: int, poll_s: int
+    passing: list[str],
+    form_text: str,
+    titles: dict[str, str],
+    approval: str,
+    review: ReviewConfig,
+    poll_s: int,
+    record: Callable[[str, dict[str, Any]], str],
 ) -> dict[str, Any] | None:
-    """Auto policy, or pause for the reviewer's typed form; None when the review timed out."""
+    """Auto policy, or pause for the reviewer's form; None when the review timed out.
+
+    A blank name is refused by the form's schema before the run resumes. A reviewer not on
+    review.approvers is refused here (so that the refusal can be recorded, with `record`):
+    the run pauses again with the reason above the form, within the same overall timeout.
+    """
+    import time
+
     now = datetime.now(UTC).isoformat(timespec="seconds")
     if approval == "auto":
         return {
             "approved": passing,
+            "not_approved": [],
             "approved_by": "auto-approved by policy",
             "approved_at": now,
             "comment": "",
+            "identity": "auto-approval policy",
         }
     from prefect.exceptions import FlowPauseTimeout
     from prefect.flow_runs import pause_flow_run
 
-    from flows.approval import approval_form, decision_from_form
+    from flows.approval import (
+        approval_form,
+        approver_name,
+        decision_from_form,
+        identity,
+        refusal,
+    )
 
-    form = approval_form(passing, summary)
+    logger = get_run_logger()
+    how = identity(review.approvers, _behind_auth())
+    deadline = time.monotonic() + review.timeout_s
+    notice, attempt = "", 1
+    while (remaining := round(deadline - time.monotonic())) > 0:
+        form = approval_form(passing, notice + form_text, titles)
+        try:
+            answer = pause_flow_run(
+                wait_for_input=form,
+                timeout=remaining,
+                poll_interval=poll_s,
+                key="review" if attempt == 1 else f"review-{attempt}",
+            )
+        except FlowPauseTimeout:
+            return None
+        decision = decision_from_form(answer, passing) | {"identity": how}
+        why = refusal(decision["approved_by"], review.approvers)
+        if why is None:
+            return decision | {
+                "approved_by": approver_name(decision["approved_by"], review.approvers)
+            }
+        uri = record("refused", decision | {"reason": why})
+        logger.warning("review refused: %s (recorded: %s); the run waits for an approver", why, uri)
+        notice, attempt = f"**Refused:** {why}.\n\n", attempt + 1
+    return None
+
+
+def _behind_auth() -> bool:
+    """Whether this process talks to a Prefect API with HTTP basic auth (the stack's server)."""
+    from prefect.settings import get_current_settings
+
+    return get_current_settings().api.auth_string is not None
+
+
+def _run_link() -> dict[str, str]:
+    """This flow run's id and its page in the Prefect UI (PREFECT_UI_URL, or from the API URL)."""
+    from prefect.runtime import flow_run
+    from prefect.utilities.urls import url_for
+
+    run_id = flow_run.get_id() or "local"
+    return {"flow_run_id": run_id, "flow_run_url": url_for("flow-run", obj_id=run_id) or ""}
+
+
+def _tag_run(tag: str) -> None:
+    """Tag this flow run with its outcome, so a run list shows e.g. "nothing-approved"."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    run_id = flow_run.get_id()
+    if run_id is None:
+        return
     try:
-        answer = pause_flow_run(
-            wait_for_input=form, timeout=timeout_s, poll_interval=poll_s, key="review"
-        )
-    except FlowPauseTimeout:
-        return None
-    return decision_from_form(answer, passing)
+        with get_client(sync_client=True) as client:
+            tags = client.read_flow_run(UUID(run_id)).tags
+            client.update_flow_run(UUID(run_id), tags=sorted({*tags, tag}))
+    except Exception as exc:  # a label: never fail a run (after a publish, say) for want of it
+        get_run_logger().warning("could not tag the run %r: %s", tag, exc)
+
+
+def _decision_record(
+    model: str,
+    outcome: str,
+    decision: dict[str, Any] | None,
+    offered: list[str],
+    rejected: dict[str, str],
+    run: dict[str, str],
+) -> dict[str, Any]:
+    """What the registry keeps of a review decision: approved | nothing-approved | refused |
+    timed-out, what was offered, who decided (and how we know), when and why."""
+    decision = decision or {}
+    approved = decision.get("approved", []) if outcome == "approved" else []
+    return {
+        "schema": 1,
+        "model": model,
+        "outcome": outcome,
+        "offered": offered,
+        "approved": approved,
+        "not_approved": [name for name in offered if name not in approved],
+        "requested": decision.get("approved", []) if outcome == "refused" else None,
+        "rejected_by_gates": rejected,
+        "reviewer": decision.get("approved_by"),
+        "identity": decision.get("identity"),
+        "comment": decision.get("comment", ""),
+        "reason": decision.get("reason"),
+        "decided_at": decision.get("approved_at")
+        or datetime.now(UTC).isoformat(timespec="seconds"),
+        **run,
+    }
+
+
+def _decision_markdown(record: dict[str, Any], uri: str) -> str:
+    """The decision artifact: one small table a reviewer reads at a glance."""
+    rows = [
+        ("outcome", f"**{record['outcome']}**"),
+        ("approved", ", ".join(record["approved"]) or "none"),
+        ("not approved", ", ".join(record["not_approved"]) or "none"),
+        ("rejected by the gates", ", ".join(record["rejected_by_gates"]) or "none"),
+        ("by", f"{record['reviewer'] or '-'} ({record['identity'] or 'no reviewer'})"),
+        ("when", record["decided_at"]),
+        ("comment", record["comment"] or "-"),
+        ("record", f"`{uri}`"),
+    ]
+    if record["reason"]:
+        rows.insert(1, ("reason", record["reason"]))
+    lines = ["| | |", "|---|---|"]
+    lines += [f"| {key} | {str(value).replace('|', '/')} |" for key, value in rows]
+    return f"### Review decision: {record['outcome']}\n\n" + "\n".join(lines)
 
 
 def _allocate_version(cfg: RegistryConfig, model: str) -> str:
     from tasks.registry import open_registry
 
     return open_registry(cfg).allocate_version(model)
+
+
+def _last_published(cfg: RegistryConfig, model: str, variants: list[str]) -> dict[str, Any]:
+    """Each variant's own last published entry (with its version): the review compares with it."""
+    from tasks.registry import open_registry
+
+    return open_registry(cfg).last_published(model, variants)
 
 
 def _check_registry(cfg: RegistryConfig, model: str, version: str | None) -> dict[str, Any] | None:
@@ -685,7 +915,19 @@ def _publish_entries(
     from tasks.registry import PublishEntry
 
     formats = {"onnxruntime": "onnx", "litert": "tflite", "tensorrt": "tensorrt"}
-    approval_record = {k: decision[k] for k in ("approved_by", "approved_at", "comment")}
+    # who approved, how that identity was established, and the review it came from
+    approval_record = {
+        k: decision.get(k)
+        for k in (
+            "approved_by",
+            "approved_at",
+            "comment",
+            "identity",
+            "flow_run_id",
+            "flow_run_url",
+            "decision",
+        )
+    }
     entries = {}
     for name in approved:
         record = read_record(Path(dirs[name]))
@@ -828,6 +1070,8 @@ def _result_text(result: NightlyResult) -> str:
     lines += [f"  rejected:  {name}: {reason}" for name, reason in result.rejected.items()]
     if result.manifest_uri:
         lines.append(f"  manifest:  {result.manifest_uri}")
+    if result.decision_uri:
+        lines.append(f"  decision:  {result.decision_uri}")
     lines.append(f"  registry:  {result.registry_uri}")
     lines.append(f"  run files: {result.run_dir} (Pareto plot, Data Docs)")
     if result.cached_tasks:

@@ -256,6 +256,20 @@ class BenchmarkConfig(_Strict):
 class ReviewConfig(_Strict):
     approval: Literal["ui", "auto"] = "ui"
     timeout_s: PositiveInt = 86_400
+    # who may approve in the UI form; empty: anyone who can reach the (authenticated) UI
+    approvers: list[str] = []
+
+    @field_validator("approvers")
+    @classmethod
+    def _named(cls, value: list[str]) -> list[str]:
+        # names match the form's reviewer field stripped and without regard to case
+        names = [name.strip() for name in value]
+        if any(not name for name in names):
+            raise ValueError("an approver's name is blank")
+        seen = [name.casefold() for name in names]
+        if len(set(seen)) != len(seen):
+            raise ValueError("an approver is listed twice (names match without regard to case)")
+        return names
 
 
 class RegistryConfig(_Strict):

@@ -6,6 +6,7 @@ Layout, the same in a local directory and in S3::
     <prefix>/<model>/<version>/.claim             (the publish claim: which files this version gets)
     <prefix>/<model>/<version>/<variant>/<file>
     <prefix>/<model>/<version>/manifest.json      (written last)
+    <prefix>/<model>/decisions/<time>-<run>-<n>.json  (every review decision, published or not)
 
 A version is published once its manifest exists; list and show ignore the rest. Every write
 is create-only (S3 `IfNoneMatch="*"`, a hard link locally), so a published version never
@@ -45,6 +46,9 @@ MANIFEST_NAME = "manifest.json"
 RESERVATION_NAME = ".reserved"  # <model>/<version>/.reserved: allocate_version's marker
 CLAIM_NAME = ".claim"  # <model>/<version>/.claim: the files a publish of this version uploads
 RECORD_NAME = "variant.json"
+# <model>/decisions/: one JSON record per review decision (approved, nothing approved, refused,
+# timed out), kept with the model so "who rejected last night's int8, and why" has an answer
+DECISIONS_DIR = "decisions"
 FORMATS = ("onnx", "tflite", "tensorrt")
 MANIFEST_SCHEMA = 1
 S3_MAX_ATTEMPTS = 4  # requests per S3 call, first try included (botocore "standard" retries)
@@ -180,6 +184,36 @@ class Registry(abc.ABC):
             f"are all taken by other runs; try again"
         )
 
+    def record_decision(self, model: str, run_id: str, record: dict[str, Any]) -> str:
+        """Store one review decision, create-only, beside the versions; returns its address.
+
+        Named `<UTC time>-<run id>-<n>.json` so a listing reads in time order: n is 1, or the
+        next free number for another decision of the same run in the same second (a refusal,
+        then an approval).
+        """
+        check_name("model", model)
+        check_name("run id", run_id)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        body = (json.dumps(record, indent=2, sort_keys=True, default=_json_default) + "\n").encode()
+        digest = hashlib.sha256(body).hexdigest()
+        for attempt in range(1, _ALLOCATE_ATTEMPTS + 1):
+            key = _key(model, DECISIONS_DIR, f"{stamp}-{run_id}-{attempt}.json")
+            if self._create(key, body, digest):
+                return self._uri_of(key)
+        raise RegistryError(f"{self._uri_of(_key(model, DECISIONS_DIR))}: no free record name")
+
+    def list_decisions(self, model: str) -> list[dict[str, Any]]:
+        """Every recorded review decision of `model`, oldest first, each with its `record` name."""
+        check_name("model", model)
+        folder = _key(model, DECISIONS_DIR)
+        names = [n for n in self._files(folder) if n.endswith(".json") and not n.startswith(".")]
+        decisions = []
+        for name in _sorted(names):
+            body = self._read(_key(folder, name))
+            if body is not None:
+                decisions.append({**json.loads(body), "record": name})
+        return decisions
+
     def verify(self, *, stale_after: timedelta = STALE_RESERVATION) -> VerifyReport:
         """Check every version: manifest readable, listed files present with their sha256.
 
@@ -189,7 +223,8 @@ class Registry(abc.ABC):
         """
         report = VerifyReport()
         for model in _sorted([name for name in self._children("") if _is_name(name)]):
-            for version in _sorted([name for name in self._children(model) if _is_name(name)]):
+            versions = [n for n in self._children(model) if _is_name(n) and n != DECISIONS_DIR]
+            for version in _sorted(versions):
                 self._verify_version(model, version, report, stale_after)
         return report
 
@@ -205,9 +240,24 @@ class Registry(abc.ABC):
         versions = [
             name
             for name in self._children(model)
-            if _is_name(name) and self._exists(_key(model, name, MANIFEST_NAME))
+            if _is_name(name)
+            and name != DECISIONS_DIR
+            and self._exists(_key(model, name, MANIFEST_NAME))
         ]
         return _sorted(versions)
+
+    def last_published(self, model: str, variants: list[str]) -> dict[str, dict[str, Any]]:
+        """Each of `variants`' own last published manifest entry, with `version` and
+        `created_at` added; walks back from the newest version until every one is found."""
+        found: dict[str, dict[str, Any]] = {}
+        for version in reversed(self.list_versions(model)):
+            manifest = self.read_manifest(model, version)
+            for name, entry in manifest["variants"].items():
+                if name in variants and name not in found:
+                    found[name] = entry | {"version": version, "created_at": manifest["created_at"]}
+            if len(found) == len(set(variants)):
+                break
+        return found
 
     def read_manifest(self, model: str, version: str) -> dict[str, Any]:
         """The manifest of a published version; RegistryError if it is not published or is bad."""
@@ -788,6 +838,8 @@ def check_name(field: str, value: str) -> None:
             f"{field} name {value!r}: use 1-128 letters, digits, '.', '_' or '-', "
             f"starting with a letter or digit, without '..'"
         )
+    if field == "version" and value == DECISIONS_DIR:
+        raise RegistryError(f"version name {value!r} is reserved for the review decision records")
 
 
 def _key(*parts: str) -> str:

@@ -16,6 +16,9 @@ class GateVerdict:
 
     passed: bool
     reason: str  # "" when passed; the failing checks otherwise
+    # upper bound of the accuracy drop's confidence interval, in points: what the drop gate
+    # judges (the point estimate alone would let a small test set pass a regression by luck)
+    drop_upper: float | None = None
 
 
 def review_rows(
@@ -34,6 +37,7 @@ def review_rows(
                     "runner": b.runner if b else "-",
                     "accuracy": _fmt(row.get("accuracy"), "{:.4f}"),
                     "drop_pts": _fmt(row.get("accuracy_drop"), "{:+.2f}"),
+                    "drop_upper_pts": _fmt(verdict.drop_upper, "{:+.2f}"),
                     "agreement": _fmt(row.get("agreement"), "{:.4f}"),
                     "size_kib": _fmt(
                         row["size_bytes"] / 1024 if row.get("size_bytes") else None, "{:.0f}"
@@ -67,35 +71,153 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 def summary_markdown(
     model: str, inputs: dict[str, Any], rows: list[dict[str, Any]], changes: list[str]
 ) -> str:
-    """The run summary: inputs, what passed, what failed and why, and change vs the last publish."""
-    passed = [r["variant"] for r in rows if r["gate"] == "pass"]
-    failed = [f"- **{r['variant']}**: {r['reason']}" for r in rows if r["gate"] != "pass"]
+    """The run summary: inputs, what passed, what failed and why, and change vs the last publish.
+
+    `rows` are per variant and runner; each variant is counted and listed once.
+    """
+    passed = list(dict.fromkeys(r["variant"] for r in rows if r["gate"] == "pass"))
+    reasons: dict[str, list[str]] = {}
+    for r in rows:
+        if r["gate"] != "pass":
+            reasons.setdefault(r["variant"], [])
+            if r["reason"] and r["reason"] not in reasons[r["variant"]]:
+                reasons[r["variant"]].append(r["reason"])
+    failed = [f"- **{name}**: {'; '.join(why) or 'rejected'}" for name, why in reasons.items()]
     lines = [f"## ModelPress review: `{model}`", "", "**Inputs**", ""]
     lines += [f"- {key}: `{value}`" for key, value in inputs.items()]
     lines += ["", f"**Passed every gate** ({len(passed)}): {', '.join(passed) or 'none'}", ""]
-    lines += ["**Rejected**", "", *(failed or ["- none"]), "", "**Change vs last published**", ""]
+    lines += [f"**Rejected** ({len(failed)})", "", *(failed or ["- none"]), ""]
+    lines += ["**Change vs last published** (each variant vs its own last published version)", ""]
     lines += changes or ["- nothing published before for this model"]
-    lines += ["", markdown_table(rows)]
+    lines += ["", DROP_NOTE, "", markdown_table(rows)]
+    return "\n".join(lines)
+
+
+DROP_NOTE = (
+    "_drop_: baseline accuracy minus the variant's, in points; _upper_: the upper bound of its "
+    "confidence interval (paired, exact), which is what the `max_accuracy_drop` gate judges."
+)
+BASELINE_NOTE = (
+    "`baseline` is the fp32 reference model itself, re-published as a deployable ONNX file "
+    "(no compression): approve it to ship the uncompressed model beside (or instead of) a "
+    "compressed one."
+)
+
+
+def key_runner(bench: list[BenchmarkRow]) -> str | None:
+    """The runner whose latency the form shows: an edge runner if one measured, else the first."""
+    runners = list(dict.fromkeys(b.runner for b in bench if b.status == "ok"))
+    return next((r for r in runners if "edge" in r), runners[0] if runners else None)
+
+
+def key_numbers(
+    name: str, metrics: dict[str, Any], verdict: GateVerdict, bench: list[BenchmarkRow]
+) -> dict[str, str]:
+    """A variant's accuracy, drop, drop upper bound, size and p50 on the key runner, formatted."""
+    runner = key_runner(bench)
+    p50 = next(
+        (b.p50_ms for b in bench if b.variant == name and b.runner == runner and b.status == "ok"),
+        None,
+    )
+    size = metrics.get("size_bytes")
+    return {
+        "accuracy": _fmt(metrics.get("accuracy"), "{:.4f}"),
+        "drop": _fmt(metrics.get("accuracy_drop"), "{:+.2f}"),
+        "upper": _fmt(verdict.drop_upper, "{:+.2f}"),
+        "size_kib": _fmt(size / 1024 if size else None, "{:.0f}"),
+        "p50_ms": _fmt(p50, "{:.3f}"),
+        "runner": runner or "-",
+    }
+
+
+def toggle_title(name: str, numbers: dict[str, str]) -> str:
+    """The label of a variant's toggle in the form: its key numbers beside its name."""
+    what = " (fp32 reference as ONNX, uncompressed)" if name == "baseline" else ""
+    return (
+        f"Publish {name}{what}: acc {numbers['accuracy']}, drop {numbers['drop']} pts "
+        f"(upper {numbers['upper']}), {numbers['size_kib']} KiB, "
+        f"p50 {numbers['p50_ms']} ms on {numbers['runner']}"
+    )
+
+
+def form_markdown(
+    model: str,
+    numbers: dict[str, dict[str, str]],
+    rejected: list[str],
+    changes: list[str],
+    who: str,
+) -> str:
+    """The text above the approval form: narrow enough for the dialog's scroll box."""
+    runner = next(iter(numbers.values()), {}).get("runner", "-")
+    lines = [f"### Review `{model}`: {len(numbers)} variant(s) passed every gate", "", who, ""]
+    lines += [
+        "Toggle what to publish; nothing toggled publishes nothing (the decision is recorded).",
+        "",
+        f"| variant | acc | drop | upper | KiB | p50 ms ({runner}) |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {name} | {n['accuracy']} | {n['drop']} | {n['upper']} | {n['size_kib']} "
+        f"| {n['p50_ms']} |"
+        for name, n in numbers.items()
+    ]
+    lines += ["", DROP_NOTE]
+    if "baseline" in numbers:
+        lines += ["", BASELINE_NOTE]
+    if rejected:
+        lines += ["", f"Rejected by the gates, not offered: {', '.join(rejected)}."]
+    lines += ["", "**Change vs last published**", "", *(changes or ["- nothing published before"])]
+    lines += ["", "Full table, summary and Pareto plot: the run's Artifacts tab."]
     return "\n".join(lines)
 
 
 def changes_vs_published(
-    metrics: dict[str, dict[str, Any]], previous: dict[str, Any] | None
+    metrics: dict[str, dict[str, Any]],
+    published: dict[str, dict[str, Any]],
+    bench: list[BenchmarkRow] | None = None,
 ) -> list[str]:
-    """Accuracy and size changes per variant against the last published manifest."""
-    if previous is None:
+    """Each variant of this run against its own last published version: accuracy, size, p50.
+
+    `published` maps a variant to its manifest entry with `version` and `created_at` added
+    (Registry.last_published); variants never published say so.
+    """
+    if not published:
         return []
-    lines = [f"- last published: version `{previous['version']}` ({previous['created_at']})"]
-    for name, old in previous["variants"].items():
-        new = metrics.get(name)
+    lines = []
+    for name, new in metrics.items():
+        old = published.get(name)
+        if old is None:
+            lines.append(f"- {name}: never published before")
+            continue
         old_metrics = old.get("metrics", {})
-        if new is None or new.get("accuracy") is None or old_metrics.get("accuracy") is None:
-            lines.append(f"- {name}: not available in this run")
+        head = f"- {name} vs version `{old['version']}` ({old['created_at']}):"
+        if new.get("accuracy") is None or old_metrics.get("accuracy") is None:
+            lines.append(f"{head} not available in this run")
             continue
         delta = 100 * (new["accuracy"] - old_metrics["accuracy"])
-        size_delta = (new["size_bytes"] or 0) - (old_metrics.get("size_bytes") or 0)
-        lines.append(f"- {name}: accuracy {delta:+.2f} pts, size {size_delta / 1024:+.1f} KiB")
+        size_delta = (new.get("size_bytes") or 0) - (old_metrics.get("size_bytes") or 0)
+        parts = [f"accuracy {delta:+.2f} pts", f"size {size_delta / 1024:+.1f} KiB"]
+        parts += _latency_changes(name, old_metrics.get("benchmarks") or [], bench or [])
+        lines.append(f"{head} {', '.join(parts)}")
+    lines += [
+        f"- {name}: published in version `{old['version']}`, not built in this run"
+        for name, old in published.items()
+        if name not in metrics
+    ]
     return lines
+
+
+def _latency_changes(name: str, old: list[dict[str, Any]], bench: list[BenchmarkRow]) -> list[str]:
+    """'p50 on <runner> a → b ms (±x%)' for each runner that measured the variant both times."""
+    before = {b["runner"]: b.get("p50_ms") for b in old if b.get("status") == "ok"}
+    parts = []
+    for row in bench:
+        was = before.get(row.runner)
+        if row.variant != name or row.status != "ok" or row.p50_ms is None or not was:
+            continue
+        change = 100 * (row.p50_ms - was) / was
+        parts.append(f"p50 on {row.runner} {was:.3f} → {row.p50_ms:.3f} ms ({change:+.0f}%)")
+    return parts
 
 
 def pareto_front(points: dict[str, tuple[float, float]]) -> set[str]:

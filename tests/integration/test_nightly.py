@@ -325,6 +325,11 @@ def test_unanswered_review_times_out_and_publishes_nothing(
     assert not (tmp_path / "registry").exists() or not any(
         (tmp_path / "registry").rglob("manifest.json")
     )
+    from tasks.config import load_params
+    from tasks.registry import open_registry
+
+    [decision] = open_registry(load_params(params).registry).list_decisions("digits-tiny")
+    assert decision["outcome"] == "timed-out" and decision["reviewer"] is None
 
 
 def test_fetch_through_an_s3_dvc_remote_with_a_custom_endpoint(

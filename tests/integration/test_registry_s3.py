@@ -539,3 +539,20 @@ def test_cli_verify_over_s3(
     assert broken.stdout.startswith(f"FAILED: s3://{BUCKET}/{prefix}: 1 version(s), 4 file(s)")
     assert "  corrupt  digits/v1/tflite_int8/model.onnx: 8 bytes stored" in broken.stdout
     assert SECRET_KEY not in broken.stdout + broken.stderr
+
+
+def test_decisions_are_kept_create_only_beside_the_versions_in_s3(
+    registry: S3Registry, entries: dict[str, PublishEntry], endpoint: str, prefix: str
+) -> None:
+    registry.publish("digits", "1", entries, {})
+    run_id = "7d3f1c2a-0000-4000-8000-000000000001"
+
+    refused = registry.record_decision("digits", run_id, {"outcome": "refused", "reviewer": "eve"})
+    approved = registry.record_decision(
+        "digits", run_id, {"outcome": "approved", "reviewer": "ada"}
+    )
+
+    assert refused.startswith(f"s3://{BUCKET}/{prefix}/digits/decisions/") and refused != approved
+    assert [d["outcome"] for d in registry.list_decisions("digits")] == ["refused", "approved"]
+    assert registry.list_versions("digits") == ["1"]
+    assert registry.verify().problems == []

@@ -449,5 +449,7 @@ def test_cli_without_approval_flag_waits_for_a_reviewer_and_publishes_nothing(
     assert "nightly: review-timed-out" in done.stdout, done.stdout[-2000:]
     assert "published: nothing" in done.stdout
     assert "review timed out after 1s" in done.stderr
+    # nothing published: the registry holds only the record of the timed-out decision
     registry = tmp_path / "registry"
-    assert not registry.exists() or list(registry.rglob("*")) == []
+    stored = [p.relative_to(registry) for p in registry.rglob("*") if p.is_file()]
+    assert [p.parts[1] for p in stored] == ["decisions"], stored
