@@ -274,15 +274,19 @@ def test_cli_without_the_credential_says_so_in_one_line(
 # ---- a nightly behind the auth ---------------------------------------------------------------------
 
 
-def _wait_for_review(api: Api, cli: subprocess.Popen[str], timeout: float = 600) -> dict[str, Any]:
-    """The paused run, once its form's schema is stored (a resume before that is refused)."""
+def _wait_for_review(
+    api: Api, cli: subprocess.Popen[str], timeout: float = 600, after: str | None = None
+) -> dict[str, Any]:
+    """The paused run, once its form's schema is stored (a resume before that is refused);
+    `after`: a schema key already answered, so wait for the form asked again."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert cli.poll() is None, "the nightly ended before its review"
         for run in api.post("/flow_runs/filter", FILTERS["/flow_runs/filter"]).json():
             keyset = (run.get("state") or {}).get("state_details", {}).get("run_input_keyset")
             stored = keyset and api.get(f"/flow_runs/{run['id']}/input/{keyset['schema']}")
-            if run["state_type"] == "PAUSED" and stored and stored.status_code == 200:
+            fresh = keyset and keyset["schema"] != after
+            if run["state_type"] == "PAUSED" and fresh and stored and stored.status_code == 200:
                 return run
         time.sleep(1)
     raise AssertionError("the nightly never paused for review")
@@ -303,7 +307,8 @@ def test_nightly_behind_auth_is_resumed_by_a_reviewer_and_leaks_no_credential(
     auth_server: AuthServer, tmp_path: Path
 ) -> None:
     inputs = write_random_inputs(tmp_path)  # every accuracy gate off: a review is due
-    params = write_params(tmp_path, inputs | {"review": {"approval": "ui", "timeout_s": 600}})
+    review = {"approval": "ui", "timeout_s": 600, "approvers": ["alice"]}
+    params = write_params(tmp_path, inputs | {"review": review})
     raw = yaml.safe_load(params.read_text())
     raw["variants"] = {
         "distilled": {"technique": "distilled", "source": "baseline", "width": 4, "epochs": 1}
@@ -350,6 +355,14 @@ def test_nightly_behind_auth_is_resumed_by_a_reviewer_and_leaks_no_credential(
         assert no_csrf.post(f"{run_path}/resume", {"run_input": answer}).status_code == 403
         assert reviewer.get(run_path).json()["state_type"] == "PAUSED"
 
+        # authenticated, but not on review.approvers: refused by the flow, which asks again
+        mallory = answer | {"reviewer": "mallory"}
+        refused = reviewer.post(f"{run_path}/resume", {"run_input": mallory})
+        assert refused.json()["status"] == "ACCEPT", refused.text
+        first_schema = run["state"]["state_details"]["run_input_keyset"]["schema"]
+        run = _wait_for_review(reviewer, cli, after=first_schema)
+        print(f"resume by mallory (not on review.approvers): run paused again, {run['state_name']}")
+
         resumed = reviewer.post(f"{run_path}/resume", {"run_input": answer})
         assert resumed.status_code in (200, 201) and resumed.json()["status"] == "ACCEPT", (
             resumed.text
@@ -360,7 +373,18 @@ def test_nightly_behind_auth_is_resumed_by_a_reviewer_and_leaks_no_credential(
     assert "nightly: published" in output and "distilled" in output, output[-2000:]
 
     manifest = json.loads(next(registry.rglob("manifest.json")).read_text())
-    assert manifest["variants"]["distilled"]["approval"]["approved_by"] == "alice"
+    approval = manifest["variants"]["distilled"]["approval"]
+    assert approval["approved_by"] == "alice"
+    assert approval["identity"] == (
+        "typed name checked against review.approvers, behind the stack's HTTP basic auth"
+    )
+    decisions = sorted(p for p in registry.rglob("*.json") if p.parent.name == "decisions")
+    outcomes = [json.loads(d.read_text()) for d in decisions]
+    assert [(d["outcome"], d["reviewer"]) for d in outcomes] == [
+        ("refused", "mallory"),
+        ("approved", "alice"),
+    ], outcomes
+    print(f"decisions: {[(d['outcome'], d['reviewer']) for d in outcomes]}")
 
     # the secret scan: the credential, its password alone and the header form clients send
     password = auth_server.credential.split(":", 1)[1]
