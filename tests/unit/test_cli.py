@@ -116,7 +116,8 @@ def test_prepare_rejects_labels_out_of_range(
 def test_prepare_rejects_a_bad_params_file(tmp_path: Path) -> None:
     write_params(tmp_path, {"data": {"sizee": 16}})
     run = _run(tmp_path, "tasks.data", "--params", "params.yaml", "--out", "data")
-    _assert_user_error(run, "params.yaml: data.sizee: unknown key")
+    _assert_user_error(run, "data.sizee: unknown key")
+    assert "params.yaml:" in run.stderr
     _assert_nothing_left(tmp_path, "data")
 
 
