@@ -12,7 +12,7 @@ import numpy as np
 
 from tasks.config import TfliteInt8Config
 from tasks.data import Preprocess, Split
-from tasks.errors import VariantError
+from tasks.errors import VariantError, brief
 from tasks.io import atomic_dir
 from tasks.variant import (
     TensorSpec,
@@ -106,7 +106,7 @@ def _convert(
                 non_verbose=True,
             )
     except Exception as exc:  # onnx2tf raises bare exceptions naming the failing op
-        detail = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
+        detail = brief(exc, last_line=True)
         raise VariantError(
             f"tflite_int8: onnx2tf could not convert {onnx_file.name} ({detail})"
         ) from None
