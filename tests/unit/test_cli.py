@@ -190,6 +190,21 @@ def test_train_pt2_corrupt_file_exits_2_and_leaves_nothing(workspace: Path) -> N
     _assert_no_model(workspace)
 
 
+def test_train_pt2_zip_that_is_no_program_names_the_cause(workspace: Path) -> None:
+    """torch.export.load logs the cause and raises "check the warnings above": the one line
+    must carry the cause itself, and no warning may leak to stderr."""
+    import zipfile
+
+    (workspace / "inputs").mkdir()
+    with zipfile.ZipFile(workspace / "inputs" / "model.pt2", "w") as archive:
+        archive.writestr("archive/data.pkl", b"not a program")
+    write_params(workspace, {"baseline": {"source": "pt2", "path": "inputs/model.pt2"}})
+    line = _assert_user_error(_train(workspace), "inputs/model.pt2", "not a readable")
+    assert "warnings above" not in line, line
+    assert "version" in line, line  # the archive lacks its version record
+    assert "Could this error message be improved" not in line, line
+
+
 def test_train_pt2_corrupt_file_prints_one_line(workspace: Path) -> None:
     _corrupt_pt2(workspace)
     _assert_user_error(_train(workspace), "inputs/model.pt2", "not a readable")
