@@ -394,6 +394,8 @@ def test_bad_input_fails_in_one_line_and_leaves_nothing(
     assert len(errors) == 1 and lines[-1] == errors[0], stderr[-3000:]
     for culprit in culprits:
         assert culprit in errors[0], (culprit, errors[0])
+    # said once: Prefect's failure lines on the console must not repeat the error line
+    assert stderr.count(errors[0].removeprefix("error: ")) == 1, stderr[-3000:]
     for secret in FAKE_CREDENTIALS.values():
         assert secret not in stderr + done.stdout
     assert "nightly:" not in done.stdout  # no result summary for a failed run
