@@ -751,7 +751,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--registry-uri")
     parser.add_argument("--version")
     parser.add_argument("--workdir", default=".modelpress")
+    parser.add_argument(
+        "--verbose", action="store_true", help="show the converters' output (TensorFlow's)"
+    )
     args = parser.parse_args(argv)
+    if args.verbose:
+        from tasks.quiet import show_converter_output
+
+        show_converter_output()
     for name in ("prefect.flow_runs", "prefect.task_runs"):
         logging.getLogger(name).addFilter(_UserErrorWithoutTraceback())
     _say_user_errors_once(logging.getLogger())

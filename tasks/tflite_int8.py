@@ -14,6 +14,7 @@ from tasks.config import TfliteInt8Config
 from tasks.data import Preprocess, Split
 from tasks.errors import VariantError, brief
 from tasks.io import atomic_dir
+from tasks.quiet import held_back
 from tasks.variant import (
     TensorSpec,
     VariantRecord,
@@ -87,12 +88,13 @@ def _convert(
     cfg: TfliteInt8Config,
     input_name: str,
 ) -> Path:
-    import onnx2tf
-
     io_dtype = "int8" if cfg.int8_io else "float32"
     try:
         # onnx2tf keeps global Keras/TF state: one conversion at a time in a process.
-        with _CONVERT_LOCK:
+        # TensorFlow's chatter (importing it included) is held back: `--verbose` shows it.
+        with _CONVERT_LOCK, held_back():
+            import onnx2tf
+
             onnx2tf.convert(
                 input_onnx_file_path=str(onnx_file),
                 output_folder_path=str(work_dir / "tf"),

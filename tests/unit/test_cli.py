@@ -300,6 +300,34 @@ def test_compress_unknown_variant(workspace: Path) -> None:
     assert not (workspace / "variants").exists()
 
 
+def _convert_int8(tiny_workspace: Path, out: Path, *extra: str) -> Run:
+    return _run(
+        tiny_workspace,
+        "tasks.compress",
+        *("--params", "params.yaml", "--name", "tflite_int8", "--data", "data"),
+        *("--baseline", "models/baseline", "--source", "variants/baseline"),
+        *("--out", str(out), *extra),
+    )
+
+
+def test_conversion_prints_one_line_and_verbose_shows_tensorflow(
+    tiny_workspace: Path, tmp_path: Path
+) -> None:
+    """TensorFlow lists every captured tensor ("Saved artifact ... TensorSpec", ~30 lines a
+    model) while onnx2tf converts: quiet by default, shown with --verbose."""
+    quiet = _convert_int8(tiny_workspace, tmp_path / "quiet")
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    assert "TensorSpec" not in quiet.stdout + quiet.stderr
+    assert quiet.stdout.splitlines() == [
+        f"compress: tflite_int8 [tflite_int8] ok → {tmp_path / 'quiet'}"
+    ]
+
+    verbose = _convert_int8(tiny_workspace, tmp_path / "verbose", "--verbose")
+    assert verbose.returncode == 0, verbose.stderr[-2000:]
+    assert "TensorSpec" in verbose.stderr
+    assert "TensorSpec" not in verbose.stdout  # stdout stays the stage's result
+
+
 def test_table_with_a_missing_metrics_file(tmp_path: Path) -> None:
     run = _run(tmp_path, "flows.cli", "table", "missing.json")
     _assert_user_error(run, "missing.json", "not found")

@@ -1,0 +1,69 @@
+"""Converters' chatter is held back: not on the console, in the `modelpress.convert` log."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import sys
+import threading
+
+import pytest
+
+from tasks.quiet import LOGGER, held_back
+
+
+def test_prints_inside_are_logged_not_printed(
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger=LOGGER.name), held_back():
+        print("Saved artifact at '/tmp/x'. TensorSpec(shape=(None, 10))")
+        print("to stderr too", file=sys.stderr)
+    out, err = capsys.readouterr()
+    assert out == "" and err == ""
+    logged = [r.getMessage() for r in caplog.records if r.name == LOGGER.name]
+    assert logged == ["Saved artifact at '/tmp/x'. TensorSpec(shape=(None, 10))", "to stderr too"]
+
+
+def test_other_threads_keep_printing(capsys: pytest.CaptureFixture[str]) -> None:
+    """Inside a flow other tasks run beside the conversion: their output is theirs."""
+    started, release = threading.Event(), threading.Event()
+
+    def other_task() -> None:
+        started.wait(10)
+        print("epoch 1/1 of another task")
+        release.set()
+
+    thread = threading.Thread(target=other_task)
+    thread.start()
+    with held_back():
+        started.set()
+        release.wait(10)
+        print("TensorSpec(shape=(3,))")
+    thread.join(10)
+    out, _ = capsys.readouterr()
+    assert out == "epoch 1/1 of another task\n"
+
+
+def test_c_level_writes_are_held_back_when_alone(capfd: pytest.CaptureFixture[str]) -> None:
+    if threading.active_count() != 1:
+        pytest.skip("another thread runs in this test process: fds are left alone")
+    with held_back():
+        os.write(1, b"fully_quantize: 0, inference_type: 6\n")
+        os.write(2, b"I0000 cudart_stub.cc:31] Could not find cuda drivers\n")
+    out, err = capfd.readouterr()
+    assert "fully_quantize" not in out and "cudart" not in err
+
+
+def test_verbose_prints_what_was_held_back() -> None:
+    from tasks.quiet import show_converter_output
+
+    stream = io.StringIO()
+    handlers, level, propagate = list(LOGGER.handlers), LOGGER.level, LOGGER.propagate
+    try:
+        show_converter_output(stream)
+        with held_back():
+            print("TensorSpec(shape=(None, 10))")
+    finally:
+        LOGGER.handlers, LOGGER.level, LOGGER.propagate = handlers, level, propagate
+    assert stream.getvalue() == "TensorSpec(shape=(None, 10))\n"
