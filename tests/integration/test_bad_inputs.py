@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import yaml
 
+from tests import processes
 from tests.conftest import FAST_BENCHMARK, cli_env, write_params
 
 EXIT_USER_ERROR = 2
@@ -66,7 +67,7 @@ def _closed_port() -> int:
 def _sh(args: list[str], cwd: Path) -> None:
     env = dict(os.environ, DVC_NO_ANALYTICS="1")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    done = processes.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, f"{args}: {done.stdout}\n{done.stderr}"
 
 
@@ -156,7 +157,7 @@ class Workspace:
             self.registry_uri,
             *extra,
         ]
-        return subprocess.run(
+        return processes.run(
             command,
             cwd=self.root,
             env=cli_env(FAKE_CREDENTIALS, self.fixture("prefect_server")),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests import processes
 from tests.conftest import REPO_ROOT, write_params
 
 EXIT_USER_ERROR = 2
@@ -35,7 +35,7 @@ def _env() -> dict[str, str]:
 
 
 def _run(cwd: Path, module: str, *args: str) -> Run:
-    done = subprocess.run(
+    done = processes.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,
         env=_env(),
