@@ -66,9 +66,10 @@ class _ThreadRouter:
 
     def __init__(self, stream: Any, buffer: _Buffer, thread: int) -> None:
         self._stream, self._buffer, self._thread = stream, buffer, thread
+        self.active = True  # off after the block: a logging handler made inside keeps us
 
     def write(self, text: str) -> int:
-        if threading.get_ident() == self._thread:
+        if self.active and threading.get_ident() == self._thread:
             return self._buffer.write(text)
         return self._stream.write(text)
 
@@ -83,12 +84,14 @@ class _ThreadRouter:
 def _this_thread_to(buffer: _Buffer) -> Iterator[None]:
     thread = threading.get_ident()
     saved = sys.stdout, sys.stderr
-    sys.stdout = _ThreadRouter(saved[0], buffer, thread)  # type: ignore[assignment]
-    sys.stderr = _ThreadRouter(saved[1], buffer, thread)  # type: ignore[assignment]
+    routers = _ThreadRouter(saved[0], buffer, thread), _ThreadRouter(saved[1], buffer, thread)
+    sys.stdout, sys.stderr = routers  # type: ignore[assignment]
     try:
         yield
     finally:
         sys.stdout, sys.stderr = saved
+        for router in routers:
+            router.active = False
 
 
 @contextlib.contextmanager

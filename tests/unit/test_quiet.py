@@ -67,3 +67,14 @@ def test_verbose_prints_what_was_held_back() -> None:
     finally:
         LOGGER.handlers, LOGGER.level, LOGGER.propagate = handlers, level, propagate
     assert stream.getvalue() == "TensorSpec(shape=(None, 10))\n"
+
+
+def test_a_stream_kept_from_inside_prints_again_afterwards(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A logging handler created inside (TensorFlow's, at import) keeps the stand-in stream:
+    after the block it must print, not feed a buffer nobody reads."""
+    with held_back():
+        kept = sys.stderr
+    print("a later warning", file=kept)
+    assert capsys.readouterr().err == "a later warning\n"
