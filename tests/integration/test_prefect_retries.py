@@ -341,8 +341,10 @@ print("RESULT " + json.dumps(result, default=str), flush=True)
 @pytest.fixture(scope="module")
 def proxy_server(prefect_server: str) -> Iterator[FlakyProxy]:
     proxy = FlakyProxy(prefect_server)
-    yield proxy
-    proxy.close()
+    try:
+        yield proxy
+    finally:
+        proxy.close()
 
 
 @pytest.fixture
