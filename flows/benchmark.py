@@ -18,6 +18,7 @@ from prefect import flow, get_run_logger, task
 
 from tasks.benchmark import BenchmarkRow, measure_in_subprocess, runs_on
 from tasks.config import BenchmarkConfig, RunnerProfile
+from tasks.errors import brief
 from tasks.store import ArtifactStore
 from tasks.variant import read_record
 
@@ -208,7 +209,7 @@ def _failure_reason(run: Any, profile: RunnerProfile) -> str:
         _cancel(run.id)
         name = state.name if state else "unknown"
         return f"timed out after {profile.timeout_s}s in state {name} (runner flow run {run.name})"
-    return f"runner flow run {run.name} ended {state.name}: {(state.message or '').strip()[:200]}"
+    return f"runner flow run {run.name} ended {state.name}: {brief(state.message or '')}"
 
 
 def _cancel(flow_run_id: Any) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import subprocess
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -992,9 +993,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--registry-uri")
     parser.add_argument("--version")
     parser.add_argument("--workdir", default=".modelpress")
+    parser.add_argument(
+        "--verbose", action="store_true", help="show the converters' output (TensorFlow's)"
+    )
     args = parser.parse_args(argv)
+    if args.verbose:
+        from tasks.quiet import show_converter_output
+
+        show_converter_output()
     for name in ("prefect.flow_runs", "prefect.task_runs"):
         logging.getLogger(name).addFilter(_UserErrorWithoutTraceback())
+    _say_user_errors_once(logging.getLogger())
 
     def run() -> None:
         from prefect.exceptions import PrefectHTTPStatusError
@@ -1046,8 +1055,41 @@ class _UserErrorWithoutTraceback(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and isinstance(record.exc_info[1], ModelPressError):
+            record.modelpress_error = str(record.exc_info[1])  # for _UserErrorOnce
             record.exc_info, record.exc_text = None, None
         return True
+
+
+class _UserErrorOnce(logging.Filter):
+    """On the console a user mistake is said once, by the CLI's `error:` line: Prefect's "Task
+    run failed with exception", "Encountered exception" and "Finished in state Failed(...)"
+    lines would repeat it three or four times. Only the console's copy is changed: the run's
+    log in the UI keeps Prefect's lines whole."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "modelpress_error", None) is not None:
+            return False  # "failed with exception: <the error>": the error line says it
+        message = record.getMessage()
+        # "Finished in state Failed('... an exception DataError: <the error>')"
+        names = "|".join(sorted(_names(ModelPressError)))
+        match = re.search(rf"\b(?:{names}): (.+?)(['\"]\))?$", message)
+        if match:
+            record.msg = f"{message[: match.start(1)]}see the error line{match.group(2) or ''}"
+            record.args = ()
+        return True
+
+
+def _names(cls: type) -> set[str]:
+    return {cls.__name__}.union(*(_names(sub) for sub in cls.__subclasses__()))
+
+
+def _say_user_errors_once(root: logging.Logger) -> None:
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    once = _UserErrorOnce()
+    for handler in root.handlers:
+        if isinstance(handler, PrefectConsoleHandler):
+            handler.addFilter(once)
 
 
 def _deliver_prefect_queues() -> None:

@@ -33,7 +33,8 @@ start() {  # name, command...
   if [[ -f "$STATE/$name.pid" ]] && kill -0 "$(cat "$STATE/$name.pid")" 2>/dev/null; then
     echo "  $name already running (pid $(cat "$STATE/$name.pid"))"; return
   fi
-  nohup "$@" >"$STATE/$name.log" 2>&1 &
+  # its own process group (setsid), so `down` also stops what it spawned (flow-run processes)
+  nohup setsid "$@" >"$STATE/$name.log" 2>&1 &
   echo $! >"$STATE/$name.pid"
   echo "  $name started (log: $STATE/$name.log)"
 }
@@ -80,6 +81,13 @@ PY
 case "${1:-up}" in
   up)
     echo "starting the ModelPress stack"
+    if [[ -z "${AWS_ACCESS_KEY_ID:-}" || -z "${AWS_SECRET_ACCESS_KEY:-}" ]]; then
+      cat <<MSG
+  note: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY are not set. The workers started now inherit
+        this environment, so flow runs could not publish to the S3 endpoint. To publish there:
+        infra/stack.sh down; export AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=...; infra/stack.sh up
+MSG
+    fi
     ensure_auth
     # the server alone gets the server-side setting (workers and flow runs need only the client's)
     PREFECT_SERVER_API_AUTH_STRING=$PREFECT_API_AUTH_STRING PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED=true \
@@ -134,10 +142,13 @@ MSG
     for name in worker worker-cloud-cpu worker-edge-cpu s3 prefect-server; do
       if [[ -f "$STATE/$name.pid" ]]; then
         pid=$(cat "$STATE/$name.pid")
-        kill "$pid" 2>/dev/null || true
+        # the whole process group: a worker's flow-run processes too (a stack started before
+        # `start` used setsid has no group of its own: then the process alone)
+        group=-$pid; kill -0 -- "$group" 2>/dev/null || group=$pid
+        kill -TERM -- "$group" 2>/dev/null || true
         # workers shut down gracefully but may wait on a server that is already gone
-        for _ in $(seq 1 10); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
-        kill -9 "$pid" 2>/dev/null || true
+        for _ in $(seq 1 10); do kill -0 -- "$group" 2>/dev/null || break; sleep 1; done
+        kill -KILL -- "$group" 2>/dev/null || true
         rm -f "$STATE/$name.pid"; echo "  $name stopped"
       fi
     done ;;

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from tasks.config import BenchmarkConfig, RunnerProfile
-from tasks.errors import ModelPressError
+from tasks.errors import ModelPressError, brief
 
 RUNTIME_PACKAGES = ("numpy", "onnxruntime", "ai-edge-litert", "tensorrt")
 
@@ -244,7 +244,7 @@ def measure_in_subprocess(
         if done.returncode != 0 or not out.exists():
             lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
             return BenchmarkRow.failed(
-                name, runner, lines[-1][:300] if lines else f"exit code {done.returncode}"
+                name, runner, brief(lines[-1]) if lines else f"exit code {done.returncode}"
             )
         return BenchmarkRow(**json.loads(out.read_text()))
 

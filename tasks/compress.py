@@ -15,6 +15,7 @@ from tasks.config import Params, VariantConfig, load_params
 from tasks.data import load_preprocess, load_split
 from tasks.errors import ConfigError, VariantError
 from tasks.io import atomic_dir, read_json
+from tasks.quiet import show_converter_output
 from tasks.train import load_baseline
 from tasks.variant import VariantRecord, read_record, write_record
 
@@ -85,7 +86,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline", type=Path, required=True, help="the train stage's output")
     parser.add_argument("--source", type=Path, required=True, help="the source variant's directory")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--verbose", action="store_true", help="show the converters' output (TensorFlow's)"
+    )
     args = parser.parse_args(argv)
+    if args.verbose:
+        show_converter_output()
     params = load_params(args.params)
     record = compress(params, args.name, args.data, args.baseline, args.source, args.out)
     note = f" ({record.reason})" if record.reason else ""

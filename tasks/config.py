@@ -354,7 +354,8 @@ def load_params(path: Path | str, overrides: dict[str, Any] | None = None) -> Pa
     """Read and validate params.yaml, with optional nested overrides merged on top."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text()
+        raw = yaml.safe_load(text) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -362,27 +363,50 @@ def load_params(path: Path | str, overrides: dict[str, Any] | None = None) -> Pa
             f"{path}: cannot read it as a YAML text file ({type(exc).__name__})"
         ) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({_first_line(exc)})") from None
+        raise ConfigError(_yaml_error(path, exc)) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     merged = _deep_merge(raw, overrides or {})
-    return parse_params(merged, origin=str(path))
+    try:
+        return Params.model_validate(merged)
+    except ValidationError as exc:
+        location, message = _describe(exc)
+        # The line of the key as written, so an editor jumps to it; not for a value an
+        # override replaced, since the file's line would then show the wrong value.
+        line = None if _has_path(overrides or {}, location) else _key_line(text, location)
+        origin = f"{path}:{line}" if line else str(path)
+        raise ConfigError(f"{origin}: {_join(location, message)}") from None
 
 
 def parse_params(raw: dict[str, Any], origin: str = "params") -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{origin}: {_describe(exc)}") from None
+        raise ConfigError(f"{origin}: {_join(*_describe(exc))}") from None
 
 
-def _describe(exc: ValidationError) -> str:
+def _yaml_error(path: Path, exc: yaml.YAMLError) -> str:
+    """`path:LINE:COL: problem`, the position editors and terminals jump to (1-based)."""
+    mark = getattr(exc, "problem_mark", None)
+    if not isinstance(exc, yaml.MarkedYAMLError) or mark is None:
+        return f"{path}: not valid YAML ({_first_line(exc)})"
+    problem = exc.problem or _first_line(exc)
+    context_mark = exc.context_mark
+    if exc.context and context_mark is not None and context_mark.line != mark.line:
+        # e.g. an unclosed quote or bracket: the problem shows where the file ran out,
+        # the context where the construct began
+        problem += f" ({exc.context} at line {context_mark.line + 1})"
+    elif exc.context:
+        problem += f" ({exc.context})"
+    return f"{path}:{mark.line + 1}:{mark.column + 1}: not valid YAML: {problem}"
+
+
+def _describe(exc: ValidationError) -> tuple[list[str], str]:
+    """The dotted location of the first error, as the user wrote it, and what is wrong there."""
     error = exc.errors()[0]
-    # Discriminated unions put the tag in the location; drop it so the key reads as written.
-    loc = list(error["loc"])
+    loc = [str(part) for part in error["loc"]]
     if len(loc) > 2 and loc[0] == "variants" and loc[2] in TECHNIQUES:
         del loc[2]  # the discriminated union's tag, not a key the user wrote
-    location = ".".join(str(part) for part in loc)
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         message = "unknown key"
@@ -393,8 +417,41 @@ def _describe(exc: ValidationError) -> str:
     elif "input" in error and not isinstance(error["input"], dict | list):
         message = f"{message} (got {error['input']!r})"
     if message.startswith("per_variant."):  # a nested key reported by a model validator
-        return f"{location}.{message}"
-    return f"{location}: {message}" if location else message
+        nested, _, message = message.partition(": ")
+        loc += nested.split(".")
+    return loc, message
+
+
+def _join(location: list[str], message: str) -> str:
+    return f"{'.'.join(location)}: {message}" if location else message
+
+
+def _key_line(text: str, location: list[str]) -> int | None:
+    """1-based line of the deepest key of `location` written in the YAML text."""
+    node = yaml.compose(text)
+    line = None
+    for part in location:
+        if isinstance(node, yaml.MappingNode):
+            found = [(k, v) for k, v in node.value if getattr(k, "value", None) == part]
+            if not found:
+                break
+            line, node = found[0][0].start_mark.line + 1, found[0][1]
+        elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
+            node = node.value[int(part)]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def _has_path(tree: dict[str, Any], location: list[str]) -> bool:
+    """Whether an override sets this key or one above it."""
+    node: Any = tree
+    for part in location:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return bool(location)
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -197,9 +197,10 @@ def _load_imagefolder(path: Path, cfg: DataConfig) -> tuple[np.ndarray, np.ndarr
     mode = "L" if cfg.channels == 1 else "RGB"
     images, labels = [], []
     for label, class_dir in enumerate(class_dirs):
-        for file in sorted(class_dir.iterdir()):
-            if file.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
+        files = [f for f in sorted(class_dir.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+        if not files:  # a class the model must predict but never sees
+            raise DataError(f"{class_dir}: class folder has no .png/.jpg/.jpeg images")
+        for file in files:
             try:
                 with Image.open(file) as img:
                     resized = img.convert(mode).resize(
@@ -210,8 +211,6 @@ def _load_imagefolder(path: Path, cfg: DataConfig) -> tuple[np.ndarray, np.ndarr
             array = np.asarray(resized, dtype=np.float32) / 255.0
             images.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
             labels.append(label)
-    if not images:
-        raise DataError(f"{path}: no .png/.jpg/.jpeg images in its class folders")
     return np.stack(images), np.asarray(labels, dtype=np.int64), [d.name for d in class_dirs]
 
 
@@ -253,9 +252,12 @@ def _check_labels(cfg: DataConfig, y: np.ndarray, class_names: list[str] | None)
             f"{origin}: labels span [{low}, {high}]; expected 0..{num_classes - 1} "
             f"(data.num_classes={num_classes})"
         )
-    present = np.unique(y).size
-    if present < 2:
-        raise DataError(f"{origin}: only {present} class present; expected at least 2")
+    present = np.unique(y)
+    if present.size < 2:
+        name = f" '{class_names[present[0]]}'" if class_names else ""
+        raise DataError(
+            f"{origin}: only 1 class present (class {present[0]}{name}); expected at least 2"
+        )
     return num_classes
 
 

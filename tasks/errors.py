@@ -1,5 +1,7 @@
 """The project's error types: one line each, naming the culprit and what was expected."""
 
+import re
+
 
 class ModelPressError(Exception):
     """A user-facing problem: bad input, bad config, missing file. Printed as one line."""
@@ -19,3 +21,25 @@ class ModelError(ModelPressError):
 
 class VariantError(ModelPressError):
     """A compression technique cannot handle this model; the variant is recorded as failed."""
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def brief(detail: object, limit: int = 300, last_line: bool = False) -> str:
+    """One line of an underlying error, for the end of a ModelPressError message.
+
+    The first (or last) non-empty line, without terminal colour codes; a line over `limit`
+    characters is cut at a word boundary and marked with "…", never mid-word (the
+    issue's "(… instea)" told the user less than nothing).
+    """
+    text = str(detail)
+    lines = [line.strip() for line in _ANSI.sub("", text).splitlines() if line.strip()]
+    if not lines:
+        return type(detail).__name__ if isinstance(detail, BaseException) else ""
+    line = lines[-1] if last_line else lines[0]
+    if len(line) <= limit:
+        return line
+    if " " not in line[: limit + 1]:
+        return line  # one long word (a path): whole, not cut
+    return line[: limit + 1].rsplit(" ", 1)[0].rstrip(" ,;:") + " …"

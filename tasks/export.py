@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from tasks.data import Preprocess, load_preprocess, load_split
-from tasks.errors import ModelError
+from tasks.errors import ModelError, brief
 from tasks.io import atomic_dir, read_json
 from tasks.models import count_macs_params
 from tasks.train import load_baseline, predict
@@ -55,9 +55,7 @@ def export_onnx(model: nn.Module, preprocess: Preprocess, path: Path) -> None:
                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
             )
         except Exception as exc:  # unsupported op names surface in the message
-            raise ModelError(
-                f"export: ONNX export failed ({str(exc).splitlines()[0][:200]})"
-            ) from None
+            raise ModelError(f"export: ONNX export failed ({brief(exc)})") from None
 
 
 def check_onnx(path: Path, model: nn.Module, x: np.ndarray, atol: float = 1e-3) -> ExportCheck:

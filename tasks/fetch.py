@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.config import FetchConfig
-from tasks.errors import ModelPressError
+from tasks.errors import ModelPressError, brief
 
 
 class FetchError(ModelPressError):
@@ -97,9 +97,8 @@ def fetch_file(cfg: FetchConfig, path: str, rev: str, field: str, dest_dir: Path
     except ModelPressError:
         raise
     except Exception as exc:  # DVC raises many types: missing remote data, bad remote config
-        text = str(exc).strip().splitlines()
         raise FetchError(
-            f"{field}: cannot read {path} at {rev} from {cfg.repo} ({text[0][:200] if text else type(exc).__name__})"
+            f"{field}: cannot read {path} at {rev} from {cfg.repo} ({brief(exc)})"
         ) from None
     finally:
         with contextlib.suppress(FileNotFoundError):

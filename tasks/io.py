@@ -51,15 +51,34 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     os.replace(staging, target)
 
 
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """Yield a temp path beside `path` (same suffix) to write; on success it replaces `path`,
+    on failure it is removed, so a failed run leaves neither a half file nor a temp file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}"
+    )
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def save_figure(figure: Any, path: Path) -> Path:
     """Save a matplotlib figure via a temp file beside `path`, then close it."""
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    figure.savefig(tmp)
-    plt.close(figure)
-    os.replace(tmp, path)
+    try:
+        with atomic_file(path) as tmp:
+            figure.savefig(tmp)
+    finally:
+        plt.close(figure)
     return path
 
 

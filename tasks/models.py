@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import importlib
+import logging
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from tasks.errors import ModelError, VariantError
+from tasks.errors import ModelError, VariantError, brief
 
 DEFAULT_FACTORY = "tasks.models:resnet_cnn"
 
@@ -99,26 +101,45 @@ def load_pt2(path: Path) -> torch.fx.GraphModule:
     """Load a torch.export program as a plain GraphModule that can be trained and exported."""
     if not path.exists():
         raise ModelError(f"{path}: .pt2 file not found")
-    import logging
     import zipfile
 
     if not zipfile.is_zipfile(path):
         raise ModelError(f"{path}: not a readable torch.export .pt2 file (not a zip archive)")
-    export_logger = logging.getLogger("torch.export")
-    previous_level = export_logger.level
-    export_logger.setLevel(logging.ERROR + 10)  # torch logs a full traceback before raising
+    # torch.export.load logs the real cause as a warning and then raises "check the warnings
+    # above"; a user sees no such warnings, so the cause is caught here and named instead.
+    export_logger = logging.getLogger("torch.export")  # torch gives it its own stderr handler
+    causes = _CauseCollector()
+    previous = export_logger.level, export_logger.propagate, export_logger.handlers
+    export_logger.setLevel(logging.WARNING)
+    export_logger.propagate, export_logger.handlers = False, [causes]
     try:
         program = torch.export.load(str(path))
     except Exception as exc:  # corrupt zip, wrong format, version mismatch
-        raise ModelError(f"{path}: not a readable torch.export .pt2 file ({_short(exc)})") from None
+        cause = causes.exceptions[-1] if causes.exceptions else exc
+        raise ModelError(
+            f"{path}: not a readable torch.export .pt2 file ({_short(cause)})"
+        ) from None
     finally:
-        export_logger.setLevel(previous_level)
+        export_logger.setLevel(previous[0])
+        export_logger.propagate, export_logger.handlers = previous[1], previous[2]
     graph_module = program.module()
     for node in list(graph_module.graph.nodes):
         if node.op == "call_module" and node.target == "_guards_fn":
             graph_module.graph.erase_node(node)  # export's input guards pin the batch size
     # A plain GraphModule: the exported one refuses train()/eval(), which fine-tuning needs.
     return torch.fx.GraphModule(graph_module, graph_module.graph).eval()
+
+
+class _CauseCollector(logging.Handler):
+    """Keeps the exceptions attached to log records instead of printing them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.exceptions: list[BaseException] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and record.exc_info[1] is not None:
+            self.exceptions.append(record.exc_info[1])
 
 
 _CONV = torch.ops.aten.conv2d.default
@@ -239,6 +260,6 @@ def _has_layers(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d | nn.Linear) for m in model.modules())
 
 
-def _short(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0][:160] if text else type(exc).__name__).rstrip(".")
+def _short(exc: BaseException) -> str:
+    text = re.sub(r"\s*\(Could this error message be improved\?.*$", "", brief(exc))
+    return text.rstrip(".")  # torch's C++ checks end with a plea for bug reports

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
 from tasks.errors import ModelPressError
-from tasks.io import read_json, save_figure
+from tasks.io import atomic_file, read_json, save_figure
 
 COLUMNS = (
     "variant",
@@ -113,11 +112,10 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     plot_accuracy_vs_size(metrics, args.out / "accuracy_vs_size.png")
     summary = args.out / "summary.md"
-    tmp = summary.with_name(".summary.md.tmp")
-    tmp.write_text(
-        f"# ModelPress variants\n\n{format_table(metrics, markdown=True)}\n\n![accuracy vs size](accuracy_vs_size.png)\n"
-    )
-    os.replace(tmp, summary)
+    with atomic_file(summary) as tmp:
+        tmp.write_text(
+            f"# ModelPress variants\n\n{format_table(metrics, markdown=True)}\n\n![accuracy vs size](accuracy_vs_size.png)\n"
+        )
     print(format_table(metrics))
     print(f"report: {summary}, {args.out / 'accuracy_vs_size.png'}")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.errors import ModelError
+from tasks.errors import ModelError, brief
 from tasks.variant import TensorSpec, VariantRecord, model_path, read_record
 
 Array = Callable[[np.ndarray], np.ndarray]
@@ -65,9 +65,7 @@ def _onnxruntime(path: Path, record: VariantRecord, threads: int) -> LoadedModel
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own exception types for corrupt models
-        raise ModelError(
-            f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0][:160]})"
-        ) from None
+        raise ModelError(f"{path}: ONNX Runtime cannot load it ({brief(exc)})") from None
     input_name = session.get_inputs()[0].name
     return LoadedModel(
         prepare=lambda images: normalize(images, record),
@@ -82,9 +80,7 @@ def _litert(path: Path, record: VariantRecord, threads: int) -> LoadedModel:
     try:
         interpreter = Interpreter(model_path=str(path), num_threads=threads)
     except (ValueError, RuntimeError) as exc:
-        raise ModelError(
-            f"{path}: LiteRT cannot load it ({str(exc).splitlines()[0][:160]})"
-        ) from None
+        raise ModelError(f"{path}: LiteRT cannot load it ({brief(exc)})") from None
     input_index = interpreter.get_input_details()[0]["index"]
     output_index = interpreter.get_output_details()[0]["index"]
     assert record.input is not None and record.output is not None

@@ -16,7 +16,7 @@ from torch import nn
 
 from tasks.config import TensorrtFp16Config
 from tasks.data import Preprocess, Split
-from tasks.errors import VariantError
+from tasks.errors import VariantError, brief
 from tasks.io import atomic_dir
 from tasks.train import accuracy
 from tasks.variant import (
@@ -129,7 +129,7 @@ def build_engine(
     if not parser.parse(onnx_file.read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise VariantError(
-            f"tensorrt_fp16: TensorRT cannot parse {onnx_file.name} ({errors[:200]})"
+            f"tensorrt_fp16: TensorRT cannot parse {onnx_file.name} ({brief(errors)})"
         )
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, cfg.workspace_mb << 20)

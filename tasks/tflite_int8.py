@@ -12,8 +12,9 @@ import numpy as np
 
 from tasks.config import TfliteInt8Config
 from tasks.data import Preprocess, Split
-from tasks.errors import VariantError
+from tasks.errors import VariantError, brief
 from tasks.io import atomic_dir
+from tasks.quiet import held_back
 from tasks.variant import (
     TensorSpec,
     VariantRecord,
@@ -87,12 +88,13 @@ def _convert(
     cfg: TfliteInt8Config,
     input_name: str,
 ) -> Path:
-    import onnx2tf
-
     io_dtype = "int8" if cfg.int8_io else "float32"
     try:
         # onnx2tf keeps global Keras/TF state: one conversion at a time in a process.
-        with _CONVERT_LOCK:
+        # TensorFlow's chatter (importing it included) is held back: `--verbose` shows it.
+        with _CONVERT_LOCK, held_back():
+            import onnx2tf
+
             onnx2tf.convert(
                 input_onnx_file_path=str(onnx_file),
                 output_folder_path=str(work_dir / "tf"),
@@ -106,7 +108,7 @@ def _convert(
                 non_verbose=True,
             )
     except Exception as exc:  # onnx2tf raises bare exceptions naming the failing op
-        detail = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
+        detail = brief(exc, last_line=True)
         raise VariantError(
             f"tflite_int8: onnx2tf could not convert {onnx_file.name} ({detail})"
         ) from None

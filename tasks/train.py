@@ -16,7 +16,7 @@ from torch import nn
 
 from tasks.config import BaselineConfig, TrainConfig, load_params
 from tasks.data import Preprocess, Split, load_preprocess, load_split
-from tasks.errors import ModelError
+from tasks.errors import ModelError, brief
 from tasks.io import atomic_dir, read_json, sha256_file, write_json
 from tasks.models import (
     DEFAULT_FACTORY,
@@ -123,7 +123,7 @@ def check_model_fits(model: nn.Module, preprocess: Preprocess, origin: str) -> N
     except Exception as exc:  # shape errors surface as several types
         raise ModelError(
             f"{origin}: model rejects input of shape {tuple(example.shape[1:])} "
-            f"(data.channels/image_size) ({str(exc).splitlines()[0][:120]})"
+            f"(data.channels/image_size) ({brief(exc)})"
         ) from None
     if not isinstance(out, torch.Tensor) or out.shape != (2, preprocess.num_classes):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__

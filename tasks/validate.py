@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +52,7 @@ class Check:
     success: bool
     observed: float | int | None
     threshold: float | int | None
+    detail: str = ""  # what the numbers stand for, e.g. which classes are too small
 
 
 @dataclass(frozen=True)
@@ -74,9 +75,10 @@ class SuiteResult:
 
 def _describe_check(check: Check) -> str:
     unit = " violating sample(s)" if check.expectation.endswith("_in_set") else ""
+    detail = f": {check.detail}" if check.detail else ""
     return (
         f"{check.name} [{check.column}] "
-        f"(observed {_fmt(check.observed)}{unit} vs threshold {_fmt(check.threshold)})"
+        f"(observed {_fmt(check.observed)}{unit} vs threshold {_fmt(check.threshold)}{detail})"
     )
 
 
@@ -239,11 +241,13 @@ def check_data(
     _check_splits(splits)
     runner = _GxRunner(docs_dir)
     checks = runner.run(f"{DATA_SUITE}.samples", sample_frame(splits), _sample_rules(preprocess))
-    checks += runner.run(
+    class_checks = runner.run(
         f"{DATA_SUITE}.classes",
         class_frame(splits, preprocess.num_classes),
         _class_rules(gates, list(splits)),
     )
+    counts = class_counts(splits["train"].y, preprocess.num_classes)
+    checks += [_name_classes(check, counts, preprocess.class_names) for check in class_checks]
     runner.build_docs()
     return _suite_result(DATA_SUITE, checks)
 
@@ -252,6 +256,32 @@ def assert_data_valid(result: SuiteResult) -> None:
     """Raise DataValidationError naming every failing check when the data suite failed."""
     if not result.success:
         raise DataValidationError(result.describe())
+
+
+def _name_classes(check: Check, counts: np.ndarray, names: list[str] | None) -> Check:
+    """A failed class-count check names the classes behind its number, so the user knows
+    which class (for ImageFolder data: which folder) needs more images."""
+    if check.success or check.column not in ("train_min_class_count", "train_class_imbalance"):
+        return check
+    if check.column == "train_min_class_count":
+        small = [int(c) for c in np.argsort(counts, kind="stable") if counts[c] < check.threshold]
+        listed = ", ".join(f"{_class_name(c, names)} has {counts[c]}" for c in small[:5])
+        more = f" and {len(small) - 5} more" if len(small) > 5 else ""
+        detail = f"{listed}{more} in train"
+    else:
+        largest, smallest = int(np.argmax(counts)), int(np.argmin(counts))
+        detail = (
+            f"largest {_class_name(largest, names)} has {counts[largest]}, "
+            f"smallest {_class_name(smallest, names)} has {counts[smallest]} in train"
+        )
+    return replace(check, detail=detail)
+
+
+def _class_name(label: int, names: list[str] | None) -> str:
+    """The label, and the class's name where the data has names (ImageFolder: its folder)."""
+    if names and label < len(names):
+        return f"class {label} {names[label]!r}"
+    return f"class {label}"
 
 
 def _check_splits(splits: dict[str, Split]) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import yaml
 
+from tests import processes
 from tests.conftest import FAST_BENCHMARK, cli_env, write_params
 
 EXIT_USER_ERROR = 2
@@ -66,7 +67,7 @@ def _closed_port() -> int:
 def _sh(args: list[str], cwd: Path) -> None:
     env = dict(os.environ, DVC_NO_ANALYTICS="1")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    done = processes.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, f"{args}: {done.stdout}\n{done.stderr}"
 
 
@@ -156,7 +157,7 @@ class Workspace:
             self.registry_uri,
             *extra,
         ]
-        return subprocess.run(
+        return processes.run(
             command,
             cwd=self.root,
             env=cli_env(FAKE_CREDENTIALS, self.fixture("prefect_server")),
@@ -394,6 +395,8 @@ def test_bad_input_fails_in_one_line_and_leaves_nothing(
     assert len(errors) == 1 and lines[-1] == errors[0], stderr[-3000:]
     for culprit in culprits:
         assert culprit in errors[0], (culprit, errors[0])
+    # said once: Prefect's failure lines on the console must not repeat the error line
+    assert stderr.count(errors[0].removeprefix("error: ")) == 1, stderr[-3000:]
     for secret in FAKE_CREDENTIALS.values():
         assert secret not in stderr + done.stdout
     assert "nightly:" not in done.stdout  # no result summary for a failed run

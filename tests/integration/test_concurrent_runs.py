@@ -21,6 +21,7 @@ import yaml
 from tasks.config import RegistryConfig
 from tasks.registry import open_registry
 from tests.conftest import cli_env, write_params, write_random_inputs
+from tests.processes import Processes
 
 BUCKET = "mp-concurrent"
 MODEL = "digits-concurrent"
@@ -46,8 +47,10 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _start(root: Path, name: str, api_url: str, prefix: str, *extra: str) -> Any:
-    return subprocess.Popen(
+def _start(
+    started: Processes, root: Path, name: str, api_url: str, prefix: str, *extra: str
+) -> Any:
+    return started.popen(
         [
             sys.executable,
             *("-m", "flows.cli", "nightly", "--params", str(root / "params.yaml")),
@@ -68,11 +71,12 @@ def _run_both(
     raw = yaml.safe_load((workspace / "params.yaml").read_text())
     raw["registry"]["endpoint_url"] = endpoint
     (workspace / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    runs = [_start(workspace, n, api_url, prefix, *extra) for n in ("a", "b")]
     done = []
-    for run in runs:
-        out, err = run.communicate(timeout=600)
-        done.append(subprocess.CompletedProcess(run.args, run.returncode, out, err))
+    with Processes() as started:  # both stopped, with what they started, on any path
+        runs = [_start(started, workspace, n, api_url, prefix, *extra) for n in ("a", "b")]
+        for run in runs:
+            out, err = run.communicate(timeout=600)
+            done.append(subprocess.CompletedProcess(run.args, run.returncode, out, err))
     return done
 
 

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests import processes
 from tests.conftest import LENIENT_GATES, write_params
+from tests.processes import Processes, kill
 
 pytestmark = pytest.mark.slow
 
@@ -56,29 +58,29 @@ def test_killed_run_resumes_from_cache_and_publishes_once(
     workdir = tmp_path / "work"
 
     # first run: killed as soon as every variant is built (the flow logs "variants: ...")
-    first = subprocess.Popen(
-        _command(params, workdir),
-        cwd=tmp_path,
-        env=_env(prefect_server),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.monotonic() + 600
-    seen = []
-    assert first.stdout is not None
-    for line in first.stdout:
-        seen.append(line)
-        if "variants: baseline=ok" in line:
-            first.send_signal(signal.SIGKILL)
-            break
-        assert time.monotonic() < deadline, "the first run never finished compression"
-    first.wait(timeout=60)
+    with Processes() as started:  # stopped whatever happens below
+        first = started.popen(
+            _command(params, workdir),
+            cwd=tmp_path,
+            env=_env(prefect_server),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + 600
+        seen = []
+        assert first.stdout is not None
+        for line in first.stdout:
+            seen.append(line)
+            if "variants: baseline=ok" in line:
+                kill(first)
+                break
+            assert time.monotonic() < deadline, "the first run never finished compression"
     assert first.returncode == -signal.SIGKILL, "".join(seen[-20:])
     assert not list((tmp_path / "registry").rglob("manifest.json"))  # killed before publishing
 
     # second run: same inputs, same cache; compression and evaluation come from the cache
-    second = subprocess.run(
+    second = processes.run(
         _command(params, workdir),
         cwd=tmp_path,
         env=_env(prefect_server),

@@ -22,7 +22,6 @@ import os
 import re
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -36,6 +35,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+
+from tests import processes
 
 # ~25 s of calls (the client's own backoff is 2**n s, no setting shortens it) + server start
 pytestmark = pytest.mark.slow
@@ -340,8 +341,10 @@ print("RESULT " + json.dumps(result, default=str), flush=True)
 @pytest.fixture(scope="module")
 def proxy_server(prefect_server: str) -> Iterator[FlakyProxy]:
     proxy = FlakyProxy(prefect_server)
-    yield proxy
-    proxy.close()
+    try:
+        yield proxy
+    finally:
+        proxy.close()
 
 
 @pytest.fixture
@@ -357,7 +360,7 @@ def run_client(proxy: FlakyProxy, scenario: str, tmp_path: Path, **settings: str
     env = dict(os.environ, PREFECT_API_URL=proxy.api_url, **CLIENT_SETTINGS, **settings)
     if "PREFECT_CLIENT_RETRY_EXTRA_CODES" not in settings:
         env.pop("PREFECT_CLIENT_RETRY_EXTRA_CODES", None)
-    done = subprocess.run(
+    done = processes.run(
         [sys.executable, str(script), scenario],
         cwd=tmp_path,
         env=env,

@@ -31,6 +31,7 @@ from tasks.registry import (
     VerifyReport,
     open_registry,
 )
+from tests import processes
 from tests.unit.test_registry import make_entry, run_threads
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -45,11 +46,13 @@ def endpoint() -> Iterator[str]:
     """A moto S3 server on 127.0.0.1 with one empty bucket; yields its URL."""
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    _client(url).create_bucket(Bucket=BUCKET)
-    yield url
-    server.stop()
+    try:
+        host, port = server.get_host_and_port()
+        url = f"http://{host}:{port}"
+        _client(url).create_bucket(Bucket=BUCKET)
+        yield url
+    finally:
+        server.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -354,7 +357,7 @@ def test_cli_shows_and_pulls_over_s3(
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         command = [sys.executable, "-m", "flows.cli", "registry", *args]
-        return subprocess.run(
+        return processes.run(
             command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
         )
 
@@ -523,7 +526,7 @@ def test_cli_verify_over_s3(
 
     def verify() -> subprocess.CompletedProcess[str]:
         command = [sys.executable, "-m", "flows.cli", "registry", "verify", *where]
-        return subprocess.run(
+        return processes.run(
             command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
         )
 

@@ -89,16 +89,18 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def moto() -> Iterator[RestartableMoto]:
     server = RestartableMoto()
-    boto3.client(
-        "s3",
-        endpoint_url=server.url,
-        region_name="us-east-1",
-        aws_access_key_id=ACCESS_KEY,
-        aws_secret_access_key=SECRET_KEY,
-    ).create_bucket(Bucket=BUCKET)
-    yield server
-    server.start()
-    server.stop()
+    try:
+        boto3.client(
+            "s3",
+            endpoint_url=server.url,
+            region_name="us-east-1",
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+        ).create_bucket(Bucket=BUCKET)
+        yield server
+    finally:
+        if server.running:  # a test may end with it stopped
+            server.stop()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ import pytest
 import yaml
 
 from tests.conftest import LENIENT_GATES, REPO_ROOT, write_params
+from tests.processes import Processes, kill
 
 pytestmark = pytest.mark.slow
 
@@ -39,11 +39,12 @@ def _create_pool(pool: str) -> None:
         client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
 
 
-def _start_worker(api_url: str, pool: str, log: Path) -> subprocess.Popen[bytes]:
+def _start_worker(
+    started: Processes, api_url: str, pool: str, log: Path
+) -> subprocess.Popen[bytes]:
     env = dict(os.environ, PREFECT_API_URL=api_url, TF_CPP_MIN_LOG_LEVEL="2")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    handle = open(log, "wb")  # noqa: SIM115 - closed with the process
-    return subprocess.Popen(
+    return started.popen(
         [
             str(Path(sys.executable).parent / "prefect"),
             "worker",
@@ -54,9 +55,7 @@ def _start_worker(api_url: str, pool: str, log: Path) -> subprocess.Popen[bytes]
             "process",
         ],
         env=env,
-        stdout=handle,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+        log=log,
         cwd=REPO_ROOT,
     )
 
@@ -92,19 +91,18 @@ def workers(
             source=str(REPO_ROOT), entrypoint="flows/benchmark.py:benchmark_runner"
         )
         source.to_deployment(name=runner, work_pool_name=pool).apply()
-    processes = {
-        runner: _start_worker(prefect_server, pool, logs / f"{runner}.log")
-        for runner, pool in POOLS.items()
-    }
-    deadline = time.monotonic() + 120
-    while not all(_online(pool) for pool in POOLS.values()):
-        assert time.monotonic() < deadline, "workers never came online"
-        time.sleep(1)
-    yield {"processes": processes, "logs": logs}
-    for process in processes.values():
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=30)
+    # every worker stopped on every path (setup failing included): SIGTERM to its process
+    # group, then SIGKILL, so no worker and no flow run it started outlives the module
+    with Processes() as started:
+        processes = {
+            runner: _start_worker(started, prefect_server, pool, logs / f"{runner}.log")
+            for runner, pool in POOLS.items()
+        }
+        deadline = time.monotonic() + 300  # a loaded machine starts three workers slowly
+        while not all(_online(pool) for pool in POOLS.values()):
+            assert time.monotonic() < deadline, "workers never came online"
+            time.sleep(1)
+        yield {"processes": processes, "logs": logs}
 
 
 def _params(tmp_path: Path, edge_timeout: int) -> Path:
@@ -216,8 +214,7 @@ def test_killed_worker_gives_failed_rows_and_a_completed_review(
                 break
             time.sleep(0.5)
     edge = workers["processes"]["edge-cpu"]
-    os.killpg(edge.pid, signal.SIGKILL)
-    edge.wait(timeout=30)
+    kill(edge)  # SIGKILL to its group: its flow-run process dies with it
     thread.join(timeout=600)
     assert not thread.is_alive(), "the nightly flow hung on a dead runner"
     assert "error" not in outcome, outcome.get("error")

@@ -21,6 +21,7 @@ from uuid import UUID
 import pytest
 import yaml
 
+from tests import processes
 from tests.conftest import (
     FAST_BENCHMARK,
     LENIENT_GATES,
@@ -198,7 +199,7 @@ def _result_storage() -> Path:
 
 
 def _cli(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    return processes.run(
         [sys.executable, "-m", "flows.cli", *args],
         cwd=cwd,
         env=env,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests import processes
 from tests.conftest import REPO_ROOT, write_params
 
 EXIT_USER_ERROR = 2
@@ -35,7 +35,7 @@ def _env() -> dict[str, str]:
 
 
 def _run(cwd: Path, module: str, *args: str) -> Run:
-    done = subprocess.run(
+    done = processes.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,
         env=_env(),
@@ -116,7 +116,8 @@ def test_prepare_rejects_labels_out_of_range(
 def test_prepare_rejects_a_bad_params_file(tmp_path: Path) -> None:
     write_params(tmp_path, {"data": {"sizee": 16}})
     run = _run(tmp_path, "tasks.data", "--params", "params.yaml", "--out", "data")
-    _assert_user_error(run, "params.yaml: data.sizee: unknown key")
+    _assert_user_error(run, "data.sizee: unknown key")
+    assert "params.yaml:" in run.stderr
     _assert_nothing_left(tmp_path, "data")
 
 
@@ -187,6 +188,21 @@ def test_train_pt2_corrupt_file_exits_2_and_leaves_nothing(workspace: Path) -> N
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith("error: inputs/model.pt2: not a readable torch.export .pt2 file"), last
     _assert_no_model(workspace)
+
+
+def test_train_pt2_zip_that_is_no_program_names_the_cause(workspace: Path) -> None:
+    """torch.export.load logs the cause and raises "check the warnings above": the one line
+    must carry the cause itself, and no warning may leak to stderr."""
+    import zipfile
+
+    (workspace / "inputs").mkdir()
+    with zipfile.ZipFile(workspace / "inputs" / "model.pt2", "w") as archive:
+        archive.writestr("archive/data.pkl", b"not a program")
+    write_params(workspace, {"baseline": {"source": "pt2", "path": "inputs/model.pt2"}})
+    line = _assert_user_error(_train(workspace), "inputs/model.pt2", "not a readable")
+    assert "warnings above" not in line, line
+    assert "version" in line, line  # the archive lacks its version record
+    assert "Could this error message be improved" not in line, line
 
 
 def test_train_pt2_corrupt_file_prints_one_line(workspace: Path) -> None:
@@ -282,6 +298,34 @@ def test_compress_unknown_variant(workspace: Path) -> None:
         assert name in line
     _assert_nothing_left(workspace / "variants", "nosuch")
     assert not (workspace / "variants").exists()
+
+
+def _convert_int8(tiny_workspace: Path, out: Path, *extra: str) -> Run:
+    return _run(
+        tiny_workspace,
+        "tasks.compress",
+        *("--params", "params.yaml", "--name", "tflite_int8", "--data", "data"),
+        *("--baseline", "models/baseline", "--source", "variants/baseline"),
+        *("--out", str(out), *extra),
+    )
+
+
+def test_conversion_prints_one_line_and_verbose_shows_tensorflow(
+    tiny_workspace: Path, tmp_path: Path
+) -> None:
+    """TensorFlow lists every captured tensor ("Saved artifact ... TensorSpec", ~30 lines a
+    model) while onnx2tf converts: quiet by default, shown with --verbose."""
+    quiet = _convert_int8(tiny_workspace, tmp_path / "quiet")
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    assert "TensorSpec" not in quiet.stdout + quiet.stderr
+    assert quiet.stdout.splitlines() == [
+        f"compress: tflite_int8 [tflite_int8] ok → {tmp_path / 'quiet'}"
+    ]
+
+    verbose = _convert_int8(tiny_workspace, tmp_path / "verbose", "--verbose")
+    assert verbose.returncode == 0, verbose.stderr[-2000:]
+    assert "TensorSpec" in verbose.stderr
+    assert "TensorSpec" not in verbose.stdout  # stdout stays the stage's result
 
 
 def test_table_with_a_missing_metrics_file(tmp_path: Path) -> None:

@@ -321,14 +321,54 @@ def test_missing_file_names_the_path(tmp_path: Path) -> None:
     assert str(info.value) == f"{path}: file not found"
 
 
-def test_invalid_yaml_names_the_path(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("text", "position", "problem"),
+    [
+        (
+            "data: [1, 2\n  image_size: }\n",
+            "2:13",
+            "but got ':' (while parsing a flow sequence at line 1)",
+        ),
+        ("seed: 1\nmodel: a: b\n", "2:9", "mapping values are not allowed here"),
+        ('seed: 1\ndata:\n  path: "open\n', "4:1", "while scanning a quoted scalar at line 3"),
+    ],
+    ids=["unclosed-bracket", "mapping-in-a-value", "unclosed-quote"],
+)
+def test_invalid_yaml_names_the_line_and_column(
+    tmp_path: Path, text: str, position: str, problem: str
+) -> None:
     path = tmp_path / "params.yaml"
-    path.write_text("data: [1, 2\n  image_size: }\n")
+    path.write_text(text)
     with pytest.raises(ConfigError) as info:
         load_params(path)
     message = str(info.value)
-    assert message.startswith(f"{path}: not valid YAML ("), message
+    assert message.startswith(f"{path}:{position}: not valid YAML: "), message
+    assert problem in message, message
     assert "\n" not in message
+
+
+def test_validation_errors_name_the_line_of_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: 1\ndata:\n  image_size: 16\n  channels: 1\n  image_sise: 16\n")
+    with pytest.raises(ConfigError) as info:
+        load_params(path)
+    assert str(info.value) == f"{path}:5: data.image_sise: unknown key"
+
+
+def test_nested_gate_errors_name_the_line_of_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("gates:\n  per_variant:\n    pruned:\n      max_accuracy_dropp: 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_params(path)
+    assert str(info.value) == f"{path}:4: gates.per_variant.pruned.max_accuracy_dropp: unknown key"
+
+
+def test_a_value_from_an_override_names_no_line_of_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: 1\ndata:\n  image_size: 16\n")
+    with pytest.raises(ConfigError) as info:
+        load_params(path, {"data": {"image_size": 3}})
+    assert str(info.value).startswith(f"{path}: data.image_size: "), str(info.value)
 
 
 def test_non_mapping_yaml_is_refused(tmp_path: Path) -> None:
@@ -344,7 +384,7 @@ def test_file_errors_carry_the_file_as_origin(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump({"data": {"image_size": 3}}))
     with pytest.raises(ConfigError) as info:
         load_params(path)
-    assert str(info.value).startswith(f"{path}: data.image_size: ")
+    assert str(info.value).startswith(f"{path}:2: data.image_size: ")
 
 
 def test_unknown_key_in_a_per_variant_gate_names_the_dotted_key(

@@ -350,7 +350,7 @@ def test_only_one_class(tmp_path: Path) -> None:
     y = np.zeros(20, dtype=np.int64)
     _write_npz(tmp_path / "d.npz", x=_float_images(len(y)), y=y)
     message = _error(_npz_cfg(), tmp_path)
-    assert message == "d.npz: only 1 class present; expected at least 2"
+    assert message == "d.npz: only 1 class present (class 0); expected at least 2"
 
 
 def test_split_that_ends_up_empty(tmp_path: Path) -> None:
@@ -418,6 +418,43 @@ def test_imagefolder_without_images(tmp_path: Path) -> None:
         (tmp_path / "imgs" / name / "readme.txt").write_text("x")
     cfg = DataConfig(source="imagefolder", path="imgs", image_size=16)
     assert "no .png/.jpg/.jpeg images" in _error(cfg, tmp_path)
+
+
+def test_imagefolder_with_an_empty_class_folder_names_it(tmp_path: Path) -> None:
+    root = _imagefolder(tmp_path / "imgs", {"cat": 0, "dog": 255}, per_class=5)
+    (root / "owl").mkdir()
+    (root / "owl" / "notes.txt").write_text("images to come")
+    cfg = DataConfig(source="imagefolder", path="imgs", image_size=16)
+    message = _error(cfg, tmp_path)
+    assert message == f"{root / 'owl'}: class folder has no .png/.jpg/.jpeg images", message
+
+
+def _gate_message(prepared: PreparedData) -> str:
+    from tasks.config import DataGates
+    from tasks.validate import DataValidationError, assert_data_valid, check_data
+
+    result = check_data(prepared.splits, prepared.preprocess, DataGates())
+    with pytest.raises(DataValidationError) as info:
+        assert_data_valid(result)
+    return str(info.value)
+
+
+def test_too_few_samples_names_the_class_folder(tmp_path: Path) -> None:
+    root = _imagefolder(tmp_path / "imgs", {"cat": 0, "dog": 255}, per_class=30)
+    _imagefolder(root, {"owl": 128}, per_class=5)  # 5 images: about 3 in train, under 5
+    cfg = DataConfig(source="imagefolder", path="imgs", image_size=8)
+    message = _gate_message(prepare(cfg, seed=0, root=tmp_path))
+    assert "train samples per class >= min_samples_per_class" in message
+    assert "class 2 'owl' has 3 in train" in message, message
+    assert "'cat'" not in message and "'dog'" not in message, message
+
+
+def test_class_imbalance_names_the_largest_and_smallest_class(tmp_path: Path) -> None:
+    y = np.concatenate([np.repeat([0, 1], 200), np.full(12, 2)])
+    _write_npz(tmp_path / "d.npz", x=_float_images(len(y)), y=y)
+    message = _gate_message(prepare(_npz_cfg(), seed=0, root=tmp_path))
+    assert "train class imbalance <= max_class_imbalance" in message, message
+    assert "largest class 0 has 120, smallest class 2 has 7 in train" in message, message
 
 
 def test_imagefolder_with_an_unreadable_image(tmp_path: Path) -> None:

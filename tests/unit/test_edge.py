@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 
+from tests import processes
 from tests.conftest import REPO_ROOT
 
 HEAVY = (
@@ -102,7 +102,7 @@ rows = benchmark_variants("edge-cpu", RunnerProfile(threads=1, cpu_affinity=[0],
                           Path({str(tmp_path / "images.npz")!r}))
 print(json.dumps([[r.variant, r.status, r.reason, r.p50_ms, sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})] for r in rows]))
 """
-    done = subprocess.run(
+    done = processes.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -119,7 +119,7 @@ print(json.dumps([[r.variant, r.status, r.reason, r.p50_ms, sorted(m for m in sy
 def test_pip_resolves_the_edge_extra_without_heavy_packages(tmp_path: Path) -> None:
     """What `pip install .[edge]` would install on a device (resolved against the package index)."""
     report = tmp_path / "report.json"
-    done = subprocess.run(
+    done = processes.run(
         [
             sys.executable,
             "-m",

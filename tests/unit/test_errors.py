@@ -1,0 +1,41 @@
+"""The one-line error helpers: an underlying error's text is never cut mid-word."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.errors import brief
+
+
+def test_a_long_line_is_cut_at_a_word_boundary_and_marked() -> None:
+    words = "the operator is not supported by this runtime, use a newer opset instead " * 6
+    line = brief(RuntimeError(words), limit=100)
+    assert line.endswith(" …"), line
+    kept = line.removesuffix(" …")
+    assert len(kept) <= 100
+    assert words.startswith(kept)
+    assert words[len(kept)] == " ", f"cut mid-word: {line!r}"
+
+
+@pytest.mark.parametrize("limit", range(60, 90))
+def test_no_limit_cuts_a_word(limit: int) -> None:
+    text = "Protobuf parsing failed: use torch.onnx.export(..., dynamo=True) instead of the legacy"
+    kept = brief(text, limit=limit).removesuffix(" …")
+    assert text.startswith(kept)
+    assert text == kept or not text[len(kept)].isalnum(), f"cut mid-word: {kept!r}"
+
+
+def test_first_or_last_non_empty_line_without_colour_codes() -> None:
+    text = "\n  \x1b[1mWeights only load failed\x1b[0m.\nmore\n\nlast line\n"
+    assert brief(text) == "Weights only load failed."
+    assert brief(text, last_line=True) == "last line"
+
+
+def test_an_empty_message_names_the_exception_type() -> None:
+    assert brief(KeyError()) == "KeyError"
+    assert brief("") == ""
+
+
+def test_one_word_longer_than_the_limit_is_kept_whole() -> None:
+    path = "/very/" + "deep/" * 80 + "model.onnx"
+    assert brief(path, limit=50) == path

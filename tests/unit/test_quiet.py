@@ -1,0 +1,91 @@
+"""Converters' chatter is held back: not on the console, in the `modelpress.convert` log."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import sys
+import threading
+
+import pytest
+
+from tasks.quiet import LOGGER, held_back
+from tests import processes
+from tests.conftest import REPO_ROOT
+
+
+def test_prints_inside_are_logged_not_printed(
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger=LOGGER.name), held_back():
+        print("Saved artifact at '/tmp/x'. TensorSpec(shape=(None, 10))")
+        print("to stderr too", file=sys.stderr)
+    out, err = capsys.readouterr()
+    assert out == "" and err == ""
+    logged = [r.getMessage() for r in caplog.records if r.name == LOGGER.name]
+    assert logged == ["Saved artifact at '/tmp/x'. TensorSpec(shape=(None, 10))", "to stderr too"]
+
+
+def test_other_threads_keep_printing(capsys: pytest.CaptureFixture[str]) -> None:
+    """Inside a flow other tasks run beside the conversion: their output is theirs."""
+    started, release = threading.Event(), threading.Event()
+
+    def other_task() -> None:
+        started.wait(10)
+        print("epoch 1/1 of another task")
+        release.set()
+
+    thread = threading.Thread(target=other_task)
+    thread.start()
+    with held_back():
+        started.set()
+        release.wait(10)
+        print("TensorSpec(shape=(3,))")
+    thread.join(10)
+    out, _ = capsys.readouterr()
+    assert out == "epoch 1/1 of another task\n"
+
+
+def test_c_level_writes_are_held_back_when_alone() -> None:
+    """A DVC stage is one thread: what C++ writes to fds 1 and 2 (TensorFlow's log lines) is
+    held back too. Run in a fresh interpreter, where no other thread exists."""
+    script = (
+        "import os\n"
+        "from tasks.quiet import held_back\n"
+        "with held_back():\n"
+        "    os.write(1, b'fully_quantize: 0, inference_type: 6\\n')\n"
+        "    os.write(2, b'I0000 cudart_stub.cc:31] Could not find cuda drivers\\n')\n"
+        "print('done')\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    done = processes.run(
+        [sys.executable, "-c", script], env=env, timeout=60, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert (done.stdout, done.stderr) == ("done\n", "")
+
+
+def test_verbose_prints_what_was_held_back() -> None:
+    from tasks.quiet import show_converter_output
+
+    stream = io.StringIO()
+    handlers, level, propagate = list(LOGGER.handlers), LOGGER.level, LOGGER.propagate
+    try:
+        show_converter_output(stream)
+        with held_back():
+            print("TensorSpec(shape=(None, 10))")
+    finally:
+        LOGGER.handlers, LOGGER.level, LOGGER.propagate = handlers, level, propagate
+    assert stream.getvalue() == "TensorSpec(shape=(None, 10))\n"
+
+
+def test_a_stream_kept_from_inside_prints_again_afterwards(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A logging handler created inside (TensorFlow's, at import) keeps the stand-in stream:
+    after the block it must print, not feed a buffer nobody reads."""
+    with held_back():
+        kept = sys.stderr
+    print("a later warning", file=kept)
+    assert capsys.readouterr().err == "a later warning\n"
