@@ -677,13 +677,19 @@ def _allocate_version(cfg: RegistryConfig, model: str) -> str:
 
 
 def _check_registry(cfg: RegistryConfig, model: str, version: str | None) -> dict[str, Any] | None:
-    """Check `version`'s name and that the registry answers; returns the last manifest."""
-    from tasks.registry import check_name, open_registry
+    """Check `version`'s name, that it is not published yet and that the registry answers;
+    returns the last manifest."""
+    from tasks.registry import RegistryError, check_name, open_registry
 
     if version is not None:
         check_name("version", version)  # the registry's own naming rule
     registry = open_registry(cfg)
     versions = registry.list_versions(model)
+    if version in versions:  # versions are immutable: publishing would fail after all the work
+        raise RegistryError(
+            f"version {version!r}: {model} {version} is already published in {registry.uri}; "
+            f"versions are immutable: choose another, or leave --version out for the next number"
+        )
     return registry.read_manifest(model, versions[-1]) if versions else None
 
 
