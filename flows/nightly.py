@@ -41,7 +41,7 @@ from tasks.config import (
 from tasks.errors import ConfigError, ModelPressError
 from tasks.fetch import FetchedFile, FetchNotFoundError, fetch_file
 from tasks.io import read_json, write_json
-from tasks.lineage import code_sha256, data_lineage, model_lineage
+from tasks.lineage import code_sha256, data_lineage, model_lineage, unchanged_since
 from tasks.report import format_table
 from tasks.review import (
     GateVerdict,
@@ -72,7 +72,7 @@ LIBRARIES = (
 class NightlyResult:
     model: str
     version: str | None
-    status: str  # published | nothing-approved | nothing-passed | review-timed-out
+    status: str  # published | unchanged | nothing-approved | nothing-passed | review-timed-out
     published: list[str]
     rejected: dict[str, str]
     approval: dict[str, Any] | None
@@ -81,6 +81,7 @@ class NightlyResult:
     manifest_uri: str | None = None
     cached_tasks: list[str] = field(default_factory=list)
     table: str = ""  # the variants table, as `modelpress table` prints it
+    unchanged_since: str | None = None  # status unchanged: the version that holds these files
 
 
 # ---- tasks: thin wrappers over tasks/ ---------------------------------------------------------
@@ -315,6 +316,7 @@ def nightly(
     version: str | None = None,
     workdir: str = ".modelpress",
     review_poll_s: int = 10,
+    publish_unchanged: bool = False,
 ) -> NightlyResult:
     """Compress, validate, review and publish one model. Parameters override params.yaml."""
     logger = get_run_logger()
@@ -459,6 +461,19 @@ def nightly(
             version=None, status="nothing-approved", published=[], approval=decision, **result
         )
 
+    same_as = (
+        None if publish_unchanged else _unchanged_since(previous, lineage_inputs, approved, dirs)
+    )
+    if same_as is not None:
+        logger.info("unchanged since version %s: nothing published", same_as)
+        return NightlyResult(
+            version=None,
+            status="unchanged",
+            published=[],
+            approval=decision,
+            unchanged_since=same_as,
+            **result,
+        )
     # a new version number is claimed with a conditional write: two runs never get the same one
     version = version or _allocate_version(registry_cfg, model_name)
     entries = _publish_entries(approved, records, dirs, metrics, verdicts, bench, decision)
@@ -693,6 +708,17 @@ def _check_registry(cfg: RegistryConfig, model: str, version: str | None) -> dic
     return registry.read_manifest(model, versions[-1]) if versions else None
 
 
+def _unchanged_since(
+    previous: dict[str, Any] | None,
+    inputs: dict[str, Any],
+    approved: list[str],
+    dirs: dict[str, str],
+) -> str | None:
+    """The last published version if it holds exactly these approved files from the same
+    inputs: publishing again would only add a byte-identical copy."""
+    return unchanged_since(previous, inputs, {name: Path(dirs[name]) for name in approved})
+
+
 def _publish_entries(
     approved: list[str],
     records: dict[str, VariantRecord],
@@ -770,6 +796,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--registry-uri")
     parser.add_argument("--version")
     parser.add_argument("--workdir", default=".modelpress")
+    parser.add_argument(
+        "--publish-unchanged",
+        action="store_true",
+        help="publish a new version even when its files equal the last published version's",
+    )
     args = parser.parse_args(argv)
     for name in ("prefect.flow_runs", "prefect.task_runs"):
         logging.getLogger(name).addFilter(_UserErrorWithoutTraceback())
@@ -784,6 +815,7 @@ def main(argv: list[str] | None = None) -> None:
                 registry_uri=args.registry_uri,
                 version=args.version,
                 workdir=args.workdir,
+                publish_unchanged=args.publish_unchanged,
             )
         finally:
             _deliver_prefect_queues()
@@ -819,6 +851,11 @@ def _result_text(result: NightlyResult) -> str:
         + (f" version {result.version}" if result.version else "")
     ]
     lines += [f"  published: {', '.join(result.published) or 'nothing'}"]
+    if result.unchanged_since:
+        lines.append(
+            f"  unchanged since version {result.unchanged_since}: the approved files and inputs "
+            "are those it holds (--publish-unchanged publishes anyway)"
+        )
     lines += [f"  rejected:  {name}: {reason}" for name, reason in result.rejected.items()]
     if result.manifest_uri:
         lines.append(f"  manifest:  {result.manifest_uri}")

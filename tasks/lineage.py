@@ -98,3 +98,44 @@ def model_lineage(cfg: BaselineConfig, root: Path) -> dict[str, Any]:
         "weights_path": cfg.path,
         "weights_sha256": sha256_file(path),
     }
+
+
+def variant_files(directory: Path) -> dict[str, dict[str, Any]]:
+    """Every file of a variant directory as a manifest lists it: {relative path: sha256, size}."""
+    directory = Path(directory)
+    return {
+        p.relative_to(directory).as_posix(): {
+            "sha256": sha256_file(p),
+            "size_bytes": p.stat().st_size,
+        }
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def unchanged_since(
+    previous: dict[str, Any] | None, inputs: dict[str, Any], variant_dirs: dict[str, Path]
+) -> str | None:
+    """The version of `previous` (the last published manifest) if it came from the same input
+    hashes and holds exactly these variants with byte-identical files; else None.
+
+    Input hashes count because a variant's files can stay identical while the data it was
+    measured on changed (new test labels: other accuracies). Metrics and approvals are left
+    out: latencies are measured afresh every night and differ run to run.
+    """
+    if previous is None or set(previous.get("variants", {})) != set(variant_dirs):
+        return None
+    if _input_hashes(previous.get("lineage", {}).get("inputs", {})) != _input_hashes(inputs):
+        return None
+    for name, directory in variant_dirs.items():
+        published = previous["variants"][name].get("files", {})
+        listed = {rel: (m["sha256"], m["size_bytes"]) for rel, m in published.items()}
+        local = {rel: (m["sha256"], m["size_bytes"]) for rel, m in variant_files(directory).items()}
+        if listed != local:
+            return None
+    return str(previous["version"])
+
+
+def _input_hashes(inputs: dict[str, Any]) -> dict[str, Any]:
+    """The content fields of a lineage's inputs (revs and paths may name the same bytes)."""
+    return {key: value for key, value in inputs.items() if key.endswith("_sha256")}

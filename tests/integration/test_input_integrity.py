@@ -1,6 +1,6 @@
 """Local inputs (fetch.repo null) are cache keys by content: a changed model, data file, factory
 module, weights file or ImageFolder image re-runs what it feeds and is published under its new
-sha256; an unchanged input stays cached.
+sha256; an unchanged input stays cached, and an unchanged night publishes nothing.
 
 Runs the real nightly flow against the session's Prefect server with one runner, one short
 variant and tiny random inputs (no accuracy gates), so each run takes seconds.
@@ -160,6 +160,22 @@ def test_changed_npz_or_pt2_is_rebuilt_and_published_with_its_new_hash(
     assert third.status == "published", third
     assert _cached(states) == set(), states
     assert _lineage(tmp_path, third.version)["data_sha256"] == _sha256(inputs / "data.npz")
+
+    # nothing changed: every build is cached and no byte-identical version is published
+    fourth, states = _run(params, tmp_path)
+    assert _cached(states) == set(BUILT), states
+    assert fourth.status == "unchanged" and fourth.version is None, fourth
+    assert fourth.unchanged_since == third.version
+    from tasks.config import RegistryConfig
+    from tasks.registry import open_registry
+
+    registry = open_registry(RegistryConfig(uri=str(tmp_path / "registry")))
+    assert registry.list_versions("integrity") == [first.version, second.version, third.version]
+
+    # ... unless asked for
+    fifth, _ = _run(params, tmp_path, publish_unchanged=True)
+    assert fifth.status == "published", fifth
+    assert registry.list_versions("integrity")[-1] == fifth.version != third.version
 
 
 def _png(path: Path, pixels: np.ndarray) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from tasks.lineage import (
     data_lineage,
     model_lineage,
     sha256_tree,
+    unchanged_since,
+    variant_files,
 )
 
 
@@ -83,6 +86,34 @@ def test_model_lineage_errors_name_the_field(tmp_path: Path) -> None:
 def test_training_code_is_part_of_the_key() -> None:
     assert code_sha256("tasks.train", "tasks.models") != code_sha256("tasks.train")
     assert code_sha256("tasks.train") == code_sha256("tasks.train")
+
+
+def _manifest(directory: Path, inputs: dict) -> dict:
+    return {
+        "version": "3",
+        "lineage": {"inputs": inputs},
+        "variants": {"pruned": {"files": variant_files(directory)}},
+    }
+
+
+def test_unchanged_needs_the_same_variants_files_and_input_hashes(tmp_path: Path) -> None:
+    variant = tmp_path / "pruned"
+    variant.mkdir()
+    (variant / "model.onnx").write_bytes(b"onnx")
+    (variant / "variant.json").write_text(json.dumps({"name": "pruned"}))
+    inputs = {"data_sha256": "d" * 64, "model_sha256": "m" * 64, "model_rev": "v1"}
+    previous = _manifest(variant, inputs)
+
+    assert unchanged_since(previous, inputs, {"pruned": variant}) == "3"
+    # another rev naming the same bytes is the same input
+    assert unchanged_since(previous, inputs | {"model_rev": "main"}, {"pruned": variant}) == "3"
+    assert unchanged_since(None, inputs, {"pruned": variant}) is None
+    assert (
+        unchanged_since(previous, inputs | {"data_sha256": "e" * 64}, {"pruned": variant}) is None
+    )
+    assert unchanged_since(previous, inputs, {"pruned": variant, "baseline": variant}) is None
+    (variant / "model.onnx").write_bytes(b"onnY")
+    assert unchanged_since(previous, inputs, {"pruned": variant}) is None
 
 
 def test_a_factory_baseline_records_its_module_source(tmp_path: Path) -> None:
