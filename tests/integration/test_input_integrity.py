@@ -245,3 +245,37 @@ def test_changed_factory_weights_or_image_is_rebuilt_and_published_with_its_new_
     assert _cached(states) == set(), states
     assert _lineage(tmp_path, fourth.version)["data_sha256"] == sha256_tree(inputs / "images")
     sys.modules.pop("integrity_user_model", None)
+
+
+def test_an_unchanged_night_says_so_through_the_cli_and_publishes_on_request(
+    prefect_server: str, tmp_path: Path
+) -> None:
+    import subprocess
+
+    from tests.conftest import cli_env, write_random_inputs
+
+    overrides = write_random_inputs(tmp_path)
+    params = _params(tmp_path, overrides["data"], overrides["baseline"])
+    command = [
+        sys.executable,
+        *("-m", "flows.cli", "nightly", "--params", str(params), "--approval", "auto"),
+        *("--workdir", str(tmp_path / "work")),
+    ]
+
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [*command, *extra],
+            cwd=tmp_path,
+            env=cli_env({}, prefect_server),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done
+
+    assert "nightly: published — model integrity version 1" in run().stdout
+    again = run().stdout
+    assert "nightly: unchanged — model integrity" in again, again[-2000:]
+    assert "unchanged since version 1" in again and "published: nothing" in again
+    assert "nightly: published — model integrity version 2" in run("--publish-unchanged").stdout
