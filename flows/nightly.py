@@ -45,6 +45,7 @@ from tasks.config import (
 from tasks.errors import ConfigError, ModelPressError
 from tasks.fetch import FetchedFile, FetchNotFoundError, fetch_file
 from tasks.io import read_json, write_json
+from tasks.lineage import code_sha256, data_lineage, model_lineage, unchanged_since
 from tasks.report import format_table
 from tasks.review import (
     GateVerdict,
@@ -78,7 +79,7 @@ LIBRARIES = (
 class NightlyResult:
     model: str
     version: str | None
-    status: str  # published | nothing-approved | nothing-passed | review-timed-out
+    status: str  # published | unchanged | nothing-approved | nothing-passed | review-timed-out
     published: list[str]
     rejected: dict[str, str]
     approval: dict[str, Any] | None
@@ -88,6 +89,7 @@ class NightlyResult:
     cached_tasks: list[str] = field(default_factory=list)
     decision_uri: str | None = None  # the review's decision record in the registry
     table: str = ""  # the variants table, as `modelpress table` prints it
+    unchanged_since: str | None = None  # status unchanged: the version that holds these files
 
 
 # ---- tasks: thin wrappers over tasks/ ---------------------------------------------------------
@@ -116,8 +118,8 @@ def fetch_task(cfg: FetchConfig, path: str, rev: str, field_name: str, dest: str
 
 
 @task(name="prepare", cache_policy=CACHED)
-def prepare_task(cfg: DataConfig, seed: int, source_sha256: str, root: str, out_dir: str) -> str:
-    """Load, check and split the data (source_sha256 keys the cache on the data's content)."""
+def prepare_task(cfg: DataConfig, seed: int, data_key: str, root: str, out_dir: str) -> str:
+    """Load, check and split the data (data_key: hash of the data's content and tasks.data)."""
     from tasks.data import prepare, write_prepared
 
     write_prepared(prepare(cfg, seed, root=Path(root)), Path(out_dir))
@@ -142,11 +144,12 @@ def baseline_task(
     train_cfg: TrainConfig,
     data_dir: str,
     seed: int,
-    model_sha256: str,
+    baseline_key: str,
     root: str,
     out_dir: str,
 ) -> dict[str, Any]:
-    """Train the default CNN or import the user's model; returns baseline.json."""
+    """Train the default CNN or import the user's model; returns baseline.json (baseline_key:
+    hash of the data key, the model files' content, params and training code)."""
     from tasks.train import make_baseline, save_baseline
 
     result = make_baseline(cfg, train_cfg, Path(data_dir), seed, root=Path(root))
@@ -361,6 +364,7 @@ def nightly(
     version: str | None = None,
     workdir: str = ".modelpress",
     review_poll_s: int = 10,
+    publish_unchanged: bool = False,
 ) -> NightlyResult:
     """Compress, validate, review and publish one model. Parameters override params.yaml."""
     logger = get_run_logger()
@@ -379,32 +383,38 @@ def nightly(
     run_dir = work / "runs" / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    # fetch: versioned inputs through DVC (or the embedded default)
-    params, lineage_inputs = _fetch_inputs(params, model_rev, data_rev, work / "inputs")
-    data_key = _key(params.data, params.seed, lineage_inputs.get("data_sha256"))
+    # fetch: versioned inputs through DVC, or local files; every key below holds their sha256
+    params, lineage_inputs = _fetch_inputs(params, model_rev, data_rev, work / "inputs", root)
+    data_key = _key(
+        params.data, params.seed, lineage_inputs["data_sha256"], code_sha256("tasks.data")
+    )
     data_dir = prepare_task(
-        params.data,
-        params.seed,
-        lineage_inputs.get("data_sha256") or "embedded",
-        str(root),
-        str(work / "data" / data_key),
+        params.data, params.seed, data_key, str(root), str(work / "data" / data_key)
     )
     check_data_task(data_dir, params.gates.data, str(run_dir / "data-docs" / "data"))
 
+    # a trained baseline is fixed by the data, train params, seed and the training code
+    input_hashes = {k: v for k, v in lineage_inputs.items() if k.endswith("_sha256")}
     base_key = _key(
-        data_key, params.baseline, params.train, params.seed, lineage_inputs.get("model_sha256")
+        data_key,
+        params.baseline,
+        params.train,
+        params.seed,
+        input_hashes,
+        code_sha256("tasks.train", "tasks.models"),
     )
     baseline = baseline_task(
         params.baseline,
         params.train,
         data_dir,
         params.seed,
-        lineage_inputs.get("model_sha256") or "trained",
+        base_key,
         str(root),
         str(work / "baseline" / base_key),
     )
     baseline_dir = str(work / "baseline" / base_key)
-    variants_root = work / "variants" / base_key
+    export_key = _key(base_key, code_sha256("tasks.export"))
+    variants_root = work / "variants" / export_key
     export_future = export_task.submit(
         baseline["sha256"], baseline_dir, data_dir, str(variants_root / "baseline")
     )
@@ -412,9 +422,10 @@ def nightly(
     # fan out: every variant in parallel, combinations after their source
     futures: dict[str, Any] = {"baseline": export_future}
     dirs = {"baseline": str(variants_root / "baseline")}
-    keys = {"baseline": base_key}
+    keys = {"baseline": export_key}
     for name, cfg in _in_dependency_order(params.variants):
-        keys[name] = _key(keys[cfg.source], name, cfg)
+        technique_code = code_sha256("tasks.compress", f"tasks.{cfg.technique}")
+        keys[name] = _key(keys[cfg.source], name, cfg, technique_code)
         dirs[name] = str(variants_root / f"{name}-{keys[name]}")
         futures[name] = compress_task.submit(
             name,
@@ -431,9 +442,11 @@ def nightly(
     cached = [name for name, future in futures.items() if future.state.name == "Cached"]
     logger.info("variants: %s", ", ".join(f"{n}={r.status}" for n, r in records.items()))
 
-    model_hashes = {name: record.model_sha256 or record.status for name, record in records.items()}
-    eval_dir = work / "evaluations" / _key(model_hashes)
-    metrics = evaluate_task(model_hashes, dirs, data_dir, str(eval_dir))
+    variant_hashes = {n: record.model_sha256 or record.status for n, record in records.items()}
+    # the same models on other data (or by other evaluation code) give other metrics
+    eval_key = _key(variant_hashes, data_key, code_sha256("tasks.evaluate", "tasks.runtime"))
+    eval_dir = work / "evaluations" / eval_key
+    metrics = evaluate_task(variant_hashes, dirs, data_dir, str(eval_dir))
 
     ok = [name for name, record in records.items() if record.status == "ok"]
     engine_requests = {  # engines are built on the CUDA runner that will run them
@@ -540,6 +553,25 @@ def nightly(
             decision_uri=uri,
             **result,
         )
+    same_as = (
+        None if publish_unchanged else _unchanged_since(previous, lineage_inputs, approved, dirs)
+    )
+    if same_as is not None:
+        reason = f"the approved files and inputs equal version {same_as}'s"
+        uri = record("unchanged", decision | {"reason": reason})
+        logger.info(
+            "unchanged since version %s: nothing published (decision recorded: %s)", same_as, uri
+        )
+        _tag_run("unchanged")
+        return NightlyResult(
+            version=None,
+            status="unchanged",
+            published=[],
+            approval=decision,
+            decision_uri=uri,
+            unchanged_since=same_as,
+            **result,
+        )
     decision = decision | run | {"decision": record("approved", decision)}
 
     # a new version number is claimed with a conditional write, only now that the decision is
@@ -572,27 +604,30 @@ def nightly(
 
 
 def _fetch_inputs(
-    params: Params, model_rev: str | None, data_rev: str | None, dest: Path
+    params: Params, model_rev: str | None, data_rev: str | None, dest: Path, root: Path
 ) -> tuple[Params, dict[str, Any]]:
-    """Fetch the model and data at their revs; point params at the fetched files."""
+    """Fetch the model and data at their revs and point params at the fetched files; hash the
+    local ones. The lineage names the sha256 of every input file either way."""
     cfg = params.fetch
     model_rev, data_rev = model_rev or cfg.model_rev, data_rev or cfg.data_rev
-    if cfg.repo is None:
-        if model_rev or data_rev:
-            raise ConfigError("fetch.repo: model_rev/data_rev given but no DVC repo is configured")
-        return params, {"data": params.data.source, "model": params.baseline.source}
-    lineage: dict[str, Any] = {"repo": cfg.repo}
+    if cfg.repo is None and (model_rev or data_rev):
+        raise ConfigError("fetch.repo: model_rev/data_rev given but no DVC repo is configured")
+    lineage: dict[str, Any] = {"repo": cfg.repo} if cfg.repo else {}
     updates: dict[str, Any] = {}
-    if cfg.data_path:
+    if cfg.repo and cfg.data_path:
         fetched = fetch_task(cfg, cfg.data_path, data_rev or "HEAD", "data_rev", str(dest))
-        lineage |= _fetched_lineage("data", fetched)
+        lineage |= {"data": "npz"} | _fetched_lineage("data", fetched)
         updates["data"] = params.data.model_copy(
             update={"source": "npz", "path": str(fetched.local_path)}
         )
-    if cfg.model_path:
+    else:
+        lineage |= data_lineage(params.data, root)
+    if cfg.repo and cfg.model_path:
         fetched = fetch_task(cfg, cfg.model_path, model_rev or "HEAD", "model_rev", str(dest))
-        lineage |= _fetched_lineage("model", fetched)
+        lineage |= {"model": "pt2"} | _fetched_lineage("model", fetched)
         updates["baseline"] = BaselineConfig(source="pt2", path=str(fetched.local_path))
+    else:
+        lineage |= model_lineage(params.baseline, root)
     return params.model_copy(update=updates), lineage
 
 
@@ -838,10 +873,10 @@ def _decision_record(
     rejected: dict[str, str],
     run: dict[str, str],
 ) -> dict[str, Any]:
-    """What the registry keeps of a review decision: approved | nothing-approved | refused |
-    timed-out, what was offered, who decided (and how we know), when and why."""
+    """What the registry keeps of a review decision: approved | unchanged (approved, but equal to
+    the last version: nothing published) | nothing-approved | refused | timed-out, what was offered, who decided (and how we know), when and why."""
     decision = decision or {}
-    approved = decision.get("approved", []) if outcome == "approved" else []
+    approved = decision.get("approved", []) if outcome in ("approved", "unchanged") else []
     return {
         "schema": 1,
         "model": model,
@@ -894,14 +929,31 @@ def _last_published(cfg: RegistryConfig, model: str, variants: list[str]) -> dic
 
 
 def _check_registry(cfg: RegistryConfig, model: str, version: str | None) -> dict[str, Any] | None:
-    """Check `version`'s name and that the registry answers; returns the last manifest."""
-    from tasks.registry import check_name, open_registry
+    """Check `version`'s name, that it is not published yet and that the registry answers;
+    returns the last manifest."""
+    from tasks.registry import RegistryError, check_name, open_registry
 
     if version is not None:
         check_name("version", version)  # the registry's own naming rule
     registry = open_registry(cfg)
     versions = registry.list_versions(model)
+    if version in versions:  # versions are immutable: publishing would fail after all the work
+        raise RegistryError(
+            f"version {version!r}: {model} {version} is already published in {registry.uri}; "
+            f"versions are immutable: choose another, or leave --version out for the next number"
+        )
     return registry.read_manifest(model, versions[-1]) if versions else None
+
+
+def _unchanged_since(
+    previous: dict[str, Any] | None,
+    inputs: dict[str, Any],
+    approved: list[str],
+    dirs: dict[str, str],
+) -> str | None:
+    """The last published version if it holds exactly these approved files from the same
+    inputs: publishing again would only add a byte-identical copy."""
+    return unchanged_since(previous, inputs, {name: Path(dirs[name]) for name in approved})
 
 
 def _publish_entries(
@@ -996,6 +1048,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--verbose", action="store_true", help="show the converters' output (TensorFlow's)"
     )
+    parser.add_argument(
+        "--publish-unchanged",
+        action="store_true",
+        help="publish a new version even when its files equal the last published version's",
+    )
     args = parser.parse_args(argv)
     if args.verbose:
         from tasks.quiet import show_converter_output
@@ -1017,6 +1074,7 @@ def main(argv: list[str] | None = None) -> None:
                 registry_uri=args.registry_uri,
                 version=args.version,
                 workdir=args.workdir,
+                publish_unchanged=args.publish_unchanged,
             )
         except PrefectHTTPStatusError as exc:
             if exc.response.status_code == 401:
@@ -1109,6 +1167,11 @@ def _result_text(result: NightlyResult) -> str:
         + (f" version {result.version}" if result.version else "")
     ]
     lines += [f"  published: {', '.join(result.published) or 'nothing'}"]
+    if result.unchanged_since:
+        lines.append(
+            f"  unchanged since version {result.unchanged_since}: the approved files and inputs "
+            "are those it holds (--publish-unchanged publishes anyway)"
+        )
     lines += [f"  rejected:  {name}: {reason}" for name, reason in result.rejected.items()]
     if result.manifest_uri:
         lines.append(f"  manifest:  {result.manifest_uri}")

@@ -18,6 +18,7 @@ from tasks.config import BaselineConfig, TrainConfig, load_params
 from tasks.data import Preprocess, Split, load_preprocess, load_split
 from tasks.errors import ModelError, brief
 from tasks.io import atomic_dir, read_json, sha256_file, write_json
+from tasks.lineage import module_source_sha256
 from tasks.models import (
     DEFAULT_FACTORY,
     build_from_factory,
@@ -201,6 +202,11 @@ def save_baseline(
                 "kind": "factory",
                 "factory": result.factory,
                 "factory_kwargs": result.factory_kwargs,
+                # every later stage rebuilds the model from this code: a changed module must
+                # change the baseline (and what dvc repro reruns), not only new weights
+                "factory_source_sha256": module_source_sha256(
+                    result.factory.partition(":")[0], "baseline.factory"
+                ),
                 "file": weights.name,
             }
         record.update(

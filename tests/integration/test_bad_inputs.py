@@ -430,3 +430,30 @@ def test_thresholds_no_variant_can_meet_are_an_outcome_not_an_error(
     assert "Traceback" not in done.stderr
     assert not ws.registry.exists() or list(ws.registry.rglob("*")) == []
     assert _leftovers(tmp_path) == []
+
+
+def test_a_published_version_is_refused_before_any_work(
+    tmp_path: Path, request: pytest.FixtureRequest, prefect_server: str
+) -> None:
+    """`--version N` for a published N: one line naming it, exit 2, nothing built or written
+    (it used to fail only at publish time, after the whole pipeline)."""
+    from tasks.registry import LocalRegistry
+    from tests.unit.test_registry import make_entry, snapshot
+
+    ws = Workspace(tmp_path, request)
+    ws.write_params()
+    LocalRegistry(ws.registry).publish(
+        "bad-inputs", "7", {"pruned": make_entry(tmp_path / "old", "pruned", b"v7")}, {}
+    )
+    before = snapshot(ws.registry)
+
+    done = ws.run("--version", "7")
+
+    assert done.returncode == EXIT_USER_ERROR, done.stderr[-3000:]
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: version '7': bad-inputs 7 is already published"), lines
+    assert [line for line in lines if line.startswith("error: ")] == lines[-1:]
+    assert "Traceback" not in done.stderr and "nightly:" not in done.stdout
+    assert snapshot(ws.registry) == before
+    written = [p for p in ws.work.rglob("*") if p.is_file()] if ws.work.exists() else []
+    assert written == [], written

@@ -302,7 +302,10 @@ def test_rerun_with_unchanged_inputs_is_cached(
     second = nightly(version="b", **common)
     assert first.cached_tasks == []
     assert set(second.cached_tasks) == {"baseline", *VARIANTS}
-    assert second.published == first.published
+    # the same files from the same inputs: no byte-identical version "b"
+    assert second.status == "unchanged" and second.unchanged_since == "a", second
+    third = nightly(version="b", publish_unchanged=True, **common)
+    assert third.status == "published" and third.published == first.published
 
 
 def test_unanswered_review_times_out_and_publishes_nothing(

@@ -59,7 +59,9 @@ def test_up_names_the_aws_variables_and_down_stops_every_process_group(tmp_path:
     tools.mkdir()
     # a stand-in curl: every endpoint is up, and the API asked without a credential answers 401
     # as the closed server does (`up` refuses a server that answers without it)
-    _script(tools / "curl", '#!/usr/bin/env bash\n[[ "$*" == *http_code* ]] && printf 401\nexit 0\n')
+    _script(
+        tools / "curl", '#!/usr/bin/env bash\n[[ "$*" == *http_code* ]] && printf 401\nexit 0\n'
+    )
     children = tmp_path / "children"
     children.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}

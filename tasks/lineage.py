@@ -1,0 +1,141 @@
+"""lineage: sha256 of every local input that can change a result, and of the code that reads it.
+
+The nightly flow keys its caches on these (a path or a placeholder would serve a changed file
+from cache) and records them in the manifest's lineage, as it does for files fetched through DVC.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from tasks.config import BaselineConfig, DataConfig
+from tasks.errors import DataError, ModelError
+from tasks.io import sha256_file
+
+# The embedded default: scikit-learn's bundled digits file, read by tasks.data._load_digits.
+DIGITS_PACKAGE, DIGITS_FILE = "sklearn.datasets.data", "digits.csv.gz"
+
+
+def sha256_tree(root: Path) -> str:
+    """sha256 over every file under `root`: its relative path and its bytes, in sorted order.
+
+    A renamed, added, removed or edited file (an ImageFolder image moved to another class
+    folder included) gives another hash. Hidden files count too: cheaper to re-run than to
+    guess which files a loader reads.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data.path: {root} is not a directory")
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        relative = path.relative_to(root).as_posix().encode()
+        # length-prefixed fields: no two different trees can give the same byte stream
+        digest.update(len(relative).to_bytes(8, "big") + relative)
+        digest.update(path.stat().st_size.to_bytes(8, "big"))
+        digest.update(bytes.fromhex(sha256_file(path)))
+    return digest.hexdigest()
+
+
+def module_source_sha256(module: str, field: str) -> str:
+    """sha256 of an importable module's source file (found without running it)."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError) as exc:
+        raise ModelError(f"{field}: cannot import {module!r} ({exc})") from None
+    if spec is None or spec.origin is None or not Path(spec.origin).is_file():
+        raise ModelError(f"{field}: cannot find the source file of module {module!r}")
+    return sha256_file(Path(spec.origin))
+
+
+def code_sha256(*modules: str) -> str:
+    """One sha256 over the source files of `modules`: part of a cache key, because Prefect's
+    TASK_SOURCE hashes only the task wrapper, not the tasks/ code it calls."""
+    digest = hashlib.sha256()
+    for module in modules:
+        digest.update(module.encode() + b"\0" + module_source_sha256(module, "code").encode())
+    return digest.hexdigest()
+
+
+def data_lineage(cfg: DataConfig, root: Path) -> dict[str, Any]:
+    """What the data came from: the npz file's or ImageFolder tree's sha256, or for the embedded
+    digits the sha256 of scikit-learn's bundled file (its resizing and splitting is tasks.data
+    code, keyed separately)."""
+    if cfg.source == "digits":
+        bundled = importlib.resources.files(DIGITS_PACKAGE) / DIGITS_FILE
+        with importlib.resources.as_file(bundled) as path:
+            return {"data": "digits", "data_file": DIGITS_FILE, "data_sha256": sha256_file(path)}
+    path = Path(root) / str(cfg.path)
+    if not path.exists():
+        raise DataError(f"data.path: {path} does not exist")
+    if cfg.source == "imagefolder":
+        return {"data": cfg.source, "data_path": cfg.path, "data_sha256": sha256_tree(path)}
+    if not path.is_file():
+        raise DataError(f"data.path: {path} is not a file; expected an .npz archive")
+    return {"data": cfg.source, "data_path": cfg.path, "data_sha256": sha256_file(path)}
+
+
+def model_lineage(cfg: BaselineConfig, root: Path) -> dict[str, Any]:
+    """What the baseline came from: the .pt2 file's sha256, or the factory module's source and
+    the state_dict file's sha256. A trained baseline has no model file: it is determined by the
+    data, the train params, the seed and the training code (`code_sha256`)."""
+    if cfg.source == "train":
+        return {"model": "train"}
+    path = Path(root) / str(cfg.path)
+    if not path.is_file():
+        kind = ".pt2 file" if cfg.source == "pt2" else "state_dict file"
+        raise ModelError(f"baseline.path: {path}: {kind} not found")
+    if cfg.source == "pt2":
+        return {"model": "pt2", "model_path": cfg.path, "model_sha256": sha256_file(path)}
+    module = str(cfg.factory).partition(":")[0]
+    return {
+        "model": "factory",
+        "factory": cfg.factory,
+        "factory_source_sha256": module_source_sha256(module, "baseline.factory"),
+        "weights_path": cfg.path,
+        "weights_sha256": sha256_file(path),
+    }
+
+
+def variant_files(directory: Path) -> dict[str, dict[str, Any]]:
+    """Every file of a variant directory as a manifest lists it: {relative path: sha256, size}."""
+    directory = Path(directory)
+    return {
+        p.relative_to(directory).as_posix(): {
+            "sha256": sha256_file(p),
+            "size_bytes": p.stat().st_size,
+        }
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def unchanged_since(
+    previous: dict[str, Any] | None, inputs: dict[str, Any], variant_dirs: dict[str, Path]
+) -> str | None:
+    """The version of `previous` (the last published manifest) if it came from the same input
+    hashes and holds exactly these variants with byte-identical files; else None.
+
+    Input hashes count because a variant's files can stay identical while the data it was
+    measured on changed (new test labels: other accuracies). Metrics and approvals are left
+    out: latencies are measured afresh every night and differ run to run.
+    """
+    if previous is None or set(previous.get("variants", {})) != set(variant_dirs):
+        return None
+    if _input_hashes(previous.get("lineage", {}).get("inputs", {})) != _input_hashes(inputs):
+        return None
+    for name, directory in variant_dirs.items():
+        published = previous["variants"][name].get("files", {})
+        listed = {rel: (m["sha256"], m["size_bytes"]) for rel, m in published.items()}
+        local = {rel: (m["sha256"], m["size_bytes"]) for rel, m in variant_files(directory).items()}
+        if listed != local:
+            return None
+    return str(previous["version"])
+
+
+def _input_hashes(inputs: dict[str, Any]) -> dict[str, Any]:
+    """The content fields of a lineage's inputs (revs and paths may name the same bytes)."""
+    return {key: value for key, value in inputs.items() if key.endswith("_sha256")}
