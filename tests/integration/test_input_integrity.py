@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
+from tests import processes
 from tests.conftest import FAST_BENCHMARK, write_params
 
 pytestmark = pytest.mark.slow
@@ -263,7 +264,7 @@ def test_an_unchanged_night_says_so_through_the_cli_and_publishes_on_request(
     ]
 
     def run(*extra: str) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
+        done = processes.run(
             [*command, *extra],
             cwd=tmp_path,
             env=cli_env({}, prefect_server),

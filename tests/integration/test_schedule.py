@@ -8,9 +8,7 @@ deploys infra/prefect.yaml with the CLI, the way `stack.sh deploy` does.
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -24,7 +22,9 @@ import pytest
 import yaml
 
 from tasks.config import load_params
+from tests import processes
 from tests.conftest import REPO_ROOT
+from tests.processes import Processes
 
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 # what infra/stack.sh deploy runs for the nightly
@@ -45,18 +45,6 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """The server runs uvicorn and its services in one group: stop them all, politely first."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
-        pass
-
-
 @pytest.fixture(scope="module")
 def scheduling_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """A real `prefect server start` (scheduler services on) with its own home; yields the API URL
@@ -70,14 +58,10 @@ def scheduling_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
     log = home / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    started = Processes()
+    proc = started.popen(
+        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env, log=log
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -91,7 +75,7 @@ def scheduling_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
             time.sleep(0.5)
         yield api_url, log
     finally:
-        _stop(proc)
+        started.stop_all()  # uvicorn and the services share the group: all of it goes
 
 
 def test_nightly_deployment_schedules_runs_at_the_params_cron_in_its_timezone(
@@ -127,7 +111,7 @@ def test_nightly_deployment_schedules_runs_at_the_params_cron_in_its_timezone(
         client.create_work_pool(WorkPoolCreate(name=nightly["work_pool"]["name"], type="process"))
         # as infra/stack.sh deploy: params.yaml's schedule reaches prefect.yaml through the
         # environment; the CLI's exit status is not the verdict (it fails a follow-up query)
-        deploy = subprocess.run(
+        deploy = processes.run(
             DEPLOY_NIGHTLY,
             cwd=REPO_ROOT,
             env=os.environ

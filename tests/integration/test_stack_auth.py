@@ -14,7 +14,6 @@ import base64
 import json
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -30,8 +29,10 @@ import httpx
 import pytest
 import yaml
 
+from tests import processes
 from tests.conftest import FAST_BENCHMARK, REPO_ROOT, cli_env, write_params, write_random_inputs
 from tests.integration.test_security import Scan, _scan_flow_run
+from tests.processes import Processes
 
 USER = "modelpress"
 UNAUTHORIZED = {"exception_message": "Unauthorized"}
@@ -62,25 +63,10 @@ def _free_port() -> int:
 
 @contextmanager
 def _process_group(command: list[str], env: dict[str, str], log: Path) -> Iterator[Any]:
-    """A subprocess in its own process group, stopped on every path: SIGTERM to the group, a
-    wait, then SIGKILL (the server's own children, uvicorn and its services, go with it)."""
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            yield process
-        finally:
-            for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-                try:
-                    os.killpg(process.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    process.wait(timeout=wait_s)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
+    """A subprocess in its own process group, stopped on every path (tests.processes: SIGTERM to
+    the group, a wait, SIGKILL to the group; the server's uvicorn and services go with it)."""
+    with Processes() as started:
+        yield started.popen(command, env=env, log=log)
 
 
 @pytest.fixture(scope="module")
@@ -260,7 +246,7 @@ def test_cli_without_the_credential_says_so_in_one_line(
         env = cli_env({}, auth_server.url) | {"PREFECT_HOME": str(tmp_path / "home")}
         if credential:
             env["PREFECT_API_AUTH_STRING"] = credential
-        done = subprocess.run(
+        done = processes.run(
             command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
         )
         assert done.returncode == 2, done.stderr[-3000:]
@@ -417,7 +403,7 @@ def test_nightly_behind_auth_is_resumed_by_a_reviewer_and_leaks_no_credential(
 
 
 def _stack(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    return processes.run(
         ["bash", str(REPO_ROOT / "infra" / "stack.sh"), *args],
         env=env,
         capture_output=True,
@@ -466,7 +452,7 @@ def test_stack_sh_starts_a_closed_server_and_gives_the_workers_the_credential(
 
         printed = _stack(env, "env")
         assert printed.returncode == 0, printed.stderr
-        evaluated = subprocess.run(
+        evaluated = processes.run(
             [
                 "bash",
                 "-c",
@@ -475,6 +461,7 @@ def test_stack_sh_starts_a_closed_server_and_gives_the_workers_the_credential(
             capture_output=True,
             text=True,
             check=True,
+            timeout=60,
         )
         assert evaluated.stdout == f"{credential} {api}"
 
