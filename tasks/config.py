@@ -199,6 +199,10 @@ class VariantGates(_Strict):
     min_agreement: Annotated[float, Field(ge=0, le=1)] | None = 0.97
     max_size_bytes: PositiveInt | None = None
     max_p50_ms: Annotated[float, Field(gt=0)] | None = None
+    # A variant must beat what it came from (the baseline, and its source for a combination):
+    # p50 this many times lower on at least one runner both ran on, or this many times smaller.
+    min_speedup: Annotated[float, Field(gt=0)] | None = 1.1
+    min_size_reduction: Annotated[float, Field(gt=0)] | None = 1.5
 
 
 class GatesConfig(_Strict):

@@ -65,6 +65,10 @@ LENIENT_GATES: dict = {
         "max_accuracy_drop": 60.0,
         "max_worst_class_drop": 100.0,
         "min_agreement": 0.3,
+        # tiny models are overhead-bound: whether a variant beats the baseline is tested on its
+        # own (tests/unit/test_validate.py), not by every run that needs variants to pass
+        "min_speedup": None,
+        "min_size_reduction": None,
     },
     "per_variant": {},
 }
