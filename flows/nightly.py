@@ -80,6 +80,7 @@ class NightlyResult:
     manifest_uri: str | None = None
     cached_tasks: list[str] = field(default_factory=list)
     table: str = ""  # the variants table, as `modelpress table` prints it
+    hints: list[str] = field(default_factory=list)  # what to check (e.g. a mis-fed imported model)
 
 
 # ---- tasks: thin wrappers over tasks/ ---------------------------------------------------------
@@ -356,6 +357,9 @@ def nightly(
         str(work / "baseline" / base_key),
     )
     baseline_dir = str(work / "baseline" / base_key)
+    hints = _import_hints(params, baseline, data_dir)
+    for hint in hints:
+        logger.warning(hint)
     variants_root = work / "variants" / base_key
     export_future = export_task.submit(
         baseline["sha256"], baseline_dir, data_dir, str(variants_root / "baseline")
@@ -428,6 +432,7 @@ def nightly(
         run_dir=str(run_dir),
         cached_tasks=cached,
         table=format_table(metrics),
+        hints=hints,
     )
     if not passing:
         logger.warning("no variant passed every gate: nothing to review or publish")
@@ -492,6 +497,20 @@ def _fetch_inputs(
         lineage |= _fetched_lineage("model", fetched)
         updates["baseline"] = BaselineConfig(source="pt2", path=str(fetched.local_path))
     return params.model_copy(update=updates), lineage
+
+
+def _import_hints(params: Params, baseline: dict[str, Any], data_dir: str) -> list[str]:
+    """What to check when an imported baseline scores far below its accuracy gate."""
+    from tasks.data import load_preprocess
+    from tasks.train import import_hint
+
+    hint = import_hint(
+        params.baseline.source,
+        baseline["test_accuracy"],
+        params.gates.for_variant("baseline").min_accuracy,
+        load_preprocess(Path(data_dir)),
+    )
+    return [hint] if hint else []
 
 
 def _run_benchmarks(
@@ -800,6 +819,7 @@ def _result_text(result: NightlyResult) -> str:
     ]
     lines += [f"  published: {', '.join(result.published) or 'nothing'}"]
     lines += [f"  rejected:  {name}: {reason}" for name, reason in result.rejected.items()]
+    lines += [f"  check:     {hint}" for hint in result.hints]
     if result.manifest_uri:
         lines.append(f"  manifest:  {result.manifest_uri}")
     lines.append(f"  registry:  {result.registry_uri}")

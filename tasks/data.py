@@ -260,6 +260,8 @@ def _check_labels(cfg: DataConfig, y: np.ndarray, class_names: list[str] | None)
 
 
 def _normalisation(cfg: DataConfig, train_x: np.ndarray) -> tuple[list[float], list[float]]:
+    if cfg.normalize == "none":
+        return [0.0] * cfg.channels, [1.0] * cfg.channels
     mean = cfg.mean or [float(v) for v in train_x.mean(axis=(0, 2, 3))]
     std = cfg.std or [max(float(v), 1e-3) for v in train_x.std(axis=(0, 2, 3))]
     return [round(v, 6) for v in mean], [round(v, 6) for v in std]

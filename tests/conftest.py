@@ -114,7 +114,7 @@ def write_random_inputs(root: Path) -> dict:
     exported = torch.export.export(model, (torch.zeros(1, 1, 16, 16),))
     torch.export.save(exported, str(root / "inputs" / "model.pt2"))
     return {
-        "data": {"source": "npz", "path": "inputs/data.npz"},
+        "data": {"source": "npz", "path": "inputs/data.npz", "normalize": "train"},
         "baseline": {"source": "pt2", "path": "inputs/model.pt2"},
         "gates": {"defaults": dict.fromkeys(LENIENT_GATES["defaults"]), "per_variant": {}},
     }

@@ -252,7 +252,10 @@ def test_user_pt2_goes_through_every_variant(tiny_workspace: Path, tmp_path: Pat
     torch.manual_seed(0)
     _save_pt2(_UserNet(), tmp_path / "user.pt2")
     params = load_params(
-        write_params(tmp_path, {"baseline": {"source": "pt2", "path": "user.pt2"}})
+        write_params(
+            tmp_path,
+            {"baseline": {"source": "pt2", "path": "user.pt2"}, "data": {"normalize": "train"}},
+        )
     )
     result = make_baseline(params.baseline, params.train, tmp_path / "data", 0, root=tmp_path)
     save_baseline(result, params.baseline, tmp_path / "models" / "baseline", root=tmp_path)
