@@ -715,6 +715,8 @@ def _publish_entries(
             metrics=metrics[name] | {"benchmarks": [asdict(b) for b in bench if b.variant == name]},
             gates={"passed": verdicts[name].passed, "reason": verdicts[name].reason},
             approval=approval_record,
+            output=asdict(record.output) if record.output else {},
+            data=record.data or {},
         )
     return entries
 

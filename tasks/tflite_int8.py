@@ -17,6 +17,7 @@ from tasks.io import atomic_dir
 from tasks.variant import (
     TensorSpec,
     VariantRecord,
+    data_fields,
     finished_record,
     model_path,
     preprocess_fields,
@@ -64,6 +65,7 @@ def quantize(
             input=input_spec,
             output=output_spec,
             preprocess=preprocess_fields(preprocess),
+            data=data_fields(preprocess),
             settings=cfg.model_dump(),
             macs=source.macs,
             params=source.params,

@@ -206,6 +206,68 @@ def test_evaluate_metrics_relations(built: Path, tmp_path: Path) -> None:
         assert agreement == pytest.approx(int8.agreement)
 
 
+def test_int8_variant_json_tells_a_consumer_how_to_feed_and_read_it(built: Path) -> None:
+    import json
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    directory = built / "variants" / "tflite_int8"
+    raw = json.loads((directory / "variant.json").read_text())
+    interpreter = Interpreter(model_path=str(directory / raw["model_file"]))
+    (out,) = interpreter.get_output_details()
+    scale, zero_point = out["quantization"]
+    assert raw["output"]["dtype"] == np.dtype(out["dtype"]).name == "int8"
+    assert raw["output"]["quantization"] == {
+        "scale": pytest.approx(scale),
+        "zero_point": zero_point,
+    }
+    assert raw["input"]["layout"] == "NHWC" and raw["input"]["quantization"]["scale"] > 0
+    pre = raw["preprocess"]
+    assert pre["class_names"] == [str(d) for d in range(10)]
+    assert (pre["resize"], pre["channel_order"], pre["image_size"]) == ("bilinear", "grayscale", 16)
+    test_size = len(load_split(built / "data", "test"))
+    assert raw["data"]["evaluation"] == {"split": "test", "samples": test_size}
+    assert raw["data"]["source"] == "digits" and raw["data"]["split_sizes"]["test"] == test_size
+
+
+def test_manifest_alone_tells_a_consumer_how_to_feed_and_read_a_variant(
+    built: Path, tmp_path: Path
+) -> None:
+    import json
+    from dataclasses import asdict
+
+    from flows.nightly import _publish_entries
+    from tasks.config import RegistryConfig
+    from tasks.registry import open_registry
+    from tasks.review import GateVerdict
+
+    names = ["tflite_int8", "pruned"]
+    evaluation = evaluate(built / "variants", names, load_split(built / "data", "test"))
+    metrics = {name: asdict(row) for name, row in evaluation.metrics.items()}
+    dirs = {name: str(built / "variants" / name) for name in names}
+    decision = {"approved_by": "alice", "approved_at": "2026-11-25T02:00:00+00:00", "comment": ""}
+    verdicts = dict.fromkeys(names, GateVerdict(True, ""))
+    entries = _publish_entries(names, {}, dirs, metrics, verdicts, [], decision)
+    registry = RegistryConfig(uri=str(tmp_path / "registry"), model_name="tiny")
+    open_registry(registry).publish("tiny", "1", entries, {})
+
+    # the consumer: plain JSON, no modelpress
+    (manifest_file,) = (tmp_path / "registry").rglob("manifest.json")
+    variants = json.loads(manifest_file.read_text())["variants"]
+    int8 = variants["tflite_int8"]
+    record = json.loads((built / "variants" / "tflite_int8" / "variant.json").read_text())
+    assert int8["output"]["quantization"] == record["output"]["quantization"]
+    assert int8["output"]["dtype"] == "int8" and int8["input"]["dtype"] == "int8"
+    for variant in (int8, variants["pruned"]):
+        pre = variant["input"]["preprocess"]
+        assert pre["class_names"] == [str(d) for d in range(10)]
+        assert pre["resize"] == "bilinear" and pre["channel_order"] == "grayscale"
+        assert pre["mean"] and pre["std"] and variant["input"]["layout"] in ("NCHW", "NHWC")
+        assert variant["metrics"]["split"] == "test"
+        assert variant["metrics"]["samples"] == variant["data"]["evaluation"]["samples"] > 0
+    assert variants["pruned"]["output"]["quantization"] is None  # float32 logits
+
+
 def test_mean_kl() -> None:
     logits = np.random.default_rng(0).normal(size=(16, 5))
     assert mean_kl(logits, logits) == pytest.approx(0.0, abs=1e-12)
