@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,10 @@ import torch
 from torch import nn
 
 from tasks.errors import ModelError, VariantError
+
+# torch.export.load keeps its deserializer in a module global and refuses a second load while one
+# runs ("_CURRENT_DESERIALIZER is already set"): the flow's threads load the baseline in parallel.
+_PT2_LOAD_LOCK = threading.Lock()
 
 DEFAULT_FACTORY = "tasks.models:resnet_cnn"
 
@@ -108,7 +113,8 @@ def load_pt2(path: Path) -> torch.fx.GraphModule:
     previous_level = export_logger.level
     export_logger.setLevel(logging.ERROR + 10)  # torch logs a full traceback before raising
     try:
-        program = torch.export.load(str(path))
+        with _PT2_LOAD_LOCK:
+            program = torch.export.load(str(path))
     except Exception as exc:  # corrupt zip, wrong format, version mismatch
         raise ModelError(f"{path}: not a readable torch.export .pt2 file ({_short(exc)})") from None
     finally:

@@ -371,6 +371,28 @@ def test_pt2_modularize_keeps_outputs(tmp_path: Path) -> None:
     assert count_macs_params(layered, (1, 16, 16))[1] == sum(p.numel() for p in model.parameters())
 
 
+def test_pt2_loads_from_several_threads_at_once(tmp_path: Path) -> None:
+    """The nightly flow's threads load the baseline in parallel (export, pruned, distilled)."""
+    import threading
+
+    path = _save_pt2(_UserNet(), tmp_path / "m.pt2")
+    errors: list[Exception] = []
+
+    def load_repeatedly() -> None:
+        try:
+            for _ in range(10):
+                load_pt2(path)
+        except Exception as exc:  # collected: asserted below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load_repeatedly) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+
+
 def test_pt2_with_unsupported_layer_fails_pruning_naming_it(
     tiny_workspace: Path, tmp_path: Path
 ) -> None:
