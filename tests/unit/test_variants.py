@@ -268,6 +268,19 @@ def test_manifest_alone_tells_a_consumer_how_to_feed_and_read_a_variant(
     assert variants["pruned"]["output"]["quantization"] is None  # float32 logits
 
 
+def test_preprocess_comes_back_whole_from_variant_json(
+    tiny_workspace: Path, tmp_path: Path
+) -> None:
+    """A CUDA runner builds its engine from the source's variant.json alone: the engine's
+    record must carry the same consumer metadata as one built beside the data."""
+    from tasks.variant import preprocess_from_record, read_record
+
+    original = load_preprocess(tiny_workspace / "data")
+    record = read_record(tiny_workspace / "variants" / "baseline")
+    assert preprocess_from_record(record) == original
+    assert original.class_names and original.split_sizes  # not a vacuous comparison
+
+
 def test_mean_kl() -> None:
     logits = np.random.default_rng(0).normal(size=(16, 5))
     assert mean_kl(logits, logits) == pytest.approx(0.0, abs=1e-12)
