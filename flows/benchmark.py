@@ -128,11 +128,9 @@ def build_engines(
 
 
 def _preprocess_of(variant_dir: Path) -> Any:
-    from tasks.data import Preprocess
+    from tasks.variant import preprocess_from_record
 
-    spec = read_record(variant_dir).preprocess or {}
-    fields = ("image_size", "channels", "num_classes", "mean", "std")
-    return Preprocess(**{key: spec[key] for key in fields})
+    return preprocess_from_record(read_record(variant_dir))
 
 
 # ---- the nightly side ---------------------------------------------------------------------------

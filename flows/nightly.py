@@ -90,6 +90,7 @@ class NightlyResult:
     decision_uri: str | None = None  # the review's decision record in the registry
     table: str = ""  # the variants table, as `modelpress table` prints it
     unchanged_since: str | None = None  # status unchanged: the version that holds these files
+    hints: list[str] = field(default_factory=list)  # what to check (e.g. a mis-fed imported model)
 
 
 # ---- tasks: thin wrappers over tasks/ ---------------------------------------------------------
@@ -253,10 +254,10 @@ def validate_task(
 
     with np.load(predictions_file) as saved:
         predictions = {key: saved[key] for key in saved.files}
-    p50: dict[str, float] = {}  # gate the slowest runner: a budget must hold everywhere it runs
+    p50: dict[str, dict[str, float]] = {}  # variant → runner → p50
     for row in bench:
         if row.status == "ok" and row.p50_ms is not None:
-            p50[row.variant] = max(p50.get(row.variant, 0.0), row.p50_ms)
+            p50.setdefault(row.variant, {})[row.runner] = row.p50_ms
     results = gate_variants(metrics, predictions, p50, gates, docs_dir=Path(docs_dir))
     uppers = {  # the bound the drop gate judges, shown to the reviewer
         name: paired_drop_interval(
@@ -413,6 +414,9 @@ def nightly(
         str(work / "baseline" / base_key),
     )
     baseline_dir = str(work / "baseline" / base_key)
+    hints = _import_hints(params, baseline, data_dir)
+    for hint in hints:
+        logger.warning(hint)
     export_key = _key(base_key, code_sha256("tasks.export"))
     variants_root = work / "variants" / export_key
     export_future = export_task.submit(
@@ -498,6 +502,7 @@ def nightly(
         run_dir=str(run_dir),
         cached_tasks=cached,
         table=format_table(metrics),
+        hints=hints,
     )
     if not passing:
         logger.warning("no variant passed every gate: nothing to review or publish")
@@ -629,6 +634,20 @@ def _fetch_inputs(
     else:
         lineage |= model_lineage(params.baseline, root)
     return params.model_copy(update=updates), lineage
+
+
+def _import_hints(params: Params, baseline: dict[str, Any], data_dir: str) -> list[str]:
+    """What to check when an imported baseline scores far below its accuracy gate."""
+    from tasks.data import load_preprocess
+    from tasks.train import import_hint
+
+    hint = import_hint(
+        params.baseline.source,
+        baseline["test_accuracy"],
+        params.gates.for_variant("baseline").min_accuracy,
+        load_preprocess(Path(data_dir)),
+    )
+    return [hint] if hint else []
 
 
 def _run_benchmarks(
@@ -991,6 +1010,8 @@ def _publish_entries(
             metrics=metrics[name] | {"benchmarks": [asdict(b) for b in bench if b.variant == name]},
             gates={"passed": verdicts[name].passed, "reason": verdicts[name].reason},
             approval=approval_record,
+            output=asdict(record.output) if record.output else {},
+            data=record.data or {},
         )
     return entries
 
@@ -1173,6 +1194,7 @@ def _result_text(result: NightlyResult) -> str:
             "are those it holds (--publish-unchanged publishes anyway)"
         )
     lines += [f"  rejected:  {name}: {reason}" for name, reason in result.rejected.items()]
+    lines += [f"  check:     {hint}" for hint in result.hints]
     if result.manifest_uri:
         lines.append(f"  manifest:  {result.manifest_uri}")
     if result.decision_uri:

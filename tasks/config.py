@@ -66,11 +66,25 @@ class DataConfig(_Strict):
     splits: SplitFractions = SplitFractions()
     mean: list[float] | None = None
     std: list[Annotated[float, Field(gt=0)]] | None = None
+    # How [0, 1] pixels become model inputs: "train" (the train split's mean/std), "none" (raw
+    # [0, 1] pixels); null: data.mean/std where given, else "train". An imported model must say
+    # (Params checks it): it was trained with some normalisation this data cannot guess.
+    normalize: Literal["train", "none"] | None = None
+    # Label order's names for an npz (ImageFolder: folder names; digits: "0".."9")
+    class_names: list[str] | None = None
 
     @model_validator(mode="after")
     def _path_matches_source(self) -> DataConfig:
         if self.source != "digits" and not self.path:
             raise ValueError(f"source '{self.source}' needs data.path")
+        if self.normalize is not None and (self.mean is not None or self.std is not None):
+            raise ValueError(
+                f"normalize '{self.normalize}' and mean/std both given; keep one of them"
+            )
+        if self.class_names is not None and self.source != "npz":
+            raise ValueError(
+                f"class_names is for source 'npz'; source '{self.source}' names its own classes"
+            )
         for name in ("mean", "std"):
             values = getattr(self, name)
             if values is not None and len(values) != self.channels:
@@ -199,6 +213,10 @@ class VariantGates(_Strict):
     min_agreement: Annotated[float, Field(ge=0, le=1)] | None = 0.97
     max_size_bytes: PositiveInt | None = None
     max_p50_ms: Annotated[float, Field(gt=0)] | None = None
+    # A variant must beat what it came from (the baseline, and its source for a combination):
+    # p50 this many times lower on at least one runner both ran on, or this many times smaller.
+    min_speedup: Annotated[float, Field(gt=0)] | None = 1.1
+    min_size_reduction: Annotated[float, Field(gt=0)] | None = 1.5
 
 
 class GatesConfig(_Strict):
@@ -312,6 +330,28 @@ class Params(_Strict):
     review: ReviewConfig = ReviewConfig()
     registry: RegistryConfig = RegistryConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+
+    @model_validator(mode="after")
+    def _normalisation_stated(self) -> Params:
+        # The default (the train split's mean/std) is right for the CNN trained here and a
+        # silent accuracy killer for a model trained elsewhere on other statistics.
+        imported = self.baseline.source != "train" or bool(
+            self.fetch.repo and self.fetch.model_path
+        )
+        data = self.data
+        if imported and data.normalize is None and (data.mean is None or data.std is None):
+            origin = (
+                f"baseline.source {self.baseline.source}"
+                if self.baseline.source != "train"
+                else "fetch.model_path"
+            )
+            raise ValueError(
+                f"data.normalize: an imported model ({origin}) needs its input normalisation stated: "
+                "data.mean and data.std (what it was trained with), "
+                "data.normalize: none (raw [0, 1] pixels) or data.normalize: train "
+                "(this data's train-split mean/std)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _variant_graph(self) -> Params:

@@ -8,17 +8,19 @@ artifact carries what it needs to reproduce its inputs.
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from tasks.config import DataConfig, load_params
 from tasks.errors import DataError
-from tasks.io import atomic_dir, read_json, write_json
+from tasks.io import atomic_dir, read_json, sha256_file, write_json
+from tasks.lineage import sha256_tree
 
 SPLITS: tuple[str, ...] = ("train", "calib", "val", "test")
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
+RESIZE = "bilinear"  # how every source is brought to image_size x image_size (PIL)
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,13 @@ class Preprocess:
     std: list[float]
     layout: str = "NCHW"
     pixel_range: tuple[float, float] = (0.0, 1.0)
-    class_names: list[str] | None = None
+    class_names: list[str] | None = None  # in label order; None: the npz named none
+    resize: str = RESIZE
+    channel_order: str = "grayscale"  # RGB for 3 channels
+    # what the data was: its source, the sha256 of a local file/tree, and each split's size
+    data_source: str = "digits"
+    data_sha256: str | None = None
+    split_sizes: dict[str, int] = field(default_factory=dict)
 
     def normalize(self, x: np.ndarray) -> np.ndarray:
         """[0, 1] NCHW pixels → normalised float32 NCHW model input."""
@@ -64,6 +72,7 @@ def prepare(cfg: DataConfig, seed: int, root: Path = Path(".")) -> PreparedData:
     """Load the configured source, check it, split it deterministically and fix normalisation."""
     x, y, class_names = _load_source(cfg, root)
     num_classes = _check_labels(cfg, y, class_names)
+    _check_class_names(cfg, class_names, num_classes)
     _check_pixels(x, cfg.path or "digits")
     splits = split_stratified(x, y, cfg.splits.model_dump(), seed)
     mean, std = _normalisation(cfg, splits["train"].x)
@@ -74,6 +83,10 @@ def prepare(cfg: DataConfig, seed: int, root: Path = Path(".")) -> PreparedData:
         mean=mean,
         std=std,
         class_names=class_names,
+        channel_order="RGB" if cfg.channels == 3 else "grayscale",
+        data_source=cfg.source,
+        data_sha256=_source_sha256(cfg, root),
+        split_sizes={name: len(split) for name, split in splits.items()},
     )
     return PreparedData(splits=splits, preprocess=preprocess)
 
@@ -137,9 +150,19 @@ def _load_source(cfg: DataConfig, root: Path) -> tuple[np.ndarray, np.ndarray, l
     if not path.exists():
         raise DataError(f"data.path: {path} does not exist")
     if cfg.source == "npz":
-        x, y = _load_npz(path, cfg)
-        return x, y, None
+        return _load_npz(path, cfg)
     return _load_imagefolder(path, cfg)
+
+
+def _source_sha256(cfg: DataConfig, root: Path) -> str | None:
+    """sha256 of a local data source (the npz file, or the ImageFolder tree), as the flow's
+    lineage records it; None for the embedded digits."""
+    if cfg.source == "digits":
+        return None
+    path = root / str(cfg.path)
+    if cfg.source == "npz":
+        return sha256_file(path)
+    return sha256_tree(path)
 
 
 def _load_digits(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -153,7 +176,7 @@ def _load_digits(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
     return x, digits.target.astype(np.int64)
 
 
-def _load_npz(path: Path, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+def _load_npz(path: Path, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
     try:
         archive = np.load(path)
     except Exception as exc:  # numpy raises several types for a corrupt archive
@@ -166,8 +189,12 @@ def _load_npz(path: Path, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
             raise DataError(f"{path}: missing array(s) {sorted(missing)}; expected 'x' and 'y'")
         try:
             x, y = archive["x"], archive["y"]
+            names = archive["class_names"] if "class_names" in archive.files else None
         except ValueError:  # object arrays need pickle, which we never enable
-            raise DataError(f"{path}: x/y are object arrays; expected numeric arrays") from None
+            raise DataError(
+                f"{path}: x/y/class_names are object arrays; expected numeric x, y and a "
+                "string class_names (np.array([...], dtype=str))"
+            ) from None
     if x.ndim != 4 or x.shape[1] != cfg.channels:
         raise DataError(
             f"{path}: x has shape {x.shape}; expected (N, {cfg.channels}, H, W) (data.channels)"
@@ -185,7 +212,21 @@ def _load_npz(path: Path, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path}: x has dtype {x.dtype}; expected uint8 or float32")
     if pixels.shape[2:] != (cfg.image_size, cfg.image_size):
         pixels = _resize(pixels, cfg.image_size)
-    return pixels, y.astype(np.int64)
+    return pixels, y.astype(np.int64), _npz_class_names(path, names, cfg)
+
+
+def _npz_class_names(path: Path, names: np.ndarray | None, cfg: DataConfig) -> list[str] | None:
+    """data.class_names, else the npz's own class_names array, else None."""
+    if cfg.class_names is not None:
+        return list(cfg.class_names)
+    if names is None:
+        return None
+    if names.ndim != 1 or names.dtype.kind not in "US":
+        raise DataError(
+            f"{path}: class_names has shape {names.shape} and dtype {names.dtype}; "
+            "expected a 1-D array of strings"
+        )
+    return [str(name) for name in names.tolist()]
 
 
 def _load_imagefolder(path: Path, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -244,7 +285,8 @@ def _check_labels(cfg: DataConfig, y: np.ndarray, class_names: list[str] | None)
     origin = cfg.path or "digits"
     if len(y) == 0:
         raise DataError(f"{origin}: no samples")
-    inferred = len(class_names) if class_names else int(y.max()) + 1
+    # ImageFolder's classes are its folders; an npz's names are checked against its labels
+    inferred = len(class_names) if class_names and cfg.source != "npz" else int(y.max()) + 1
     num_classes = cfg.num_classes or inferred
     low, high = int(y.min()), int(y.max())
     if low < 0 or high >= num_classes:
@@ -261,7 +303,17 @@ def _check_labels(cfg: DataConfig, y: np.ndarray, class_names: list[str] | None)
     return num_classes
 
 
+def _check_class_names(cfg: DataConfig, names: list[str] | None, num_classes: int) -> None:
+    if names is not None and len(names) != num_classes:
+        where = "data.class_names" if cfg.class_names is not None else f"{cfg.path}: class_names"
+        raise DataError(
+            f"{where}: {len(names)} name(s) for {num_classes} classes; expected one each"
+        )
+
+
 def _normalisation(cfg: DataConfig, train_x: np.ndarray) -> tuple[list[float], list[float]]:
+    if cfg.normalize == "none":
+        return [0.0] * cfg.channels, [1.0] * cfg.channels
     mean = cfg.mean or [float(v) for v in train_x.mean(axis=(0, 2, 3))]
     std = cfg.std or [max(float(v), 1e-3) for v in train_x.std(axis=(0, 2, 3))]
     return [round(v, 6) for v in mean], [round(v, 6) for v in std]

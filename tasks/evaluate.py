@@ -12,7 +12,7 @@ from tasks.config import load_params
 from tasks.data import Split, load_split
 from tasks.io import atomic_dir, write_json
 from tasks.runtime import load_predictor
-from tasks.variant import RECORD_NAME, VariantRecord, read_record
+from tasks.variant import EVALUATION_SPLIT, RECORD_NAME, VariantRecord, read_record
 
 BASELINE = "baseline"
 
@@ -36,6 +36,8 @@ class VariantMetrics:
     macs: int | None
     cpu_fp16_accuracy: float | None
     reason: str | None
+    split: str  # the split accuracy is measured on
+    samples: int  # its size
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,8 @@ def metrics_row(
         macs=record.macs,
         reason=record.reason,
         cpu_fp16_accuracy=record.extra.get("cpu_fp16_accuracy"),
+        split=EVALUATION_SPLIT,
+        samples=len(labels),
     )
     if logits is None:
         return VariantMetrics(
@@ -178,7 +182,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    evaluation = evaluate(args.variants, list(params.variants), load_split(args.data, "test"))
+    evaluation = evaluate(
+        args.variants, list(params.variants), load_split(args.data, EVALUATION_SPLIT)
+    )
     write_evaluation(evaluation, args.out, args.plot)
     print(f"evaluate: {len(evaluation.metrics)} variants → {args.out / 'variants.json'}")
 

@@ -19,6 +19,7 @@ from tasks.train import load_baseline, predict
 from tasks.variant import (
     TensorSpec,
     VariantRecord,
+    data_fields,
     finished_record,
     preprocess_fields,
     write_record,
@@ -99,6 +100,7 @@ def onnx_record(
         input=TensorSpec(INPUT_NAME, [None, c, h, w], "float32", layout="NCHW"),
         output=TensorSpec(OUTPUT_NAME, [None, preprocess.num_classes], "float32"),
         preprocess=preprocess_fields(preprocess),
+        data=data_fields(preprocess),
         settings=settings or {},
         macs=macs,
         params=params,

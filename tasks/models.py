@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,10 @@ import torch
 from torch import nn
 
 from tasks.errors import ModelError, VariantError, brief
+
+# torch.export.load keeps its deserializer in a module global and refuses a second load while one
+# runs ("_CURRENT_DESERIALIZER is already set"): the flow's threads load the baseline in parallel.
+_PT2_LOAD_LOCK = threading.Lock()
 
 DEFAULT_FACTORY = "tasks.models:resnet_cnn"
 
@@ -113,7 +118,8 @@ def load_pt2(path: Path) -> torch.fx.GraphModule:
     export_logger.setLevel(logging.WARNING)
     export_logger.propagate, export_logger.handlers = False, [causes]
     try:
-        program = torch.export.load(str(path))
+        with _PT2_LOAD_LOCK:
+            program = torch.export.load(str(path))
     except Exception as exc:  # corrupt zip, wrong format, version mismatch
         cause = causes.exceptions[-1] if causes.exceptions else exc
         raise ModelError(

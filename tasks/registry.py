@@ -81,6 +81,8 @@ class PublishEntry:
     metrics: dict[str, Any]
     gates: dict[str, Any]
     approval: dict[str, Any]  # approved_by, approved_at, comment
+    output: dict[str, Any] = field(default_factory=dict)  # output tensor: dtype, quantization
+    data: dict[str, Any] = field(default_factory=dict)  # source, sha256, splits, evaluation split
 
 
 @dataclass(frozen=True)
@@ -908,6 +910,8 @@ def _build_manifest(
                 },
                 "format": entry.format,
                 "input": entry.input,
+                "output": entry.output,
+                "data": entry.data,
                 "metrics": entry.metrics,
                 "gates": entry.gates,
                 "approval": entry.approval,

@@ -21,6 +21,7 @@ from tasks.io import atomic_dir
 from tasks.train import accuracy
 from tasks.variant import (
     VariantRecord,
+    data_fields,
     finished_record,
     model_path,
     preprocess_fields,
@@ -88,6 +89,7 @@ def build(
                 parent_sha256=source.model_sha256,
                 baseline_sha256=source.baseline_sha256 or source.model_sha256,
                 preprocess=preprocess_fields(preprocess),
+                data=data_fields(preprocess),
                 extra=extra,
             )
         else:
@@ -104,6 +106,7 @@ def build(
                 input=source.input,
                 output=source.output,
                 preprocess=preprocess_fields(preprocess),
+                data=data_fields(preprocess),
                 settings=cfg.model_dump(),
                 macs=source.macs,
                 params=source.params,

@@ -18,6 +18,7 @@ from tasks.quiet import held_back
 from tasks.variant import (
     TensorSpec,
     VariantRecord,
+    data_fields,
     finished_record,
     model_path,
     preprocess_fields,
@@ -65,6 +66,7 @@ def quantize(
             input=input_spec,
             output=output_spec,
             preprocess=preprocess_fields(preprocess),
+            data=data_fields(preprocess),
             settings=cfg.model_dump(),
             macs=source.macs,
             params=source.params,

@@ -232,6 +232,33 @@ def load_baseline(baseline_dir: Path) -> nn.Module:
     return load_state_dict_file(model, weights).eval()
 
 
+# An imported baseline this far below its accuracy gate is more likely fed wrongly than bad.
+FAR_BELOW_GATE = 0.1
+
+
+def import_hint(
+    source: str, test_accuracy: float, min_accuracy: float | None, preprocess: Preprocess
+) -> str | None:
+    """What to check when an imported baseline scores far below the min_accuracy gate; None
+    when it is trained here, has no gate, or is near or above it."""
+    if source == "train" or min_accuracy is None:
+        return None
+    if test_accuracy >= min_accuracy - FAR_BELOW_GATE:
+        return None
+    order = "RGB" if preprocess.channels == 3 else "grayscale"
+    names = preprocess.class_names or [str(i) for i in range(preprocess.num_classes)]
+    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    return (
+        f"baseline: the imported model scores {test_accuracy:.2f} on the test split, far below "
+        f"min_accuracy {min_accuracy:g}. If it scored well where it was trained, check how its "
+        f"inputs are made here: normalisation (mean {preprocess.mean}, std {preprocess.std}; "
+        "data.normalize / data.mean, data.std), channel order "
+        f"({order}, data.channels {preprocess.channels}), input size "
+        f"(data.image_size {preprocess.image_size}, bilinear resize) and label order "
+        f"(labels 0.. are {shown})"
+    )
+
+
 def _mmacs(macs: int | None) -> str:
     return "unknown" if macs is None else f"{macs / 1e6:.1f} M"
 

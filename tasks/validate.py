@@ -7,7 +7,8 @@ Checkpoint):
 - `check_data`: one row per sample of every split (label, pixel range, NaN count, shape, dtype)
   and one summary row of class counts (samples per class in train, class imbalance, split sizes).
 - `gate_variants`: one row per variant (accuracy, upper bound of the paired accuracy drop, worst
-  per-class drop, agreement with the baseline, size, p50 latency) against `gates.for_variant`.
+  per-class drop, agreement with the baseline, size, p50 latency, and how much it beats what it
+  came from) against `gates.for_variant`.
 
 Great Expectations is imported lazily (its import costs seconds). GX_ANALYTICS_ENABLED defaults
 to false when a context is built: these machines have no outside network.
@@ -53,6 +54,9 @@ class Check:
     observed: float | int | None
     threshold: float | int | None
     detail: str = ""  # what the numbers stand for, e.g. which classes are too small
+    explanation: str | None = (
+        None  # said instead of observed vs threshold where those are not enough
+    )
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,8 @@ class SuiteResult:
 
 
 def _describe_check(check: Check) -> str:
+    if check.explanation:
+        return f"{check.name}: {check.explanation}"
     unit = " violating sample(s)" if check.expectation.endswith("_in_set") else ""
     detail = f": {check.detail}" if check.detail else ""
     return (
@@ -100,6 +106,7 @@ class _Rule:
     column: str
     threshold: Number | None
     kwargs: dict[str, Any] = field(default_factory=dict)
+    explanation: str | None = None
 
 
 def _at_least(name: str, column: str, threshold: Number) -> _Rule:
@@ -205,6 +212,7 @@ def _to_check(result: Any, rule: _Rule) -> Check:
         success=bool(result.success),
         observed=_plain_number(raw),
         threshold=rule.threshold,
+        explanation=rule.explanation,
     )
 
 
@@ -476,14 +484,16 @@ def _paired_arrays(
 def gate_variants(
     metrics: dict[str, dict],
     predictions: dict[str, np.ndarray],
-    latency_p50_ms: dict[str, float],
+    latency_p50_ms: dict[str, dict[str, float]],
     gates: GatesConfig,
     docs_dir: Path | None = None,
 ) -> dict[str, SuiteResult]:
     """One GX suite per evaluated variant (baseline included) against its gates.
 
     `metrics` are rows of metrics/variants.json; `predictions` holds "labels" and
-    "pred__<variant>"; variants missing from `latency_p50_ms` skip the latency check.
+    "pred__<variant>"; `latency_p50_ms` is variant → runner → p50 of the runners that measured
+    it. `max_p50_ms` judges the slowest runner (a budget must hold everywhere it runs); variants
+    no runner measured skip it, and can beat what they came from only by size.
     Variants whose status is not "ok" fail a "status == ok" check without running GX.
     With `docs_dir`, the suites' results become an HTML Data Docs site there (index.html);
     the folder belongs to this call (see check_data).
@@ -497,15 +507,20 @@ def gate_variants(
             results[name] = _not_ok(name)
             continue
         runner = runner or _GxRunner(docs_dir)
+        p50s = latency_p50_ms.get(name, {})
         frame = variant_frame(
             row,
             labels,
             base_pred,
             _prediction(predictions, f"pred__{name}"),
-            latency_p50_ms.get(name),
+            max(p50s.values()) if p50s else None,
             gates.confidence,
         )
-        rules = _variant_rules(gates.for_variant(name), has_latency=name in latency_p50_ms)
+        limits = gates.for_variant(name)
+        rules = _variant_rules(limits, has_latency=bool(p50s))
+        for column, gain, rule in _improvement_rules(name, metrics, latency_p50_ms, limits):
+            frame[column] = gain
+            rules.append(rule)
         results[name] = _suite_result(
             _variant_suite(name), runner.run(_variant_suite(name), frame, rules)
         )
@@ -555,6 +570,103 @@ def _variant_rules(gates: VariantGates, has_latency: bool) -> list[_Rule]:
     return [
         make(name, column, limit) for name, column, limit, make in candidates if limit is not None
     ]
+
+
+def _improvement_rules(
+    name: str,
+    metrics: dict[str, dict],
+    latency_p50_ms: dict[str, dict[str, float]],
+    gates: VariantGates,
+) -> list[tuple[str, float, _Rule]]:
+    """(column, gain, rule) for each variant `name` must beat: the baseline, and for a
+    combination its source as well (pruned_int8 must beat pruned, not only the baseline).
+
+    The baseline is exempt, and so is a source that was not built (nothing to compare with).
+    """
+    if name == BASELINE or (gates.min_speedup is None and gates.min_size_reduction is None):
+        return []
+    source = metrics[name].get("source")
+    references = [(BASELINE, "gain_vs_baseline", f"beats {BASELINE}")]
+    if source not in (None, BASELINE) and metrics.get(source, {}).get("status") == "ok":
+        references.append((source, "gain_vs_source", f"beats its source {source}"))
+    rules = []
+    for reference, column, label in references:
+        gain, detail = improvement(
+            reference,
+            latency_p50_ms.get(name, {}),
+            latency_p50_ms.get(reference, {}),
+            metrics[name].get("size_bytes"),
+            metrics[reference].get("size_bytes"),
+            gates,
+        )
+        check = f"{label} (min_speedup or min_size_reduction)"
+        rules.append((column, gain, replace(_at_least(check, column, 1.0), explanation=detail)))
+    return rules
+
+
+def improvement(
+    reference: str,
+    p50: dict[str, float],
+    reference_p50: dict[str, float],
+    size: int | None,
+    reference_size: int | None,
+    gates: VariantGates,
+) -> tuple[float, str]:
+    """How far a variant beats `reference`: (gain, what was found), gain >= 1 meaning it does.
+
+    gain is the better of (best speedup on a runner both ran on / min_speedup) and
+    (size reduction / min_size_reduction); a threshold set to null, a size not known or no
+    runner in common leave that side out (0 when neither side can be judged).
+    """
+    gains, parts = [0.0], []
+    if gates.min_speedup is not None:
+        shared = {r: (p50[r], reference_p50[r]) for r in p50 if r in reference_p50 and p50[r] > 0}
+        if shared:
+            runner = max(shared, key=lambda r: shared[r][1] / shared[r][0])
+            mine, theirs = shared[runner]
+            speedup = theirs / mine
+            gains.append(speedup / gates.min_speedup)
+            parts.append(_speed_text(reference, runner, mine, theirs, gates.min_speedup, shared))
+        else:
+            parts.append(f"no benchmark on a runner shared with {reference} (judged on size only)")
+    if gates.min_size_reduction is not None:
+        if size and reference_size:
+            reduction = reference_size / size
+            gains.append(reduction / gates.min_size_reduction)
+            parts.append(_size_text(reduction, gates.min_size_reduction))
+        else:
+            parts.append("size unknown")
+    return max(gains), " and ".join(parts)
+
+
+def _speed_text(
+    reference: str,
+    runner: str,
+    mine: float,
+    theirs: float,
+    needed: float,
+    shared: dict[str, tuple[float, float]],
+) -> str:
+    where = f"on {runner}" + (", its best runner" if len(shared) > 1 else "")
+    times = f"({mine:.3g} vs {theirs:.3g} ms p50)"
+    speedup = theirs / mine
+    if speedup < 1:
+        return f"{_times(1 / speedup)} slower than {reference} {where} {times}"
+    if speedup < needed:
+        return f"only {_times(speedup)} faster than {reference} {where} {times}, needs {needed:g}x"
+    return f"{_times(speedup)} faster than {reference} {where} {times}"
+
+
+def _size_text(reduction: float, needed: float) -> str:
+    if reduction < 1:
+        return f"{_times(1 / reduction)} larger"
+    if reduction < needed:
+        return f"only {_times(reduction)} smaller, needs {needed:g}x"
+    return f"{_times(reduction)} smaller"
+
+
+def _times(ratio: float) -> str:
+    return f"{ratio:.2f}x" if ratio < 2 else f"{ratio:.1f}x"
 
 
 def _variant_suite(name: str) -> str:

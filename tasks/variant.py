@@ -13,6 +13,7 @@ from tasks.io import read_json, sha256_file, write_json
 Status = Literal["ok", "skipped", "failed"]
 Runtime = Literal["onnxruntime", "litert", "tensorrt"]
 RECORD_NAME = "variant.json"
+EVALUATION_SPLIT = "test"  # the split tasks.evaluate measures every variant's accuracy on
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,8 @@ class VariantRecord:
     model_file: str | None = None
     input: TensorSpec | None = None
     output: TensorSpec | None = None
-    preprocess: dict[str, Any] | None = None  # mean/std/size the inputs need
+    preprocess: dict[str, Any] | None = None  # mean/std/size/resize/channels, class names
+    data: dict[str, Any] | None = None  # the data it was built from and is evaluated on
     settings: dict[str, Any] = field(default_factory=dict)
     macs: int | None = None
     params: int | None = None
@@ -80,11 +82,43 @@ def finished_record(directory: Path, record: VariantRecord, **changes: Any) -> V
 
 
 def preprocess_fields(preprocess: Preprocess) -> dict[str, Any]:
+    """What a consumer needs to turn an image into this variant's input and read its output."""
     return {
         "image_size": preprocess.image_size,
+        "resize": preprocess.resize,
         "channels": preprocess.channels,
+        "channel_order": preprocess.channel_order,
+        "pixel_range": list(preprocess.pixel_range),
         "mean": preprocess.mean,
         "std": preprocess.std,
-        "pixel_range": list(preprocess.pixel_range),
         "num_classes": preprocess.num_classes,
+        "class_names": preprocess.class_names,
     }
+
+
+def data_fields(preprocess: Preprocess) -> dict[str, Any]:
+    """The data behind a variant: source, sha256 of a local source, split sizes, and the split
+    its accuracy is measured on."""
+    return {
+        "source": preprocess.data_source,
+        "sha256": preprocess.data_sha256,
+        "split_sizes": preprocess.split_sizes,
+        "evaluation": {
+            "split": EVALUATION_SPLIT,
+            "samples": preprocess.split_sizes.get(EVALUATION_SPLIT),
+        },
+    }
+
+
+def preprocess_from_record(record: VariantRecord) -> Preprocess:
+    """The Preprocess a variant was built with, back from its variant.json (e.g. on a runner
+    that builds from it without the prepared data)."""
+    spec, data = record.preprocess or {}, record.data or {}
+    kept = {k: v for k, v in spec.items() if k in Preprocess.__dataclass_fields__}
+    kept["pixel_range"] = tuple(kept.get("pixel_range", (0.0, 1.0)))
+    return Preprocess(
+        **kept,
+        data_source=data.get("source", "digits"),
+        data_sha256=data.get("sha256"),
+        split_sizes=data.get("split_sizes", {}),
+    )

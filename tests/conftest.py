@@ -65,6 +65,10 @@ LENIENT_GATES: dict = {
         "max_accuracy_drop": 60.0,
         "max_worst_class_drop": 100.0,
         "min_agreement": 0.3,
+        # tiny models are overhead-bound: whether a variant beats the baseline is tested on its
+        # own (tests/unit/test_validate.py), not by every run that needs variants to pass
+        "min_speedup": None,
+        "min_size_reduction": None,
     },
     "per_variant": {},
 }
@@ -110,7 +114,7 @@ def write_random_inputs(root: Path) -> dict:
     exported = torch.export.export(model, (torch.zeros(1, 1, 16, 16),))
     torch.export.save(exported, str(root / "inputs" / "model.pt2"))
     return {
-        "data": {"source": "npz", "path": "inputs/data.npz"},
+        "data": {"source": "npz", "path": "inputs/data.npz", "normalize": "train"},
         "baseline": {"source": "pt2", "path": "inputs/model.pt2"},
         "gates": {"defaults": dict.fromkeys(LENIENT_GATES["defaults"]), "per_variant": {}},
     }

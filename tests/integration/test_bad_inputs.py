@@ -125,7 +125,12 @@ class Workspace:
     ) -> None:
         """Tiny npz + .pt2 params, one variant, no per-variant gates; `edit` changes the raw YAML."""
         base = {
-            "data": {"source": "npz", "path": "inputs/data.npz", "num_classes": 10},
+            "data": {
+                "source": "npz",
+                "path": "inputs/data.npz",
+                "num_classes": 10,
+                "normalize": "train",  # an imported model states it
+            },
             "baseline": {"source": "pt2", "path": "inputs/model.pt2"},
             "registry": {"model_name": "bad-inputs"},
         }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sys
 import threading
 import time
@@ -91,6 +92,7 @@ def _params(tmp_path: Path, repo: Path, registry: str, extra: dict | None = None
             "model_path": "models/model.pt2",
             "data_path": "data/digits.npz",
         },
+        "data": {"normalize": "train"},  # the model in the repo was trained on these statistics
         "gates": LENIENT_GATES,
         "benchmark": {"iterations": 20, "warmup": 2, "max_seconds": 2.0},
         "registry": {"uri": registry, "model_name": "digits-tiny"},
@@ -306,6 +308,37 @@ def test_rerun_with_unchanged_inputs_is_cached(
     assert second.status == "unchanged" and second.unchanged_since == "a", second
     third = nightly(version="b", publish_unchanged=True, **common)
     assert third.status == "published" and third.published == first.published
+
+
+def test_a_variant_that_does_not_beat_the_baseline_is_not_offered(
+    prefect_server: str, model_repo: dict, tmp_path: Path
+) -> None:
+    """The benchmark's per-runner p50s reach the gate: pruned must be 1000x faster on some
+    runner (and size does not count for it), so it is rejected with the measured times."""
+    from flows.nightly import nightly
+
+    beat = {"pruned": {"min_speedup": 1000.0, "min_size_reduction": None}}
+    extra = {
+        "gates": {**LENIENT_GATES, "per_variant": beat},
+        "variants": {name: VARIANTS[name] for name in ("pruned", "distilled")},
+    }
+    params = _params(tmp_path, model_repo["repo"], str(tmp_path / "registry"), extra)
+    result = nightly(
+        params_file=str(params),
+        model_rev="v1",
+        data_rev="v1",
+        approval="auto",
+        version="1",
+        workdir=str(tmp_path / "work"),
+    )
+    assert result.status == "published" and "distilled" in result.published, result
+    assert "pruned" not in result.published
+    reason = result.rejected["pruned"]
+    assert "beats baseline (min_speedup or min_size_reduction)" in reason, reason
+    # both runners measured it; the reason names the one closest to passing, with its times
+    assert re.search(
+        r"than baseline on (cloud|edge)-cpu, its best runner \([\d.]+ vs [\d.]+ ms p50\)", reason
+    ), reason
 
 
 def test_unanswered_review_times_out_and_publishes_nothing(

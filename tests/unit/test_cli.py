@@ -16,6 +16,7 @@ from tests import processes
 from tests.conftest import REPO_ROOT, write_params
 
 EXIT_USER_ERROR = 2
+TRAIN_NORM = {"data": {"normalize": "train"}}  # an imported model states its normalisation
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,9 @@ def _assert_no_model(workspace: Path) -> None:
 
 
 def test_train_pt2_missing_file(workspace: Path) -> None:
-    write_params(workspace, {"baseline": {"source": "pt2", "path": "inputs/model.pt2"}})
+    write_params(
+        workspace, {"baseline": {"source": "pt2", "path": "inputs/model.pt2"}, **TRAIN_NORM}
+    )
     run = _train(workspace)
     _assert_user_error(run, "inputs/model.pt2", "not found")
     _assert_no_model(workspace)
@@ -178,7 +181,9 @@ def test_train_pt2_missing_file(workspace: Path) -> None:
 def _corrupt_pt2(workspace: Path) -> None:
     (workspace / "inputs").mkdir()
     (workspace / "inputs" / "model.pt2").write_bytes(np.random.default_rng(0).bytes(4096))
-    write_params(workspace, {"baseline": {"source": "pt2", "path": "inputs/model.pt2"}})
+    write_params(
+        workspace, {"baseline": {"source": "pt2", "path": "inputs/model.pt2"}, **TRAIN_NORM}
+    )
 
 
 def test_train_pt2_corrupt_file_exits_2_and_leaves_nothing(workspace: Path) -> None:
@@ -219,7 +224,9 @@ def test_train_pt2_with_wrong_number_of_logits(workspace: Path) -> None:
     program = torch.export.export(model, (torch.zeros(1, 1, 16, 16),))
     (workspace / "inputs").mkdir()
     torch.export.save(program, str(workspace / "inputs" / "model.pt2"))
-    write_params(workspace, {"baseline": {"source": "pt2", "path": "inputs/model.pt2"}})
+    write_params(
+        workspace, {"baseline": {"source": "pt2", "path": "inputs/model.pt2"}, **TRAIN_NORM}
+    )
     run = _train(workspace)
     _assert_user_error(
         run,
@@ -245,7 +252,8 @@ def test_train_factory_with_mismatched_state_dict(workspace: Path) -> None:
                 "factory": "tasks.models:resnet_cnn",
                 "factory_kwargs": {"num_classes": 10, "in_channels": 1, "width": 8},
                 "path": "inputs/weights.pt",
-            }
+            },
+            **TRAIN_NORM,
         },
     )
     run = _train(workspace)
@@ -263,7 +271,8 @@ def test_train_factory_that_cannot_be_imported(workspace: Path) -> None:
                 "source": "factory",
                 "factory": "no_such_pkg.models:build",
                 "path": "inputs/weights.pt",
-            }
+            },
+            **TRAIN_NORM,
         },
     )
     run = _train(workspace)

@@ -210,6 +210,52 @@ def test_pt2_baseline_needs_a_path(repo_raw: dict[str, Any]) -> None:
     assert "source 'pt2' needs baseline.path" in message
 
 
+@pytest.mark.parametrize(
+    ("extra", "origin"),
+    [
+        ({"baseline": {"source": "pt2", "path": "m.pt2"}}, "baseline.source pt2"),
+        (
+            {"baseline": {"source": "factory", "factory": "pkg.m:build", "path": "w.pt"}},
+            "baseline.source factory",
+        ),
+        ({"fetch": {"repo": "git@x:y.git", "model_path": "m.pt2"}}, "fetch.model_path"),
+        (  # a mean without its std is not a stated normalisation either
+            {"baseline": {"source": "pt2", "path": "m.pt2"}, "data": {"mean": [0.5]}},
+            "baseline.source pt2",
+        ),
+    ],
+)
+def test_imported_model_must_state_its_normalisation(
+    repo_raw: dict[str, Any], extra: dict[str, Any], origin: str
+) -> None:
+    message = _error(_merged(repo_raw, extra))
+    assert message.startswith(f"params.yaml: data.normalize: an imported model ({origin})")
+    for choice in ("data.mean and data.std", "data.normalize: none", "data.normalize: train"):
+        assert choice in message
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{"normalize": "none"}, {"normalize": "train"}, {"mean": [0.1], "std": [0.3]}],
+)
+def test_imported_model_with_stated_normalisation_loads(
+    repo_raw: dict[str, Any], data: dict[str, Any]
+) -> None:
+    params = parse_params(
+        _merged(repo_raw, {"baseline": {"source": "pt2", "path": "m.pt2"}, "data": data})
+    )
+    assert params.baseline.source == "pt2"
+
+
+def test_trained_baseline_keeps_the_train_split_default(repo_raw: dict[str, Any]) -> None:
+    assert parse_params(repo_raw).data.normalize is None  # prepare uses train-split statistics
+
+
+def test_normalize_and_mean_std_together_are_refused(repo_raw: dict[str, Any]) -> None:
+    raw = _merged(repo_raw, {"data": {"normalize": "none", "mean": [0.5], "std": [0.2]}})
+    assert "data: normalize 'none' and mean/std both given; keep one of them" in _error(raw)
+
+
 def test_factory_must_be_module_colon_function(repo_raw: dict[str, Any]) -> None:
     raw = _merged(
         repo_raw, {"baseline": {"source": "factory", "factory": "mypkg.build", "path": "w.pt"}}

@@ -257,6 +257,38 @@ def test_npz_num_classes_may_exceed_the_labels_seen(tmp_path: Path) -> None:
     assert prepared.preprocess.num_classes == 5
 
 
+def test_npz_class_names_array_names_the_labels_in_order(tmp_path: Path) -> None:
+    y = _balanced_labels(10, 3)
+    names = np.array(["cat", "dog", "owl"])
+    _write_npz(tmp_path / "d.npz", x=_float_images(len(y)), y=y, class_names=names)
+    prepared = prepare(_npz_cfg(), seed=0, root=tmp_path)
+    assert prepared.preprocess.class_names == ["cat", "dog", "owl"]
+    # params name them too: params win (e.g. a data file you cannot change)
+    prepared = prepare(_npz_cfg(class_names=["a", "b", "c"]), seed=0, root=tmp_path)
+    assert prepared.preprocess.class_names == ["a", "b", "c"]
+
+
+def test_npz_class_names_must_name_every_class(tmp_path: Path) -> None:
+    y = _balanced_labels(10, 3)
+    _write_npz(tmp_path / "d.npz", x=_float_images(len(y)), y=y, class_names=np.array(["a", "b"]))
+    assert "d.npz: class_names: 2 name(s) for 3 classes" in _error(_npz_cfg(), tmp_path)
+    _write_npz(tmp_path / "d.npz", x=_float_images(len(y)), y=y)
+    message = _error(_npz_cfg(class_names=["a", "b", "c", "d"], num_classes=3), tmp_path)
+    assert message == "data.class_names: 4 name(s) for 3 classes; expected one each"
+
+
+def test_npz_records_what_a_consumer_needs(tmp_path: Path) -> None:
+    from tasks.io import sha256_file
+
+    y = _balanced_labels(10, 3)
+    path = _write_npz(tmp_path / "d.npz", x=_float_images(len(y), channels=3), y=y)
+    prepared = prepare(_npz_cfg(channels=3), seed=0, root=tmp_path)
+    pre = prepared.preprocess
+    assert (pre.resize, pre.channel_order, pre.data_source) == ("bilinear", "RGB", "npz")
+    assert pre.data_sha256 == sha256_file(path)
+    assert pre.split_sizes == {name: len(split) for name, split in prepared.splits.items()}
+
+
 # ---- ImageFolder ------------------------------------------------------------------------------
 
 

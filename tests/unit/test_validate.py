@@ -237,9 +237,18 @@ def _baseline_pred() -> np.ndarray:
     return _wrong_at(_labels(), range(0, 300, 30))
 
 
+# Tests of the accuracy gates: variants as big as the baseline and not benchmarked, so the
+# "beats baseline" gate (tested on its own below) is off.
+NO_BEAT = {"min_speedup": None, "min_size_reduction": None}
+
+
+def _gates(**defaults: object) -> GatesConfig:
+    return GatesConfig.model_validate({"defaults": NO_BEAT | defaults})
+
+
 def test_variant_equal_to_baseline_passes() -> None:
     metrics, predictions = _inputs({"same": _baseline_pred()})
-    results = gate_variants(metrics, predictions, {}, GatesConfig())
+    results = gate_variants(metrics, predictions, {}, _gates())
     assert set(results) == {"baseline", "same"}
     for result in results.values():
         assert result.success, result.describe()
@@ -257,7 +266,7 @@ def test_variant_equal_to_baseline_passes() -> None:
 def test_variant_below_accuracy_floor_is_rejected() -> None:
     poor = _wrong_at(_labels(), range(0, 300, 7))  # 43 wrong → 0.857
     metrics, predictions = _inputs({"poor": poor})
-    result = gate_variants(metrics, predictions, {}, GatesConfig())["poor"]
+    result = gate_variants(metrics, predictions, {}, _gates())["poor"]
     assert not result.success
     assert "accuracy >= min_accuracy" in _failing_names(result)
     assert "min_accuracy" in result.describe()
@@ -277,7 +286,7 @@ def test_drop_upper_rejects_when_point_estimate_is_under_the_max() -> None:
     assert metrics["lucky"]["accuracy_drop"] == pytest.approx(200 / 300)
     point, _, upper = paired_drop_interval(labels, base, variant)
     assert point < 1.0 < upper
-    result = gate_variants(metrics, predictions, {}, GatesConfig())["lucky"]
+    result = gate_variants(metrics, predictions, {}, _gates())["lucky"]
     assert _failing_names(result) == ["drop_upper <= max_accuracy_drop"]
     assert result.failures[0].observed == pytest.approx(upper)
     assert "max_accuracy_drop" in result.describe()
@@ -288,7 +297,7 @@ def test_per_variant_override_applies() -> None:
     metrics, predictions = _inputs({"big": same, "roomy": same, "loose": same})
     gates = GatesConfig.model_validate(
         {
-            "defaults": {"max_size_bytes": 500},
+            "defaults": NO_BEAT | {"max_size_bytes": 500},
             "per_variant": {"roomy": {"max_size_bytes": 5000}, "loose": {"min_accuracy": None}},
         }
     )
@@ -303,8 +312,9 @@ def test_per_variant_override_applies() -> None:
 def test_latency_checked_only_when_known() -> None:
     same = _baseline_pred()
     metrics, predictions = _inputs({"slow": same, "unmeasured": same})
-    gates = GatesConfig.model_validate({"defaults": {"max_p50_ms": 2.0}})
-    results = gate_variants(metrics, predictions, {"baseline": 1.5, "slow": 3.5}, gates)
+    gates = _gates(max_p50_ms=2.0)
+    p50 = {"baseline": {"cpu": 1.5}, "slow": {"cpu": 1.0, "edge": 3.5}}  # the slowest runner counts
+    results = gate_variants(metrics, predictions, p50, gates)
     assert results["baseline"].success
     assert _failing_names(results["slow"]) == ["p50_ms <= max_p50_ms"]
     assert "observed 3.5 vs threshold 2" in results["slow"].describe()
@@ -329,7 +339,113 @@ def test_missing_predictions_is_a_user_error() -> None:
     metrics, predictions = _inputs({"same": _baseline_pred()})
     del predictions["pred__same"]
     with pytest.raises(DataError, match="pred__same"):
-        gate_variants(metrics, predictions, {}, GatesConfig())
+        gate_variants(metrics, predictions, {}, _gates())
+
+
+# ---- beats what it came from -------------------------------------------------------------------
+
+BASE_P50 = {"edge-cpu": 0.48, "cloud-cpu": 0.30}
+
+
+def _beat_inputs(
+    sizes: dict[str, int], p50: dict[str, dict[str, float]]
+) -> tuple[dict[str, dict], dict[str, np.ndarray], dict[str, dict[str, float]]]:
+    """Variants as accurate as the baseline (1000 bytes), with the given sizes and latencies."""
+    metrics, predictions = _inputs(dict.fromkeys(sizes, _baseline_pred()))
+    for name, size in sizes.items():
+        metrics[name]["size_bytes"] = size
+    return metrics, predictions, {"baseline": BASE_P50} | p50
+
+
+def _beat_check(result: SuiteResult, reference: str = "baseline") -> Check:
+    label = "beats baseline" if reference == "baseline" else f"beats its source {reference}"
+    return {c.name.split(" (")[0]: c for c in result.checks}[label]
+
+
+def test_slower_everywhere_and_barely_smaller_is_rejected_with_the_reason() -> None:
+    metrics, predictions, p50 = _beat_inputs(
+        {"int8": 935}, {"int8": {"edge-cpu": 1.07, "cloud-cpu": 0.90}}
+    )
+    results = gate_variants(metrics, predictions, p50, GatesConfig())
+    result = results["int8"]
+    assert _failing_names(result) == ["beats baseline (min_speedup or min_size_reduction)"]
+    # edge-cpu is its best runner (2.2x slower; 3x on cloud-cpu)
+    assert (
+        "2.2x slower than baseline on edge-cpu, its best runner (1.07 vs 0.48 ms p50) "
+        "and only 1.07x smaller, needs 1.5x" in result.describe()
+    )
+    assert _beat_check(result).observed == pytest.approx((1000 / 935) / 1.5)
+    assert results["baseline"].success  # the baseline is exempt
+    assert "beats baseline" not in str([c.name for c in results["baseline"].checks])
+
+
+def test_faster_on_one_runner_passes() -> None:
+    metrics, predictions, p50 = _beat_inputs(
+        {"fast": 1000}, {"fast": {"edge-cpu": 0.40, "cloud-cpu": 0.90}}
+    )
+    result = gate_variants(metrics, predictions, p50, GatesConfig())["fast"]
+    assert result.success, result.describe()
+    assert _beat_check(result).observed == pytest.approx((0.48 / 0.40) / 1.1)
+    assert _beat_check(result).detail.startswith("1.20x faster than baseline on edge-cpu")
+
+
+def test_smaller_but_slower_passes_on_size() -> None:
+    metrics, predictions, p50 = _beat_inputs(
+        {"small": 250}, {"small": {"edge-cpu": 1.07, "cloud-cpu": 0.90}}
+    )
+    result = gate_variants(metrics, predictions, p50, GatesConfig())["small"]
+    assert result.success, result.describe()
+    assert "and 4.0x smaller" in _beat_check(result).detail
+
+
+def test_unbenchmarked_variant_is_judged_on_size_and_says_so() -> None:
+    metrics, predictions, p50 = _beat_inputs({"small": 250, "same": 1000}, {})
+    results = gate_variants(metrics, predictions, p50, GatesConfig())
+    assert results["small"].success, results["small"].describe()
+    assert not results["same"].success
+    assert (
+        "no benchmark on a runner shared with baseline (judged on size only) "
+        "and only 1.00x smaller, needs 1.5x" in results["same"].describe()
+    )
+
+
+def test_beat_thresholds_per_variant_and_null_disables() -> None:
+    slow = {"edge-cpu": 1.07, "cloud-cpu": 0.90}
+    metrics, predictions, p50 = _beat_inputs(
+        {"int8": 935, "lenient": 935, "off": 935}, {"int8": slow, "lenient": slow, "off": slow}
+    )
+    gates = GatesConfig.model_validate(
+        {
+            "per_variant": {
+                "lenient": {"min_speedup": None, "min_size_reduction": 1.05},
+                "off": {"min_speedup": None, "min_size_reduction": None},
+            }
+        }
+    )
+    results = gate_variants(metrics, predictions, p50, gates)
+    assert not results["int8"].success
+    assert results["lenient"].success, results["lenient"].describe()
+    assert _beat_check(results["lenient"]).detail == "1.07x smaller"  # speed not gated
+    assert results["off"].success
+    assert not any(c.name.startswith("beats") for c in results["off"].checks)
+
+
+def test_combination_must_also_beat_its_source() -> None:
+    metrics, predictions, p50 = _beat_inputs(
+        {"pruned": 600, "pruned_int8": 560},
+        {"pruned": {"edge-cpu": 0.20}, "pruned_int8": {"edge-cpu": 0.42}},
+    )
+    metrics["pruned"]["source"] = "baseline"
+    metrics["pruned_int8"]["source"] = "pruned"
+    results = gate_variants(metrics, predictions, p50, GatesConfig())
+    assert results["pruned"].success, results["pruned"].describe()
+    result = results["pruned_int8"]
+    assert _beat_check(result).success  # 1.79x smaller than the baseline
+    assert _failing_names(result) == ["beats its source pruned (min_speedup or min_size_reduction)"]
+    assert (
+        "2.1x slower than pruned on edge-cpu (0.42 vs 0.2 ms p50) and only 1.07x smaller"
+        in result.describe()
+    )
 
 
 # ---- Data Docs ---------------------------------------------------------------------------------
@@ -338,7 +454,7 @@ def test_missing_predictions_is_a_user_error() -> None:
 def test_gate_variants_writes_data_docs(tmp_path: Path) -> None:
     metrics, predictions = _inputs({"same": _baseline_pred()})
     docs = tmp_path / "docs" / "variants"
-    gate_variants(metrics, predictions, {}, GatesConfig(), docs_dir=docs)
+    gate_variants(metrics, predictions, {}, _gates(), docs_dir=docs)
     index = docs / "index.html"
     assert index.is_file()
     html = index.read_text()

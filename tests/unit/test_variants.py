@@ -206,6 +206,81 @@ def test_evaluate_metrics_relations(built: Path, tmp_path: Path) -> None:
         assert agreement == pytest.approx(int8.agreement)
 
 
+def test_int8_variant_json_tells_a_consumer_how_to_feed_and_read_it(built: Path) -> None:
+    import json
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    directory = built / "variants" / "tflite_int8"
+    raw = json.loads((directory / "variant.json").read_text())
+    interpreter = Interpreter(model_path=str(directory / raw["model_file"]))
+    (out,) = interpreter.get_output_details()
+    scale, zero_point = out["quantization"]
+    assert raw["output"]["dtype"] == np.dtype(out["dtype"]).name == "int8"
+    assert raw["output"]["quantization"] == {
+        "scale": pytest.approx(scale),
+        "zero_point": zero_point,
+    }
+    assert raw["input"]["layout"] == "NHWC" and raw["input"]["quantization"]["scale"] > 0
+    pre = raw["preprocess"]
+    assert pre["class_names"] == [str(d) for d in range(10)]
+    assert (pre["resize"], pre["channel_order"], pre["image_size"]) == ("bilinear", "grayscale", 16)
+    test_size = len(load_split(built / "data", "test"))
+    assert raw["data"]["evaluation"] == {"split": "test", "samples": test_size}
+    assert raw["data"]["source"] == "digits" and raw["data"]["split_sizes"]["test"] == test_size
+
+
+def test_manifest_alone_tells_a_consumer_how_to_feed_and_read_a_variant(
+    built: Path, tmp_path: Path
+) -> None:
+    import json
+    from dataclasses import asdict
+
+    from flows.nightly import _publish_entries
+    from tasks.config import RegistryConfig
+    from tasks.registry import open_registry
+    from tasks.review import GateVerdict
+
+    names = ["tflite_int8", "pruned"]
+    evaluation = evaluate(built / "variants", names, load_split(built / "data", "test"))
+    metrics = {name: asdict(row) for name, row in evaluation.metrics.items()}
+    dirs = {name: str(built / "variants" / name) for name in names}
+    decision = {"approved_by": "alice", "approved_at": "2026-11-25T02:00:00+00:00", "comment": ""}
+    verdicts = dict.fromkeys(names, GateVerdict(True, ""))
+    entries = _publish_entries(names, {}, dirs, metrics, verdicts, [], decision)
+    registry = RegistryConfig(uri=str(tmp_path / "registry"), model_name="tiny")
+    open_registry(registry).publish("tiny", "1", entries, {})
+
+    # the consumer: plain JSON, no modelpress
+    (manifest_file,) = (tmp_path / "registry").rglob("manifest.json")
+    variants = json.loads(manifest_file.read_text())["variants"]
+    int8 = variants["tflite_int8"]
+    record = json.loads((built / "variants" / "tflite_int8" / "variant.json").read_text())
+    assert int8["output"]["quantization"] == record["output"]["quantization"]
+    assert int8["output"]["dtype"] == "int8" and int8["input"]["dtype"] == "int8"
+    for variant in (int8, variants["pruned"]):
+        pre = variant["input"]["preprocess"]
+        assert pre["class_names"] == [str(d) for d in range(10)]
+        assert pre["resize"] == "bilinear" and pre["channel_order"] == "grayscale"
+        assert pre["mean"] and pre["std"] and variant["input"]["layout"] in ("NCHW", "NHWC")
+        assert variant["metrics"]["split"] == "test"
+        assert variant["metrics"]["samples"] == variant["data"]["evaluation"]["samples"] > 0
+    assert variants["pruned"]["output"]["quantization"] is None  # float32 logits
+
+
+def test_preprocess_comes_back_whole_from_variant_json(
+    tiny_workspace: Path, tmp_path: Path
+) -> None:
+    """A CUDA runner builds its engine from the source's variant.json alone: the engine's
+    record must carry the same consumer metadata as one built beside the data."""
+    from tasks.variant import preprocess_from_record, read_record
+
+    original = load_preprocess(tiny_workspace / "data")
+    record = read_record(tiny_workspace / "variants" / "baseline")
+    assert preprocess_from_record(record) == original
+    assert original.class_names and original.split_sizes  # not a vacuous comparison
+
+
 def test_mean_kl() -> None:
     logits = np.random.default_rng(0).normal(size=(16, 5))
     assert mean_kl(logits, logits) == pytest.approx(0.0, abs=1e-12)
@@ -252,7 +327,10 @@ def test_user_pt2_goes_through_every_variant(tiny_workspace: Path, tmp_path: Pat
     torch.manual_seed(0)
     _save_pt2(_UserNet(), tmp_path / "user.pt2")
     params = load_params(
-        write_params(tmp_path, {"baseline": {"source": "pt2", "path": "user.pt2"}})
+        write_params(
+            tmp_path,
+            {"baseline": {"source": "pt2", "path": "user.pt2"}, "data": {"normalize": "train"}},
+        )
     )
     result = make_baseline(params.baseline, params.train, tmp_path / "data", 0, root=tmp_path)
     save_baseline(result, params.baseline, tmp_path / "models" / "baseline", root=tmp_path)
@@ -304,6 +382,28 @@ def test_pt2_modularize_keeps_outputs(tmp_path: Path) -> None:
         assert torch.allclose(layered(x), model(x), atol=1e-5)
     assert sum(isinstance(m, nn.Conv2d) for m in layered.modules()) == 2
     assert count_macs_params(layered, (1, 16, 16))[1] == sum(p.numel() for p in model.parameters())
+
+
+def test_pt2_loads_from_several_threads_at_once(tmp_path: Path) -> None:
+    """The nightly flow's threads load the baseline in parallel (export, pruned, distilled)."""
+    import threading
+
+    path = _save_pt2(_UserNet(), tmp_path / "m.pt2")
+    errors: list[Exception] = []
+
+    def load_repeatedly() -> None:
+        try:
+            for _ in range(10):
+                load_pt2(path)
+        except Exception as exc:  # collected: asserted below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load_repeatedly) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
 
 
 def test_pt2_with_unsupported_layer_fails_pruning_naming_it(

@@ -1,0 +1,99 @@
+"""train: an imported model's normalisation is what the user stated, and a mis-fed one gets a hint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from tasks.config import BaselineConfig, DataConfig, TrainConfig
+from tasks.data import Preprocess, prepare, write_prepared
+from tasks.train import import_hint, make_baseline
+
+
+def _raw_pixel_model(tmp_path: Path) -> Path:
+    """A small MLP trained here on raw [0, 1] digits pixels (8x8), saved as a torch.export .pt2."""
+    prepared = prepare(DataConfig(image_size=8, normalize="none"), seed=0)
+    train = prepared.splits["train"]
+    x, y = torch.from_numpy(train.x), torch.from_numpy(train.y)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(300):
+        loss = nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    path = tmp_path / "raw.pt2"
+    torch.export.save(torch.export.export(model.eval(), (torch.zeros(1, 1, 8, 8),)), str(path))
+    return path
+
+
+def _imported_accuracy(tmp_path: Path, model: Path, normalize: str) -> tuple[float, Path]:
+    data_dir = tmp_path / f"data-{normalize}"
+    write_prepared(prepare(DataConfig(image_size=8, normalize=normalize), seed=0), data_dir)
+    cfg = BaselineConfig(source="pt2", path=str(model))
+    result = make_baseline(cfg, TrainConfig(), data_dir, seed=0, root=tmp_path)
+    return result.test_accuracy, data_dir
+
+
+def test_normalize_none_feeds_raw_pixels_to_an_imported_model(tmp_path: Path) -> None:
+    model = _raw_pixel_model(tmp_path)
+    raw_accuracy, _ = _imported_accuracy(tmp_path, model, "none")
+    train_stats_accuracy, _ = _imported_accuracy(tmp_path, model, "train")
+    assert raw_accuracy >= 0.9  # as it scored where it was trained
+    assert train_stats_accuracy < raw_accuracy - 0.1  # what the old default did to it
+
+
+def test_a_mis_normalised_import_ends_the_run_with_what_to_check(tmp_path: Path) -> None:
+    from flows.nightly import NightlyResult, _import_hints, _result_text
+    from tasks.config import parse_params
+
+    model = _raw_pixel_model(tmp_path)
+    accuracy, data_dir = _imported_accuracy(tmp_path, model, "train")  # the wrong statistics
+    params = parse_params(
+        {"baseline": {"source": "pt2", "path": str(model)}, "data": {"normalize": "train"}}
+    )
+    hints = _import_hints(params, {"test_accuracy": accuracy}, str(data_dir))
+    result = NightlyResult(
+        model="m",
+        version=None,
+        status="nothing-passed",
+        published=[],
+        rejected={},
+        approval=None,
+        registry_uri="registry",
+        run_dir="run",
+        hints=hints,
+    )
+    text = _result_text(result)
+    assert f"  check:     baseline: the imported model scores {accuracy:.2f}" in text
+    assert "label order (labels 0.. are 0, 1, 2, 3, 4, ...)" in text
+
+
+def _preprocess(**changes: object) -> Preprocess:
+    fields: dict = dict(image_size=32, channels=3, num_classes=8, mean=[0.5] * 3, std=[0.2] * 3)
+    return Preprocess(**(fields | changes))
+
+
+def test_hint_names_what_to_check_when_an_import_is_far_below_the_gate() -> None:
+    names = ["cat", "dog", "owl", "elk", "bee", "ant", "fox", "yak"]
+    hint = import_hint("pt2", 0.31, 0.9, _preprocess(class_names=names))
+    assert hint is not None and "\n" not in hint
+    assert hint.startswith("baseline: the imported model scores 0.31 on the test split")
+    for what in ("normalisation", "channel order", "input size", "label order"):
+        assert what in hint
+    assert "mean [0.5, 0.5, 0.5]" in hint and "data.normalize" in hint
+    assert "RGB" in hint and "data.image_size 32" in hint and "cat, dog, owl, elk, bee" in hint
+
+
+@pytest.mark.parametrize(
+    ("source", "accuracy", "gate"),
+    [("train", 0.31, 0.9), ("pt2", 0.85, 0.9), ("factory", 0.95, 0.9), ("pt2", 0.1, None)],
+)
+def test_no_hint_when_trained_here_near_the_gate_or_ungated(
+    source: str, accuracy: float, gate: float | None
+) -> None:
+    assert import_hint(source, accuracy, gate, _preprocess()) is None
