@@ -217,6 +217,10 @@ class VariantGates(_Strict):
     # p50 this many times lower on at least one runner both ran on, or this many times smaller.
     min_speedup: Annotated[float, Field(gt=0)] | None = 1.1
     min_size_reduction: Annotated[float, Field(gt=0)] | None = 1.5
+    # ... and must not run slower than it by more than this on any runner both ran on (a margin
+    # for timing noise): a 4x smaller int8 model that runs 2.2x slower on the edge device is no
+    # improvement to ship.
+    max_slowdown: Annotated[float, Field(ge=1)] | None = 1.25
 
 
 class GatesConfig(_Strict):

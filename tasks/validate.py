@@ -578,30 +578,58 @@ def _improvement_rules(
     latency_p50_ms: dict[str, dict[str, float]],
     gates: VariantGates,
 ) -> list[tuple[str, float, _Rule]]:
-    """(column, gain, rule) for each variant `name` must beat: the baseline, and for a
-    combination its source as well (pruned_int8 must beat pruned, not only the baseline).
+    """(column, value, rule) for each variant `name` must beat: the baseline, and for a
+    combination its source as well (pruned_int8 must beat pruned, not only the baseline):
+    a gain (min_speedup or min_size_reduction) and no slowdown past max_slowdown.
 
     The baseline is exempt, and so is a source that was not built (nothing to compare with).
     """
-    if name == BASELINE or (gates.min_speedup is None and gates.min_size_reduction is None):
+    if name == BASELINE:
         return []
     source = metrics[name].get("source")
-    references = [(BASELINE, "gain_vs_baseline", f"beats {BASELINE}")]
+    references = [(BASELINE, "vs_baseline", BASELINE)]
     if source not in (None, BASELINE) and metrics.get(source, {}).get("status") == "ok":
-        references.append((source, "gain_vs_source", f"beats its source {source}"))
+        references.append((source, "vs_source", f"its source {source}"))
     rules = []
-    for reference, column, label in references:
+    for reference, suffix, label in references:
+        p50, reference_p50 = latency_p50_ms.get(name, {}), latency_p50_ms.get(reference, {})
+        slowdown = worst_slowdown(p50, reference_p50)
+        if gates.max_slowdown is not None and slowdown is not None:
+            runner, ratio = slowdown
+            text = (
+                f"{_times(ratio)} slower than {reference} on {runner} "
+                f"({p50[runner]:.3g} vs {reference_p50[runner]:.3g} ms p50), "
+                f"allowed {gates.max_slowdown:g}x"
+            )
+            check = f"not slower than {label} (max_slowdown)"
+            rule = _at_most(check, f"slowdown_{suffix}", gates.max_slowdown)
+            rules.append((f"slowdown_{suffix}", ratio, replace(rule, explanation=text)))
+        if gates.min_speedup is None and gates.min_size_reduction is None:
+            continue
         gain, detail = improvement(
             reference,
-            latency_p50_ms.get(name, {}),
-            latency_p50_ms.get(reference, {}),
+            p50,
+            reference_p50,
             metrics[name].get("size_bytes"),
             metrics[reference].get("size_bytes"),
             gates,
         )
-        check = f"{label} (min_speedup or min_size_reduction)"
+        check = f"beats {label} (min_speedup or min_size_reduction)"
+        column = f"gain_{suffix}"
         rules.append((column, gain, replace(_at_least(check, column, 1.0), explanation=detail)))
     return rules
+
+
+def worst_slowdown(
+    p50: dict[str, float], reference_p50: dict[str, float]
+) -> tuple[str, float] | None:
+    """(runner, p50 / reference p50) on the runner, of those both ran on, where the variant
+    loses most to `reference`; None without a runner in common."""
+    shared = {r: p50[r] / reference_p50[r] for r in p50 if reference_p50.get(r)}
+    if not shared:
+        return None
+    runner = max(shared, key=lambda r: shared[r])
+    return runner, shared[runner]
 
 
 def improvement(
