@@ -211,9 +211,27 @@ def _nightly(args: argparse.Namespace) -> None:
     nightly_main(args.args)
 
 
+def _hold_back_native_output(args: list[str]) -> None:
+    """Unless --verbose: TensorFlow's C++ lines (oneDNN, absl, the converter's settings) go to
+    a file in the temp folder, not between the log lines and the results table. A temp file,
+    not the workdir: a run refused for bad input leaves the workspace as it was."""
+    import os
+    import tempfile
+    from datetime import UTC, datetime
+
+    from tasks.quiet import native_output_to
+
+    if {"--verbose", "-h", "--help"} & set(args):
+        return
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    folder = Path(tempfile.gettempdir()) / f"modelpress-{os.getuid()}"
+    native_output_to(folder / f"native-output-{stamp}-{os.getpid()}.log")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["nightly"]:  # its own parser owns every option, --help included
+        _hold_back_native_output(argv[1:])
         _nightly(argparse.Namespace(args=argv[1:]))
         return
     args = build_parser().parse_args(argv)

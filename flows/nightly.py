@@ -45,6 +45,7 @@ from tasks.config import (
 from tasks.errors import ConfigError, ModelPressError
 from tasks.fetch import FetchedFile, FetchNotFoundError, fetch_file
 from tasks.io import read_json, write_json
+from tasks import quiet
 from tasks.lineage import code_sha256, data_lineage, model_lineage, unchanged_since
 from tasks.report import format_table
 from tasks.review import (
@@ -1201,6 +1202,8 @@ def _result_text(result: NightlyResult) -> str:
         lines.append(f"  decision:  {result.decision_uri}")
     lines.append(f"  registry:  {result.registry_uri}")
     lines.append(f"  run files: {result.run_dir} (Pareto plot, Data Docs)")
+    if quiet.native_log is not None:
+        lines.append(f"  converter output: {quiet.native_log} (--verbose prints it here)")
     if result.cached_tasks:
         lines.append(f"  cached:    {', '.join(result.cached_tasks)}")
     return "\n".join(lines)

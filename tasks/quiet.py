@@ -16,9 +16,12 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, TextIO
 
 LOGGER = logging.getLogger("modelpress.convert")
+# where native_output_to sends the process's C-level output (None: to the terminal)
+native_log: Path | None = None
 
 
 def show_converter_output(stream: TextIO | None = None) -> None:
@@ -121,3 +124,26 @@ def _fds_to(buffer: _Buffer, alone: bool) -> Iterator[None]:
 def _flush_c_stdio() -> None:
     with contextlib.suppress(OSError, AttributeError):  # no libc: nothing buffered by it
         ctypes.CDLL(None).fflush(None)
+
+
+def native_output_to(path: Path) -> None:
+    """From now on, whatever this process and its children write to fds 1 and 2 below Python
+    (TensorFlow's C++ runtime, absl, the TFLite converter) goes to `path`; Python's own
+    sys.stdout/sys.stderr keep the terminal.
+
+    For an entry point, before Prefect or TensorFlow are imported: logging handlers made after
+    this hold the new sys.stderr. Process-wide, so it is safe with the flow's threads, where
+    `held_back` can catch only Python-level writes.
+    """
+    global native_log
+    path.parent.mkdir(parents=True, exist_ok=True)
+    native_log = path
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    terminal_out, terminal_err = os.dup(1), os.dup(2)
+    sink = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(sink, 1)
+    os.dup2(sink, 2)
+    os.close(sink)
+    sys.stdout = os.fdopen(terminal_out, "w", buffering=1, encoding=sys.stdout.encoding)
+    sys.stderr = os.fdopen(terminal_err, "w", buffering=1, encoding=sys.stderr.encoding)

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +90,32 @@ def test_a_stream_kept_from_inside_prints_again_afterwards(
         kept = sys.stderr
     print("a later warning", file=kept)
     assert capsys.readouterr().err == "a later warning\n"
+
+
+NATIVE_CHILD = """
+import os, subprocess, sys
+from pathlib import Path
+from tasks.quiet import native_output_to
+native_output_to(Path(sys.argv[1]))
+os.write(1, b"native stdout\\n")
+os.write(2, b"native stderr\\n")
+subprocess.run(["sh", "-c", "echo child process >&2"], check=True)
+print("python stdout")
+print("python stderr", file=sys.stderr)
+"""
+
+
+def test_native_output_goes_to_the_file_and_python_keeps_the_terminal(tmp_path: Path) -> None:
+    """`modelpress nightly` without --verbose: C-level writes (TensorFlow's C++ runtime) and
+    child processes' output go to the log file; Python's prints and log lines stay."""
+    log = tmp_path / "logs" / "native.log"
+    done = processes.run(
+        [sys.executable, "-c", NATIVE_CHILD, str(log)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (done.stdout, done.stderr) == ("python stdout\n", "python stderr\n")
+    assert log.read_text().splitlines() == ["native stdout", "native stderr", "child process"]
