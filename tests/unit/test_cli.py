@@ -203,7 +203,13 @@ def test_train_pt2_zip_that_is_no_program_names_the_cause(workspace: Path) -> No
     (workspace / "inputs").mkdir()
     with zipfile.ZipFile(workspace / "inputs" / "model.pt2", "w") as archive:
         archive.writestr("archive/data.pkl", b"not a program")
-    write_params(workspace, {"baseline": {"source": "pt2", "path": "inputs/model.pt2"}})
+    write_params(
+        workspace,
+        {
+            "data": {"normalize": "train"},
+            "baseline": {"source": "pt2", "path": "inputs/model.pt2"},
+        },
+    )
     line = _assert_user_error(_train(workspace), "inputs/model.pt2", "not a readable")
     assert "warnings above" not in line, line
     assert "version" in line, line  # the archive lacks its version record
