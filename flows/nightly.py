@@ -26,6 +26,7 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.approval import who_may_approve
+from tasks import quiet
 from tasks.benchmark import BenchmarkRow
 from tasks.config import (
     BaselineConfig,
@@ -45,7 +46,6 @@ from tasks.config import (
 from tasks.errors import ConfigError, ModelPressError
 from tasks.fetch import FetchedFile, FetchNotFoundError, fetch_file
 from tasks.io import read_json, write_json
-from tasks import quiet
 from tasks.lineage import code_sha256, data_lineage, model_lineage, unchanged_since
 from tasks.report import format_table
 from tasks.review import (
