@@ -90,6 +90,20 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def file_checksums(directory: Path) -> dict[str, dict[str, Any]]:
+    """Every file under `directory`, as a manifest lists it: {relative path: sha256, size_bytes},
+    in sorted path order."""
+    directory = Path(directory)
+    return {
+        p.relative_to(directory).as_posix(): {
+            "sha256": sha256_file(p),
+            "size_bytes": p.stat().st_size,
+        }
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
 def _json_default(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()

@@ -14,7 +14,7 @@ from typing import Any
 
 from tasks.config import BaselineConfig, DataConfig
 from tasks.errors import DataError, ModelError
-from tasks.io import sha256_file
+from tasks.io import file_checksums, sha256_file
 
 # The embedded default: scikit-learn's bundled digits file, read by tasks.data._load_digits.
 DIGITS_PACKAGE, DIGITS_FILE = "sklearn.datasets.data", "digits.csv.gz"
@@ -31,12 +31,12 @@ def sha256_tree(root: Path) -> str:
     if not root.is_dir():
         raise DataError(f"data.path: {root} is not a directory")
     digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        relative = path.relative_to(root).as_posix().encode()
+    for relative, file in file_checksums(root).items():
+        name = relative.encode()
         # length-prefixed fields: no two different trees can give the same byte stream
-        digest.update(len(relative).to_bytes(8, "big") + relative)
-        digest.update(path.stat().st_size.to_bytes(8, "big"))
-        digest.update(bytes.fromhex(sha256_file(path)))
+        digest.update(len(name).to_bytes(8, "big") + name)
+        digest.update(file["size_bytes"].to_bytes(8, "big"))
+        digest.update(bytes.fromhex(file["sha256"]))
     return digest.hexdigest()
 
 
@@ -100,19 +100,6 @@ def model_lineage(cfg: BaselineConfig, root: Path) -> dict[str, Any]:
     }
 
 
-def variant_files(directory: Path) -> dict[str, dict[str, Any]]:
-    """Every file of a variant directory as a manifest lists it: {relative path: sha256, size}."""
-    directory = Path(directory)
-    return {
-        p.relative_to(directory).as_posix(): {
-            "sha256": sha256_file(p),
-            "size_bytes": p.stat().st_size,
-        }
-        for p in sorted(directory.rglob("*"))
-        if p.is_file()
-    }
-
-
 def unchanged_since(
     previous: dict[str, Any] | None, inputs: dict[str, Any], variant_dirs: dict[str, Path]
 ) -> str | None:
@@ -130,7 +117,9 @@ def unchanged_since(
     for name, directory in variant_dirs.items():
         published = previous["variants"][name].get("files", {})
         listed = {rel: (m["sha256"], m["size_bytes"]) for rel, m in published.items()}
-        local = {rel: (m["sha256"], m["size_bytes"]) for rel, m in variant_files(directory).items()}
+        local = {
+            rel: (m["sha256"], m["size_bytes"]) for rel, m in file_checksums(directory).items()
+        }
         if listed != local:
             return None
     return str(previous["version"])

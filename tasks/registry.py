@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 from tasks.config import RegistryConfig
 from tasks.errors import ModelPressError
-from tasks.io import sha256_file
+from tasks.io import file_checksums, sha256_file
 
 # botocore generates the client class at run time; there is no importable type to name
 S3Client = Any
@@ -882,10 +882,9 @@ def _check_entry(variant: str, entry: PublishEntry) -> dict[str, _LocalFile]:
         raise RegistryError(
             f"variant {variant!r}: approval lacks {', '.join(missing)}; only approved variants are published"
         )
-    files = sorted(p for p in directory.rglob("*") if p.is_file())
     return {
-        p.relative_to(directory).as_posix(): _LocalFile(p, sha256_file(p), p.stat().st_size)
-        for p in files
+        relative: _LocalFile(directory / relative, file["sha256"], file["size_bytes"])
+        for relative, file in file_checksums(directory).items()
     }
 
 

@@ -11,13 +11,13 @@ import pytest
 
 from tasks.config import BaselineConfig, DataConfig
 from tasks.errors import DataError, ModelError
+from tasks.io import file_checksums
 from tasks.lineage import (
     code_sha256,
     data_lineage,
     model_lineage,
     sha256_tree,
     unchanged_since,
-    variant_files,
 )
 
 
@@ -92,7 +92,7 @@ def _manifest(directory: Path, inputs: dict) -> dict:
     return {
         "version": "3",
         "lineage": {"inputs": inputs},
-        "variants": {"pruned": {"files": variant_files(directory)}},
+        "variants": {"pruned": {"files": file_checksums(directory)}},
     }
 
 
