@@ -23,6 +23,14 @@ class VariantError(ModelPressError):
     """A compression technique cannot handle this model; the variant is recorded as failed."""
 
 
+class RegistryError(ModelPressError):
+    """The registry refused or failed an operation: bad name, immutable version, bad checksum, S3 trouble."""
+
+
+class StoreError(ModelPressError):
+    """The artifact store cannot be read or written, or a download failed verification."""
+
+
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 

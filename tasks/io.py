@@ -9,6 +9,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ def write_json(path: Path, payload: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=False, default=_json_default)
+            json.dump(payload, handle, indent=2, sort_keys=False, default=json_default)
             handle.write("\n")
         os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; readers (registry, runners) need it
         os.replace(tmp, path)
@@ -104,9 +105,12 @@ def file_checksums(directory: Path) -> dict[str, dict[str, Any]]:
     }
 
 
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "tolist"):
+def json_default(value: Any) -> Any:
+    """`json.dump`'s `default` for what metrics and manifests hold: numpy values, datetimes, paths."""
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
         return value.tolist()
+    if isinstance(value, datetime):
+        return value.isoformat()
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")

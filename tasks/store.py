@@ -1,26 +1,27 @@
 """The artifact store: how variant files and benchmark results travel between the orchestrator and
 runners (a shared directory, or S3), never through the orchestrator's memory.
 
-Directories are stored with an index of sha256 checksums; a download is verified before use.
+A thin client of the registry's storage backends (one S3 client configuration, one atomic
+writer); unlike the registry, a put replaces what is under its key. Directories are stored with
+an index of sha256 checksums; a download is verified before use.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from tasks.errors import ModelPressError
+from tasks.errors import RegistryError, StoreError, brief
 from tasks.io import sha256_file
+from tasks.registry.base import Storage
+from tasks.registry.local import LocalRegistry
+from tasks.registry.s3 import S3Registry
+
+__all__ = ["INDEX", "ArtifactStore", "StoreError"]
 
 INDEX = ".files.json"
-
-
-class StoreError(ModelPressError):
-    """The artifact store cannot be read or written, or a download failed verification."""
 
 
 class ArtifactStore:
@@ -30,43 +31,31 @@ class ArtifactStore:
         self, uri: str, endpoint_url: str | None = None, region: str = "us-east-1"
     ) -> None:
         self.uri = uri
-        self._bucket: str | None = None
+        self._backend: Storage
         if uri.startswith("s3://"):
-            import boto3
-            from botocore.config import Config
-
-            self._bucket, _, prefix = uri[len("s3://") :].partition("/")
-            self._prefix = prefix.strip("/")
-            config = Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5)
-            self._s3 = boto3.client(
-                "s3", endpoint_url=endpoint_url, region_name=region, config=config
-            )
+            bucket, _, prefix = uri[len("s3://") :].partition("/")
+            if not bucket:
+                raise StoreError(f"{uri}: s3:// needs a bucket name (s3://bucket/prefix)")
+            self._backend = S3Registry(bucket, prefix, endpoint_url=endpoint_url, region=region)
         else:
-            self._root = Path(uri).resolve()
+            self._backend = LocalRegistry(Path(uri).resolve())
 
     # -- bytes ------------------------------------------------------------------------------------
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        if self._bucket is None:
-            target = self._root / key
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-        else:
-            self._s3.put_object(Bucket=self._bucket, Key=self._key(key), Body=data)
+        try:
+            self._backend._replace(key, data)
+        except RegistryError as exc:
+            raise StoreError(f"{self.uri}: cannot write {key} ({brief(exc)})") from None
 
     def get_bytes(self, key: str) -> bytes:
         try:
-            if self._bucket is None:
-                return (self._root / key).read_bytes()
-            return self._s3.get_object(Bucket=self._bucket, Key=self._key(key))["Body"].read()
-        except FileNotFoundError:
-            raise StoreError(f"{self.uri}: {key} not found in the artifact store") from None
-        except Exception as exc:  # botocore ClientError / connection errors
-            raise StoreError(f"{self.uri}: cannot read {key} ({type(exc).__name__})") from None
+            data = self._backend._read(key)
+        except RegistryError as exc:
+            raise StoreError(f"{self.uri}: cannot read {key} ({brief(exc)})") from None
+        if data is None:
+            raise StoreError(f"{self.uri}: {key} not found in the artifact store")
+        return data
 
     def put_json(self, key: str, payload: Any) -> None:
         self.put_bytes(key, json.dumps(payload, indent=1).encode())
@@ -100,6 +89,3 @@ class ArtifactStore:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
         return dest
-
-    def _key(self, key: str) -> str:
-        return f"{self._prefix}/{key}" if self._prefix else key

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-import tasks.registry
+import tasks.registry.local
 from tasks.registry import LocalRegistry, PublishEntry, Registry, RegistryError
 from tests.unit.test_registry import make_entry
 
@@ -291,8 +291,8 @@ def test_a_torn_write_at_any_publish_step_leaves_a_whole_state(
     fault_tally: Tally,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    torn = TornWrites(tasks.registry._copy_hashing)
-    monkeypatch.setattr(tasks.registry, "_copy_hashing", torn)
+    torn = TornWrites(tasks.registry.local._copy_hashing)
+    monkeypatch.setattr(tasks.registry.local, "_copy_hashing", torn)
 
     tally = run_fault_loop(lambda k: LocalRegistry(tmp_path / f"registry{k}"), torn.plan, entries)
 
