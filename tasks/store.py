@@ -22,6 +22,7 @@ from tasks.registry.s3 import S3Registry
 __all__ = ["INDEX", "ArtifactStore", "StoreError"]
 
 INDEX = ".files.json"
+_SETTINGS = ("benchmark.store_uri", "benchmark.store_endpoint_url")  # named in S3 error messages
 
 
 class ArtifactStore:
@@ -36,9 +37,11 @@ class ArtifactStore:
             bucket, _, prefix = uri[len("s3://") :].partition("/")
             if not bucket:
                 raise StoreError(f"{uri}: s3:// needs a bucket name (s3://bucket/prefix)")
-            self._backend = S3Registry(bucket, prefix, endpoint_url=endpoint_url, region=region)
+            self._backend = S3Registry(
+                bucket, prefix, endpoint_url=endpoint_url, region=region, settings=_SETTINGS
+            )
         else:
-            self._backend = LocalRegistry(Path(uri).resolve())
+            self._backend = LocalRegistry(Path(uri).resolve(), what="artifact store directory")
 
     # -- bytes ------------------------------------------------------------------------------------
 

@@ -20,8 +20,10 @@ from tasks.registry.protocol import Registry
 class LocalRegistry(Registry):
     """A registry in a local (or mounted) directory; writes are temp file + exclusive hard link."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, what: str = "registry directory") -> None:
+        """`what` names the directory in error messages."""
         self.root = Path(root)
+        self.what = what
 
     @property
     def uri(self) -> str:
@@ -118,7 +120,7 @@ class LocalRegistry(Registry):
         except OSError as exc:
             reason = exc.strerror or type(exc).__name__
             raise RegistryError(
-                f"{self._uri_of(key)}: {reason}; check that the registry directory "
+                f"{self._uri_of(key)}: {reason}; check that the {self.what} "
                 f"{self.root} is writable and its disk has room"
             ) from None
 

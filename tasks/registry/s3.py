@@ -37,12 +37,18 @@ class S3Registry(Registry):
         endpoint_url: str | None = None,
         region: str = "us-east-1",
         client: S3Client | None = None,
+        settings: tuple[str, str] = (
+            "registry.uri (or --uri)",
+            "registry.endpoint_url (or --endpoint-url)",
+        ),
     ) -> None:
+        """`settings` name where the user sets the URI and the endpoint, for error messages."""
         if not bucket:
             raise RegistryError("registry.uri: s3:// needs a bucket name (s3://bucket/prefix)")
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.endpoint_url = endpoint_url
+        self.settings = settings
         self._client = client if client is not None else make_client(endpoint_url, region)
 
     @property
@@ -228,16 +234,17 @@ def _describe_s3_error(exc: Exception, where: str, registry: S3Registry) -> str:
 
     endpoint = registry.endpoint_url or "the AWS default endpoint"
     bucket = registry.bucket
+    uri_setting, endpoint_setting = registry.settings
     code = _error_code(exc)
     if isinstance(exc, NoCredentialsError | PartialCredentialsError):
         return f"no S3 credentials for bucket {bucket!r}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
     if isinstance(exc, ConnectionError | HTTPClientError):
-        return f"cannot reach the S3 endpoint {endpoint} for bucket {bucket!r}: check registry.endpoint_url (or --endpoint-url) and that the server is up"
+        return f"cannot reach the S3 endpoint {endpoint} for bucket {bucket!r}: check {endpoint_setting} and that the server is up"
     if code in _CREDENTIAL_CODES:
         return f"S3 at {endpoint} rejected the credentials for bucket {bucket!r} ({code}): check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
     if code in ("AccessDenied", "403"):
         return f"access denied to {where} at {endpoint}: the credentials need s3:ListBucket, s3:GetObject and s3:PutObject on bucket {bucket!r}"
     if code == "NoSuchBucket":
-        return f"bucket {bucket!r} does not exist at {endpoint}: create it or fix registry.uri (or --uri)"
+        return f"bucket {bucket!r} does not exist at {endpoint}: create it or fix {uri_setting}"
     message = _error_fields(exc).get("Message") or brief(exc)
     return f"S3 request for {where} at {endpoint} failed: {code or type(exc).__name__}: {brief(message)}"
