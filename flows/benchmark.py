@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 from prefect import flow, get_run_logger, task
 
-from tasks.benchmark import BenchmarkRow, measure_in_subprocess, runs_on
+from tasks.benchmark import BenchmarkRow, measure_in_subprocess
 from tasks.config import BenchmarkConfig, RunnerProfile
 from tasks.errors import brief
+from tasks.runtimes import runs_on
 from tasks.store import ArtifactStore
 from tasks.variant import read_record
 

@@ -58,6 +58,7 @@ from tasks.review import (
     summary_markdown,
     toggle_title,
 )
+from tasks.runtimes import RUNTIME_MODULES
 from tasks.variant import VariantRecord, read_record
 
 CACHED = INPUTS + TASK_SOURCE
@@ -449,7 +450,7 @@ def nightly(
 
     variant_hashes = {n: record.model_sha256 or record.status for n, record in records.items()}
     # the same models on other data (or by other evaluation code) give other metrics
-    eval_key = _key(variant_hashes, data_key, code_sha256("tasks.evaluate", "tasks.runtime"))
+    eval_key = _key(variant_hashes, data_key, code_sha256("tasks.evaluate", *RUNTIME_MODULES))
     eval_dir = work / "evaluations" / eval_key
     metrics = evaluate_task(variant_hashes, dirs, data_dir, str(eval_dir))
 
@@ -986,8 +987,8 @@ def _publish_entries(
     decision: dict[str, Any],
 ) -> dict[str, Any]:
     from tasks.registry import PublishEntry
+    from tasks.runtimes import FORMAT_BY_RUNTIME
 
-    formats = {"onnxruntime": "onnx", "litert": "tflite", "tensorrt": "tensorrt"}
     # who approved, how that identity was established, and the review it came from
     approval_record = {
         k: decision.get(k)
@@ -1006,7 +1007,7 @@ def _publish_entries(
         record = read_record(Path(dirs[name]))
         entries[name] = PublishEntry(
             directory=Path(dirs[name]),
-            format=formats[str(record.runtime)],
+            format=FORMAT_BY_RUNTIME[str(record.runtime)],
             input=asdict(record.input) | {"preprocess": record.preprocess} if record.input else {},
             metrics=metrics[name] | {"benchmarks": [asdict(b) for b in bench if b.variant == name]},
             gates={"passed": verdicts[name].passed, "reason": verdicts[name].reason},

@@ -27,8 +27,7 @@ import numpy as np
 
 from tasks.config import BenchmarkConfig, RunnerProfile
 from tasks.errors import ModelPressError, brief
-
-RUNTIME_PACKAGES = ("numpy", "onnxruntime", "ai-edge-litert", "tensorrt")
+from tasks.runtimes import RUNTIME_PACKAGES, RUNTIMES, runs_on
 
 
 @dataclass(frozen=True)
@@ -86,7 +85,7 @@ def measure(
 ) -> BenchmarkRow:
     """Measure in this process (call apply_profile first): load, latency trials, throughput."""
     from tasks.evaluate import model_size
-    from tasks.runtime import load_predictor
+    from tasks.runtimes import load_predictor
 
     threads, cpus = apply_profile(profile)
     started = time.perf_counter()
@@ -258,7 +257,7 @@ def _one(args: argparse.Namespace) -> None:
     with np.load(args.images) as archive:
         images = archive["x"].astype(np.float32)
     row = measure(args.name, Path(args.variant), images, args.runner, profile, cfg)
-    model_file = Path(args.variant) / "model.tflite"
+    model_file = Path(args.variant) / RUNTIMES["litert"].model_file
     if model_file.exists():
         direct = direct_litert_p50(
             model_file, images, row.host["threads"], cfg.iterations, cfg.trials
@@ -272,7 +271,7 @@ def direct_litert_p50(
 ) -> float:
     """p50 (ms) of LiteRT's Interpreter called directly in a plain loop: the harness's cross-check.
 
-    Independent of tasks.runtime: its own interpreter, its own input quantisation. The median
+    Independent of tasks.runtimes.litert: its own interpreter, its own input quantisation. The median
     over `trials` loops, as the harness reports, so one disturbed loop cannot decide it.
     """
     from ai_edge_litert.interpreter import Interpreter
@@ -336,11 +335,6 @@ def bench_all(
             print(f"bench: {runner:<10} {name:<16} {_brief(row)}", flush=True)
             rows.append(row)
     return rows
-
-
-def runs_on(runtime: str | None, profile: RunnerProfile) -> bool:
-    """CPU runners measure ONNX Runtime and LiteRT variants; CUDA runners measure TensorRT engines."""
-    return runtime == "tensorrt" if profile.kind == "cuda" else runtime in {"onnxruntime", "litert"}
 
 
 def _brief(row: BenchmarkRow) -> str:

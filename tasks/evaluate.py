@@ -11,7 +11,7 @@ import numpy as np
 from tasks.config import load_params
 from tasks.data import Split, load_split
 from tasks.io import atomic_dir, write_json
-from tasks.runtime import load_predictor
+from tasks.runtimes import load_predictor
 from tasks.variant import EVALUATION_SPLIT, RECORD_NAME, VariantRecord, read_record
 
 BASELINE = "baseline"

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tasks.runtimes import EDGE_RUNTIMES, RUNTIMES
+from tasks.variant import read_record
 from tests import processes
 from tests.conftest import REPO_ROOT
 
@@ -60,6 +62,10 @@ def test_edge_extra_declares_no_heavy_dependency() -> None:
     }
     assert names & HEAVY_DISTRIBUTIONS == set()
     assert {"onnxruntime", "ai-edge-litert", "numpy"} <= names
+    # a runtime the table marks `edge` has every package it needs in the slim install; the others
+    # (TensorRT: tensorrt and torch) need at least one it lacks
+    declared = {name: set(runtime.packages) <= names for name, runtime in RUNTIMES.items()}
+    assert declared == {name: runtime.edge for name, runtime in RUNTIMES.items()}
 
 
 def test_benchmark_path_runs_with_torch_and_tensorflow_blocked(
@@ -91,6 +97,7 @@ for blocked in {HEAVY!r}:
     except ImportError:
         continue
     raise SystemExit(f"{{blocked}} was importable: the blocker is not active")
+import tasks.runtimes.litert, tasks.runtimes.onnxruntime, tasks.runtimes.tensorrt
 from flows.benchmark import benchmark_variants
 from tasks.config import BenchmarkConfig, RunnerProfile
 from tasks.data import load_split
@@ -113,6 +120,9 @@ print(json.dumps([[r.variant, r.status, r.reason, r.p50_ms, sorted(m for m in sy
     ], rows
     assert all(p50 and p50 > 0 for *_, p50, _ in rows)
     assert all(heavy == [] for *_, heavy in rows)
+    # the two variants measured cover every runtime the table says the edge install runs
+    measured = {read_record(tiny_workspace / "variants" / "baseline").runtime}
+    assert measured | {read_record(variant).runtime} == set(EDGE_RUNTIMES)
 
 
 @pytest.mark.slow
@@ -143,4 +153,5 @@ def test_pip_resolves_the_edge_extra_without_heavy_packages(tmp_path: Path) -> N
         item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]
     }
     assert {"onnxruntime", "ai-edge-litert", "numpy", "prefect"} <= installed
+    assert {p for name in EDGE_RUNTIMES for p in RUNTIMES[name].packages} <= installed
     assert installed & HEAVY_DISTRIBUTIONS == set(), installed & HEAVY_DISTRIBUTIONS

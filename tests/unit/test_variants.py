@@ -18,7 +18,7 @@ from tasks.distilled import distillation_loss
 from tasks.errors import ModelError
 from tasks.evaluate import evaluate, mean_kl, model_size, run_variant, write_evaluation
 from tasks.models import count_macs_params, load_pt2, modularize
-from tasks.runtime import load_predictor
+from tasks.runtimes import load_predictor
 from tasks.train import accuracy, load_baseline, predict
 from tasks.variant import read_record
 from tests.conftest import write_params

@@ -1,0 +1,57 @@
+"""What every runtime module declares (`Runtime`) and what its loader returns (`LoadedModel`).
+
+Images go in as float32 NCHW pixels in [0, 1]; each loader applies the variant's own
+preprocessing (normalisation, layout, int8 quantisation) as recorded in variant.json. A loaded
+model is split into prepare → infer → finish so a benchmark can time `infer` alone, the way the
+runtimes' own benchmark tools do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tasks.variant import VariantRecord
+
+Array = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A variant in its runtime: images → logits, in three steps."""
+
+    prepare: Array  # [0, 1] NCHW images → the runtime's input (normalised, laid out, quantised)
+    infer: Array  # runtime input → raw output (the part a benchmark times)
+    finish: Array  # raw output → float32 logits
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self.finish(self.infer(self.prepare(images)))
+
+
+Predictor = LoadedModel
+# (the model file, its variant.json, CPU threads) → the loaded model; imports the runtime lazily
+Loader = Callable[[Path, VariantRecord, int], LoadedModel]
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """One runtime, declared once in its own module as `RUNTIME`; tasks.runtimes holds the table."""
+
+    name: str  # variant.json's `runtime`
+    format: str  # the registry manifest's `format` for its variants
+    model_file: str  # the model file's name in a variant directory
+    packages: tuple[str, ...]  # pip distributions it needs; the first is the runtime itself
+    edge: bool  # the slim `pip install .[edge]` (no torch, no TensorFlow) can run it
+    runner_kinds: frozenset[str]  # runner kinds (params.yaml `runners.*.kind`) that measure it
+    load: Loader
+
+
+def normalize(images: np.ndarray, record: VariantRecord) -> np.ndarray:
+    """[0, 1] pixels → the variant's normalised float32 input, with its recorded mean/std."""
+    spec = record.preprocess or {}
+    mean = np.asarray(spec.get("mean", [0.0]), dtype=np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(spec.get("std", [1.0]), dtype=np.float32).reshape(1, -1, 1, 1)
+    return ((images.astype(np.float32) - mean) / std).astype(np.float32)
