@@ -13,6 +13,7 @@ from typing import Any
 
 from tasks.errors import RegistryError, brief
 from tasks.io import file_checksums, json_default
+from tasks.runtimes import FORMATS  # the registry accepts what some runtime runs
 from tasks.variant import RECORD_NAME
 
 MANIFEST_NAME = "manifest.json"
@@ -23,7 +24,6 @@ STALE_RESERVATION = timedelta(hours=1)  # a bare reservation/claim older than th
 # <model>/decisions/: one JSON record per review decision (approved, nothing approved, refused,
 # timed out), kept with the model so "who rejected last night's int8, and why" has an answer
 DECISIONS_DIR = "decisions"
-FORMATS = ("onnx", "tflite", "tensorrt")  # derived from tasks.runtimes once merged
 MANIFEST_SCHEMA = 1
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
