@@ -86,6 +86,10 @@ def fit(
         started = time.perf_counter()
         frozen = _freeze_backbone(model, settings, epoch)
         model.train()
+        if frozen:  # a frozen backbone keeps its ImageNet batch-norm statistics too
+            for name, module in model.named_modules():
+                if name and not f"{name}.".startswith(str(settings.head_prefix)):
+                    module.eval()
         order = torch.from_numpy(rng.permutation(len(train)))
         total, seen = 0.0, 0
         for step, batch in enumerate(order.split(settings.batch_size)[:steps_per_epoch], 1):
