@@ -144,3 +144,21 @@ def test_mobilenet_v2_loads_torchvisions_weights(monkeypatch: pytest.MonkeyPatch
         full.features.eval()(grey.repeat(1, 3, 1, 1)).detach().numpy(),
         atol=1e-4,
     )
+
+
+@pytest.mark.parametrize(
+    ("section", "raw", "expected"),
+    [
+        (BaselineConfig, {"source": "pretrained"}, "needs baseline.arch: efficientnet_lite0"),
+        (BaselineConfig, {"source": "train", "arch": "mobilenet_v2"}, "arch is for source"),
+        (DataConfig, {"source": "npz", "path": "a.npz", "max_samples": 5}, "max_samples is for"),
+    ],
+    ids=["pretrained-without-arch", "arch-without-pretrained", "max-samples-not-idx"],
+)
+def test_fields_of_the_new_sources_are_checked(
+    section: type, raw: dict[str, object], expected: str
+) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=expected):
+        section.model_validate(raw)
