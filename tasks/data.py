@@ -1,4 +1,5 @@
-"""Data: load the embedded digits, a user .npz or an ImageFolder tree; split and record preprocessing.
+"""Data: load the embedded digits, a user .npz, an ImageFolder tree or IDX files; split and record
+preprocessing.
 
 Splits are stored as float32 pixels in [0, 1], layout NCHW, at the configured size. Normalisation
 (mean/std) is recorded in preprocess.json and applied by every runtime wrapper, so a deployed
@@ -17,6 +18,9 @@ from tasks.config import DataConfig, load_params
 from tasks.errors import DataError
 from tasks.io import atomic_dir, read_json, sha256_file, write_json
 from tasks.lineage import sha256_tree
+
+# ImageNet's RGB statistics: what torchvision-style pretrained backbones were trained with
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 SPLITS: tuple[str, ...] = ("train", "calib", "val", "test")
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
@@ -70,11 +74,16 @@ class PreparedData:
 
 def prepare(cfg: DataConfig, seed: int, root: Path = Path(".")) -> PreparedData:
     """Load the configured source, check it, split it deterministically and fix normalisation."""
-    x, y, class_names = _load_source(cfg, root)
-    num_classes = _check_labels(cfg, y, class_names)
+    if cfg.source == "idx":
+        splits, class_names = _idx_splits(cfg, root / str(cfg.path), seed)
+        y = np.concatenate([split.y for split in splits.values()])
+        num_classes = _check_labels(cfg, y, class_names)
+    else:
+        x, y, class_names = _load_source(cfg, root)
+        num_classes = _check_labels(cfg, y, class_names)
+        _check_pixels(x, cfg.path or "digits")
+        splits = split_stratified(x, y, cfg.splits.model_dump(), seed)
     _check_class_names(cfg, class_names, num_classes)
-    _check_pixels(x, cfg.path or "digits")
-    splits = split_stratified(x, y, cfg.splits.model_dump(), seed)
     mean, std = _normalisation(cfg, splits["train"].x)
     preprocess = Preprocess(
         image_size=cfg.image_size,
@@ -92,19 +101,25 @@ def prepare(cfg: DataConfig, seed: int, root: Path = Path(".")) -> PreparedData:
 
 
 def split_stratified(
-    x: np.ndarray, y: np.ndarray, fractions: dict[str, float], seed: int
+    x: np.ndarray,
+    y: np.ndarray,
+    fractions: dict[str, float],
+    seed: int,
+    names: tuple[str, ...] = SPLITS,
 ) -> dict[str, Split]:
-    """Per-class shuffled split by the given fractions; same seed, same split."""
+    """Per-class shuffled split into `names` by their fractions (renormalised to add up to 1);
+    same seed, same split."""
     rng = np.random.default_rng(seed)
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in SPLITS}
-    cumulative = np.cumsum([fractions[name] for name in SPLITS])
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    shares = np.asarray([fractions[name] for name in names])
+    cumulative = np.cumsum(shares / shares.sum())
     for label in np.unique(y):
         indices = rng.permutation(np.flatnonzero(y == label))
         cuts = np.round(cumulative * len(indices)).astype(int)
-        for name, start, stop in zip(SPLITS, np.r_[0, cuts[:-1]], cuts, strict=True):
+        for name, start, stop in zip(names, np.r_[0, cuts[:-1]], cuts, strict=True):
             parts[name].append(indices[start:stop])
     splits = {}
-    for name in SPLITS:
+    for name in names:
         chosen = np.sort(np.concatenate(parts[name]))
         if chosen.size == 0:
             raise DataError(
@@ -162,6 +177,10 @@ def _source_sha256(cfg: DataConfig, root: Path) -> str | None:
     path = root / str(cfg.path)
     if cfg.source == "npz":
         return sha256_file(path)
+    if cfg.source == "idx":
+        from tasks.idx import idx_sha256
+
+        return idx_sha256(path)
     return sha256_tree(path)
 
 
@@ -174,6 +193,47 @@ def _load_digits(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
     if cfg.channels == 3:
         x = np.repeat(x, 3, axis=1)
     return x, digits.target.astype(np.int64)
+
+
+def _idx_splits(
+    cfg: DataConfig, directory: Path, seed: int
+) -> tuple[dict[str, Split], list[str] | None]:
+    """IDX files: train/calib/val split from the official train file by data.splits (its test
+    fraction unused), test = the official t10k file, so test accuracy is the published one."""
+    from tasks.idx import read_idx_split
+
+    train_x, train_y = _subsample(*read_idx_split(directory, "train"), cfg.max_samples, seed)
+    test_x, test_y = _subsample(*read_idx_split(directory, "t10k"), cfg.max_samples, seed)
+    fractions = cfg.splits.model_dump()
+    splits = split_stratified(
+        _idx_pixels(train_x, cfg), train_y, fractions, seed, names=("train", "calib", "val")
+    )
+    splits["test"] = Split(x=_idx_pixels(test_x, cfg), y=test_y)
+    names = list(cfg.class_names) if cfg.class_names is not None else None
+    return splits, names
+
+
+def _subsample(
+    images: np.ndarray, labels: np.ndarray, limit: int | None, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """At most `limit` samples, classes taken in turn (a handful still holds every class)."""
+    if limit is None or limit >= len(labels):
+        return images, labels
+    order = np.random.default_rng(seed).permutation(len(labels))
+    rank = np.empty(len(labels), dtype=np.int64)  # each sample's position within its class
+    for label in np.unique(labels):
+        members = order[labels[order] == label]
+        rank[members] = np.arange(len(members))
+    chosen = np.sort(order[np.lexsort((np.arange(len(order)), rank[order]))][:limit])
+    return images[chosen], labels[chosen]
+
+
+def _idx_pixels(images: np.ndarray, cfg: DataConfig) -> np.ndarray:
+    """uint8 (N, H, W) → float32 (N, C, size, size) in [0, 1]; 3 channels repeat the grey one."""
+    x = images.astype(np.float32)[:, None] / 255.0
+    if x.shape[2:] != (cfg.image_size, cfg.image_size):
+        x = _resize(x, cfg.image_size)
+    return np.repeat(x, 3, axis=1) if cfg.channels == 3 else x
 
 
 def _load_npz(path: Path, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
@@ -314,6 +374,10 @@ def _check_class_names(cfg: DataConfig, names: list[str] | None, num_classes: in
 def _normalisation(cfg: DataConfig, train_x: np.ndarray) -> tuple[list[float], list[float]]:
     if cfg.normalize == "none":
         return [0.0] * cfg.channels, [1.0] * cfg.channels
+    if cfg.normalize == "imagenet":  # one grey channel: the average of ImageNet's three
+        if cfg.channels == 3:
+            return IMAGENET_MEAN, IMAGENET_STD
+        return [round(float(np.mean(IMAGENET_MEAN)), 6)], [round(float(np.mean(IMAGENET_STD)), 6)]
     mean = cfg.mean or [float(v) for v in train_x.mean(axis=(0, 2, 3))]
     std = cfg.std or [max(float(v), 1e-3) for v in train_x.std(axis=(0, 2, 3))]
     return [round(v, 6) for v in mean], [round(v, 6) for v in std]

@@ -71,6 +71,18 @@ def data_lineage(cfg: DataConfig, root: Path) -> dict[str, Any]:
     path = Path(root) / str(cfg.path)
     if not path.exists():
         raise DataError(f"data.path: {path} does not exist")
+    if cfg.source == "idx":
+        from tasks.idx import idx_files, idx_sha256
+
+        files = {"/".join(key): path.name for key, path in idx_files(path).items()}
+        return {
+            "data": "idx",
+            "data_path": cfg.path,
+            "data_files": files,
+            "data_sha256": idx_sha256(path),
+            # the reader is not tasks.data: its code joins the key as an input
+            "data_reader_sha256": module_source_sha256("tasks.idx", "data.source"),
+        }
     if cfg.source == "imagefolder":
         return {"data": cfg.source, "data_path": cfg.path, "data_sha256": sha256_tree(path)}
     if not path.is_file():
@@ -84,6 +96,8 @@ def model_lineage(cfg: BaselineConfig, root: Path) -> dict[str, Any]:
     data, the train params, the seed and the training code (`code_sha256`)."""
     if cfg.source == "train":
         return {"model": "train"}
+    if cfg.source == "pretrained":
+        return _pretrained_lineage(cfg, root)
     path = Path(root) / str(cfg.path)
     if not path.is_file():
         kind = ".pt2 file" if cfg.source == "pt2" else "state_dict file"
@@ -98,6 +112,20 @@ def model_lineage(cfg: BaselineConfig, root: Path) -> dict[str, Any]:
         "weights_path": cfg.path,
         "weights_sha256": sha256_file(path),
     }
+
+
+def _pretrained_lineage(cfg: BaselineConfig, root: Path) -> dict[str, Any]:
+    """The ImageNet weights' checked sha256 (None at a width that starts untrained) and the
+    code that builds the architecture."""
+    from tasks.pretrained import ARCH_MODULES, WEIGHTS, weights_sha256
+
+    arch = str(cfg.arch)
+    lineage: dict[str, Any] = {"model": "pretrained", "arch": arch, "width": cfg.width}
+    if cfg.width == 1.0:
+        lineage["weights_file"] = WEIGHTS[arch].file
+        lineage["weights_sha256"] = weights_sha256(arch, Path(root) / cfg.weights_dir)
+    lineage["arch_code_sha256"] = code_sha256(*ARCH_MODULES[arch])
+    return lineage
 
 
 def unchanged_since(

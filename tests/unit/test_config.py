@@ -152,7 +152,7 @@ def test_unknown_key_in_a_variant_named_like_its_technique(repo_raw: dict[str, A
         ({"data": {"image_size": 3}}, "data.image_size", "greater than or equal to 8 (got 3)"),
         ({"data": {"channels": 2}}, "data.channels", "1 or 3 (got 2)"),
         ({"seed": "abc"}, "seed", "valid integer"),
-        ({"data": {"source": "csv"}}, "data.source", "'digits', 'npz' or 'imagefolder'"),
+        ({"data": {"source": "csv"}}, "data.source", "'digits', 'npz', 'imagefolder' or 'idx'"),
         ({"data": {"splits": {"train": 0.0}}}, "data.splits.train", "greater than 0"),
     ],
     ids=[
