@@ -42,9 +42,10 @@ test: $(STAMP)  ## run the test suite (offline, CPU-only, slow tests included)
 test-fast: $(STAMP)  ## run the tests without the slow marker
 	$(BIN)/pytest -m "not slow"
 
-lint: $(STAMP)  ## ruff lint and format check
+lint: $(STAMP)  ## ruff lint and format check, mypy type check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: $(STAMP)  ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .
