@@ -38,10 +38,11 @@ from tasks.config import (
 )
 from tasks.decision import ApprovalDecision, RunOutcome
 from tasks.engines import BuiltEngine, MergedEngines, engine_requests, merge_engines
+from tasks.evaluate import VariantMetrics
 from tasks.lineage import code_sha256
 from tasks.plan import content_key, in_dependency_order
 from tasks.report import format_table
-from tasks.results import BaselineSummary
+from tasks.results import BaselineSummary, metrics_json
 from tasks.review import GateVerdict
 from tasks.store import ArtifactStore
 from tasks.variant import VariantRecord
@@ -139,7 +140,7 @@ def compress_task(
 @task(name="evaluate", cache_policy=CACHED)
 def evaluate_task(
     model_hashes: dict[str, str], variant_dirs: dict[str, str], data_dir: str, out_dir: str
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, VariantMetrics]:
     """Every variant in its own runtime on the test split; metrics and per-sample predictions."""
     from tasks.results import evaluate_variant_dirs
 
@@ -148,7 +149,7 @@ def evaluate_task(
 
 @task(name="validate")
 def validate_task(
-    metrics: dict[str, dict[str, Any]],
+    metrics: dict[str, VariantMetrics],
     predictions_file: str,
     bench: list[BenchmarkRow],
     gates: GatesConfig,
@@ -295,7 +296,7 @@ def nightly(
         manifest_uri=outcome.manifest_uri,
         cached_tasks=cached,
         decision_uri=outcome.decision_uri,
-        table=format_table(run.metrics),
+        table=format_table(metrics_json(run.metrics)),
         unchanged_since=outcome.unchanged_since,
         hints=hints,
     )

@@ -21,6 +21,7 @@ from tasks.decision import (
     approval_record,
     decision_record,
 )
+from tasks.evaluate import VariantMetrics
 from tasks.lineage import unchanged_since
 from tasks.registry import PublishEntry
 from tasks.review import GateVerdict
@@ -33,14 +34,14 @@ class Candidates:
     passing: list[str]
     rejected: dict[str, str]
     dirs: dict[str, str]
-    metrics: dict[str, dict[str, Any]]
+    metrics: dict[str, VariantMetrics]
     verdicts: dict[str, GateVerdict]
     bench: list[BenchmarkRow]
 
     @classmethod
     def of(
         cls,
-        metrics: dict[str, dict[str, Any]],
+        metrics: dict[str, VariantMetrics],
         verdicts: dict[str, GateVerdict],
         dirs: dict[str, str],
         bench: list[BenchmarkRow],

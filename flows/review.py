@@ -20,7 +20,9 @@ from tasks.decision import (
     auto_decision,
     decision_markdown,
 )
+from tasks.evaluate import VariantMetrics
 from tasks.io import write_json
+from tasks.results import metrics_json
 from tasks.review import (
     GateVerdict,
     changes_vs_published,
@@ -37,7 +39,7 @@ from tasks.review import (
 def review_task(
     model: str,
     inputs: dict[str, Any],
-    metrics: dict[str, dict[str, Any]],
+    table: dict[str, VariantMetrics],
     bench: list[BenchmarkRow],
     verdicts: dict[str, GateVerdict],
     published: dict[str, dict[str, Any]],
@@ -51,6 +53,7 @@ def review_task(
     """
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+    metrics = metrics_json(table)
     rows = review_rows(metrics, bench, verdicts)
     write_json(Path(run_dir) / "review.json", rows)
     changes = changes_vs_published(metrics, published, bench)

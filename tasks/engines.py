@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from tasks.config import VariantConfig
+from tasks.evaluate import VariantMetrics
 from tasks.plan import content_key
 from tasks.store import ArtifactStore
 from tasks.variant import VariantRecord, read_record
@@ -50,7 +51,7 @@ class MergedEngines:
 
     records: dict[str, VariantRecord]
     dirs: dict[str, str]
-    metrics: dict[str, dict[str, Any]]
+    metrics: dict[str, VariantMetrics]
     predictions_file: Path
 
 
@@ -75,7 +76,7 @@ def merge_engines(
     run_dir: Path,
 ) -> MergedEngines:
     """Fetch each built engine; its metrics come from the logits the runner computed."""
-    from tasks.evaluate import metrics_row, model_size
+    from tasks.evaluate import metrics_row, model_size  # the runtimes: only when merging
 
     records, dirs, metrics = dict(merged.records), dict(merged.dirs), dict(merged.metrics)
     with np.load(merged.predictions_file) as saved:
@@ -85,7 +86,7 @@ def merge_engines(
         directory = store.get_dir(built.key, variants_root / f"{name}-engine-{_key(built)}")
         logits = np.load(io.BytesIO(store.get_bytes(built.logits_key)))
         records[name], dirs[name] = read_record(directory), str(directory)
-        row = metrics_row(
+        metrics[name] = metrics_row(
             records[name],
             logits,
             predictions["logits__baseline"],
@@ -93,7 +94,6 @@ def merge_engines(
             model_size(directory),
             model_size(base_dir),
         )
-        metrics[name] = asdict(row)
         predictions[f"logits__{name}"], predictions[f"pred__{name}"] = logits, logits.argmax(1)
     predictions_file = run_dir / "predictions.npz"
     np.savez(predictions_file, **predictions)

@@ -13,6 +13,7 @@ from typing import Any
 from tasks.benchmark import BenchmarkRow
 from tasks.config import Params, RegistryConfig
 from tasks.decision import ApprovalRecord
+from tasks.evaluate import VariantMetrics
 from tasks.registry import PublishEntry
 from tasks.review import GateVerdict
 from tasks.variant import read_record
@@ -93,7 +94,7 @@ def library_versions() -> dict[str, str]:
 def publish_entries(
     approved: list[str],
     dirs: dict[str, str],
-    metrics: dict[str, dict[str, Any]],
+    metrics: dict[str, VariantMetrics],
     verdicts: dict[str, GateVerdict],
     bench: list[BenchmarkRow],
     approval: ApprovalRecord,
@@ -107,7 +108,8 @@ def publish_entries(
             directory=Path(dirs[name]),
             format=FORMAT_OF_RUNTIME[str(record.runtime)],
             input=asdict(record.input) | {"preprocess": record.preprocess} if record.input else {},
-            metrics=metrics[name] | {"benchmarks": [asdict(b) for b in bench if b.variant == name]},
+            metrics=asdict(metrics[name])
+            | {"benchmarks": [asdict(b) for b in bench if b.variant == name]},
             gates={"passed": verdicts[name].passed, "reason": verdicts[name].reason},
             approval=approval.as_json(),
             output=asdict(record.output) if record.output else {},

@@ -5,10 +5,12 @@ predictions (tasks.evaluate) under one folder."""
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from tasks.evaluate import VariantMetrics
 from tasks.io import read_json
 
 
@@ -25,9 +27,19 @@ def read_baseline_summary(baseline_dir: Path) -> BaselineSummary:
     return BaselineSummary(sha256=record["sha256"], test_accuracy=record["test_accuracy"])
 
 
+def read_metrics(path: Path) -> dict[str, VariantMetrics]:
+    """The rows of a metrics/variants.json, typed."""
+    return {name: VariantMetrics(**row) for name, row in read_json(path).items()}
+
+
+def metrics_json(metrics: Mapping[str, VariantMetrics]) -> dict[str, dict[str, Any]]:
+    """Rows as metrics/variants.json holds them (what the table, gates and review read)."""
+    return {name: asdict(row) for name, row in metrics.items()}
+
+
 def evaluate_variant_dirs(
     variant_dirs: dict[str, str], data_dir: Path, out_dir: Path
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, VariantMetrics]:
     """Evaluate the variants (baseline first) and return the rows of metrics/variants.json."""
     from tasks.data import load_split
     from tasks.evaluate import evaluate, write_evaluation
@@ -41,5 +53,4 @@ def evaluate_variant_dirs(
     names = [n for n in variant_dirs if n != "baseline"]
     evaluation = evaluate(staging, names, load_split(data_dir, "test"))
     write_evaluation(evaluation, out_dir / "metrics", out_dir / "plots" / "accuracy_vs_size.json")
-    rows: dict[str, dict[str, Any]] = read_json(out_dir / "metrics" / "variants.json")
-    return rows
+    return read_metrics(out_dir / "metrics" / "variants.json")  # as every later reader sees them

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,8 @@ from tasks.review import GateVerdict
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from tasks.evaluate import VariantMetrics
 
 BASELINE = "baseline"
 DATA_SUITE = "data"
@@ -734,7 +736,7 @@ def check_prepared_data(data_dir: Path, gates: DataGates, docs_dir: Path) -> Sui
 
 
 def judge_variants(
-    metrics: dict[str, dict[str, Any]],
+    table: dict[str, VariantMetrics],
     predictions_file: Path,
     bench: list[BenchmarkRow],
     gates: GatesConfig,
@@ -742,6 +744,7 @@ def judge_variants(
 ) -> dict[str, GateVerdict]:
     """Each variant's verdict for the review: its metrics suite (with the paired statistical
     drop gate) and the bound the drop gate judged."""
+    metrics = {name: asdict(row) for name, row in table.items()}  # rows as variants.json has them
     with np.load(predictions_file) as saved:
         predictions = {key: saved[key] for key in saved.files}
     p50: dict[str, dict[str, float]] = {}  # variant → runner → p50

@@ -234,7 +234,6 @@ def test_manifest_alone_tells_a_consumer_how_to_feed_and_read_a_variant(
     built: Path, tmp_path: Path
 ) -> None:
     import json
-    from dataclasses import asdict
 
     from tasks.config import RegistryConfig
     from tasks.decision import ApprovalRecord
@@ -244,7 +243,7 @@ def test_manifest_alone_tells_a_consumer_how_to_feed_and_read_a_variant(
 
     names = ["tflite_int8", "pruned"]
     evaluation = evaluate(built / "variants", names, load_split(built / "data", "test"))
-    metrics = {name: asdict(row) for name, row in evaluation.metrics.items()}
+    metrics = evaluation.metrics
     dirs = {name: str(built / "variants" / name) for name in names}
     approval = ApprovalRecord("alice", "2026-11-25T02:00:00+00:00", "", "", "run", "", "decision")
     verdicts = dict.fromkeys(names, GateVerdict(True, ""))
