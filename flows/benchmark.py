@@ -147,8 +147,8 @@ def dispatch_task(
     variants: dict[str, str],
     images_key: str,
     result_key: str,
-    engines: dict[str, dict[str, Any]] | None = None,
-) -> tuple[list[BenchmarkRow], dict[str, dict[str, Any]]]:
+    engines: dict[str, EngineRequest] | None = None,
+) -> tuple[list[BenchmarkRow], dict[str, BuiltEngine]]:
     """Run `benchmark/<runner>` on its work pool; any failure becomes failed rows with the reason.
     Returns the rows and the TensorRT engines the runner built (store keys)."""
     names = [*variants, *(engines or {})]
@@ -170,7 +170,7 @@ def dispatch_task(
             "images_key": images_key,
             "result_key": result_key,
             "store_endpoint_url": store_endpoint_url,
-            "engines": engines or {},
+            "engines": {name: request.as_json() for name, request in (engines or {}).items()},
         },
         timeout=profile.timeout_s,
     )
@@ -181,7 +181,8 @@ def dispatch_task(
         get_run_logger().warning("benchmark on %s: %s", runner, reason)
         return [BenchmarkRow.failed(name, runner, reason) for name in names], {}
     result = ArtifactStore(store_uri, endpoint_url=store_endpoint_url).get_json(result_key)
-    return [BenchmarkRow(**row) for row in result["rows"]], result["engines"]
+    built = {name: BuiltEngine.from_json(payload) for name, payload in result["engines"].items()}
+    return [BenchmarkRow(**row) for row in result["rows"]], built
 
 
 def _no_worker_reason(pool: str) -> str | None:
@@ -270,7 +271,7 @@ def benchmark_on_runners(
         store = ArtifactStore(cfg.store_uri, endpoint_url=cfg.store_endpoint_url)
         keys, images_key = upload_inputs(store, run_dir.name, variant_dirs, images)
         requests = {  # source names → their store keys
-            name: EngineRequest(keys[request.source_key], request.config).as_json()
+            name: EngineRequest(keys[request.source_key], request.config)
             for name, request in engine_requests.items()
         }
         futures = [
@@ -297,5 +298,5 @@ def benchmark_on_runners(
     for future in futures:
         runner_rows, built = future.result()
         rows += runner_rows
-        engines |= {name: BuiltEngine.from_json(payload) for name, payload in built.items()}
+        engines |= built
     return rows, engines

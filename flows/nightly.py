@@ -16,7 +16,6 @@ from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
-from prefect.futures import PrefectFuture
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.approval import who_may_approve
@@ -24,6 +23,7 @@ from flows.benchmark import benchmark_on_runners
 from flows.fetch import fetch_inputs
 from flows.publish import Candidates, Origin, ReviewForm, approve_and_publish
 from flows.review import review_task, tag_run
+from flows.variants import build_variants
 from tasks import publish as publishing
 from tasks.benchmark import BenchmarkRow
 from tasks.config import (
@@ -33,19 +33,17 @@ from tasks.config import (
     GatesConfig,
     Params,
     TrainConfig,
-    VariantConfig,
     load_params,
 )
 from tasks.decision import ApprovalDecision, RunOutcome
 from tasks.engines import BuiltEngine, MergedEngines, engine_requests, merge_engines
 from tasks.evaluate import VariantMetrics
 from tasks.lineage import code_sha256
-from tasks.plan import content_key, in_dependency_order
+from tasks.plan import content_key
 from tasks.report import format_table
 from tasks.results import BaselineSummary, metrics_json
 from tasks.review import GateVerdict
 from tasks.store import ArtifactStore
-from tasks.variant import VariantRecord
 
 CACHED = INPUTS + TASK_SOURCE
 RUNNER: TaskRunner[Any] = ThreadPoolTaskRunner(max_workers=2)  # variants two at a time
@@ -107,34 +105,6 @@ def baseline_task(
     result = make_baseline(cfg, train_cfg, Path(data_dir), seed, root=Path(root))
     save_baseline(result, cfg, Path(out_dir), root=Path(root))
     return read_baseline_summary(Path(out_dir))
-
-
-@task(name="export", cache_policy=CACHED)
-def export_task(
-    baseline_sha256: str, baseline_dir: str, data_dir: str, out_dir: str
-) -> VariantRecord:
-    """The baseline as ONNX fp32: the reference every variant is compared with."""
-    from tasks.export import export_baseline
-
-    return export_baseline(Path(baseline_dir), baseline_sha256, Path(data_dir), Path(out_dir))
-
-
-@task(name="compress", cache_policy=CACHED, task_run_name="compress-{name}")
-def compress_task(
-    name: str,
-    cfg: VariantConfig,
-    seed: int,
-    source_key: str,
-    data_dir: str,
-    baseline_dir: str,
-    source_dir: str,
-    out_dir: str,
-) -> VariantRecord:
-    """Build one variant (source_key: content hash of everything it starts from)."""
-    from tasks.compress import build_variant
-
-    dirs = (Path(data_dir), Path(baseline_dir), Path(source_dir), Path(out_dir))
-    return build_variant(name, cfg, seed, *dirs)
 
 
 @task(name="evaluate", cache_policy=CACHED)
@@ -211,33 +181,8 @@ def nightly(
     hints = _import_hints(params, baseline, data_dir)
     for hint in hints:
         logger.warning(hint)
-    export_key = content_key(base_key, code_sha256("tasks.export"))
-    variants_root = work / "variants" / export_key
-    dirs = {"baseline": str(variants_root / "baseline")}
-    futures: dict[str, PrefectFuture[VariantRecord]] = {
-        "baseline": export_task.submit(baseline.sha256, baseline_dir, data_dir, dirs["baseline"])
-    }
-
-    # fan out: every variant in parallel, combinations after their source
-    keys = {"baseline": export_key}
-    for name, cfg in in_dependency_order(params.variants):
-        technique_code = code_sha256("tasks.compress", f"tasks.{cfg.technique}")
-        keys[name] = content_key(keys[cfg.source], name, cfg, technique_code)
-        dirs[name] = str(variants_root / f"{name}-{keys[name]}")
-        futures[name] = compress_task.submit(
-            name,
-            cfg,
-            params.seed,
-            keys[cfg.source],
-            data_dir,
-            baseline_dir,
-            dirs[cfg.source],
-            dirs[name],
-            wait_for=[futures[cfg.source]],
-            return_state=False,
-        )
-    records = {name: future.result() for name, future in futures.items()}
-    cached = [name for name, future in futures.items() if future.state.name == "Cached"]
+    variants = build_variants(params, baseline.sha256, base_key, baseline_dir, data_dir, work)
+    records, dirs = variants.records, variants.dirs
     logger.info("variants: %s", ", ".join(f"{n}={r.status}" for n, r in records.items()))
 
     # evaluate: the same models on other data (or by other evaluation code) give other metrics
@@ -253,7 +198,7 @@ def nightly(
         store = ArtifactStore(
             params.benchmark.store_uri, endpoint_url=params.benchmark.store_endpoint_url
         )
-        run = merge_engines(engines, store, run, variants_root, run_dir)
+        run = merge_engines(engines, store, run, variants.root, run_dir)
     verdicts = validate_task(
         run.metrics,
         str(run.predictions_file),
@@ -294,7 +239,7 @@ def nightly(
         registry_uri=registry.uri,
         run_dir=str(run_dir),
         manifest_uri=outcome.manifest_uri,
-        cached_tasks=cached,
+        cached_tasks=variants.cached,
         decision_uri=outcome.decision_uri,
         table=format_table(metrics_json(run.metrics)),
         unchanged_since=outcome.unchanged_since,
