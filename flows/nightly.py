@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
-from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.approval import who_may_approve
@@ -23,7 +22,7 @@ from flows.benchmark import benchmark_on_runners
 from flows.fetch import fetch_inputs
 from flows.publish import Candidates, Origin, ReviewForm, approve_and_publish
 from flows.review import review_task, tag_run
-from flows.variants import build_variants
+from flows.variants import CACHED, build_variants
 from tasks import publish as publishing
 from tasks.benchmark import BenchmarkRow
 from tasks.config import (
@@ -45,7 +44,6 @@ from tasks.results import BaselineSummary, metrics_json
 from tasks.review import GateVerdict
 from tasks.store import ArtifactStore
 
-CACHED = INPUTS + TASK_SOURCE
 RUNNER: TaskRunner[Any] = ThreadPoolTaskRunner(max_workers=2)  # variants two at a time
 
 

@@ -16,7 +16,7 @@ from tasks.lineage import code_sha256
 from tasks.plan import content_key, in_dependency_order
 from tasks.variant import VariantRecord
 
-CACHED = INPUTS + TASK_SOURCE
+CACHED = INPUTS + TASK_SOURCE  # the expensive tasks: keyed by their inputs and their code
 
 
 @dataclass(frozen=True)
