@@ -34,7 +34,7 @@ from tasks.config import (
     TrainConfig,
     load_params,
 )
-from tasks.decision import ApprovalDecision, RunOutcome
+from tasks.decision import ApprovalDecision, RunOutcome, Status
 from tasks.engines import BuiltEngine, MergedEngines, engine_requests, merge_engines
 from tasks.evaluate import VariantMetrics
 from tasks.lineage import code_sha256
@@ -51,7 +51,7 @@ RUNNER: TaskRunner[Any] = ThreadPoolTaskRunner(max_workers=2)  # variants two at
 class NightlyResult:
     model: str
     version: str | None
-    status: str  # published | unchanged | nothing-approved | nothing-passed | review-timed-out
+    status: Status  # published | unchanged | nothing-approved | nothing-passed | review-timed-out
     published: list[str]
     rejected: dict[str, str]
     approval: ApprovalDecision | None
@@ -91,12 +91,12 @@ def baseline_task(
     train_cfg: TrainConfig,
     data_dir: str,
     seed: int,
-    key: str,
+    baseline_key: str,
     root: str,
     out_dir: str,
 ) -> BaselineSummary:
-    """Train the default CNN or import the user's model (key: hash of the data key, the model
-    files' content, params and training code)."""
+    """Train the default CNN or import the user's model (baseline_key: hash of the data key, the
+    model files' content, params and training code)."""
     from tasks.results import read_baseline_summary
     from tasks.train import make_baseline, save_baseline
 
