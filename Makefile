@@ -57,9 +57,10 @@ example-real: $(STAMP)  ## fine-tune ImageNet EfficientNet-Lite0 on Fashion-MNIS
 	$(BIN)/modelpress nightly --params $(EXAMPLE)/params.yaml --approval auto \
 		--registry-uri $(EXAMPLE)/registry --workdir $(EXAMPLE)/.modelpress
 
-lint: $(STAMP)  ## ruff lint and format check
+lint: $(STAMP)  ## ruff lint and format check, mypy type check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: $(STAMP)  ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .

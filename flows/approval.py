@@ -9,11 +9,12 @@ the flow after the resume, so that a refusal can be recorded (see `refusal`).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import pydantic
 from prefect.input import RunInput
+
+from tasks.decision import ApprovalDecision, now
 
 APPROVE_PREFIX = "approve_"
 # at least one character that is not whitespace: the registry needs a name (approved_by), and a
@@ -50,17 +51,19 @@ def approval_form(
     return model.with_initial_data(description=description)
 
 
-def decision_from_form(answer: Any, passing: list[str]) -> dict[str, Any]:
-    """The reviewer's decision: approved and not-approved variants, who, when, and why."""
+def decision_from_form(answer: Any, passing: list[str], how: str) -> ApprovalDecision:
+    """The reviewer's decision: approved and not-approved variants, who, when, why, and `how`
+    the reviewer's identity was established."""
     values = answer.model_dump() if hasattr(answer, "model_dump") else dict(answer)
-    approved = [name for name in passing if values.get(f"{APPROVE_PREFIX}{name}")]
-    return {
-        "approved": approved,
-        "not_approved": [name for name in passing if name not in approved],
-        "approved_by": values["reviewer"].strip(),
-        "approved_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "comment": values.get("comment", "").strip(),
-    }
+    approved = tuple(name for name in passing if values.get(f"{APPROVE_PREFIX}{name}"))
+    return ApprovalDecision(
+        approved=approved,
+        not_approved=tuple(name for name in passing if name not in approved),
+        approved_by=values["reviewer"].strip(),
+        approved_at=now(),
+        comment=values.get("comment", "").strip(),
+        identity=how,
+    )
 
 
 def refusal(reviewer: str, approvers: list[str]) -> str | None:

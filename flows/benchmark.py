@@ -18,6 +18,7 @@ from prefect import flow, get_run_logger, task
 
 from tasks.benchmark import BenchmarkRow, measure_in_subprocess
 from tasks.config import BenchmarkConfig, RunnerProfile
+from tasks.engines import BuiltEngine, EngineRequest
 from tasks.errors import brief
 from tasks.runtimes import runs_on
 from tasks.store import ArtifactStore
@@ -147,8 +148,8 @@ def dispatch_task(
     variants: dict[str, str],
     images_key: str,
     result_key: str,
-    engines: dict[str, dict[str, Any]] | None = None,
-) -> tuple[list[BenchmarkRow], dict[str, dict[str, Any]]]:
+    engines: dict[str, EngineRequest] | None = None,
+) -> tuple[list[BenchmarkRow], dict[str, BuiltEngine]]:
     """Run `benchmark/<runner>` on its work pool; any failure becomes failed rows with the reason.
     Returns the rows and the TensorRT engines the runner built (store keys)."""
     names = [*variants, *(engines or {})]
@@ -156,9 +157,10 @@ def dispatch_task(
     idle = _no_worker_reason(profile.work_pool)
     if idle:
         return [BenchmarkRow.failed(name, runner, idle) for name in names], {}
+    from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
 
-    run = run_deployment(
+    run = run_deployment(  # sync here: a flow run, not a coroutine
         f"{FLOW_NAME}/{runner}",
         parameters={
             "runner": runner,
@@ -169,17 +171,19 @@ def dispatch_task(
             "images_key": images_key,
             "result_key": result_key,
             "store_endpoint_url": store_endpoint_url,
-            "engines": engines or {},
+            "engines": {name: request.as_json() for name, request in (engines or {}).items()},
         },
         timeout=profile.timeout_s,
     )
+    assert isinstance(run, FlowRun)
     state = run.state
     if state is None or not state.is_completed():
         reason = _failure_reason(run, profile)
         get_run_logger().warning("benchmark on %s: %s", runner, reason)
         return [BenchmarkRow.failed(name, runner, reason) for name in names], {}
     result = ArtifactStore(store_uri, endpoint_url=store_endpoint_url).get_json(result_key)
-    return [BenchmarkRow(**row) for row in result["rows"]], result["engines"]
+    built = {name: BuiltEngine.from_json(payload) for name, payload in result["engines"].items()}
+    return [BenchmarkRow(**row) for row in result["rows"]], built
 
 
 def _no_worker_reason(pool: str) -> str | None:
@@ -236,3 +240,64 @@ def upload_inputs(
         images_key = f"runs/{run_key}/images.npz"
         store.put_bytes(images_key, images_file.read_bytes())
     return keys, images_key
+
+
+@task(name="benchmark", task_run_name="benchmark-on-{runner}")
+def local_benchmark_task(
+    runner: str,
+    profile: RunnerProfile,
+    cfg: BenchmarkConfig,
+    variant_dirs: dict[str, str],
+    images_file: str,
+) -> list[BenchmarkRow]:
+    """A runner profile measured on this machine: each variant in a fresh process, one at a time."""
+    dirs = {name: Path(directory) for name, directory in variant_dirs.items()}
+    return benchmark_variants(runner, profile, cfg, dirs, Path(images_file))
+
+
+def benchmark_on_runners(
+    cfg: BenchmarkConfig,
+    profiles: dict[str, RunnerProfile],
+    variant_dirs: dict[str, str],
+    images: np.ndarray,
+    run_dir: Path,
+    engine_requests: dict[str, EngineRequest],
+) -> tuple[list[BenchmarkRow], dict[str, BuiltEngine]]:
+    """Runners with a work pool get the variants through the artifact store and run in parallel
+    (CUDA runners build the requested engines first); profiles without one are measured here,
+    one variant at a time."""
+    futures = []
+    remote = {name: p for name, p in profiles.items() if p.work_pool}
+    if remote:
+        store = ArtifactStore(cfg.store_uri, endpoint_url=cfg.store_endpoint_url)
+        keys, images_key = upload_inputs(store, run_dir.name, variant_dirs, images)
+        requests = {  # source names → their store keys
+            name: EngineRequest(keys[request.source_key], request.config)
+            for name, request in engine_requests.items()
+        }
+        futures = [
+            dispatch_task.submit(
+                name,
+                profile,
+                cfg,
+                store.uri,
+                cfg.store_endpoint_url,
+                keys,
+                images_key,
+                f"runs/{run_dir.name}/{name}.json",
+                requests if profile.kind == "cuda" else None,
+            )
+            for name, profile in remote.items()
+        ]
+    images_file = run_dir / "test-images.npz"
+    np.savez(images_file, x=images)
+    rows: list[BenchmarkRow] = []
+    for name, profile in profiles.items():
+        if not profile.work_pool:
+            rows += local_benchmark_task(name, profile, cfg, variant_dirs, str(images_file))
+    engines: dict[str, BuiltEngine] = {}
+    for future in futures:
+        runner_rows, built = future.result()
+        rows += runner_rows
+        engines |= built
+    return rows, engines

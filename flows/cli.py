@@ -206,9 +206,62 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _nightly(args: argparse.Namespace) -> None:
-    from flows.nightly import main as nightly_main  # imports Prefect: only when asked
-
     nightly_main(args.args)
+
+
+def nightly_main(argv: list[str] | None = None) -> None:
+    """`modelpress nightly`: run the flow once, here, and print where everything went."""
+    from flows._console import deliver_prefect_queues, result_text, say_user_errors_once
+    from flows.nightly import nightly  # imports Prefect: only when asked
+
+    parser = argparse.ArgumentParser(prog="modelpress nightly", description=nightly.description)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--model-rev")
+    parser.add_argument("--data-rev")
+    parser.add_argument("--approval", choices=["ui", "auto"])
+    parser.add_argument("--registry-uri")
+    parser.add_argument("--version")
+    parser.add_argument("--workdir", default=".modelpress")
+    parser.add_argument(
+        "--verbose", action="store_true", help="show the converters' output (TensorFlow's)"
+    )
+    parser.add_argument(
+        "--publish-unchanged",
+        action="store_true",
+        help="publish a new version even when its files equal the last published version's",
+    )
+    args = parser.parse_args(argv)
+    if args.verbose:
+        from tasks.quiet import show_converter_output
+
+        show_converter_output()
+    say_user_errors_once()
+
+    def run() -> None:
+        from prefect.exceptions import PrefectHTTPStatusError
+
+        from tasks.errors import ServerAuthError
+
+        try:
+            result = nightly(
+                params_file=args.params,
+                model_rev=args.model_rev,
+                data_rev=args.data_rev,
+                approval=args.approval,
+                registry_uri=args.registry_uri,
+                version=args.version,
+                workdir=args.workdir,
+                publish_unchanged=args.publish_unchanged,
+            )
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code == 401:
+                raise ServerAuthError.from_settings() from None
+            raise
+        finally:
+            deliver_prefect_queues()
+        print(result_text(result))
+
+    run_main(run)
 
 
 def _hold_back_native_output(args: list[str]) -> None:

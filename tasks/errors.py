@@ -1,5 +1,7 @@
 """The project's error types: one line each, naming the culprit and what was expected."""
 
+from __future__ import annotations
+
 import re
 
 
@@ -51,3 +53,23 @@ def brief(detail: object, limit: int = 300, last_line: bool = False) -> str:
     if " " not in line[: limit + 1]:
         return line  # one long word (a path): whole, not cut
     return line[: limit + 1].rsplit(" ", 1)[0].rstrip(" ,;:") + " …"
+
+
+class ServerAuthError(ModelPressError):
+    """The Prefect server wants a credential (the stack's auth string) this client lacks."""
+
+    @classmethod
+    def from_settings(cls) -> ServerAuthError:
+        from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
+
+        url = PREFECT_API_URL.value()
+        hint = 'for the local stack: eval "$(infra/stack.sh env)"'
+        if PREFECT_API_AUTH_STRING.value():  # never echoed: it is the secret
+            return cls(
+                f"the Prefect server at {url} refused PREFECT_API_AUTH_STRING (401; "
+                f"rotated? {hint})"
+            )
+        return cls(
+            f"the Prefect server at {url} wants a credential (401): set "
+            f"PREFECT_API_AUTH_STRING ({hint})"
+        )

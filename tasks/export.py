@@ -125,6 +125,24 @@ def write_onnx_variant(
     return record
 
 
+def export_baseline(
+    baseline_dir: Path, baseline_sha256: str, data_dir: Path, out_dir: Path
+) -> VariantRecord:
+    """The baseline as ONNX fp32: the reference every variant is compared with."""
+    preprocess = load_preprocess(data_dir)
+    test_x = preprocess.normalize(load_split(data_dir, "test").x)
+    return write_onnx_variant(
+        load_baseline(baseline_dir),
+        preprocess,
+        test_x,
+        out_dir,
+        name="baseline",
+        technique="baseline",
+        source=None,
+        parent_sha256=baseline_sha256,
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="export: baseline → ONNX fp32")
     parser.add_argument("--baseline", type=Path, required=True)

@@ -14,6 +14,7 @@ from typing import Any
 
 from tasks.config import BaselineConfig, DataConfig
 from tasks.errors import DataError, ModelError
+from tasks.fetch import FetchedFile
 from tasks.io import file_checksums, sha256_file
 
 # The embedded default: scikit-learn's bundled digits file, read by tasks.data._load_digits.
@@ -156,3 +157,13 @@ def unchanged_since(
 def _input_hashes(inputs: dict[str, Any]) -> dict[str, Any]:
     """The content fields of a lineage's inputs (revs and paths may name the same bytes)."""
     return {key: value for key, value in inputs.items() if key.endswith("_sha256")}
+
+
+def fetched_lineage(kind: str, fetched: FetchedFile) -> dict[str, str]:
+    """What a file fetched through DVC came from: its path, rev, commit and sha256."""
+    return {
+        f"{kind}_path": fetched.path,
+        f"{kind}_rev": fetched.rev,
+        f"{kind}_commit": fetched.commit,
+        f"{kind}_sha256": fetched.sha256,
+    }

@@ -181,16 +181,25 @@ def _attr(graph_module: torch.fx.GraphModule, node: Any) -> torch.Tensor | None:
         return None
     if node.op != "get_attr":
         raise VariantError(f"unsupported layer {node.name}: its weights are computed at run time")
-    value = graph_module
+    value: Any = graph_module
     for part in node.target.split("."):
         value = getattr(value, part)
+    return value
+
+
+def _required_attr(graph_module: torch.fx.GraphModule, node: Any, layer: str) -> torch.Tensor:
+    """A tensor the layer cannot do without (a weight, a running mean)."""
+    value = _attr(graph_module, node)
+    if value is None:
+        raise VariantError(f"unsupported layer {layer}: a weight or running statistic is missing")
     return value
 
 
 def _module_for(graph_module: torch.fx.GraphModule, node: Any) -> nn.Module:
     args = list(node.args) + [None] * 9
     if node.target is _CONV:
-        weight, bias = _attr(graph_module, args[1]), _attr(graph_module, args[2])
+        weight = _required_attr(graph_module, args[1], node.name)
+        bias = _attr(graph_module, args[2])
         stride, padding, dilation = args[3] or [1, 1], args[4] or [0, 0], args[5] or [1, 1]
         groups = args[6] or 1
         if isinstance(padding, str):
@@ -198,7 +207,7 @@ def _module_for(graph_module: torch.fx.GraphModule, node: Any) -> nn.Module:
         conv = nn.Conv2d(
             weight.shape[1] * groups,
             weight.shape[0],
-            tuple(weight.shape[2:]),
+            (weight.shape[2], weight.shape[3]),
             stride=tuple(stride),
             padding=tuple(padding),
             dilation=tuple(dilation),
@@ -208,18 +217,18 @@ def _module_for(graph_module: torch.fx.GraphModule, node: Any) -> nn.Module:
         _copy_params(conv, weight=weight, bias=bias)
         return conv
     if node.target is _LINEAR:
-        weight, bias = _attr(graph_module, args[1]), _attr(graph_module, args[2])
+        weight = _required_attr(graph_module, args[1], node.name)
+        bias = _attr(graph_module, args[2])
         linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
         _copy_params(linear, weight=weight, bias=bias)
         return linear
-    weight, bias = _attr(graph_module, args[1]), _attr(graph_module, args[2])
-    mean, var = _attr(graph_module, args[3]), _attr(graph_module, args[4])
+    scale, shift = _attr(graph_module, args[1]), _attr(graph_module, args[2])
+    mean = _required_attr(graph_module, args[3], node.name)
+    var = _required_attr(graph_module, args[4], node.name)
     norm = nn.BatchNorm2d(
-        mean.shape[0], eps=float(args[7]), momentum=float(args[6]), affine=weight is not None
+        mean.shape[0], eps=float(args[7]), momentum=float(args[6]), affine=scale is not None
     )
-    _copy_params(norm, weight=weight, bias=bias)
-    norm.running_mean.copy_(mean)
-    norm.running_var.copy_(var)
+    _copy_params(norm, weight=scale, bias=shift, running_mean=mean, running_var=var)
     return norm
 
 

@@ -88,7 +88,7 @@ def _this_thread_to(buffer: _Buffer) -> Iterator[None]:
     thread = threading.get_ident()
     saved = sys.stdout, sys.stderr
     routers = _ThreadRouter(saved[0], buffer, thread), _ThreadRouter(saved[1], buffer, thread)
-    sys.stdout, sys.stderr = routers  # type: ignore[assignment]
+    sys.stdout, sys.stderr = routers
     try:
         yield
     finally:

@@ -31,7 +31,7 @@ def load_metrics(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def table_rows(metrics: dict[str, dict[str, Any]]) -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for name, row in metrics.items():
         ok = row["status"] == "ok"
         rows.append(

@@ -28,9 +28,9 @@ def review_rows(
     rows = []
     for name, row in metrics.items():
         verdict = verdicts.get(name, GateVerdict(False, row.get("reason") or row["status"]))
-        measured = [b for b in bench if b.variant == name] or [None]
+        measured: list[BenchmarkRow | None] = [b for b in bench if b.variant == name] or [None]
         for b in measured:
-            ok = b is not None and b.status == "ok"
+            timed = b if b is not None and b.status == "ok" else None
             rows.append(
                 {
                     "variant": name,
@@ -43,9 +43,9 @@ def review_rows(
                         row["size_bytes"] / 1024 if row.get("size_bytes") else None, "{:.0f}"
                     ),
                     "ratio": _fmt(row.get("size_ratio"), "{:.2f}x"),
-                    "p50_ms": _fmt(b.p50_ms if ok else None, "{:.3f}"),
-                    "p90_ms": _fmt(b.p90_ms if ok else None, "{:.3f}"),
-                    "p99_ms": _fmt(b.p99_ms if ok else None, "{:.3f}"),
+                    "p50_ms": _fmt(timed.p50_ms if timed else None, "{:.3f}"),
+                    "p90_ms": _fmt(timed.p90_ms if timed else None, "{:.3f}"),
+                    "p99_ms": _fmt(timed.p99_ms if timed else None, "{:.3f}"),
                     "gate": "pass" if verdict.passed else "REJECTED",
                     "reason": "; ".join(part for part in (verdict.reason, _bench_note(b)) if part),
                 }

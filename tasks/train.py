@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tasks.config import BaselineConfig, TrainConfig, load_params
+from tasks.config import BaselineConfig, Params, TrainConfig, load_params
 from tasks.data import Preprocess, Split, load_preprocess, load_split
 from tasks.errors import ModelError, brief
 from tasks.io import atomic_dir, read_json, sha256_file, write_json
@@ -336,6 +336,17 @@ def import_hint(
 
 def _mmacs(macs: int | None) -> str:
     return "unknown" if macs is None else f"{macs / 1e6:.1f} M"
+
+
+def import_hints(params: Params, test_accuracy: float, data_dir: Path) -> list[str]:
+    """What to check when an imported baseline scores far below its accuracy gate."""
+    hint = import_hint(
+        params.baseline.source,
+        test_accuracy,
+        params.gates.for_variant("baseline").min_accuracy,
+        load_preprocess(data_dir),
+    )
+    return [hint] if hint else []
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,18 +18,22 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tasks.benchmark import BenchmarkRow
 from tasks.config import DataGates, GatesConfig, VariantGates
 from tasks.data import SPLITS, Preprocess, Split
 from tasks.errors import DataError, ModelPressError
+from tasks.review import GateVerdict
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from tasks.evaluate import VariantMetrics
 
 BASELINE = "baseline"
 DATA_SUITE = "data"
@@ -719,3 +723,51 @@ def _prediction(predictions: dict[str, np.ndarray], key: str) -> np.ndarray:
             f"predictions: no {key!r} (found {sorted(predictions)}); run the 'evaluate' stage first"
         )
     return np.asarray(predictions[key])
+
+
+def check_prepared_data(data_dir: Path, gates: DataGates, docs_dir: Path) -> SuiteResult:
+    """The data suite on a prepared data directory; raises DataValidationError when it fails."""
+    from tasks.data import load_preprocess, load_split
+
+    splits = {name: load_split(data_dir, name) for name in SPLITS}
+    result = check_data(splits, load_preprocess(data_dir), gates, docs_dir=docs_dir)
+    assert_data_valid(result)
+    return result
+
+
+def judge_variants(
+    table: dict[str, VariantMetrics],
+    predictions_file: Path,
+    bench: list[BenchmarkRow],
+    gates: GatesConfig,
+    docs_dir: Path,
+) -> dict[str, GateVerdict]:
+    """Each variant's verdict for the review: its metrics suite (with the paired statistical
+    drop gate) and the bound the drop gate judged."""
+    metrics = {name: asdict(row) for name, row in table.items()}  # rows as variants.json has them
+    with np.load(predictions_file) as saved:
+        predictions = {key: saved[key] for key in saved.files}
+    p50: dict[str, dict[str, float]] = {}  # variant → runner → p50
+    for row in bench:
+        if row.status == "ok" and row.p50_ms is not None:
+            p50.setdefault(row.variant, {})[row.runner] = row.p50_ms
+    results = gate_variants(metrics, predictions, p50, gates, docs_dir=docs_dir)
+    uppers = {  # the bound the drop gate judges, shown to the reviewer
+        name: paired_drop_interval(
+            predictions["labels"],
+            predictions["pred__baseline"],
+            predictions[f"pred__{name}"],
+            gates.confidence,
+        )[2]
+        for name in results
+        if f"pred__{name}" in predictions and metrics[name]["status"] == "ok"
+    }
+    return {
+        name: _verdict(result, metrics[name], uppers.get(name)) for name, result in results.items()
+    }
+
+
+def _verdict(result: SuiteResult, row: dict[str, Any], drop_upper: float | None) -> GateVerdict:
+    if row["status"] != "ok":  # skipped/failed variants: their own reason says more than the gate
+        return GateVerdict(False, f"{row['status']}: {row.get('reason')}")
+    return GateVerdict(result.success, "" if result.success else result.describe(), drop_upper)

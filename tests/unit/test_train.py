@@ -48,15 +48,17 @@ def test_normalize_none_feeds_raw_pixels_to_an_imported_model(tmp_path: Path) ->
 
 
 def test_a_mis_normalised_import_ends_the_run_with_what_to_check(tmp_path: Path) -> None:
-    from flows.nightly import NightlyResult, _import_hints, _result_text
+    from flows._console import result_text
+    from flows.nightly import NightlyResult
     from tasks.config import parse_params
+    from tasks.train import import_hints
 
     model = _raw_pixel_model(tmp_path)
     accuracy, data_dir = _imported_accuracy(tmp_path, model, "train")  # the wrong statistics
     params = parse_params(
         {"baseline": {"source": "pt2", "path": str(model)}, "data": {"normalize": "train"}}
     )
-    hints = _import_hints(params, {"test_accuracy": accuracy}, str(data_dir))
+    hints = import_hints(params, accuracy, Path(data_dir))
     result = NightlyResult(
         model="m",
         version=None,
@@ -68,7 +70,7 @@ def test_a_mis_normalised_import_ends_the_run_with_what_to_check(tmp_path: Path)
         run_dir="run",
         hints=hints,
     )
-    text = _result_text(result)
+    text = result_text(result)
     assert f"  check:     baseline: the imported model scores {accuracy:.2f}" in text
     assert "label order (labels 0.. are 0, 1, 2, 3, 4, ...)" in text
 

@@ -234,20 +234,20 @@ def test_manifest_alone_tells_a_consumer_how_to_feed_and_read_a_variant(
     built: Path, tmp_path: Path
 ) -> None:
     import json
-    from dataclasses import asdict
 
-    from flows.nightly import _publish_entries
     from tasks.config import RegistryConfig
+    from tasks.decision import ApprovalRecord
+    from tasks.publish import publish_entries
     from tasks.registry import open_registry
     from tasks.review import GateVerdict
 
     names = ["tflite_int8", "pruned"]
     evaluation = evaluate(built / "variants", names, load_split(built / "data", "test"))
-    metrics = {name: asdict(row) for name, row in evaluation.metrics.items()}
+    metrics = evaluation.metrics
     dirs = {name: str(built / "variants" / name) for name in names}
-    decision = {"approved_by": "alice", "approved_at": "2026-11-25T02:00:00+00:00", "comment": ""}
+    approval = ApprovalRecord("alice", "2026-11-25T02:00:00+00:00", "", "", "run", "", "decision")
     verdicts = dict.fromkeys(names, GateVerdict(True, ""))
-    entries = _publish_entries(names, {}, dirs, metrics, verdicts, [], decision)
+    entries = publish_entries(names, dirs, metrics, verdicts, [], approval)
     registry = RegistryConfig(uri=str(tmp_path / "registry"), model_name="tiny")
     open_registry(registry).publish("tiny", "1", entries, {})
 

@@ -1,0 +1,185 @@
+"""Approve → publish: the reviewer's decision (recorded in the registry whatever it is), then the
+approved variants and their manifest. A run publishes nothing when the review times out,
+nothing is approved, or the approved files equal the last published version's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+
+from flows.review import ask_for_approval, record_decision_task, run_link
+from tasks import publish as publishing
+from tasks.benchmark import BenchmarkRow
+from tasks.config import Params, RegistryConfig
+from tasks.decision import (
+    ApprovalDecision,
+    Outcome,
+    RunOutcome,
+    approval_record,
+    decision_record,
+)
+from tasks.evaluate import VariantMetrics
+from tasks.lineage import unchanged_since
+from tasks.registry import PublishEntry
+from tasks.review import GateVerdict
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """The variants the gates passed, those they rejected (with why), and their numbers."""
+
+    passing: list[str]
+    rejected: dict[str, str]
+    dirs: dict[str, str]
+    metrics: dict[str, VariantMetrics]
+    verdicts: dict[str, GateVerdict]
+    bench: list[BenchmarkRow]
+
+    @classmethod
+    def of(
+        cls,
+        metrics: dict[str, VariantMetrics],
+        verdicts: dict[str, GateVerdict],
+        dirs: dict[str, str],
+        bench: list[BenchmarkRow],
+    ) -> Candidates:
+        passing = [name for name in metrics if verdicts.get(name, GateVerdict(False, "")).passed]
+        rejected = {name: v.reason for name, v in verdicts.items() if not v.passed}
+        return cls(passing, rejected, dirs, metrics, verdicts, bench)
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where this run's variants came from, and the last version published before it."""
+
+    inputs: dict[str, Any]  # every input file's path/rev and sha256
+    baseline_sha256: str
+    model_rev: str | None
+    data_rev: str | None
+    root: Path
+    previous: dict[str, Any] | None  # the last published manifest
+
+
+@dataclass(frozen=True)
+class ReviewForm:
+    """What the reviewer is asked, and how: the form's text, toggle labels, policy, polling."""
+
+    text: str
+    titles: dict[str, str]
+    approval: str  # ui | auto
+    poll_s: int
+
+
+@task(name="publish")
+def publish_task(
+    cfg: RegistryConfig,
+    model: str,
+    version: str,
+    entries: dict[str, PublishEntry],
+    lineage: publishing.Lineage,
+) -> str:
+    """Upload the approved variants, then the manifest; returns the manifest's URI."""
+    from tasks.registry import open_registry
+
+    return open_registry(cfg).publish(model, version, entries, lineage.as_json()).uri
+
+
+def approve_and_publish(
+    params: Params,
+    registry: RegistryConfig,
+    candidates: Candidates,
+    form: ReviewForm,
+    origin: Origin,
+    version: str | None,
+    publish_unchanged: bool,
+) -> RunOutcome:
+    """Ask for approval (every decision, and every refused submission, is recorded in the
+    registry beside the versions), then publish what was approved."""
+    logger = get_run_logger()
+    model, passing, run = params.registry.model_name, candidates.passing, run_link()
+
+    def record(outcome: Outcome, decision: ApprovalDecision | None) -> str:
+        entry = decision_record(model, outcome, decision, passing, candidates.rejected, run)
+        return record_decision_task(registry, entry)
+
+    decision = ask_for_approval(
+        passing,
+        form.text,
+        form.titles,
+        form.approval,
+        params.review,
+        form.poll_s,
+        lambda refused: record("refused", refused),
+    )
+    if decision is None:
+        uri = record("timed-out", None)
+        logger.warning(
+            "review timed out after %ss: nothing published (decision recorded: %s)",
+            params.review.timeout_s,
+            uri,
+        )
+        return RunOutcome(status="review-timed-out", decision_uri=uri)
+    approved = [name for name in passing if name in decision.approved]
+    if not approved:
+        uri = record("nothing-approved", decision)
+        logger.warning(
+            "nothing approved by %s (not approved: %s; comment: %r): nothing published "
+            "(decision recorded: %s)",
+            decision.approved_by,
+            ", ".join(passing),
+            decision.comment,
+            uri,
+        )
+        return RunOutcome(status="nothing-approved", approval=decision, decision_uri=uri)
+    dirs = {name: Path(candidates.dirs[name]) for name in approved}
+    same_as = None if publish_unchanged else unchanged_since(origin.previous, origin.inputs, dirs)
+    if same_as is not None:
+        reason = f"the approved files and inputs equal version {same_as}'s"
+        uri = record("unchanged", decision.because(reason))
+        logger.info(
+            "unchanged since version %s: nothing published (decision recorded: %s)", same_as, uri
+        )
+        return RunOutcome(
+            status="unchanged", approval=decision, decision_uri=uri, unchanged_since=same_as
+        )
+    decision_uri = record("approved", decision)
+
+    # a new version number is claimed with a conditional write, only now that the decision is
+    # valid and the publish can go through: two runs never get the same one
+    version = version or publishing.allocate_version(registry, model)
+    entries = publishing.publish_entries(
+        approved,
+        candidates.dirs,
+        candidates.metrics,
+        candidates.verdicts,
+        candidates.bench,
+        approval_record(decision, run, decision_uri),
+    )
+    lineage = publishing.lineage(
+        params,
+        origin.inputs,
+        origin.baseline_sha256,
+        origin.model_rev,
+        origin.data_rev,
+        origin.root,
+    )
+    manifest_uri = publish_task(registry, model, version, entries, lineage)
+    logger.info(
+        "published %s version %s: %s approved by %s → %s",
+        model,
+        version,
+        ", ".join(approved),
+        decision.approved_by,
+        manifest_uri,
+    )
+    return RunOutcome(
+        status="published",
+        version=version,
+        published=tuple(approved),
+        approval=decision,
+        manifest_uri=manifest_uri,
+        decision_uri=decision_uri,
+    )
