@@ -362,7 +362,9 @@ def format_bench_table(rows: list[BenchmarkRow], baseline: str = "baseline") -> 
     for r in rows:
         ok = r.status == "ok"
         speedup = (
-            f"{base[r.runner] / r.p50_ms:.2f}x" if ok and base.get(r.runner) and r.p50_ms else "-"
+            f"{base_p50 / r.p50_ms:.2f}x"
+            if ok and (base_p50 := base.get(r.runner)) and r.p50_ms
+            else "-"
         )
         spread = (
             f"{min(r.p50_trials_ms):.3f}–{max(r.p50_trials_ms):.3f}"
@@ -406,7 +408,8 @@ def plot_latency(rows: list[BenchmarkRow], path: Path) -> Path:
 
     from tasks.io import save_figure
 
-    ok = [r for r in rows if r.status == "ok"]
+    # bars need a p50; a row without one has nothing to draw
+    ok = [r for r in rows if r.status == "ok" and r.p50_ms is not None]
     variants = list(dict.fromkeys(r.variant for r in ok))
     runners = list(dict.fromkeys(r.runner for r in ok))
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(variants) + 2), 4.5), dpi=120)
@@ -415,10 +418,10 @@ def plot_latency(rows: list[BenchmarkRow], path: Path) -> Path:
         by_variant = {r.variant: r for r in ok if r.runner == runner}
         xs = [i + k * width for i, v in enumerate(variants) if v in by_variant]
         chosen = [by_variant[v] for v in variants if v in by_variant]
-        heights = [r.p50_ms for r in chosen]
+        heights = [float(r.p50_ms or 0.0) for r in chosen]
         errors = [
-            [r.p50_ms - min(r.p50_trials_ms) for r in chosen],
-            [max(r.p50_trials_ms) - r.p50_ms for r in chosen],
+            [h - min(r.p50_trials_ms or [h]) for h, r in zip(heights, chosen, strict=True)],
+            [max(r.p50_trials_ms or [h]) - h for h, r in zip(heights, chosen, strict=True)],
         ]
         ax.bar(xs, heights, width, yerr=errors, capsize=3, label=runner)
     ax.set_xticks(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -95,7 +96,7 @@ def metrics_row(
     size: int | None,
     base_size: int,
 ) -> VariantMetrics:
-    common = dict(
+    common: dict[str, Any] = dict(
         status=record.status,
         technique=record.technique,
         source=record.source,
@@ -154,7 +155,7 @@ def per_class_accuracy(predicted: np.ndarray, labels: np.ndarray) -> list[float 
 def write_evaluation(evaluation: Evaluation, metrics_dir: Path, plot_file: Path) -> None:
     """metrics/variants.json, per-sample predictions, and the accuracy-vs-size plot data."""
     with atomic_dir(metrics_dir) as staging:
-        arrays = {"labels": evaluation.labels}
+        arrays: dict[str, Any] = {"labels": evaluation.labels}
         for name, logits in evaluation.logits.items():
             arrays[f"logits__{name}"] = logits
             arrays[f"pred__{name}"] = logits.argmax(1)
@@ -166,7 +167,7 @@ def write_evaluation(evaluation: Evaluation, metrics_dir: Path, plot_file: Path)
     points = [
         {"variant": name, "size_kb": round(row.size_bytes / 1024, 1), "accuracy": row.accuracy}
         for name, row in evaluation.metrics.items()
-        if row.status == "ok"
+        if row.status == "ok" and row.size_bytes is not None
     ]
     write_json(plot_file, points)
 

@@ -192,10 +192,10 @@ def _plain_same_padding(module: nn.Module) -> None:
         conv = nn.Conv2d(
             child.in_channels,
             child.out_channels,
-            child.kernel_size,  # type: ignore[arg-type]
-            child.stride,  # type: ignore[arg-type]
+            child.kernel_size,
+            child.stride,
             padding=(top, left) if symmetric else 0,
-            dilation=child.dilation,  # type: ignore[arg-type]
+            dilation=child.dilation,
             groups=child.groups,
             bias=child.bias is not None,
         )
@@ -242,8 +242,15 @@ class InvertedResidual(nn.Module):
 
 class MobileNetV2(nn.Module):
     # expansion t, output channels c, repeats n, first stride s (torchvision's table)
-    SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1))
-    SETTING += ((6, 160, 3, 2), (6, 320, 1, 1))
+    SETTING: tuple[tuple[int, int, int, int], ...] = (
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    )
 
     def __init__(self, num_classes: int, in_channels: int = 3, width: float = 1.0) -> None:
         super().__init__()

@@ -59,7 +59,8 @@ class LocalRegistry(Registry):
                     os.fsync(handle.fileno())
                 if written != sha256:
                     raise RegistryError(
-                        f"{source}: changed while publishing (sha256 {written}, expected {sha256})"
+                        f"{source if isinstance(source, Path) else key}: changed while publishing "
+                        f"(sha256 {written}, expected {sha256})"
                     )
                 os.chmod(tmp, 0o644)
                 try:
