@@ -65,36 +65,65 @@ class _Buffer:
 
 
 class _ThreadRouter:
-    """Stands in for sys.stdout/sys.stderr: one thread's writes go to a buffer, the rest on."""
+    """Stands in for sys.stdout/sys.stderr: writes of a thread inside held_back go to its buffer,
+    the rest on to the stream it replaced."""
 
-    def __init__(self, stream: Any, buffer: _Buffer, thread: int) -> None:
-        self._stream, self._buffer, self._thread = stream, buffer, thread
-        self.active = True  # off after the block: a logging handler made inside keeps us
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
 
     def write(self, text: str) -> int:
-        if self.active and threading.get_ident() == self._thread:
-            return self._buffer.write(text)
+        buffer = _buffers.get(threading.get_ident())
+        if buffer is not None:
+            return buffer.write(text)
         return self._stream.write(text)
 
     def flush(self) -> None:
         self._stream.flush()
 
+    def close(self) -> None:
+        # A handler made inside held_back (absl's, when TensorFlow is first imported there) holds
+        # this router; logging.shutdown, which Prefect's dictConfig runs, closes every handler's
+        # stream. The router does not own the stream it forwards to: closing it would close the
+        # process's (or pytest's) stderr for good.
+        return None
+
     def __getattr__(self, name: str) -> Any:  # encoding, fileno, isatty, ...
         return getattr(self._stream, name)
 
 
+# One pair of routers for the whole process while any thread holds output back: per-thread
+# save/restore of sys.stdout would interleave across the flow's threads and could leave a
+# finished thread's router (and whatever stream it wrapped) in place for good.
+_buffers: dict[int, _Buffer] = {}
+_routing_lock = threading.Lock()
+_replaced: tuple[Any, Any] | None = None
+_routers: tuple[_ThreadRouter, _ThreadRouter] | None = None
+
+
 @contextlib.contextmanager
 def _this_thread_to(buffer: _Buffer) -> Iterator[None]:
+    global _replaced, _routers
     thread = threading.get_ident()
-    saved = sys.stdout, sys.stderr
-    routers = _ThreadRouter(saved[0], buffer, thread), _ThreadRouter(saved[1], buffer, thread)
-    sys.stdout, sys.stderr = routers
+    with _routing_lock:
+        if _routers is None:
+            _replaced = sys.stdout, sys.stderr
+            _routers = _ThreadRouter(sys.stdout), _ThreadRouter(sys.stderr)
+            sys.stdout, sys.stderr = _routers
+        outer = _buffers.get(thread)
+        _buffers[thread] = buffer
     try:
         yield
     finally:
-        sys.stdout, sys.stderr = saved
-        for router in routers:
-            router.active = False
+        with _routing_lock:
+            if outer is None:
+                _buffers.pop(thread, None)
+            else:
+                _buffers[thread] = outer
+            if not _buffers and _routers is not None and _replaced is not None:
+                # put back what we replaced, unless someone has replaced us since
+                if (sys.stdout, sys.stderr) == _routers:
+                    sys.stdout, sys.stderr = _replaced
+                _replaced = _routers = None
 
 
 @contextlib.contextmanager

@@ -119,3 +119,27 @@ def test_native_output_goes_to_the_file_and_python_keeps_the_terminal(tmp_path: 
     assert done.returncode == 0, done.stderr
     assert (done.stdout, done.stderr) == ("python stdout\n", "python stderr\n")
     assert log.read_text().splitlines() == ["native stdout", "native stderr", "child process"]
+
+
+def test_closing_a_handler_made_inside_held_back_leaves_stderr_open() -> None:
+    """absl creates its handler on sys.stderr when TensorFlow is first imported inside a
+    conversion; Prefect's logging setup later closes every handler: stderr must survive."""
+    import io
+    import logging
+    import sys
+
+    from tasks.quiet import held_back
+
+    outer = io.StringIO()
+    saved = sys.stderr
+    sys.stderr = outer
+    try:
+        with held_back():
+            handler = logging.StreamHandler(sys.stderr)
+        handler.stream.close()
+        handler.close()
+        assert not outer.closed
+        print("after", file=sys.stderr)
+    finally:
+        sys.stderr = saved
+    assert outer.getvalue() == "after\n"
