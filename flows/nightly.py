@@ -58,6 +58,7 @@ from tasks.review import (
     summary_markdown,
     toggle_title,
 )
+from tasks.techniques import technique_of
 from tasks.variant import VariantRecord, read_record
 
 CACHED = INPUTS + TASK_SOURCE
@@ -429,7 +430,7 @@ def nightly(
     dirs = {"baseline": str(variants_root / "baseline")}
     keys = {"baseline": export_key}
     for name, cfg in _in_dependency_order(params.variants):
-        technique_code = code_sha256("tasks.compress", f"tasks.{cfg.technique}")
+        technique_code = code_sha256("tasks.compress", *technique_of(cfg).modules)
         keys[name] = _key(keys[cfg.source], name, cfg, technique_code)
         dirs[name] = str(variants_root / f"{name}-{keys[name]}")
         futures[name] = compress_task.submit(
@@ -454,10 +455,14 @@ def nightly(
     metrics = evaluate_task(variant_hashes, dirs, data_dir, str(eval_dir))
 
     ok = [name for name, record in records.items() if record.status == "ok"]
-    engine_requests = {  # engines are built on the CUDA runner that will run them
-        name: {"source_key": cfg.source, "config": cfg.model_dump()}
+    engine_requests = {  # built on a runner of the kind that will run them (TensorRT: cuda)
+        name: {
+            "source_key": cfg.source,
+            "config": cfg.model_dump(),
+            "build_on": technique_of(cfg).build_on,
+        }
         for name, cfg in params.variants.items()
-        if cfg.technique == "tensorrt_fp16"
+        if technique_of(cfg).build_on is not None
         and records[name].status == "skipped"
         and cfg.source in ok
     }
@@ -688,7 +693,7 @@ def _run_benchmarks(
                 keys,
                 images_key,
                 f"runs/{run_dir.name}/{name}.json",
-                engine_requests if profile.kind == "cuda" else None,
+                {n: r for n, r in engine_requests.items() if r["build_on"] == profile.kind} or None,
             )
             for name, profile in remote.items()
         ]
