@@ -17,7 +17,13 @@ import pytest
 import torch
 
 from tests import processes
-from tests.conftest import FAST_BENCHMARK, LENIENT_GATES, write_params, write_random_inputs
+from tests.conftest import (
+    FAST_BENCHMARK,
+    LENIENT_GATES,
+    PLUGIN_TECHNIQUE,
+    write_params,
+    write_random_inputs,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -417,7 +423,7 @@ def test_technique_from_outside_the_repo_is_built_evaluated_and_published(
     registry = {"uri": str(tmp_path / "registry"), "model_name": "plugin"}
     path = write_params(
         tmp_path,
-        inputs | {"techniques": ["tests.plugins.bf16_weights:TECHNIQUE"], "registry": registry},
+        inputs | {"techniques": [PLUGIN_TECHNIQUE], "registry": registry},
     )
     raw = yaml.safe_load(path.read_text())
     raw["variants"] = {"bf16": {"technique": "bf16_weights", "source": "baseline"}}

@@ -23,9 +23,9 @@ from tasks.techniques import (
     technique_table,
 )
 from tasks.techniques.pruned import PrunedConfig
-from tests.conftest import REPO_ROOT, write_params
+from tests.conftest import PLUGIN_TECHNIQUE, REPO_ROOT, write_params
 
-PLUGIN = "tests.plugins.bf16_weights:TECHNIQUE"
+PLUGIN = PLUGIN_TECHNIQUE
 BF16 = {"technique": "bf16_weights", "source": "baseline"}
 
 
