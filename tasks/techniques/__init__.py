@@ -29,6 +29,7 @@ __all__ = [
     "builtin_techniques",
     "installed_techniques",
     "load_reference",
+    "runtimes_produced",
     "technique_named",
     "technique_of",
     "technique_table",
@@ -112,6 +113,13 @@ def technique_of(config: TechniqueConfig) -> Technique:
             f"expected {technique.config.__name__}"
         )
     return technique
+
+
+def runtimes_produced(table: dict[str, Technique] | None = None) -> tuple[str, ...]:
+    """Runtimes a variant can have: the baseline's ONNX export, then each technique's, once each
+    (what the registry's formats and the runtime table must cover)."""
+    runtimes = ["onnxruntime", *(t.runtime for t in (table or technique_table()).values())]
+    return tuple(dict.fromkeys(runtimes))
 
 
 def _checked(obj: object, where: str, error: type[Exception] = ConfigError) -> Technique:

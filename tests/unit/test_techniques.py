@@ -19,6 +19,7 @@ from tasks.techniques import (
     Technique,
     builtin_techniques,
     installed_techniques,
+    runtimes_produced,
     technique_named,
     technique_table,
 )
@@ -66,6 +67,7 @@ def test_builtin_table_in_its_order_with_what_each_declares() -> None:
         "tensorrt_fp16": "tensorrt",
     }
     assert {n: t.build_on for n, t in table.items() if t.build_on} == {"tensorrt_fp16": "cuda"}
+    assert runtimes_produced(table) == ("onnxruntime", "litert", "tensorrt")
     for name, technique in table.items():
         assert technique.modules == tuple(
             sorted({f"tasks.techniques.{name}", "tasks.techniques.base"})
