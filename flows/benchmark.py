@@ -69,9 +69,9 @@ def benchmark_runner(
         images_file.write_bytes(store.get_bytes(images_key))
         dirs = {name: store.get_dir(key, work_dir / name) for name, key in variants.items()}
         rows: list[BenchmarkRow] = []
-        if engines and profile_model.kind == "cuda":
+        if engines:
             engine_dirs, built, rows = build_engines(
-                runner, engines, store, work_dir, images_file, result_key
+                runner, profile_model.kind, engines, store, work_dir, images_file, result_key
             )
             dirs |= engine_dirs
         rows += benchmark_variants(
@@ -84,19 +84,20 @@ def benchmark_runner(
 
 def build_engines(
     runner: str,
+    kind: str,
     engines: dict[str, dict[str, Any]],
     store: ArtifactStore,
     work_dir: Path,
     images_file: Path,
     result_key: str,
 ) -> tuple[dict[str, Path], dict[str, dict[str, Any]], list[BenchmarkRow]]:
-    """Build each requested TensorRT fp16 engine here (engines are specific to this GPU), run it on
-    the test images, and put the engine and its logits in the store for the nightly flow."""
+    """Build each requested variant whose technique builds on this runner kind (a TensorRT fp16
+    engine is specific to the GPU that built it), run it on the test images, and put its files and
+    logits in the store for the nightly flow."""
     import io
 
-    from tasks import tensorrt_fp16  # torch + tensorrt: CUDA runners have the full install
-    from tasks.config import TensorrtFp16Config
     from tasks.evaluate import run_variant
+    from tasks.techniques import BuildContext, technique_named  # CUDA runners have the full install
 
     with np.load(images_file) as archive:
         images = archive["x"].astype(np.float32)
@@ -104,12 +105,15 @@ def build_engines(
     built: dict[str, dict[str, Any]] = {}
     rows: list[BenchmarkRow] = []
     for name, spec in engines.items():
+        technique = technique_named(spec["config"]["technique"])
+        if technique.build_on != kind:
+            continue
         source_dir = store.get_dir(spec["source_key"], work_dir / f"{name}-source")
-        cfg = TensorrtFp16Config.model_validate(spec["config"])
         out = work_dir / name
-        record = tensorrt_fp16.build(
-            name, cfg, source_dir, None, None, _preprocess_of(source_dir), out
-        )
+        # away from the prepared data: preprocess comes from the source's variant.json; an
+        # engine build draws no random numbers
+        context = BuildContext(name=name, seed=0, source_dir=source_dir, out_dir=out)
+        record = technique.build(context, technique.config.model_validate(spec["config"]))
         if record.status != "ok":
             rows.append(
                 BenchmarkRow.failed(name, runner, f"engine not built: {record.reason}", "skipped")
@@ -127,12 +131,6 @@ def build_engines(
         }
         dirs[name] = out
     return dirs, built, rows
-
-
-def _preprocess_of(variant_dir: Path) -> Any:
-    from tasks.variant import preprocess_from_record
-
-    return preprocess_from_record(read_record(variant_dir))
 
 
 # ---- the nightly side ---------------------------------------------------------------------------
@@ -272,7 +270,7 @@ def benchmark_on_runners(
         store = ArtifactStore(cfg.store_uri, endpoint_url=cfg.store_endpoint_url)
         keys, images_key = upload_inputs(store, run_dir.name, variant_dirs, images)
         requests = {  # source names → their store keys
-            name: EngineRequest(keys[request.source_key], request.config)
+            name: EngineRequest(keys[request.source_key], request.config, request.build_on)
             for name, request in engine_requests.items()
         }
         futures = [
@@ -285,7 +283,7 @@ def benchmark_on_runners(
                 keys,
                 images_key,
                 f"runs/{run_dir.name}/{name}.json",
-                requests if profile.kind == "cuda" else None,
+                {n: r for n, r in requests.items() if r.build_on == profile.kind} or None,
             )
             for name, profile in remote.items()
         ]

@@ -14,6 +14,7 @@ from prefect.futures import PrefectFuture
 from tasks.config import Params, VariantConfig
 from tasks.lineage import code_sha256
 from tasks.plan import content_key, in_dependency_order
+from tasks.techniques import technique_of
 from tasks.variant import VariantRecord
 
 CACHED = INPUTS + TASK_SOURCE  # the expensive tasks: keyed by their inputs and their code
@@ -74,7 +75,7 @@ def build_variants(
     }
     keys = {"baseline": export_key}
     for name, cfg in in_dependency_order(params.variants):
-        technique_code = code_sha256("tasks.compress", f"tasks.{cfg.technique}")
+        technique_code = code_sha256("tasks.compress", *technique_of(cfg).modules)
         keys[name] = content_key(keys[cfg.source], name, cfg, technique_code)
         dirs[name] = str(variants_root / f"{name}-{keys[name]}")
         futures[name] = compress_task.submit(

@@ -1,4 +1,5 @@
-"""The per-variant stage: dispatch one variant from params.yaml to its technique's module.
+"""The per-variant stage: dispatch one variant from params.yaml to its technique's module
+(tasks/techniques/, or one params.yaml or an installed package brings).
 
 A technique that cannot handle this model (VariantError) records the variant as failed, with
 the reason, instead of stopping the pipeline; a variant whose source failed is failed in turn.
@@ -10,13 +11,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tasks import distilled, pruned, tensorrt_fp16, tflite_int8
 from tasks.config import Params, VariantConfig, load_params
-from tasks.data import load_preprocess, load_split
 from tasks.errors import ConfigError, VariantError
-from tasks.io import atomic_dir, read_json
+from tasks.io import atomic_dir
 from tasks.quiet import show_converter_output
-from tasks.train import load_baseline
+from tasks.techniques import BuildContext, technique_of
 from tasks.variant import VariantRecord, read_record, write_record
 
 
@@ -41,26 +40,22 @@ def build_variant(
     source_dir: Path,
     out_dir: Path,
 ) -> VariantRecord:
-    """Dispatch one variant to its technique's module."""
+    """Dispatch one variant to its technique's module (found in the technique table)."""
+    technique = technique_of(cfg)
     source = read_record(source_dir)
-    preprocess = load_preprocess(data_dir)
     if source.status != "ok":
         reason = f"source '{source.name}' is {source.status}"
         return _record_failure(name, cfg.technique, cfg.source, reason, out_dir)
+    context = BuildContext(
+        name=name,
+        seed=seed,
+        source_dir=source_dir,
+        out_dir=out_dir,
+        data_dir=data_dir,
+        baseline_dir=baseline_dir,
+    )
     try:
-        if cfg.technique == "tflite_int8":
-            calib = load_split(data_dir, "calib")
-            return tflite_int8.quantize(name, cfg, source_dir, calib, preprocess, out_dir)
-        teacher = load_baseline(baseline_dir) if cfg.source == "baseline" else None
-        baseline_sha = read_json(baseline_dir / "baseline.json")["sha256"]
-        test = load_split(data_dir, "test")
-        if cfg.technique == "tensorrt_fp16":
-            return tensorrt_fp16.build(name, cfg, source_dir, teacher, test, preprocess, out_dir)
-        train, val = load_split(data_dir, "train"), load_split(data_dir, "val")
-        technique = pruned.prune if cfg.technique == "pruned" else distilled.distill
-        return technique(
-            name, cfg, teacher, train, val, test, preprocess, baseline_sha, seed, out_dir
-        )
+        return technique.build(context, cfg)
     except VariantError as exc:
         return _record_failure(name, cfg.technique, cfg.source, str(exc), out_dir)
 

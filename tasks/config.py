@@ -6,28 +6,34 @@ nothing below them opens the file again.
 
 from __future__ import annotations
 
+import functools
+import operator
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
 
 from tasks.errors import ConfigError
+from tasks.techniques.base import TechniqueConfig
 
-Technique = Literal["tflite_int8", "pruned", "distilled", "tensorrt_fp16"]
-TECHNIQUES: tuple[str, ...] = ("tflite_int8", "pruned", "distilled", "tensorrt_fp16")
-# Techniques that start from the torch baseline rather than from an ONNX file.
-TORCH_TECHNIQUES = frozenset({"pruned", "distilled"})
-# Techniques whose output is an ONNX model another variant can start from.
-ONNX_TECHNIQUES = frozenset({"pruned", "distilled"})
+if TYPE_CHECKING:
+    from tasks.techniques import Technique
+
+# Every variant's config derives from TechniqueConfig; each technique's own model (with its
+# `technique` tag) lives in its module under tasks/techniques/.
+VariantConfig = TechniqueConfig
 
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 # DVC remote options that hold secrets (S3, Azure, GDrive, OSS, HTTP/WebDAV/SSH remotes)
@@ -39,6 +45,33 @@ PositiveInt = Annotated[int, Field(gt=0)]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _resolve_reference(reference: str) -> str:
+    """A 'package.module:OBJECT' that names a Technique (ValueError saying what is wrong)."""
+    from tasks.techniques import load_reference
+
+    load_reference(reference)
+    return reference
+
+
+TechniqueReference = Annotated[str, AfterValidator(_resolve_reference)]
+
+
+class _References(BaseModel):
+    """params.yaml's first pass: the techniques it brings, which decide how `variants` reads."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    techniques: list[TechniqueReference] = Field(default_factory=list)
+
+    @field_validator("techniques")
+    @classmethod
+    def _one_technique_per_name(cls, value: list[str]) -> list[str]:
+        from tasks.techniques import technique_table
+
+        technique_table(tuple(value))  # ValueError: a name the built-in or another one has
+        return value
 
 
 class SplitFractions(_Strict):
@@ -151,50 +184,6 @@ class TrainConfig(_Strict):
     freeze_backbone_epochs: Annotated[int, Field(ge=0)] = 0
     # stop each epoch after this many steps (null: the whole train split): a time box for 2 cores
     max_steps_per_epoch: PositiveInt | None = None
-
-
-class _VariantBase(_Strict):
-    source: str = Field(description="variant this one starts from ('baseline' or another variant)")
-
-
-class TfliteInt8Config(_VariantBase):
-    technique: Literal["tflite_int8"]
-    int8_io: bool = True
-    calibration_samples: PositiveInt = 200
-    per_channel: bool = True
-
-
-class PrunedConfig(_VariantBase):
-    technique: Literal["pruned"]
-    ratio: Fraction = 0.4
-    # keep a multiple of this many channels per layer (null: exactly ratio): CPU and GPU kernels
-    # are vectorised over channel blocks, and odd counts throw most of the MAC savings away
-    round_to: PositiveInt | None = 8
-    finetune_epochs: Annotated[int, Field(ge=0)] = 3
-    lr: Annotated[float, Field(gt=0)] = 1e-3
-    batch_size: PositiveInt = 64
-
-
-class DistilledConfig(_VariantBase):
-    technique: Literal["distilled"]
-    width: PositiveInt = 12
-    epochs: PositiveInt = 12
-    temperature: Annotated[float, Field(gt=0)] = 4.0
-    alpha: Annotated[float, Field(ge=0, le=1)] = 0.7
-    lr: Annotated[float, Field(gt=0)] = 3e-3
-    batch_size: PositiveInt = 64
-
-
-class TensorrtFp16Config(_VariantBase):
-    technique: Literal["tensorrt_fp16"]
-    workspace_mb: PositiveInt = 1024
-    max_batch: PositiveInt = 64
-
-
-VariantConfig = Annotated[
-    TfliteInt8Config | PrunedConfig | DistilledConfig | TensorrtFp16Config,
-    Field(discriminator="technique"),
-]
 
 
 class FetchConfig(_Strict):
@@ -352,6 +341,9 @@ class Params(_Strict):
     data: DataConfig = DataConfig()
     baseline: BaselineConfig = BaselineConfig()
     train: TrainConfig = TrainConfig()
+    # techniques from outside the repo: 'package.module:OBJECT' naming a tasks.techniques.Technique
+    techniques: list[TechniqueReference] = Field(default_factory=list)
+    # validated against the technique table (see _params_model): each entry is its technique's model
     variants: dict[str, VariantConfig] = Field(default_factory=dict)
     fetch: FetchConfig = FetchConfig()
     gates: GatesConfig = GatesConfig()
@@ -403,9 +395,13 @@ class Params(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _variant_graph(self) -> Params:
+    def _variant_graph(self, info: ValidationInfo) -> Params:
+        from tasks.techniques import technique_table
+
+        context = info.context or {}
+        table = context.get("techniques") or technique_table(tuple(self.techniques))
         for name, variant in self.variants.items():
-            _check_variant_source(name, variant, self.variants)
+            _check_variant_source(name, variant, self.variants, table)
         for name in self.gates.per_variant:
             if name not in self.variants and name != "baseline":
                 raise ValueError(f"gates.per_variant.{name}: not a variant in 'variants'")
@@ -418,7 +414,9 @@ class Params(_Strict):
         return self
 
 
-def _check_variant_source(name: str, variant: Any, variants: dict[str, Any]) -> None:
+def _check_variant_source(
+    name: str, variant: Any, variants: dict[str, Any], table: dict[str, Technique]
+) -> None:
     if not name.replace("_", "").isalnum() or name == "baseline":
         raise ValueError(
             f"variants.{name}: use letters, digits and '_' in variant names, not 'baseline'"
@@ -426,17 +424,50 @@ def _check_variant_source(name: str, variant: Any, variants: dict[str, Any]) -> 
     source = variant.source
     if source == "baseline":
         return
-    if variant.technique in TORCH_TECHNIQUES:
+    if table[variant.technique].starts_from == "torch":
         raise ValueError(
             f"variants.{name}.source: technique '{variant.technique}' needs source 'baseline'"
         )
     if source not in variants:
         raise ValueError(f"variants.{name}.source: {source!r} is not 'baseline' nor a variant")
-    if variants[source].technique not in ONNX_TECHNIQUES:
+    if not table[variants[source].technique].produces_onnx:
+        onnx = sorted(t.name for t in table.values() if t.produces_onnx)
         raise ValueError(
             f"variants.{name}.source: {source!r} does not produce ONNX "
-            f"(use one of: baseline, {', '.join(sorted(ONNX_TECHNIQUES))} variants)"
+            f"(use one of: baseline, {', '.join(onnx)} variants)"
         )
+
+
+def _validate(raw: dict[str, Any]) -> Params:
+    """Params with each variant validated against its technique's config model: the union is
+    built from the technique table, which params.yaml's `techniques` may extend."""
+    from tasks.techniques import technique_table
+
+    references = _References.model_validate(raw).techniques
+    table = technique_table(tuple(references))
+    model = _params_model(tuple(table.values()))
+    return model.model_validate(raw, context={"techniques": table})
+
+
+@functools.cache
+def _params_model(techniques: tuple[Technique, ...]) -> type[Params]:
+    """Params whose `variants` is the discriminated union of these techniques' configs."""
+    # built at run time from the table, so not a type mypy can check
+    union: Any = functools.reduce(operator.or_, [t.config for t in techniques])
+    variant: Any = Annotated[union, Field(discriminator="technique")]
+    return create_model(
+        "Params", __base__=Params, variants=(dict[str, variant], Field(default_factory=dict))
+    )
+
+
+def _technique_names(raw: dict[str, Any]) -> list[str]:
+    """The techniques params.yaml may name (for an error message: whatever of it is valid)."""
+    from tasks.techniques import technique_table
+
+    try:
+        return list(technique_table(tuple(_References.model_validate(raw).techniques)))
+    except (ValidationError, ValueError):
+        return list(technique_table())
 
 
 def load_params(path: Path | str, overrides: dict[str, Any] | None = None) -> Params:
@@ -457,9 +488,9 @@ def load_params(path: Path | str, overrides: dict[str, Any] | None = None) -> Pa
         raise ConfigError(f"{path}: expected a mapping at the top level")
     merged = _deep_merge(raw, overrides or {})
     try:
-        return Params.model_validate(merged)
+        return _validate(merged)
     except ValidationError as exc:
-        location, message = _describe(exc)
+        location, message = _describe(exc, _technique_names(merged))
         # The line of the key as written, so an editor jumps to it; not for a value an
         # override replaced, since the file's line would then show the wrong value.
         line = None if _has_path(overrides or {}, location) else _key_line(text, location)
@@ -469,9 +500,9 @@ def load_params(path: Path | str, overrides: dict[str, Any] | None = None) -> Pa
 
 def parse_params(raw: dict[str, Any], origin: str = "params") -> Params:
     try:
-        return Params.model_validate(raw)
+        return _validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{origin}: {_join(*_describe(exc))}") from None
+        raise ConfigError(f"{origin}: {_join(*_describe(exc, _technique_names(raw)))}") from None
 
 
 def _yaml_error(path: Path, exc: yaml.YAMLError) -> str:
@@ -490,19 +521,19 @@ def _yaml_error(path: Path, exc: yaml.YAMLError) -> str:
     return f"{path}:{mark.line + 1}:{mark.column + 1}: not valid YAML: {problem}"
 
 
-def _describe(exc: ValidationError) -> tuple[list[str], str]:
+def _describe(exc: ValidationError, techniques: list[str]) -> tuple[list[str], str]:
     """The dotted location of the first error, as the user wrote it, and what is wrong there."""
     error = exc.errors()[0]
     loc = [str(part) for part in error["loc"]]
-    if len(loc) > 2 and loc[0] == "variants" and loc[2] in TECHNIQUES:
+    if len(loc) > 2 and loc[0] == "variants" and loc[2] in techniques:
         del loc[2]  # the discriminated union's tag, not a key the user wrote
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         message = "unknown key"
     elif error["type"] == "union_tag_invalid":
-        message = f"unknown technique {error['input'].get('technique')!r}; expected one of {', '.join(TECHNIQUES)}"
+        message = f"unknown technique {error['input'].get('technique')!r}; expected one of {', '.join(techniques)}"
     elif error["type"] == "union_tag_not_found":
-        message = f"missing 'technique'; expected one of {', '.join(TECHNIQUES)}"
+        message = f"missing 'technique'; expected one of {', '.join(techniques)}"
     elif "input" in error and not isinstance(error["input"], dict | list):
         message = f"{message} (got {error['input']!r})"
     if message.startswith("per_variant."):  # a nested key reported by a model validator

@@ -16,9 +16,8 @@ from tasks.config import VariantConfig
 from tasks.evaluate import VariantMetrics
 from tasks.plan import content_key
 from tasks.store import ArtifactStore
+from tasks.techniques import technique_of
 from tasks.variant import VariantRecord, read_record
-
-BUILT_ON_RUNNER = {"tensorrt_fp16": "cuda"}  # technique → the runner kind that must build it
 
 
 @dataclass(frozen=True)
@@ -27,9 +26,10 @@ class EngineRequest:
 
     source_key: str  # the source's name in the run; its store key once uploaded
     config: dict[str, Any]
+    build_on: str  # the runner kind that builds it (the technique's `build_on`)
 
     def as_json(self) -> dict[str, Any]:
-        return {"source_key": self.source_key, "config": self.config}
+        return {"source_key": self.source_key, "config": self.config, "build_on": self.build_on}
 
 
 @dataclass(frozen=True)
@@ -59,13 +59,12 @@ def engine_requests(
     variants: dict[str, VariantConfig], records: dict[str, VariantRecord]
 ) -> dict[str, EngineRequest]:
     """Variants skipped here because they must be built on a runner, whose source was built."""
-    return {
-        name: EngineRequest(source_key=cfg.source, config=cfg.model_dump())
-        for name, cfg in variants.items()
-        if cfg.technique in BUILT_ON_RUNNER
-        and records[name].status == "skipped"
-        and records[cfg.source].status == "ok"
-    }
+    requests = {}
+    for name, cfg in variants.items():
+        build_on = technique_of(cfg).build_on
+        if build_on and records[name].status == "skipped" and records[cfg.source].status == "ok":
+            requests[name] = EngineRequest(cfg.source, cfg.model_dump(), build_on)
+    return requests
 
 
 def merge_engines(

@@ -45,19 +45,26 @@ def _stages_run(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
-@pytest.fixture(scope="module")
-def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    repo = tmp_path_factory.mktemp("dvc-repo")
-    for name in ("tasks", "flows", "inputs"):
-        shutil.copytree(REPO_ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+def _init_repo(repo: Path) -> Path:
+    """The repo's code and dvc.yaml in `repo` (params.yaml written by the caller), committed."""
+    for name in ("tasks", "flows", "inputs", "plugins"):
+        ignore = shutil.ignore_patterns("__pycache__")
+        shutil.copytree(REPO_ROOT / name, repo / name, ignore=ignore, dirs_exist_ok=True)
     shutil.copy(REPO_ROOT / "dvc.yaml", repo / "dvc.yaml")
-    write_params(repo)
     dvc = str(Path(sys.executable).parent / "dvc")
     _run(["git", "init", "-q"], repo)
     _run([dvc, "init", "-q"], repo)
+    shutil.copy(REPO_ROOT / ".dvcignore", repo / ".dvcignore")  # __pycache__ is no dependency
     _run(["git", "add", "-A"], repo)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], repo)
     return repo
+
+
+@pytest.fixture(scope="module")
+def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tmp_path_factory.mktemp("dvc-repo")
+    write_params(repo)
+    return _init_repo(repo)
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +118,71 @@ def test_changing_one_variant_reruns_only_it_and_its_dependents(
         "evaluate",
         "report",
     }
+
+
+# ---- a technique from outside the repo --------------------------------------------------------
+
+PLUGIN_VARIANTS = {
+    "bf16": {"technique": "bf16_weights", "source": "baseline"},
+    # an ONNX-producing plugin variant is a source like pruned/distilled
+    "bf16_cut": {"technique": "bf16_weights", "source": "bf16", "rounding": "truncate"},
+}
+
+
+@pytest.fixture(scope="module")
+def plugin_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pipeline with only variants of tests/plugins/bf16_weights.py, kept in the repo's
+    plugins/ folder and named in params.yaml; tiny random inputs (an imported linear model)."""
+    from tests.conftest import write_random_inputs
+
+    repo = tmp_path_factory.mktemp("dvc-plugin-repo")
+    overrides = write_random_inputs(repo)
+    path = write_params(repo, overrides | {"techniques": ["plugins.bf16_weights:TECHNIQUE"]})
+    raw = yaml.safe_load(path.read_text())
+    raw["variants"] = PLUGIN_VARIANTS
+    raw["gates"]["per_variant"] = {}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    _init_repo(repo)
+    shutil.copy(REPO_ROOT / "tests" / "plugins" / "bf16_weights.py", repo / "plugins")
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "plugin"], repo)
+    return repo
+
+
+def test_technique_from_outside_the_repo_runs_through_dvc_repro(plugin_repo: Path) -> None:
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    dvc = str(Path(sys.executable).parent / "dvc")
+    first = _run([dvc, "repro"], plugin_repo)
+    assert _stages_run(first) == {
+        "prepare",
+        "train",
+        "export",
+        "compress@bf16",
+        "compress@bf16_cut",
+        "evaluate",
+        "report",
+    }
+    metrics = json.loads((plugin_repo / "metrics" / "variants.json").read_text())
+    for name in PLUGIN_VARIANTS:
+        assert metrics[name]["status"] == "ok", metrics[name]
+        assert metrics[name]["agreement"] >= 0.95, metrics[name]
+    record = json.loads((plugin_repo / "variants" / "bf16" / "variant.json").read_text())
+    assert (record["technique"], record["runtime"], record["source"]) == (
+        "bf16_weights",
+        "onnxruntime",
+        "baseline",
+    )
+    assert record["extra"]["weights_changed"] > 100  # the linear model's 2,570 weights, mostly
+    model = onnx.load(str(plugin_repo / "variants" / "bf16" / "model.onnx"))
+    for tensor in model.graph.initializer:
+        bits = numpy_helper.to_array(tensor).astype(np.float32).view(np.uint32)
+        assert not (bits & 0xFFFF).any(), f"{tensor.name} has bits below bf16 precision"
+
+    # unchanged: nothing runs; the plugin's code changed: its variants run again
+    assert _stages_run(_run([dvc, "repro"], plugin_repo)) == set()
+    plugin = plugin_repo / "plugins" / "bf16_weights.py"
+    plugin.write_text(plugin.read_text() + "\n# a comment: the module's bytes changed\n")
+    assert _stages_run(_run([dvc, "repro"], plugin_repo)) == {"compress@bf16", "compress@bf16_cut"}

@@ -17,7 +17,13 @@ import pytest
 import torch
 
 from tests import processes
-from tests.conftest import LENIENT_GATES, write_params
+from tests.conftest import (
+    FAST_BENCHMARK,
+    LENIENT_GATES,
+    PLUGIN_TECHNIQUE,
+    write_params,
+    write_random_inputs,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -400,3 +406,40 @@ def test_fetch_through_an_s3_dvc_remote_with_a_custom_endpoint(
     fetched = fetch_file(cfg, "blob.bin", "s3v1", "data_rev", tmp_path / "out")
     assert fetched.local_path.read_bytes() == payload
     assert fetched.sha256 == hashlib.sha256(payload).hexdigest()
+
+
+def test_technique_from_outside_the_repo_is_built_evaluated_and_published(
+    prefect_server: str, tmp_path: Path
+) -> None:
+    """tests/plugins/bf16_weights.py, named in params.yaml, goes through the whole flow as the
+    built-in techniques do: built (and cached), evaluated, benchmarked, gated, published."""
+    import yaml
+
+    from flows.nightly import nightly
+    from tasks.config import RegistryConfig
+    from tasks.registry import open_registry
+
+    inputs = write_random_inputs(tmp_path)  # every accuracy gate off
+    registry = {"uri": str(tmp_path / "registry"), "model_name": "plugin"}
+    path = write_params(
+        tmp_path,
+        inputs | {"techniques": [PLUGIN_TECHNIQUE], "registry": registry},
+    )
+    raw = yaml.safe_load(path.read_text())
+    raw["variants"] = {"bf16": {"technique": "bf16_weights", "source": "baseline"}}
+    raw["gates"]["per_variant"] = {}
+    raw["benchmark"] = {**raw["benchmark"], **FAST_BENCHMARK}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+    run = dict(params_file=str(path), approval="auto", workdir=str(tmp_path / "work"))
+    result = nightly(**run)
+    # every gate is off here: the baseline passes too and is published beside it
+    assert result.status == "published" and result.published == ["baseline", "bf16"], result
+    manifest = open_registry(RegistryConfig(**registry)).read_manifest("plugin", result.version)
+    entry = manifest["variants"]["bf16"]
+    assert entry["format"] == "onnx"
+    assert set(entry["files"]) == {"model.onnx", "variant.json"}
+    assert entry["metrics"]["agreement"] >= 0.95, entry["metrics"]
+    # the technique's module is part of the compress cache key: an unchanged night reuses it
+    again = nightly(**run)
+    assert "bf16" in again.cached_tasks and again.status == "unchanged", again

@@ -9,17 +9,13 @@ from typing import Any
 import pytest
 import yaml
 
-from tasks.config import (
-    TECHNIQUES,
-    DistilledConfig,
-    Params,
-    PrunedConfig,
-    TensorrtFp16Config,
-    TfliteInt8Config,
-    load_params,
-    parse_params,
-)
+from tasks.config import Params, load_params, parse_params
 from tasks.errors import ConfigError
+from tasks.techniques import builtin_techniques
+from tasks.techniques.distilled import DistilledConfig
+from tasks.techniques.pruned import PrunedConfig
+from tasks.techniques.tensorrt_fp16 import TensorrtFp16Config
+from tasks.techniques.tflite_int8 import TfliteInt8Config
 from tests.conftest import REPO_ROOT
 
 REPO_PARAMS = REPO_ROOT / "params.yaml"
@@ -273,7 +269,7 @@ def test_unknown_technique_lists_the_valid_ones(repo_raw: dict[str, Any]) -> Non
     message = _error(raw)
     assert message.startswith("params.yaml: variants.x: unknown technique 'magic'"), message
     assert "expected one of tflite_int8, pruned, distilled, tensorrt_fp16" in message
-    for technique in TECHNIQUES:
+    for technique in builtin_techniques():
         assert technique in message
 
 

@@ -14,11 +14,11 @@ from torch import nn
 
 from tasks.config import load_params
 from tasks.data import load_preprocess, load_split
-from tasks.distilled import distillation_loss
 from tasks.errors import ModelError
 from tasks.evaluate import evaluate, mean_kl, model_size, run_variant, write_evaluation
 from tasks.models import count_macs_params, load_pt2, modularize
 from tasks.runtimes import load_predictor
+from tasks.techniques.distilled import distillation_loss
 from tasks.train import accuracy, load_baseline, predict
 from tasks.variant import read_record
 from tests.conftest import write_params
@@ -81,8 +81,7 @@ def test_tflite_int8_is_full_integer_smaller_and_agrees(built: Path) -> None:
 
 
 def test_tflite_float_io_option(tiny_workspace: Path, tmp_path: Path) -> None:
-    from tasks.config import TfliteInt8Config
-    from tasks.tflite_int8 import quantize
+    from tasks.techniques.tflite_int8 import TfliteInt8Config, quantize
 
     cfg = TfliteInt8Config(
         technique="tflite_int8", source="baseline", int8_io=False, calibration_samples=32
@@ -114,7 +113,7 @@ def test_pruning_keeps_channel_counts_the_kernels_like(
     """ratio 0.4 of 32/64/128 channels: 19/38/76 exactly, or multiples of 8 when asked."""
     from tasks.data import Preprocess
     from tasks.models import ResNetCNN
-    from tasks.pruned import prune_channels
+    from tasks.techniques.pruned import prune_channels
 
     preprocess = Preprocess(image_size=16, channels=1, num_classes=10, mean=[0.5], std=[0.25])
     model = prune_channels(ResNetCNN(num_classes=10, width=32).eval(), preprocess, 0.4, round_to)
@@ -409,9 +408,8 @@ def test_pt2_loads_from_several_threads_at_once(tmp_path: Path) -> None:
 def test_pt2_with_unsupported_layer_fails_pruning_naming_it(
     tiny_workspace: Path, tmp_path: Path
 ) -> None:
-    from tasks.config import PrunedConfig
     from tasks.errors import VariantError
-    from tasks.pruned import prune
+    from tasks.techniques.pruned import PrunedConfig, prune
 
     model = _UserNet(norm=nn.GroupNorm(4, 16))
     graph_module = load_pt2(_save_pt2(model, tmp_path / "gn.pt2"))

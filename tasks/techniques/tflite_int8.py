@@ -7,14 +7,16 @@ import tempfile
 import threading
 from importlib.metadata import version
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
-from tasks.config import TfliteInt8Config
+from tasks.config import PositiveInt
 from tasks.data import Preprocess, Split
 from tasks.errors import VariantError, brief
 from tasks.io import atomic_dir
 from tasks.quiet import held_back
+from tasks.techniques.base import BuildContext, Technique, TechniqueConfig
 from tasks.variant import (
     TensorSpec,
     VariantRecord,
@@ -28,6 +30,25 @@ from tasks.variant import (
 
 MODEL_FILE = "model.tflite"
 _CONVERT_LOCK = threading.Lock()
+
+
+class TfliteInt8Config(TechniqueConfig):
+    technique: Literal["tflite_int8"]
+    int8_io: bool = True
+    calibration_samples: PositiveInt = 200
+    per_channel: bool = True
+
+
+def build(context: BuildContext, config: TfliteInt8Config) -> VariantRecord:
+    """The variant from its source's ONNX model, calibrated on the calib split."""
+    return quantize(
+        context.name,
+        config,
+        context.source_dir,
+        context.split("calib"),
+        context.preprocess(),
+        context.out_dir,
+    )
 
 
 def quantize(
@@ -45,6 +66,8 @@ def quantize(
         raise VariantError(
             f"{name}: source '{source.name}' is {source.runtime}, expected an ONNX model"
         )
+    if source.input is None:  # an ok ONNX variant always records its input
+        raise VariantError(f"{name}: source '{source.name}' records no input tensor")
     with tempfile.TemporaryDirectory(prefix="mp-onnx2tf-") as work, atomic_dir(out_dir) as staging:
         work_dir = Path(work)
         # onnx2tf rewrites the ONNX file it is given (simplification); never let it touch the source.
@@ -137,3 +160,13 @@ def _spec(detail: dict, layout: str | None) -> TensorSpec:
     )
     shape = [None if dim < 0 else int(dim) for dim in detail["shape_signature"]]
     return TensorSpec(detail["name"], shape, dtype, layout=layout, quantization=quantization)
+
+
+TECHNIQUE = Technique(
+    name="tflite_int8",
+    config=TfliteInt8Config,
+    starts_from="onnx",
+    runtime="litert",
+    produces_onnx=False,
+    build=build,
+)

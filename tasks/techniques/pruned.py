@@ -1,20 +1,54 @@
-"""pruned: structural channel pruning with torch-pruning, then fine-tuning, exported to ONNX."""
+"""pruned: structural channel pruning with torch-pruning, then fine-tuning, exported to ONNX.
+
+torch is imported where it is used: the technique table is read where torch is not installed.
+"""
 
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal
 
-import torch
-from torch import nn
+from pydantic import Field
 
-from tasks.config import PrunedConfig
+from tasks.config import Fraction, PositiveInt
 from tasks.data import Preprocess, Split
 from tasks.errors import VariantError
-from tasks.export import write_onnx_variant
-from tasks.models import count_macs_params, modularize
-from tasks.train import FitSettings, fit
+from tasks.techniques.base import BuildContext, Technique, TechniqueConfig
 from tasks.variant import VariantRecord
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+class PrunedConfig(TechniqueConfig):
+    technique: Literal["pruned"]
+    ratio: Fraction = 0.4
+    # keep a multiple of this many channels per layer (null: exactly ratio): CPU and GPU kernels
+    # are vectorised over channel blocks, and odd counts throw most of the MAC savings away
+    round_to: PositiveInt | None = 8
+    finetune_epochs: Annotated[int, Field(ge=0)] = 3
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    batch_size: PositiveInt = 64
+
+
+def build(context: BuildContext, config: PrunedConfig) -> VariantRecord:
+    """The pruned, fine-tuned baseline as an ONNX variant."""
+    teacher = context.teacher()
+    if teacher is None:
+        raise VariantError(f"{context.name}: pruning needs the baseline torch model")
+    return prune(
+        context.name,
+        config,
+        teacher,
+        context.split("train"),
+        context.split("val"),
+        context.split("test"),
+        context.preprocess(),
+        context.baseline_sha256(),
+        context.seed,
+        context.out_dir,
+    )
 
 
 def prune_channels(
@@ -22,7 +56,9 @@ def prune_channels(
 ) -> nn.Module:
     """Remove the lowest-magnitude channels of every prunable layer (the classifier is kept),
     leaving a multiple of `round_to` channels per layer when it is set."""
+    import torch
     import torch_pruning as tp
+    from torch import nn
 
     example = torch.zeros(1, *preprocess.input_shape)
     classifiers = [
@@ -59,6 +95,12 @@ def prune(
     """Prune a copy of the baseline to cfg.ratio, fine-tune it, and write the ONNX variant."""
     import copy
 
+    import torch
+
+    from tasks.export import write_onnx_variant
+    from tasks.models import count_macs_params, modularize
+    from tasks.train import FitSettings, fit
+
     model = copy.deepcopy(teacher)
     if isinstance(model, torch.fx.GraphModule):  # a user's .pt2 program: give it real layers
         model = modularize(model)
@@ -89,3 +131,13 @@ def prune(
         baseline_sha256=baseline_sha256,
         extra={"macs_before": before_macs, "params_before": before_params},
     )
+
+
+TECHNIQUE = Technique(
+    name="pruned",
+    config=PrunedConfig,
+    starts_from="torch",
+    runtime="onnxruntime",
+    produces_onnx=True,
+    build=build,
+)

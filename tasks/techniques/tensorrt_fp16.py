@@ -10,15 +10,13 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
-import torch
-from torch import nn
-
-from tasks.config import TensorrtFp16Config
+from tasks.config import PositiveInt
 from tasks.data import Preprocess, Split
 from tasks.errors import VariantError, brief
 from tasks.io import atomic_dir
-from tasks.train import accuracy
+from tasks.techniques.base import BuildContext, Technique, TechniqueConfig
 from tasks.variant import (
     VariantRecord,
     data_fields,
@@ -29,8 +27,34 @@ from tasks.variant import (
     write_record,
 )
 
+if TYPE_CHECKING:
+    from torch import nn
+
 ENGINE_FILE = "model.engine"
 NEEDS_RUNNER = "needs a CUDA runner with TensorRT"
+BUILD_ON = "cuda"  # the runner kind that builds the engine where it runs
+
+
+class TensorrtFp16Config(TechniqueConfig):
+    technique: Literal["tensorrt_fp16"]
+    workspace_mb: PositiveInt = 1024
+    max_batch: PositiveInt = 64
+
+
+def build(context: BuildContext, config: TensorrtFp16Config) -> VariantRecord:
+    """The engine where TensorRT and CUDA exist, else a skipped record; the CPU fp16 accuracy
+    wherever the baseline torch model and the test split are at hand."""
+    teacher = context.teacher() if config.source == "baseline" else None
+    test = context.split("test") if context.data_dir is not None else None
+    return build_engine_variant(
+        context.name,
+        config,
+        context.source_dir,
+        teacher,
+        test,
+        context.preprocess(),
+        context.out_dir,
+    )
 
 
 @dataclass(frozen=True)
@@ -44,23 +68,29 @@ def tensorrt_unavailable_reason() -> str | None:
     """Why an engine cannot be built here, or None when it can."""
     if importlib.util.find_spec("tensorrt") is None:
         return f"{NEEDS_RUNNER} (the tensorrt package is not installed here)"
+    import torch
+
     if not torch.cuda.is_available():
         return f"{NEEDS_RUNNER} (no CUDA device is visible)"
     return None
 
 
-@torch.no_grad()
 def cpu_fp16_accuracy(model: nn.Module, test: Split, preprocess: Preprocess) -> float:
     """Accuracy with weights and activations in fp16, computed on the CPU with torch half."""
     import copy
 
+    import torch
+
+    from tasks.train import accuracy
+
     half = copy.deepcopy(model).eval().half()
     x = torch.from_numpy(preprocess.normalize(test.x)).half()
-    logits = torch.cat([half(chunk) for chunk in x.split(128)]).float().numpy()
+    with torch.no_grad():
+        logits = torch.cat([half(chunk) for chunk in x.split(128)]).float().numpy()
     return accuracy(logits, test.y)
 
 
-def build(
+def build_engine_variant(
     name: str,
     cfg: TensorrtFp16Config,
     source_dir: Path,
@@ -71,8 +101,11 @@ def build(
 ) -> VariantRecord:
     """Build the engine if possible; always record the CPU fp16 accuracy where the torch model exists."""
     source = read_record(source_dir)
-    has_torch_model = teacher is not None and test is not None
-    fp16_acc = cpu_fp16_accuracy(teacher, test, preprocess) if has_torch_model else None
+    fp16_acc = (
+        cpu_fp16_accuracy(teacher, test, preprocess)
+        if teacher is not None and test is not None
+        else None
+    )
     extra = {"cpu_fp16_accuracy": fp16_acc}
     reason = tensorrt_unavailable_reason()
     with atomic_dir(out_dir) as staging:
@@ -124,6 +157,7 @@ def build_engine(
 ) -> BuildFacts:
     """Parse the ONNX file and serialise an fp16 engine with a dynamic batch profile."""
     import tensorrt as trt
+    import torch
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -150,3 +184,14 @@ def build_engine(
     engine_file.write_bytes(bytes(serialized))
     major, minor = torch.cuda.get_device_capability()
     return BuildFacts(torch.cuda.get_device_name(), f"{major}.{minor}", trt.__version__)
+
+
+TECHNIQUE = Technique(
+    name="tensorrt_fp16",
+    config=TensorrtFp16Config,
+    starts_from="onnx",
+    runtime="tensorrt",
+    produces_onnx=False,
+    build=build,
+    build_on=BUILD_ON,
+)

@@ -1,0 +1,1 @@
+"""Techniques that live outside tasks/, as a user's would: the tests plug them in."""
