@@ -13,6 +13,7 @@ import numpy as np
 from tasks.config import TfliteInt8Config
 from tasks.data import Preprocess, Split
 from tasks.errors import VariantError, brief
+from tasks.int8_friendly import rewrite_hard_activations
 from tasks.io import atomic_dir
 from tasks.quiet import held_back
 from tasks.variant import (
@@ -50,6 +51,8 @@ def quantize(
         # onnx2tf rewrites the ONNX file it is given (simplification); never let it touch the source.
         onnx_copy = work_dir / "model.onnx"
         shutil.copyfile(onnx_file, onnx_copy)
+        # HARD_SWISH/RELU_0_TO_1 have no int8 XNNPACK kernel: ReLU6 arithmetic stays on it
+        rewritten = rewrite_hard_activations(onnx_copy)
         calib_file = work_dir / "calib.npy"
         # onnx2tf calibrates on NHWC pixels and applies (x - mean) / std itself.
         np.save(calib_file, calib.x[: cfg.calibration_samples].transpose(0, 2, 3, 1))
@@ -75,6 +78,7 @@ def quantize(
             extra={
                 "onnx2tf": version("onnx2tf"),
                 "calibration_samples": int(min(len(calib), cfg.calibration_samples)),
+                "rewritten_activations": rewritten.total,
             },
         )
         record = finished_record(staging, record)
