@@ -78,8 +78,8 @@ def quantize(
             extra={
                 "onnx2tf": version("onnx2tf"),
                 "calibration_samples": int(min(len(calib), cfg.calibration_samples)),
-                "rewritten_activations": rewritten.total,
-            },
+            }
+            | ({"rewritten_activations": rewritten.total} if rewritten.total else {}),
         )
         record = finished_record(staging, record)
         write_record(staging, record)
