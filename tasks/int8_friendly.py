@@ -44,7 +44,8 @@ def rewrite_hard_activations(onnx_file: Path) -> Rewrite:
     counts = {"HardSwish": 0, "HardSigmoid": 0}
     for node in graph.node:
         if node.op_type == "HardSwish":
-            new_nodes += _hard_swish(node, constants)
+            folded = _fold_sixth_into_consumers(graph, node.output[0])
+            new_nodes += _hard_swish(node, constants, divide=not folded)
         elif node.op_type == "HardSigmoid":
             new_nodes += _hard_sigmoid(node, constants)
         else:
@@ -77,17 +78,52 @@ class _Constants:
         return self.names[value]
 
 
-def _hard_swish(node: object, const: _Constants) -> list:
+def _hard_swish(node: object, const: _Constants, divide: bool) -> list:
+    """x/6 · relu6(x + 3); without the /6 where the consumers' weights took it.
+
+    The /6 goes on x, not on the product: the TFLite converter fuses x·relu6(x+3)/6 (in that
+    order) back into HARD_SWISH, the op this rewrite is there to avoid.
+    """
     from onnx import helper
 
     x, y, name = node.input[0], node.output[0], node.name or node.output[0]  # type: ignore[attr-defined]
     shifted, gated, sixth = f"{name}/plus3", f"{name}/relu6", f"{name}/sixth"
-    return [
+    nodes = [
         helper.make_node("Add", [x, const(3.0)], [shifted], name=f"{name}/add"),
         helper.make_node("Clip", [shifted, const(0.0), const(6.0)], [gated], name=f"{name}/clip"),
-        helper.make_node("Mul", [x, const(1.0 / 6.0)], [sixth], name=f"{name}/div6"),
-        helper.make_node("Mul", [sixth, gated], [y], name=f"{name}/mul"),
     ]
+    if divide:
+        nodes.append(helper.make_node("Mul", [x, const(1.0 / 6.0)], [sixth], name=f"{name}/div6"))
+        x = sixth
+    return [*nodes, helper.make_node("Mul", [x, gated], [y], name=f"{name}/mul")]
+
+
+def _fold_sixth_into_consumers(graph: object, tensor: str) -> bool:
+    """Scale by 1/6 the weights of every Conv/Gemm reading `tensor`, if all its readers are such.
+
+    conv(W, y/6) = conv(W/6, y): the division costs a weight change instead of an int8 MUL over
+    the whole feature map. Only when each weight belongs to that one node and y is no graph output.
+    """
+    from onnx import numpy_helper
+
+    readers = [n for n in graph.node if tensor in n.input]  # type: ignore[attr-defined]
+    outputs = {o.name for o in graph.output}  # type: ignore[attr-defined]
+    initializers = {i.name: i for i in graph.initializer}  # type: ignore[attr-defined]
+    weights = []
+    for reader in readers:
+        if reader.op_type not in ("Conv", "Gemm") or list(reader.input).index(tensor) != 0:
+            return False
+        weight = reader.input[1]
+        users = [n for n in graph.node if weight in n.input]  # type: ignore[attr-defined]
+        if weight not in initializers or len(users) != 1:
+            return False
+        weights.append(initializers[weight])
+    if not readers or tensor in outputs:
+        return False
+    for weight in weights:
+        scaled = numpy_helper.to_array(weight) / np.float32(6.0)
+        weight.CopyFrom(numpy_helper.from_array(scaled.astype(np.float32), weight.name))
+    return True
 
 
 def _hard_sigmoid(node: object, const: _Constants) -> list:
