@@ -24,9 +24,50 @@ from tasks.op_profile import litert_ops
 from tasks.runtime import load_predictor
 from tasks.tflite_int8 import quantize
 
-SIZE = 64
+SIZE = 32
 # ops that XNNPACK has no int8 kernel for: each would fall back and split the graph
 SLOW_INT8_OPS = {"HARD_SWISH", "RELU_0_TO_1", "LOGISTIC", "QUANTIZE", "DEQUANTIZE"}
+
+
+def _digits_rgb() -> tuple[np.ndarray, np.ndarray]:
+    """sklearn's 8x8 digits as 3-channel SIZE x SIZE images in [0, 1] (ships with sklearn)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.from_numpy(digits.images.astype(np.float32) / 16.0)[:, None]
+    x = torch.nn.functional.interpolate(x, size=SIZE, mode="bilinear").repeat(1, 3, 1, 1)
+    return x.numpy(), digits.target.astype(np.int64)
+
+
+def _trained(factory: object, images: np.ndarray, labels: np.ndarray) -> torch.nn.Module:
+    """Two quick epochs: a random network's logits barely depend on its input, which would
+    make any int8-vs-fp32 agreement check pass vacuously."""
+    torch.manual_seed(0)
+    model = factory(num_classes=10, width=0.5)  # type: ignore[operator]
+    optimizer = torch.optim.Adam(model.parameters(), 3e-3)
+    x, y = (torch.from_numpy(images) - 0.5) / 0.25, torch.from_numpy(labels)
+    model.train()
+    for _ in range(2):
+        for batch in torch.randperm(len(y)).split(64):
+            loss = torch.nn.functional.cross_entropy(model(x[batch]), y[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    _reestimate_batch_norm(model, x)
+    return model.eval()
+
+
+def _reestimate_batch_norm(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """Exact batch-norm statistics of the final weights: after 32 Adam steps the running
+    averages still describe the early network, and eval-mode accuracy falls to chance."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # a cumulative average over the passes below
+    model.train()
+    with torch.no_grad():
+        for batch in x.split(200):
+            model(batch)
 
 
 def _calibrated(factory: object, seed: int = 0) -> tuple[torch.nn.Module, np.ndarray]:
@@ -44,7 +85,8 @@ def _calibrated(factory: object, seed: int = 0) -> tuple[torch.nn.Module, np.nda
 @pytest.fixture(scope="module", params=["v3", "v2"])
 def converted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
     factory = {"v3": mobilenet_v3_style, "v2": mobilenet_v2_style}[request.param]
-    model, images = _calibrated(factory)
+    images, labels = _digits_rgb()
+    model = _trained(factory, images[:1000], labels[:1000])
     preprocess = Preprocess(
         image_size=SIZE, channels=3, num_classes=10, mean=[0.5] * 3, std=[0.25] * 3
     )
@@ -60,11 +102,13 @@ def converted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
         parent_sha256="0" * 64,
     )
     cfg = TfliteInt8Config(technique="tflite_int8", source="baseline", calibration_samples=64)
-    calib = Split(x=images[:64], y=np.zeros(64, dtype=np.int64))
+    calib = Split(x=images[:64], y=labels[:64])
     record = quantize("int8", cfg, root / "baseline", calib, preprocess, root / "int8")
-    return {"arch": request.param, "root": root, "record": record, "images": images[64:]}
+    held_out = {"images": images[1000:], "labels": labels[1000:]}
+    return {"arch": request.param, "root": root, "record": record, **held_out}
 
 
+@pytest.mark.slow  # trains and converts two networks (about a minute each)
 def test_int8_graph_has_no_fallback_ops_or_float_islands(converted: dict) -> None:
     ops = litert_ops(converted["root"] / "int8" / "model.tflite")
     kinds = Counter(op.op for op in ops)
@@ -80,6 +124,7 @@ def test_int8_graph_has_no_fallback_ops_or_float_islands(converted: dict) -> Non
         assert kinds["MUL"] == 0 and len(ops) <= 80
 
 
+@pytest.mark.slow  # trains and converts two networks (about a minute each)
 def test_xnnpack_runs_the_whole_int8_graph_as_one_partition(converted: dict) -> None:
     from ai_edge_litert.interpreter import Interpreter
 
@@ -92,13 +137,14 @@ def test_xnnpack_runs_the_whole_int8_graph_as_one_partition(converted: dict) -> 
     assert kinds["DELEGATE"] == 1, kinds
 
 
+@pytest.mark.slow  # trains and converts two networks (about a minute each)
 def test_int8_agrees_with_fp32_on_the_modern_nets(converted: dict) -> None:
-    root, images = converted["root"], converted["images"]
-    fp32 = load_predictor(root / "baseline")(images)
-    int8 = load_predictor(root / "int8")(images)
-    relative_error = np.linalg.norm(int8 - fp32) / np.linalg.norm(fp32)
-    assert relative_error < 0.15
-    assert (int8.argmax(1) == fp32.argmax(1)).mean() >= 0.8
+    root, images, labels = converted["root"], converted["images"], converted["labels"]
+    fp32 = load_predictor(root / "baseline")(images).argmax(1)
+    int8 = load_predictor(root / "int8")(images).argmax(1)
+    assert len(set(fp32)) == 10  # a network that tells the digits apart
+    assert (int8 == fp32).mean() >= 0.9
+    assert (int8 == labels).mean() >= (fp32 == labels).mean() - 0.03
 
 
 def test_rewritten_activations_compute_the_same_function(tmp_path: Path) -> None:
