@@ -14,6 +14,7 @@ import numpy as np
 from tasks.config import PositiveInt
 from tasks.data import Preprocess, Split
 from tasks.errors import VariantError, brief
+from tasks.int8_friendly import rewrite_hard_activations
 from tasks.io import atomic_dir
 from tasks.quiet import held_back
 from tasks.techniques.base import BuildContext, Technique, TechniqueConfig
@@ -73,6 +74,8 @@ def quantize(
         # onnx2tf rewrites the ONNX file it is given (simplification); never let it touch the source.
         onnx_copy = work_dir / "model.onnx"
         shutil.copyfile(onnx_file, onnx_copy)
+        # HARD_SWISH/RELU_0_TO_1 have no int8 XNNPACK kernel: ReLU6 arithmetic stays on it
+        rewritten = rewrite_hard_activations(onnx_copy)
         calib_file = work_dir / "calib.npy"
         # onnx2tf calibrates on NHWC pixels and applies (x - mean) / std itself.
         np.save(calib_file, calib.x[: cfg.calibration_samples].transpose(0, 2, 3, 1))
@@ -98,7 +101,8 @@ def quantize(
             extra={
                 "onnx2tf": version("onnx2tf"),
                 "calibration_samples": int(min(len(calib), cfg.calibration_samples)),
-            },
+            }
+            | ({"rewritten_activations": rewritten.total} if rewritten.total else {}),
         )
         record = finished_record(staging, record)
         write_record(staging, record)

@@ -1,0 +1,145 @@
+"""int8_friendly: rewrite an ONNX graph's hard activations into ops LiteRT's int8 fast path runs.
+
+Why (issue 10, measured in benchmarks/int8_modern.py): onnx2tf turns ONNX HardSwish into TFLite
+HARD_SWISH and HardSigmoid into RELU_0_TO_1. LiteRT's XNNPACK delegate takes neither in int8,
+so every one of them falls back to a builtin kernel and splits the delegated graph into one
+partition per activation; on a MobileNetV3-style net int8 ran 2x slower than fp32 ONNX Runtime.
+Written as ReLU6 arithmetic, the same functions become ADD/MUL with a fused RELU6 (or a MINIMUM/
+MAXIMUM clamp), which XNNPACK runs in int8: one partition, no fallbacks.
+
+    hard_swish(x)   = x * relu6(x + 3) / 6
+    hard_sigmoid(x) = relu6(6·alpha·x + 6·beta) / 6      (torch: alpha = 1/6, beta = 1/2)
+
+Both are exact in real arithmetic; int8 adds one requantisation per op.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """How many activations of each kind were rewritten."""
+
+    hard_swish: int
+    hard_sigmoid: int
+
+    @property
+    def total(self) -> int:
+        return self.hard_swish + self.hard_sigmoid
+
+
+def rewrite_hard_activations(onnx_file: Path) -> Rewrite:
+    """Replace HardSwish/HardSigmoid nodes in onnx_file (in place) by ReLU6 arithmetic."""
+    import onnx
+
+    model = onnx.load(str(onnx_file))
+    graph = model.graph
+    constants = _Constants(graph)
+    new_nodes = []
+    counts = {"HardSwish": 0, "HardSigmoid": 0}
+    for node in graph.node:
+        if node.op_type == "HardSwish":
+            folded = _fold_sixth_into_consumers(graph, node.output[0])
+            new_nodes += _hard_swish(node, constants, divide=not folded)
+        elif node.op_type == "HardSigmoid":
+            new_nodes += _hard_sigmoid(node, constants)
+        else:
+            new_nodes.append(node)
+            continue
+        counts[node.op_type] += 1
+    if counts["HardSwish"] + counts["HardSigmoid"]:
+        del graph.node[:]
+        graph.node.extend(new_nodes)
+        onnx.checker.check_model(model)
+        onnx.save(model, str(onnx_file))
+    return Rewrite(hard_swish=counts["HardSwish"], hard_sigmoid=counts["HardSigmoid"])
+
+
+class _Constants:
+    """Scalar initializers shared by every rewritten node (one per value)."""
+
+    def __init__(self, graph: object) -> None:
+        self.graph = graph
+        self.names: dict[float, str] = {}
+
+    def __call__(self, value: float) -> str:
+        from onnx import numpy_helper
+
+        if value not in self.names:
+            name = f"mp_int8_friendly_const_{len(self.names)}"
+            tensor = numpy_helper.from_array(np.asarray(value, dtype=np.float32), name)
+            self.graph.initializer.append(tensor)  # type: ignore[attr-defined]
+            self.names[value] = name
+        return self.names[value]
+
+
+def _hard_swish(node: object, const: _Constants, divide: bool) -> list:
+    """x/6 · relu6(x + 3); without the /6 where the consumers' weights took it.
+
+    The /6 goes on x, not on the product: the TFLite converter fuses x·relu6(x+3)/6 (in that
+    order) back into HARD_SWISH, the op this rewrite is there to avoid.
+    """
+    from onnx import helper
+
+    x, y, name = node.input[0], node.output[0], node.name or node.output[0]  # type: ignore[attr-defined]
+    shifted, gated, sixth = f"{name}/plus3", f"{name}/relu6", f"{name}/sixth"
+    nodes = [
+        helper.make_node("Add", [x, const(3.0)], [shifted], name=f"{name}/add"),
+        helper.make_node("Clip", [shifted, const(0.0), const(6.0)], [gated], name=f"{name}/clip"),
+    ]
+    if divide:
+        nodes.append(helper.make_node("Mul", [x, const(1.0 / 6.0)], [sixth], name=f"{name}/div6"))
+        x = sixth
+    return [*nodes, helper.make_node("Mul", [x, gated], [y], name=f"{name}/mul")]
+
+
+def _fold_sixth_into_consumers(graph: object, tensor: str) -> bool:
+    """Scale by 1/6 the weights of every Conv/Gemm reading `tensor`, if all its readers are such.
+
+    conv(W, y/6) = conv(W/6, y): the division costs a weight change instead of an int8 MUL over
+    the whole feature map. Only when each weight belongs to that one node and y is no graph output.
+    """
+    from onnx import numpy_helper
+
+    readers = [n for n in graph.node if tensor in n.input]  # type: ignore[attr-defined]
+    outputs = {o.name for o in graph.output}  # type: ignore[attr-defined]
+    initializers = {i.name: i for i in graph.initializer}  # type: ignore[attr-defined]
+    weights = []
+    for reader in readers:
+        if reader.op_type not in ("Conv", "Gemm") or list(reader.input).index(tensor) != 0:
+            return False
+        weight = reader.input[1]
+        users = [n for n in graph.node if weight in n.input]  # type: ignore[attr-defined]
+        if weight not in initializers or len(users) != 1:
+            return False
+        weights.append(initializers[weight])
+    if not readers or tensor in outputs:
+        return False
+    for weight in weights:
+        scaled = numpy_helper.to_array(weight) / np.float32(6.0)
+        weight.CopyFrom(numpy_helper.from_array(scaled.astype(np.float32), weight.name))
+    return True
+
+
+def _hard_sigmoid(node: object, const: _Constants) -> list:
+    from onnx import helper
+
+    attrs = {a.name: a.f for a in node.attribute}  # type: ignore[attr-defined]
+    alpha, beta = attrs.get("alpha", 0.2), attrs.get("beta", 0.5)
+    x, y, name = node.input[0], node.output[0], node.name or node.output[0]  # type: ignore[attr-defined]
+    nodes = []
+    if not np.isclose(alpha, 1.0 / 6.0):
+        nodes.append(helper.make_node("Mul", [x, const(6.0 * alpha)], [f"{name}/scaled"]))
+        x = f"{name}/scaled"
+    shifted, gated = f"{name}/shifted", f"{name}/relu6"
+    return [
+        *nodes,
+        helper.make_node("Add", [x, const(6.0 * beta)], [shifted], name=f"{name}/add"),
+        helper.make_node("Clip", [shifted, const(0.0), const(6.0)], [gated], name=f"{name}/clip"),
+        helper.make_node("Mul", [gated, const(1.0 / 6.0)], [y], name=f"{name}/div6"),
+    ]
