@@ -25,14 +25,15 @@ import numpy as np
 import torch
 
 from tasks.benchmark import measure_in_subprocess
-from tasks.config import BenchmarkConfig, RunnerProfile, TfliteInt8Config
+from tasks.config import BenchmarkConfig, RunnerProfile
 from tasks.data import Preprocess, Split
 from tasks.export import write_onnx_variant
 from tasks.int8_friendly import Rewrite
 from tasks.io import write_json
 from tasks.mobilenets import mobilenet_v2_style, mobilenet_v3_style
 from tasks.op_profile import format_profile, profile_variant
-from tasks.runtime import load_predictor
+from tasks.runtimes import load_predictor
+from tasks.techniques.tflite_int8 import TfliteInt8Config
 
 ARCHS = {"v3": mobilenet_v3_style, "v2": mobilenet_v2_style}
 VARIANTS = ("baseline", "int8_before", "int8")
@@ -79,7 +80,7 @@ def _train(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, epochs: int) ->
 
 def build(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, root: Path) -> None:
     """fp32 ONNX baseline, int8 as onnx2tf emits it ('int8_before') and int8 rewritten ('int8')."""
-    from tasks.tflite_int8 import quantize
+    from tasks.techniques.tflite_int8 import quantize
 
     size = images.shape[-1]
     pre = Preprocess(image_size=size, channels=3, num_classes=10, mean=[0.5] * 3, std=[0.25] * 3)
@@ -90,7 +91,9 @@ def build(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, root: 
     cfg = TfliteInt8Config(technique="tflite_int8", source="baseline", calibration_samples=128)
     calib = Split(x=images[:128], y=labels[:128])
     quantize("int8", cfg, root / "baseline", calib, pre, root / "int8")
-    with mock.patch("tasks.tflite_int8.rewrite_hard_activations", return_value=Rewrite(0, 0)):
+    with mock.patch(
+        "tasks.techniques.tflite_int8.rewrite_hard_activations", return_value=Rewrite(0, 0)
+    ):
         quantize("int8_before", cfg, root / "baseline", calib, pre, root / "int8_before")
 
 

@@ -105,6 +105,9 @@ class Technique:
     produces_onnx: bool  # its output is an ONNX model another variant can start from
     build: BuildFn  # build(context, config) -> VariantRecord, written atomically to out_dir
     build_on: str | None = None  # None: built here; else the runner kind that must build it
+    # other modules whose code decides what `build` makes (graph rewrites, fine-tuning loops):
+    # their source joins the compress cache key, so a change there rebuilds the variant
+    uses: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         problem = _declaration_problem(self)
@@ -114,7 +117,7 @@ class Technique:
     @property
     def modules(self) -> tuple[str, ...]:
         """Modules whose source decides what `build` makes: part of the compress cache key."""
-        return tuple(sorted({self.build.__module__, self.config.__module__, __name__}))
+        return tuple(sorted({self.build.__module__, self.config.__module__, __name__, *self.uses}))
 
 
 def _declaration_problem(technique: Technique) -> str | None:

@@ -140,4 +140,5 @@ TECHNIQUE = Technique(
     runtime="onnxruntime",
     produces_onnx=True,
     build=build,
+    uses=("tasks.export", "tasks.models", "tasks.train"),
 )

@@ -173,4 +173,5 @@ TECHNIQUE = Technique(
     runtime="litert",
     produces_onnx=False,
     build=build,
+    uses=("tasks.int8_friendly",),
 )

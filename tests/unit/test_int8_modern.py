@@ -15,14 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.config import TfliteInt8Config
 from tasks.data import Preprocess, Split
 from tasks.export import write_onnx_variant
 from tasks.int8_friendly import rewrite_hard_activations
 from tasks.mobilenets import mobilenet_v2_style, mobilenet_v3_style
 from tasks.op_profile import litert_ops
-from tasks.runtime import load_predictor
-from tasks.tflite_int8 import quantize
+from tasks.runtimes import load_predictor
+from tasks.techniques.tflite_int8 import TfliteInt8Config, quantize
 
 SIZE = 32
 # ops that XNNPACK has no int8 kernel for: each would fall back and split the graph
