@@ -4,6 +4,7 @@ checked and dispatched the same way; every mistake is one line naming where it i
 from __future__ import annotations
 
 import copy
+import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -68,10 +69,12 @@ def test_builtin_table_in_its_order_with_what_each_declares() -> None:
     }
     assert {n: t.build_on for n, t in table.items() if t.build_on} == {"tensorrt_fp16": "cuda"}
     assert runtimes_produced(table) == ("onnxruntime", "litert", "tensorrt")
+    assert table["tflite_int8"].uses == ("tasks.int8_friendly",)  # the hard-swish rewrite
     for name, technique in table.items():
         assert technique.modules == tuple(
-            sorted({f"tasks.techniques.{name}", "tasks.techniques.base"})
+            sorted({f"tasks.techniques.{name}", "tasks.techniques.base", *technique.uses})
         )
+        assert all(importlib.util.find_spec(module) for module in technique.uses)
 
 
 def test_reading_the_table_imports_no_torch() -> None:
