@@ -9,8 +9,8 @@ from typing import Any
 from prefect import task
 
 from tasks.config import BaselineConfig, FetchConfig, Params
-from tasks.errors import ConfigError
-from tasks.fetch import FetchedFile, FetchNotFoundError, fetch_file
+from tasks.errors import ConfigError, FetchNotFoundError
+from tasks.fetch import FetchedFile, fetch_file
 from tasks.lineage import data_lineage, fetched_lineage, model_lineage
 
 

@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from tasks.errors import ConfigError
+from tasks.errors import ConfigError, brief
 from tasks.techniques.base import TechniqueConfig
 
 if TYPE_CHECKING:
@@ -509,8 +509,8 @@ def _yaml_error(path: Path, exc: yaml.YAMLError) -> str:
     """`path:LINE:COL: problem`, the position editors and terminals jump to (1-based)."""
     mark = getattr(exc, "problem_mark", None)
     if not isinstance(exc, yaml.MarkedYAMLError) or mark is None:
-        return f"{path}: not valid YAML ({_first_line(exc)})"
-    problem = exc.problem or _first_line(exc)
+        return f"{path}: not valid YAML ({brief(exc)})"
+    problem = exc.problem or brief(exc)
     context_mark = exc.context_mark
     if exc.context and context_mark is not None and context_mark.line != mark.line:
         # e.g. an unclosed quote or bracket: the problem shows where the file ran out,
@@ -582,7 +582,3 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = value
     return merged
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

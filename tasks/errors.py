@@ -73,3 +73,15 @@ class ServerAuthError(ModelPressError):
             f"the Prefect server at {url} wants a credential (401): set "
             f"PREFECT_API_AUTH_STRING ({hint})"
         )
+
+
+class DataValidationError(ModelPressError):
+    """The data suite failed: the message names each failing check."""
+
+
+class FetchError(ModelPressError):
+    """The repo, rev or path cannot be read."""
+
+
+class FetchNotFoundError(FetchError):
+    """The rev or path does not exist: asking again cannot help (not retried)."""

@@ -13,9 +13,7 @@ from tasks.config import load_params
 from tasks.data import Split, load_split
 from tasks.io import atomic_dir, write_json
 from tasks.runtimes import load_predictor
-from tasks.variant import EVALUATION_SPLIT, RECORD_NAME, VariantRecord, read_record
-
-BASELINE = "baseline"
+from tasks.variant import BASELINE, EVALUATION_SPLIT, RECORD_NAME, VariantRecord, read_record
 
 
 @dataclass(frozen=True)

@@ -14,15 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.config import FetchConfig
-from tasks.errors import ModelPressError, brief
-
-
-class FetchError(ModelPressError):
-    """The repo, rev or path cannot be read."""
-
-
-class FetchNotFoundError(FetchError):
-    """The rev or path does not exist: asking again cannot help (not retried)."""
+from tasks.errors import FetchError, FetchNotFoundError, ModelPressError, brief
 
 
 @dataclass(frozen=True)

@@ -27,24 +27,20 @@ import numpy as np
 from tasks.benchmark import BenchmarkRow
 from tasks.config import DataGates, GatesConfig, VariantGates
 from tasks.data import SPLITS, Preprocess, Split
-from tasks.errors import DataError, ModelPressError
+from tasks.errors import DataError, DataValidationError
 from tasks.review import GateVerdict
+from tasks.variant import BASELINE
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from tasks.evaluate import VariantMetrics
 
-BASELINE = "baseline"
 DATA_SUITE = "data"
 DOCS_SITE = "modelpress"
 STATUS_CHECK = "status == ok"
 
 Number = float | int
-
-
-class DataValidationError(ModelPressError):
-    """The data suite failed: the message names each failing check."""
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from tasks.io import read_json, sha256_file, write_json
 Status = Literal["ok", "skipped", "failed"]
 Runtime = Literal["onnxruntime", "litert", "tensorrt"]
 RECORD_NAME = "variant.json"
+BASELINE = "baseline"  # the fp32 reference variant every other one is compared with
 EVALUATION_SPLIT = "test"  # the split tasks.evaluate measures every variant's accuracy on
 
 

@@ -17,7 +17,7 @@ import threading
 from functools import cache
 from importlib.metadata import entry_points
 
-from tasks.errors import ConfigError
+from tasks.errors import ConfigError, brief
 from tasks.techniques.base import BuildContext, Technique, TechniqueConfig
 
 __all__ = [
@@ -64,7 +64,7 @@ def installed_techniques() -> dict[str, Technique]:
         try:
             loaded = point.load()
         except Exception as exc:  # a broken plugin: name it, whatever it raised
-            raise ConfigError(f"{where}: cannot load it ({_first_line(exc)})") from None
+            raise ConfigError(f"{where}: cannot load it ({brief(exc)})") from None
         _add(table, _checked(loaded, where), where, error=ConfigError)
     return _remember(table)
 
@@ -77,7 +77,7 @@ def load_reference(reference: str) -> Technique:
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # ImportError, or whatever the module raised while importing
-        raise ValueError(f"cannot import {module_name!r} ({_first_line(exc)})") from None
+        raise ValueError(f"cannot import {module_name!r} ({brief(exc)})") from None
     if not hasattr(module, attribute):
         raise ValueError(f"module {module_name!r} has no {attribute!r}")
     return _checked(getattr(module, attribute), reference, error=ValueError)
@@ -149,8 +149,3 @@ def _remember(table: dict[str, Technique]) -> dict[str, Technique]:
     with _found_lock:
         _found.update(table)
     return table
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -149,7 +149,7 @@ def test_unknown_rev_fails_before_any_work(
     prefect_server: str, model_repo: dict, tmp_path: Path
 ) -> None:
     from flows.nightly import nightly
-    from tasks.fetch import FetchError
+    from tasks.errors import FetchError
 
     params = _params(tmp_path, model_repo["repo"], str(tmp_path / "registry"))
     with pytest.raises(FetchError, match="v9"):
@@ -163,7 +163,7 @@ def test_bad_data_stops_before_compression(
     prefect_server: str, model_repo: dict, tmp_path: Path
 ) -> None:
     from flows.nightly import nightly
-    from tasks.validate import DataValidationError
+    from tasks.errors import DataValidationError
 
     params = _params(
         tmp_path,
