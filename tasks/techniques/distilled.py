@@ -153,11 +153,9 @@ def distill(
     student, about_student = build_student(cfg, baseline_factory, preprocess)
     teacher.eval()
     macs, params = count_macs_params(student, preprocess.input_shape)
-    teacher_macs, teacher_params = count_macs_params(teacher, preprocess.input_shape)
     print(
         f"{name}: student {about_student['student']} width {about_student['student_width']}: "
-        f"params {params:,} (teacher {teacher_params:,}), MACs {_mmacs(macs)} "
-        f"(teacher {_mmacs(teacher_macs)})",
+        f"params {params:,}, MACs {'unknown' if macs is None else f'{macs / 1e6:.1f}M'}",
         flush=True,
     )
 
@@ -181,10 +179,6 @@ def distill(
         baseline_sha256=baseline_sha256,
         extra=about_student,
     )
-
-
-def _mmacs(macs: int | None) -> str:
-    return "unknown" if macs is None else f"{macs / 1e6:.1f}M"
 
 
 TECHNIQUE = Technique(
