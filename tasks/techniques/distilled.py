@@ -1,5 +1,9 @@
 """distilled: a smaller student trained on the teacher's softened logits plus labels, exported to ONNX.
 
+The student is of the baseline's family by default: a pretrained baseline's architecture
+(EfficientNet-Lite0, MobileNetV2) at `width_multiplier`, else the default CNN at `width` (a
+trained-here baseline, and imported ones whose family is unknown). `student` names one instead.
+
 torch is imported where it is used: the technique table is read where torch is not installed.
 """
 
@@ -10,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field
 
-from tasks.config import PositiveInt
+from tasks.config import PositiveInt, PretrainedArch
 from tasks.data import Preprocess, Split
 from tasks.errors import VariantError
 from tasks.techniques.base import BuildContext, Technique, TechniqueConfig
@@ -21,9 +25,18 @@ if TYPE_CHECKING:
     from torch import nn
 
 
+# "same": the baseline's family; "cnn": tasks.models' default CNN; or a pretrained architecture
+StudentChoice = Literal["same", "cnn", PretrainedArch]
+PRETRAINED_FACTORY_PREFIX = "tasks.pretrained:"
+
+
 class DistilledConfig(TechniqueConfig):
     technique: Literal["distilled"]
-    width: PositiveInt = 12
+    student: StudentChoice = "same"
+    width: PositiveInt = 12  # a CNN student's channels
+    # a pretrained-family student's width multiplier; it starts untrained (ImageNet weights
+    # exist only at 1.0, the teacher's own size)
+    width_multiplier: Annotated[float, Field(gt=0, le=2)] = 0.5
     epochs: PositiveInt = 12
     temperature: Annotated[float, Field(gt=0)] = 4.0
     alpha: Annotated[float, Field(ge=0, le=1)] = 0.7
@@ -40,6 +53,7 @@ def build(context: BuildContext, config: DistilledConfig) -> VariantRecord:
         context.name,
         config,
         teacher,
+        _baseline_factory(context),
         context.split("train"),
         context.split("val"),
         context.split("test"),
@@ -48,6 +62,51 @@ def build(context: BuildContext, config: DistilledConfig) -> VariantRecord:
         context.seed,
         context.out_dir,
     )
+
+
+def _baseline_factory(context: BuildContext) -> str | None:
+    """The factory baseline.json rebuilds the teacher from (None: an imported .pt2)."""
+    from tasks.io import read_json
+
+    assert context.baseline_dir is not None  # teacher() returned a model
+    return read_json(context.baseline_dir / "baseline.json").get("factory")
+
+
+def student_arch(choice: str, baseline_factory: str | None) -> str:
+    """The student's family: 'cnn' or a pretrained architecture; "same" follows the baseline."""
+    if choice != "same":
+        return choice
+    if baseline_factory and baseline_factory.startswith(PRETRAINED_FACTORY_PREFIX):
+        return baseline_factory.removeprefix(PRETRAINED_FACTORY_PREFIX)
+    return "cnn"
+
+
+def build_student(
+    cfg: DistilledConfig, baseline_factory: str | None, preprocess: Preprocess
+) -> tuple[nn.Module, dict[str, object]]:
+    """The untrained student and what variant.json's `extra` records about it."""
+    from tasks.models import DEFAULT_FACTORY, build_from_factory
+    from tasks.train import default_kwargs
+
+    arch = student_arch(cfg.student, baseline_factory)
+    if arch == "cnn":
+        kwargs = default_kwargs(preprocess, cfg.width)
+        return build_from_factory(DEFAULT_FACTORY, kwargs), {
+            "student": DEFAULT_FACTORY,
+            "student_width": cfg.width,
+        }
+    factory = f"{PRETRAINED_FACTORY_PREFIX}{arch}"
+    kwargs = {
+        "num_classes": preprocess.num_classes,
+        "in_channels": preprocess.channels,
+        "image_size": preprocess.image_size,
+        "width": cfg.width_multiplier,
+    }
+    return build_from_factory(factory, kwargs), {
+        "student": factory,
+        "student_arch": arch,
+        "student_width": cfg.width_multiplier,
+    }
 
 
 def distillation_loss(
@@ -74,6 +133,7 @@ def distill(
     name: str,
     cfg: DistilledConfig,
     teacher: nn.Module,
+    baseline_factory: str | None,
     train: Split,
     val: Split,
     test: Split,
@@ -82,16 +142,22 @@ def distill(
     seed: int,
     out_dir: Path,
 ) -> VariantRecord:
-    """Train the default CNN at cfg.width against the teacher and write the ONNX variant."""
+    """Train the student (build_student) against the teacher and write the ONNX variant."""
     import torch
 
     from tasks.export import write_onnx_variant
-    from tasks.models import DEFAULT_FACTORY, build_from_factory
-    from tasks.train import FitSettings, default_kwargs, fit
+    from tasks.models import count_macs_params
+    from tasks.train import FitSettings, fit
 
     torch.manual_seed(seed)
-    student = build_from_factory(DEFAULT_FACTORY, default_kwargs(preprocess, cfg.width))
+    student, about_student = build_student(cfg, baseline_factory, preprocess)
     teacher.eval()
+    macs, params = count_macs_params(student, preprocess.input_shape)
+    print(
+        f"{name}: student {about_student['student']} width {about_student['student_width']}: "
+        f"params {params:,}, MACs {'unknown' if macs is None else f'{macs / 1e6:.1f}M'}",
+        flush=True,
+    )
 
     def loss_fn(logits: torch.Tensor, labels: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -111,7 +177,7 @@ def distill(
         settings=cfg.model_dump(),
         parent_sha256=baseline_sha256,
         baseline_sha256=baseline_sha256,
-        extra={"student": DEFAULT_FACTORY, "student_width": cfg.width},
+        extra=about_student,
     )
 
 
@@ -122,5 +188,5 @@ TECHNIQUE = Technique(
     runtime="onnxruntime",
     produces_onnx=True,
     build=build,
-    uses=("tasks.export", "tasks.models", "tasks.train"),
+    uses=("tasks.export", "tasks.models", "tasks.pretrained", "tasks.train"),
 )

@@ -1,0 +1,102 @@
+"""The distillation student: of the baseline's family unless named, the default CNN for a
+baseline trained here (unchanged), a narrower EfficientNet-Lite0 for the pretrained one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tasks.config import BaselineConfig, TrainConfig
+from tasks.data import Preprocess, load_preprocess, load_split
+from tasks.export import MODEL_FILE
+from tasks.models import DEFAULT_FACTORY, build_from_factory, count_macs_params
+from tasks.techniques import BuildContext
+from tasks.techniques.distilled import TECHNIQUE, DistilledConfig, build_student, student_arch
+from tasks.train import default_kwargs, make_baseline, save_baseline
+from tasks.variant import read_record
+from tests.unit.test_pretrained import fashion_dir  # noqa: F401  (the fixture: real images)
+
+DIGITS = Preprocess(image_size=32, channels=1, num_classes=10, mean=[0.5], std=[0.5])
+
+
+@pytest.mark.parametrize(
+    ("choice", "baseline_factory", "expected"),
+    [
+        ("same", "tasks.pretrained:efficientnet_lite0", "efficientnet_lite0"),
+        ("same", "tasks.pretrained:mobilenet_v2", "mobilenet_v2"),
+        ("same", DEFAULT_FACTORY, "cnn"),
+        ("same", "my_models:net", "cnn"),  # an imported family: the default CNN, as before
+        ("same", None, "cnn"),  # a .pt2 baseline
+        ("mobilenet_v2", "tasks.pretrained:efficientnet_lite0", "mobilenet_v2"),
+        ("efficientnet_lite0", DEFAULT_FACTORY, "efficientnet_lite0"),
+        ("cnn", "tasks.pretrained:efficientnet_lite0", "cnn"),
+    ],
+)
+def test_student_family(choice: str, baseline_factory: str | None, expected: str) -> None:
+    assert student_arch(choice, baseline_factory) == expected
+
+
+def test_default_student_of_a_trained_baseline_is_todays_cnn() -> None:
+    """The default params.yaml's `distilled` (width 12) builds the very model it built before."""
+    cfg = DistilledConfig(technique="distilled", source="baseline", width=12)
+    torch.manual_seed(0)
+    student, extra = build_student(cfg, DEFAULT_FACTORY, DIGITS)
+    torch.manual_seed(0)
+    before = build_from_factory(DEFAULT_FACTORY, default_kwargs(DIGITS, 12))
+    assert extra == {"student": DEFAULT_FACTORY, "student_width": 12}
+    assert student.state_dict().keys() == before.state_dict().keys()
+    for key, value in before.state_dict().items():
+        assert torch.equal(student.state_dict()[key], value), key
+
+
+def test_distils_real_efficientnet_lite0_into_a_narrower_one(
+    fashion_dir: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    baseline_cfg = BaselineConfig(source="pretrained", arch="efficientnet_lite0")
+    train_cfg = TrainConfig(epochs=1, batch_size=16, lr=1e-2, threads=2, max_steps_per_epoch=2)
+    teacher = make_baseline(baseline_cfg, train_cfg, fashion_dir, seed=0)
+    save_baseline(teacher, baseline_cfg, tmp_path / "baseline")
+    cfg = DistilledConfig(
+        technique="distilled", source="baseline", width_multiplier=0.5, epochs=1, batch_size=16
+    )
+    context = BuildContext(
+        name="distilled",
+        seed=0,
+        source_dir=tmp_path / "baseline",
+        out_dir=tmp_path / "distilled",
+        data_dir=fashion_dir,
+        baseline_dir=tmp_path / "baseline",
+    )
+
+    record = TECHNIQUE.build(context, cfg)
+
+    assert record.extra["student"] == "tasks.pretrained:efficientnet_lite0"
+    assert record.extra["student_arch"] == "efficientnet_lite0"
+    assert record.extra["student_width"] == 0.5
+    assert read_record(tmp_path / "distilled").extra["student_arch"] == "efficientnet_lite0"
+    assert record.settings["student"] == "same"
+    assert record.params is not None and record.macs is not None
+    assert teacher.macs is not None
+    assert 1_000_000 < record.params < 0.4 * teacher.params  # Lite0 x0.5: 1.03 M vs 3.38 M
+    assert 2_500_000 < record.macs < 0.4 * teacher.macs  # 3.0 M vs 8.2 M MACs at 32 px
+    assert count_macs_params(
+        build_from_factory(
+            record.extra["student"],
+            {"num_classes": 10, "in_channels": 3, "image_size": 32, "width": 0.5},
+        ),
+        (3, 32, 32),
+    ) == (record.macs, record.params)
+
+    import onnxruntime as ort
+
+    test = load_split(fashion_dir, "test")
+    x = load_preprocess(fashion_dir).normalize(test.x)
+    session = ort.InferenceSession(str(tmp_path / "distilled" / MODEL_FILE))
+    (logits,) = session.run(None, {session.get_inputs()[0].name: x})
+    assert logits.shape == (len(test), 10)
+    assert np.isfinite(logits).all()
+    assert record.extra["onnx_max_abs_diff"] < 1e-3
