@@ -92,7 +92,9 @@ def measure(
     predictor = load_predictor(variant_dir, threads=threads)
     load_ms = 1000 * (time.perf_counter() - started)
     # inputs are prepared (normalised, quantised) outside the timed region, as benchmark tools do
-    prepared = [predictor.prepare(images[i : i + 1]) for i in range(min(len(images), 64))]
+    prepared = [
+        predictor.prepare(images[i : i + 1]) for i in range(min(len(images), LATENCY_IMAGES))
+    ]
     for i in range(cfg.warmup):
         predictor.infer(prepared[i % len(prepared)])
     trials = [_latency_trial(predictor.infer, prepared, cfg) for _ in range(cfg.trials)]
@@ -201,6 +203,38 @@ def _r(value: float) -> float:
 
 # ---- isolation: one fresh process per measurement --------------------------------------------
 
+LATENCY_IMAGES = 64  # batch-1 latency cycles over this many real test images
+
+
+def _images_for_measuring(images_file: Path, cfg: BenchmarkConfig, work: Path) -> Path:
+    """The test images a measurement uses, in a file of their own: the measuring process runs
+    under the runner's memory cap, and a real test set does not fit it (10,000 RGB images at
+    96 px are 1 GiB as float32; edge-cpu's cap is 2 GiB of address space)."""
+    images = _leading_images(images_file, max(LATENCY_IMAGES, cfg.throughput_batch))
+    trimmed = work / "images.npz"
+    np.savez(trimmed, x=images)
+    return trimmed
+
+
+def _leading_images(images_file: Path, count: int) -> np.ndarray:
+    """The first `count` images of an .npz's `x`, read without loading the rest (this process's
+    memory is what a forked measuring child starts from, and what its peak RSS reports)."""
+    import zipfile
+
+    with zipfile.ZipFile(images_file) as archive, archive.open("x.npy") as member:
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(member)
+        else:
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(member)
+        if fortran_order or dtype.hasobject or not shape:
+            with np.load(images_file) as loaded:
+                return np.asarray(loaded["x"][:count])
+        count = min(count, shape[0])
+        row = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        data = member.read(count * row)
+    return np.frombuffer(data, dtype=dtype).reshape(count, *shape[1:]).copy()
+
 
 def measure_in_subprocess(
     name: str,
@@ -214,6 +248,7 @@ def measure_in_subprocess(
     """Run `measure` in a fresh Python process; a crash or timeout becomes a failed row."""
     with tempfile.TemporaryDirectory(prefix="mp-bench-") as work:
         out = Path(work) / "row.json"
+        images_file = _images_for_measuring(images_file, cfg, Path(work))
         command = [
             sys.executable,
             "-m",
