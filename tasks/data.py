@@ -16,8 +16,8 @@ import numpy as np
 
 from tasks.config import DataConfig, load_params
 from tasks.errors import DataError
-from tasks.io import atomic_dir, read_json, sha256_file, write_json
-from tasks.lineage import sha256_tree
+from tasks.io import atomic_dir, read_json, write_json
+from tasks.lineage import data_lineage
 
 # ImageNet's RGB statistics: what torchvision-style pretrained backbones were trained with
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -174,14 +174,7 @@ def _source_sha256(cfg: DataConfig, root: Path) -> str | None:
     lineage records it; None for the embedded digits."""
     if cfg.source == "digits":
         return None
-    path = root / str(cfg.path)
-    if cfg.source == "npz":
-        return sha256_file(path)
-    if cfg.source == "idx":
-        from tasks.idx import idx_sha256
-
-        return idx_sha256(path)
-    return sha256_tree(path)
+    return str(data_lineage(cfg, root)["data_sha256"])
 
 
 def _load_digits(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:

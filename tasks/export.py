@@ -15,6 +15,7 @@ from tasks.data import Preprocess, load_preprocess, load_split
 from tasks.errors import ModelError, brief
 from tasks.io import atomic_dir, read_json
 from tasks.models import count_macs_params
+from tasks.runtimes.onnxruntime import RUNTIME as ONNX_RUNTIME
 from tasks.train import load_baseline, predict
 from tasks.variant import (
     TensorSpec,
@@ -28,7 +29,7 @@ from tasks.variant import (
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 OPSET = 17
-MODEL_FILE = "model.onnx"
+MODEL_FILE = ONNX_RUNTIME.model_file
 
 
 @dataclass(frozen=True)

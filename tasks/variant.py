@@ -71,6 +71,19 @@ def model_path(directory: Path, record: VariantRecord) -> Path:
     return Path(directory) / record.model_file
 
 
+def carried_from(source: VariantRecord) -> dict[str, Any]:
+    """What a variant built from `source` records of it: its name, its MACs/params (a conversion
+    does not change the network), and the parent and baseline checksums (a source without a
+    baseline_sha256 is the baseline itself)."""
+    return {
+        "source": source.name,
+        "macs": source.macs,
+        "params": source.params,
+        "parent_sha256": source.model_sha256,
+        "baseline_sha256": source.baseline_sha256 or source.model_sha256,
+    }
+
+
 def finished_record(directory: Path, record: VariantRecord, **changes: Any) -> VariantRecord:
     """Fill in the model's checksum once its file is in `directory`."""
     values = asdict(record) | changes

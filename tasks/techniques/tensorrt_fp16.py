@@ -16,9 +16,11 @@ from tasks.config import PositiveInt
 from tasks.data import Preprocess, Split
 from tasks.errors import VariantError, brief
 from tasks.io import atomic_dir
+from tasks.runtimes.tensorrt import RUNTIME as TENSORRT
 from tasks.techniques.base import BuildContext, Technique, TechniqueConfig
 from tasks.variant import (
     VariantRecord,
+    carried_from,
     data_fields,
     finished_record,
     model_path,
@@ -30,7 +32,7 @@ from tasks.variant import (
 if TYPE_CHECKING:
     from torch import nn
 
-ENGINE_FILE = "model.engine"
+ENGINE_FILE = TENSORRT.model_file
 NEEDS_RUNNER = "needs a CUDA runner with TensorRT"
 BUILD_ON = "cuda"  # the runner kind that builds the engine where it runs
 
@@ -114,13 +116,9 @@ def build_engine_variant(
                 name=name,
                 technique="tensorrt_fp16",
                 status="skipped",
-                source=source.name,
                 reason=reason,
                 settings=cfg.model_dump(),
-                macs=source.macs,
-                params=source.params,
-                parent_sha256=source.model_sha256,
-                baseline_sha256=source.baseline_sha256 or source.model_sha256,
+                **carried_from(source),
                 preprocess=preprocess_fields(preprocess),
                 data=data_fields(preprocess),
                 extra=extra,
@@ -133,7 +131,6 @@ def build_engine_variant(
                 name=name,
                 technique="tensorrt_fp16",
                 status="ok",
-                source=source.name,
                 runtime="tensorrt",
                 model_file=ENGINE_FILE,
                 input=source.input,
@@ -141,10 +138,7 @@ def build_engine_variant(
                 preprocess=preprocess_fields(preprocess),
                 data=data_fields(preprocess),
                 settings=cfg.model_dump(),
-                macs=source.macs,
-                params=source.params,
-                parent_sha256=source.model_sha256,
-                baseline_sha256=source.baseline_sha256 or source.model_sha256,
+                **carried_from(source),
                 extra=extra | {"build": asdict(facts)},
             )
             record = finished_record(staging, record)

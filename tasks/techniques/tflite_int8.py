@@ -17,10 +17,12 @@ from tasks.errors import VariantError, brief
 from tasks.int8_friendly import rewrite_hard_activations
 from tasks.io import atomic_dir
 from tasks.quiet import held_back
+from tasks.runtimes.litert import RUNTIME as LITERT
 from tasks.techniques.base import BuildContext, Technique, TechniqueConfig
 from tasks.variant import (
     TensorSpec,
     VariantRecord,
+    carried_from,
     data_fields,
     finished_record,
     model_path,
@@ -29,7 +31,7 @@ from tasks.variant import (
     write_record,
 )
 
-MODEL_FILE = "model.tflite"
+MODEL_FILE = LITERT.model_file
 _CONVERT_LOCK = threading.Lock()
 
 
@@ -86,7 +88,6 @@ def quantize(
             name=name,
             technique="tflite_int8",
             status="ok",
-            source=source.name,
             runtime="litert",
             model_file=MODEL_FILE,
             input=input_spec,
@@ -94,10 +95,7 @@ def quantize(
             preprocess=preprocess_fields(preprocess),
             data=data_fields(preprocess),
             settings=cfg.model_dump(),
-            macs=source.macs,
-            params=source.params,
-            parent_sha256=source.model_sha256,
-            baseline_sha256=source.baseline_sha256 or source.model_sha256,
+            **carried_from(source),
             extra={
                 "onnx2tf": version("onnx2tf"),
                 "calibration_samples": int(min(len(calib), cfg.calibration_samples)),

@@ -14,10 +14,17 @@ import numpy as np
 
 from tasks.errors import VariantError
 from tasks.io import atomic_dir
+from tasks.runtimes.onnxruntime import RUNTIME as ONNX_RUNTIME
 from tasks.techniques import BuildContext, Technique, TechniqueConfig
-from tasks.variant import VariantRecord, finished_record, model_path, write_record
+from tasks.variant import (
+    VariantRecord,
+    carried_from,
+    finished_record,
+    model_path,
+    write_record,
+)
 
-MODEL_FILE = "model.onnx"
+MODEL_FILE = ONNX_RUNTIME.model_file
 
 
 class Bf16WeightsConfig(TechniqueConfig):
@@ -56,7 +63,6 @@ def build(context: BuildContext, config: Bf16WeightsConfig) -> VariantRecord:
             name=context.name,
             technique="bf16_weights",
             status="ok",
-            source=source.name,
             runtime="onnxruntime",
             model_file=MODEL_FILE,
             input=source.input,
@@ -64,10 +70,7 @@ def build(context: BuildContext, config: Bf16WeightsConfig) -> VariantRecord:
             preprocess=source.preprocess,
             data=source.data,
             settings=config.model_dump(),
-            macs=source.macs,
-            params=source.params,
-            parent_sha256=source.model_sha256,
-            baseline_sha256=source.baseline_sha256 or source.model_sha256,
+            **carried_from(source),
             extra={"weights_changed": changed},
         )
         record = finished_record(staging, record)
