@@ -154,6 +154,12 @@ def check_model_fits(model: nn.Module, preprocess: Preprocess, origin: str) -> N
         with torch.no_grad():
             out = model.eval()(example)
     except Exception as exc:  # shape errors surface as several types
+        if _takes_one_image_only(model, preprocess):
+            raise ModelError(
+                f"{origin}: model takes a batch of 1 only (exported with a fixed batch size); "
+                "export it with a dynamic batch: torch.export.export(model, (x,), "
+                "dynamic_shapes=({0: torch.export.Dim('batch')},))"
+            ) from None
         raise ModelError(
             f"{origin}: model rejects input of shape {tuple(example.shape[1:])} "
             f"(data.channels/image_size) ({brief(exc)})"
@@ -164,6 +170,15 @@ def check_model_fits(model: nn.Module, preprocess: Preprocess, origin: str) -> N
             f"{origin}: model output has shape {shape} for a batch of 2; "
             f"expected (2, {preprocess.num_classes}) — one logit per class"
         )
+
+
+def _takes_one_image_only(model: nn.Module, preprocess: Preprocess) -> bool:
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *preprocess.input_shape))
+    except Exception:  # the shape itself is wrong: the caller says so
+        return False
+    return True
 
 
 def make_baseline(

@@ -99,3 +99,29 @@ def test_no_hint_when_trained_here_near_the_gate_or_ungated(
     source: str, accuracy: float, gate: float | None
 ) -> None:
     assert import_hint(source, accuracy, gate, _preprocess()) is None
+
+
+def test_a_fixed_batch_export_is_named_with_how_to_export_it(tmp_path: Path) -> None:
+    """torch.export specialises the batch size unless told otherwise; the evaluator feeds
+    batches, so a batch-1 program must be refused with the fix, not as a shape mismatch."""
+    from tasks.errors import ModelError
+    from tasks.models import load_pt2
+    from tasks.train import check_model_fits
+
+    class Flat(nn.Module):  # reads the batch size off the input: a static export bakes it in
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(x.shape[0], -1)
+
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), Flat(), nn.Linear(4 * 8 * 8, 3))
+    fixed, dynamic = tmp_path / "fixed.pt2", tmp_path / "dynamic.pt2"
+    torch.export.save(torch.export.export(net.eval(), (torch.zeros(1, 1, 8, 8),)), fixed)
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(
+        net.eval(), (torch.zeros(2, 1, 8, 8),), dynamic_shapes=({0: batch},)
+    )
+    torch.export.save(program, dynamic)
+    preprocess = Preprocess(image_size=8, channels=1, mean=[0.0], std=[1.0], num_classes=3)
+    with pytest.raises(ModelError, match=r"batch of 1 only .*Dim\('batch'\)") as caught:
+        check_model_fits(load_pt2(fixed), preprocess, str(fixed))
+    assert "\n" not in str(caught.value)
+    check_model_fits(load_pt2(dynamic), preprocess, str(dynamic))  # the fix it names works
