@@ -65,7 +65,14 @@ def check_onnx(path: Path, model: nn.Module, x: np.ndarray, atol: float = 1e-3) 
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    onnx_logits = session.run(None, {INPUT_NAME: x})[0]
+    try:
+        onnx_logits = session.run(None, {INPUT_NAME: x})[0]
+    except Exception as exc:  # ONNX Runtime's errors carry no type worth telling apart
+        raise ModelError(
+            f"export: the ONNX model does not run on a batch of {len(x)} in ONNX Runtime "
+            f"({brief(exc)}); a reshape/view that names the batch size as a number fixes it "
+            "in the graph: use x.reshape(x.shape[0], ...) or -1 for the batch"
+        ) from None
     torch_logits = predict(model, x)
     diff = float(np.abs(onnx_logits - torch_logits).max())
     agreement = float((onnx_logits.argmax(1) == torch_logits.argmax(1)).mean())

@@ -430,3 +430,23 @@ def test_pt2_with_unsupported_layer_fails_pruning_naming_it(
             tmp_path / "out",
         )
     assert not (tmp_path / "out").exists()
+
+
+def test_an_onnx_file_that_fails_to_run_is_one_line_naming_the_batch(tmp_path: Path) -> None:
+    """An unseen net's channel shuffle exported a Reshape to a fixed batch of 1: ONNX Runtime's
+    failure must reach the user as one line that says what to change, not a traceback."""
+    from tasks.data import Preprocess
+    from tasks.errors import ModelError
+    from tasks.export import check_onnx, export_onnx
+
+    class FixedBatchView(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(1, 16)[:, :3]  # the batch written as a number
+
+    preprocess = Preprocess(image_size=4, channels=1, mean=[0.0], std=[1.0], num_classes=3)
+    model = FixedBatchView()
+    export_onnx(model, preprocess, tmp_path / "model.onnx")
+    x = np.zeros((5, 1, 4, 4), dtype=np.float32)
+    with pytest.raises(ModelError, match=r"does not run on a batch of 5 .*x\.shape\[0\]") as caught:
+        check_onnx(tmp_path / "model.onnx", model, x)
+    assert "\n" not in str(caught.value)
