@@ -70,8 +70,8 @@ def check_onnx(path: Path, model: nn.Module, x: np.ndarray, atol: float = 1e-3) 
     except Exception as exc:  # ONNX Runtime's errors carry no type worth telling apart
         raise ModelError(
             f"export: the ONNX model does not run on a batch of {len(x)} in ONNX Runtime "
-            f"({brief(exc)}); a reshape/view that names the batch size as a number fixes it "
-            "in the graph: use x.reshape(x.shape[0], ...) or -1 for the batch"
+            f"({brief(exc)}); the exported graph fixes the batch size (a reshape/view with the "
+            "batch as a number, written so in the model or frozen by the export)"
         ) from None
     torch_logits = predict(model, x)
     diff = float(np.abs(onnx_logits - torch_logits).max())

@@ -447,6 +447,8 @@ def test_an_onnx_file_that_fails_to_run_is_one_line_naming_the_batch(tmp_path: P
     model = FixedBatchView()
     export_onnx(model, preprocess, tmp_path / "model.onnx")
     x = np.zeros((5, 1, 4, 4), dtype=np.float32)
-    with pytest.raises(ModelError, match=r"does not run on a batch of 5 .*x\.shape\[0\]") as caught:
+    with pytest.raises(
+        ModelError, match=r"does not run on a batch of 5 .*fixes the batch size"
+    ) as caught:
         check_onnx(tmp_path / "model.onnx", model, x)
     assert "\n" not in str(caught.value)
