@@ -22,7 +22,7 @@ from flows.benchmark import benchmark_on_runners
 from flows.fetch import fetch_inputs
 from flows.publish import Candidates, Origin, ReviewForm, approve_and_publish
 from flows.review import review_task, tag_run
-from flows.variants import CACHED, build_variants
+from flows.variants import CACHED, build_variants, rerun_if_gone
 from tasks import publish as publishing
 from tasks.benchmark import BenchmarkRow
 from tasks.config import (
@@ -162,7 +162,7 @@ def nightly(
     data_key = content_key(
         params.data, params.seed, inputs["data_sha256"], code_sha256("tasks.data", "tasks.idx")
     )
-    data_dir = prepare_task(
+    data_dir = rerun_if_gone(prepare_task, work / "data" / data_key)(
         params.data, params.seed, data_key, str(root), str(work / "data" / data_key)
     )
     check_data_task(data_dir, params.gates.data, str(run_dir / "data-docs" / "data"))
@@ -174,7 +174,7 @@ def nightly(
         data_key, params.baseline, params.train, params.seed, input_hashes, base_code
     )
     baseline_dir = str(work / "baseline" / base_key)
-    baseline = baseline_task(
+    baseline = rerun_if_gone(baseline_task, baseline_dir)(
         params.baseline, params.train, data_dir, params.seed, base_key, str(root), baseline_dir
     )
     hints = _import_hints(params, baseline, data_dir)
@@ -190,7 +190,9 @@ def nightly(
         variant_hashes, data_key, code_sha256("tasks.evaluate", *RUNTIME_MODULES)
     )
     eval_dir = work / "evaluations" / eval_key
-    metrics = evaluate_task(variant_hashes, dirs, data_dir, str(eval_dir))
+    metrics = rerun_if_gone(evaluate_task, eval_dir / "metrics" / "variants.json")(
+        variant_hashes, dirs, data_dir, str(eval_dir)
+    )
     run = MergedEngines(records, dirs, metrics, eval_dir / "metrics" / "predictions.npz")
 
     # benchmark on every runner; engines are built on the CUDA runner that will run them

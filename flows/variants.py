@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar, cast
 
-from prefect import task
+from prefect import Task, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.futures import PrefectFuture
 
@@ -18,6 +19,19 @@ from tasks.techniques import technique_of
 from tasks.variant import VariantRecord
 
 CACHED = INPUTS + TASK_SOURCE  # the expensive tasks: keyed by their inputs and their code
+
+CachedTask = TypeVar("CachedTask", bound=Task)
+
+
+def rerun_if_gone(cached: CachedTask, output: str | Path) -> CachedTask:
+    """`cached`, told to run again and refresh its cache record when what it writes is gone.
+    Prefect's cache records live in its own storage and outlive a deleted --workdir: a hit would
+    hand back a result that names files no longer there. Each output named here is written
+    atomically (a directory by tasks.io.atomic_dir, or the last file a task writes), so one that
+    exists is whole."""
+    if Path(output).exists():
+        return cached
+    return cast(CachedTask, cached.with_options(refresh_cache=True))
 
 
 @dataclass(frozen=True)
@@ -71,14 +85,16 @@ def build_variants(
     variants_root = work / "variants" / export_key
     dirs = {"baseline": str(variants_root / "baseline")}
     futures: dict[str, PrefectFuture[VariantRecord]] = {
-        "baseline": export_task.submit(baseline_sha256, baseline_dir, data_dir, dirs["baseline"])
+        "baseline": rerun_if_gone(export_task, dirs["baseline"]).submit(
+            baseline_sha256, baseline_dir, data_dir, dirs["baseline"]
+        )
     }
     keys = {"baseline": export_key}
     for name, cfg in in_dependency_order(params.variants):
         technique_code = code_sha256("tasks.compress", *technique_of(cfg).modules)
         keys[name] = content_key(keys[cfg.source], name, cfg, technique_code)
         dirs[name] = str(variants_root / f"{name}-{keys[name]}")
-        futures[name] = compress_task.submit(
+        futures[name] = rerun_if_gone(compress_task, dirs[name]).submit(
             name,
             cfg,
             params.seed,

@@ -14,7 +14,7 @@ import numpy as np
 from tasks.config import PositiveInt
 from tasks.data import Preprocess, Split
 from tasks.errors import VariantError, brief
-from tasks.int8_friendly import rewrite_hard_activations
+from tasks.int8_friendly import rewrite_hard_activations, simplify
 from tasks.io import atomic_dir
 from tasks.quiet import held_back
 from tasks.runtimes.litert import RUNTIME as LITERT
@@ -76,6 +76,7 @@ def quantize(
         # onnx2tf rewrites the ONNX file it is given (simplification); never let it touch the source.
         onnx_copy = work_dir / "model.onnx"
         shutil.copyfile(onnx_file, onnx_copy)
+        simplify(onnx_copy)
         # HARD_SWISH/RELU_0_TO_1 have no int8 XNNPACK kernel: ReLU6 arithmetic stays on it
         rewritten = rewrite_hard_activations(onnx_copy)
         calib_file = work_dir / "calib.npy"
@@ -135,7 +136,7 @@ def _convert(
                 non_verbose=True,
             )
     except Exception as exc:  # onnx2tf raises bare exceptions naming the failing op
-        detail = brief(exc, last_line=True)
+        detail = _conversion_detail(exc)
         raise VariantError(
             f"tflite_int8: onnx2tf could not convert {onnx_file.name} ({detail})"
         ) from None
@@ -143,6 +144,17 @@ def _convert(
     if not produced.exists():
         raise VariantError(f"tflite_int8: onnx2tf wrote no full-integer model for {onnx_file.name}")
     return produced
+
+
+# Keras wraps a layer's error between a header and the call's arguments: the cause is in between
+_KERAS_FRAME = ("Exception encountered when calling layer", "Call arguments received", "•")
+
+
+def _conversion_detail(exc: Exception) -> str:
+    """The line of an onnx2tf/Keras error that says what went wrong."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    causes = [line for line in lines if not line.startswith(_KERAS_FRAME)]
+    return brief(causes[0]) if causes else brief(exc, last_line=True)
 
 
 def _io_specs(tflite_file: Path) -> tuple[TensorSpec, TensorSpec]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import sys
 import threading
 import time
@@ -314,6 +315,12 @@ def test_rerun_with_unchanged_inputs_is_cached(
     assert second.status == "unchanged" and second.unchanged_since == "a", second
     third = nightly(version="b", publish_unchanged=True, **common)
     assert third.status == "published" and third.published == first.published
+    # the workdir deleted, Prefect's cache records kept: every step runs again instead of
+    # handing back results that name files no longer there
+    shutil.rmtree(tmp_path / "work")
+    fourth = nightly(version="c", publish_unchanged=True, **common)
+    assert fourth.cached_tasks == []
+    assert fourth.status == "published" and set(fourth.published) == set(first.published)
 
 
 def test_a_variant_that_does_not_beat_the_baseline_is_not_offered(

@@ -171,3 +171,46 @@ def test_rewritten_activations_compute_the_same_function(tmp_path: Path) -> None
     assert (rewrite.hard_swish, rewrite.hard_sigmoid) == (13, 6)
     assert np.abs(after - before).max() < 1e-4 * max(1.0, float(np.abs(before).max()))
     assert rewrite_hard_activations(onnx_file).total == 0  # nothing left to rewrite
+
+
+@pytest.mark.parametrize("fold", [True, False], ids=["simplified-here", "raw-graph"])
+def test_tf_same_pads_convert_without_onnxsim_on_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fold: bool
+) -> None:
+    """EfficientNet-Lite's TF-'SAME' pads (ZeroPad2d before each strided conv) are computed
+    at run time in the exported graph; onnx2tf folds them only through the `onnxsim` command,
+    absent from PATH when the venv's `modelpress` runs without the venv activated. Without the
+    in-process fold the conversion fails (the raw-graph case shows the test can fail)."""
+    pytest.importorskip("efficientnet_lite_pytorch")  # the `real` extra: installed by make
+    from tasks.errors import VariantError
+    from tasks.pretrained import efficientnet_lite0
+    from tasks.techniques import tflite_int8
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    if not fold:
+        monkeypatch.setattr(tflite_int8, "simplify", lambda path: None)
+    torch.manual_seed(0)
+    model = efficientnet_lite0(num_classes=10, image_size=64)
+    preprocess = Preprocess(
+        image_size=64, channels=3, num_classes=10, mean=[0.5] * 3, std=[0.25] * 3
+    )
+    x = np.random.default_rng(0).random((32, 3, 64, 64), dtype=np.float32)
+    write_onnx_variant(
+        model,
+        preprocess,
+        x[:2],
+        tmp_path / "baseline",
+        name="baseline",
+        technique="baseline",
+        source=None,
+    )
+    cfg = TfliteInt8Config(technique="tflite_int8", source="baseline", calibration_samples=16)
+    calib = Split(x=x, y=np.zeros(len(x), dtype=np.int64))
+    if not fold:
+        with pytest.raises(VariantError, match=r"could not convert .*Negative dimension"):
+            quantize("int8", cfg, tmp_path / "baseline", calib, preprocess, tmp_path / "int8")
+        return
+    record = quantize("int8", cfg, tmp_path / "baseline", calib, preprocess, tmp_path / "int8")
+    assert record.status == "ok" and record.input is not None and record.input.dtype == "int8"
+    logits = load_predictor(tmp_path / "int8")(x[:8])
+    assert logits.shape == (8, 10) and np.isfinite(logits).all()
