@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import operator
 import re
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
@@ -331,6 +331,33 @@ class RegistryConfig(_Strict):
         return value
 
 
+def default_model_name(raw: dict[str, Any]) -> str:
+    """The registry name of a params file that names none: the model's own name (a pretrained
+    arch, a .pt2 or state_dict file's stem, a factory's function), else the default CNN's on
+    this data ('digits-resnet' on the embedded digits)."""
+    baseline, data, fetch = (_section(raw, key) for key in ("baseline", "data", "fetch"))
+    source = baseline.get("source", "train")
+    if source == "pretrained" and baseline.get("arch"):
+        name = str(baseline["arch"])
+    elif source == "factory" and baseline.get("factory"):
+        name = str(baseline["factory"]).rpartition(":")[2]
+    elif source == "pt2" and baseline.get("path"):
+        name = PurePath(str(baseline["path"])).stem
+    elif fetch.get("model_path"):
+        name = PurePath(str(fetch["model_path"])).stem
+    elif data.get("path"):
+        name = PurePath(str(data["path"]).rstrip("/")).name.split(".")[0] + "-resnet"
+    else:
+        name = f"{data.get('source', 'digits')}-resnet"
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", name.replace("_", "-")).strip("-._")[:128]
+    return name.replace("..", ".") or "model"
+
+
+def _section(raw: dict[str, Any], key: str) -> dict[str, Any]:
+    value = raw.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 class ScheduleConfig(_Strict):
     cron: str = "0 2 * * *"
     timezone: str = "UTC"
@@ -371,6 +398,17 @@ class Params(_Strict):
         if not {"normalize", "mean", "std"} & set(data):
             return raw | {"data": data | {"normalize": "imagenet"}}
         return raw
+
+    @model_validator(mode="before")
+    @classmethod
+    def _registry_name_from_the_model(cls, raw: Any) -> Any:
+        # unnamed, a user's own model would be published as the digits example's
+        if not isinstance(raw, dict):
+            return raw
+        registry = dict(raw["registry"]) if isinstance(raw.get("registry"), dict) else {}
+        if "model_name" in registry:
+            return raw
+        return raw | {"registry": registry | {"model_name": default_model_name(raw)}}
 
     @model_validator(mode="after")
     def _normalisation_stated(self) -> Params:

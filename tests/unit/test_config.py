@@ -103,6 +103,39 @@ def test_empty_file_gives_the_defaults(tmp_path: Path) -> None:
     assert params.baseline.source == "train"
 
 
+@pytest.mark.parametrize(
+    ("sections", "name"),
+    [
+        ({}, "digits-resnet"),
+        ({"data": {"source": "npz", "path": "inputs/shoes_v2.npz"}}, "shoes-v2-resnet"),
+        ({"baseline": {"source": "pt2", "path": "models/My Net.pt2"}}, "My-Net"),
+        (
+            {"baseline": {"source": "factory", "factory": "pkg.nets:build_net", "path": "w.pt"}},
+            "build-net",
+        ),
+        (
+            {"baseline": {"source": "pretrained", "arch": "mobilenet_v2"}},
+            "mobilenet-v2",
+        ),
+        (
+            {
+                "baseline": {"source": "pt2", "path": "a.pt2"},
+                "registry": {"model_name": "shop-classifier"},
+            },
+            "shop-classifier",
+        ),
+    ],
+    ids=["digits", "npz", "pt2", "factory", "pretrained", "named"],
+)
+def test_an_unnamed_registry_entry_takes_the_models_name(
+    sections: dict[str, Any], name: str
+) -> None:
+    """A user's own model is not published under the digits example's name."""
+    data = {"normalize": "none"} if "baseline" in sections else {}
+    raw = sections | {"data": sections.get("data", {}) | data}
+    assert parse_params(raw).registry.model_name == name
+
+
 # ---- unknown keys -----------------------------------------------------------------------------
 
 
