@@ -102,6 +102,13 @@ def load_state_dict_file(model: nn.Module, path: Path) -> nn.Module:
     return model
 
 
+# aten ops that take a shape list, and the Tensor method each one is
+_SHAPED_BY_SIZES = {
+    torch.ops.aten.view.default: "view",
+    torch.ops.aten.reshape.default: "reshape",
+}
+
+
 def load_pt2(path: Path) -> torch.fx.GraphModule:
     """Load a torch.export program as a plain GraphModule that can be trained and exported."""
     if not path.exists():
@@ -132,6 +139,14 @@ def load_pt2(path: Path) -> torch.fx.GraphModule:
     for node in list(graph_module.graph.nodes):
         if node.op == "call_module" and node.target == "_guards_fn":
             graph_module.graph.erase_node(node)  # export's input guards pin the batch size
+        elif node.op == "call_function" and node.target is torch.ops.aten.sym_size.int:
+            # aten.sym_size.int gives a plain int to the ONNX exporter's trace, which then bakes
+            # the example's batch into every view/reshape that uses it (a channel shuffle's
+            # view(n, groups, c // groups, h, w)); Tensor.size(dim) is traced as a graph value
+            node.op, node.target = "call_method", "size"
+        elif node.op == "call_function" and node.target in _SHAPED_BY_SIZES:
+            # ... and the trace keeps a size as a graph value only through Tensor methods
+            node.op, node.target = "call_method", _SHAPED_BY_SIZES[node.target]
     # A plain GraphModule: the exported one refuses train()/eval(), which fine-tuning needs.
     return torch.fx.GraphModule(graph_module, graph_module.graph).eval()
 

@@ -125,3 +125,41 @@ def test_a_fixed_batch_export_is_named_with_how_to_export_it(tmp_path: Path) -> 
         check_model_fits(load_pt2(fixed), preprocess, str(fixed))
     assert "\n" not in str(caught.value)
     check_model_fits(load_pt2(dynamic), preprocess, str(dynamic))  # the fix it names works
+
+
+class _ChannelShuffle(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        return x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+def test_a_pt2_programs_batch_stays_dynamic_through_onnx_export(tmp_path: Path) -> None:
+    """A channel shuffle reads the batch size from the input: in a .pt2 program that is an
+    aten.sym_size the ONNX trace froze into Reshape's shape, and ONNX Runtime then refused
+    every batch but the example's."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from tasks.export import export_onnx
+    from tasks.models import load_pt2
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        _ChannelShuffle(),
+        nn.Conv2d(8, 8, 1, groups=2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    ).eval()
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(model, (torch.zeros(2, 3, 16, 16),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, tmp_path / "shuffle.pt2")
+    preprocess = Preprocess(
+        image_size=16, channels=3, num_classes=4, mean=[0.5] * 3, std=[0.25] * 3
+    )
+    export_onnx(load_pt2(tmp_path / "shuffle.pt2"), preprocess, tmp_path / "model.onnx")
+    x = torch.rand(5, 3, 16, 16)
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"))
+    (logits,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    np.testing.assert_allclose(logits, model(x).detach().numpy(), atol=1e-5)
