@@ -33,9 +33,9 @@ repro: $(STAMP)  ## run the same steps as a DVC pipeline (dvc repro) and print t
 	$(BIN)/dvc repro
 	$(BIN)/modelpress table metrics/variants.json
 
-bench: $(STAMP)  ## benchmark every variant on the local runner profiles: table, benchmarks/latest.json, latency.png
+bench: $(STAMP)  ## benchmark every variant on the local runner profiles: table, per-op profiles, benchmarks/latest.json, latency.png
 	$(BIN)/dvc repro
-	$(BIN)/python -m tasks.benchmark all --params params.yaml --variants variants --data data --out benchmarks
+	$(BIN)/python -m tasks.benchmark all --params params.yaml --variants variants --data data --out benchmarks --ops
 
 test: $(STAMP) weights  ## run the test suite (offline, CPU-only, slow tests included)
 	$(BIN)/pytest

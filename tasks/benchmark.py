@@ -493,8 +493,32 @@ def _bench(args: argparse.Namespace) -> None:
             {"rows": [asdict(r) for r in rows], "config": params.benchmark.model_dump()},
         )
         plot_latency(rows, staging / "latency.png")
+        profiles = _op_profiles(args.variants, names, staging / "ops") if args.ops else []
     print(format_bench_table(rows))
+    for text in profiles:
+        print(f"\n{text}")
     print(f"bench: {args.out / 'latest.json'}, {args.out / 'latency.png'}")
+    if profiles:
+        print(f"per-op profiles (1 thread, batch 1): {args.out / 'ops'}/<variant>.json")
+
+
+def _op_profiles(variants_dir: Path, names: list[str], out_dir: Path) -> list[str]:
+    """Per-operator time of each built variant at 1 thread: where the time goes (an int8 model
+    slower than fp32 shows which ops fell off the fast path), as tables and JSON files."""
+    from tasks.errors import ModelPressError
+    from tasks.io import write_json
+    from tasks.op_profile import format_profile, profile_variant
+
+    tables = []
+    for name in names:
+        try:
+            profile = profile_variant(variants_dir / name, threads=1, runs=100)
+        except (ModelPressError, FileNotFoundError) as exc:  # not built, failed, or no profiler
+            tables.append(f"{name}: no per-op profile ({exc})")
+            continue
+        write_json(out_dir / f"{name}.json", asdict(profile))
+        tables.append(f"{name}: {format_profile(profile)}")
+    return tables
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -511,6 +535,9 @@ def main(argv: list[str] | None = None) -> None:
     every.add_argument("--variants", type=Path, default=Path("variants"))
     every.add_argument("--data", type=Path, default=Path("data"))
     every.add_argument("--out", type=Path, default=Path("benchmarks"))
+    every.add_argument(
+        "--ops", action="store_true", help="also profile each variant per operator (1 thread)"
+    )
     every.set_defaults(handler=_bench)
     args = parser.parse_args(argv)
     args.handler(args)

@@ -33,3 +33,53 @@ def test_measuring_file_holds_only_what_latency_and_throughput_use(tmp_path: Pat
         assert np.array_equal(trimmed["x"], x[:100])
     with np.load(_images_for_measuring(tmp_path / "test.npz", BenchmarkConfig(), work)) as trimmed:
         assert len(trimmed["x"]) == max(LATENCY_IMAGES, BenchmarkConfig().throughput_batch)
+
+
+def test_make_bench_writes_a_per_op_profile_of_each_variant(
+    tiny_workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`make bench` (benchmark all --ops): the latency table, then where each variant's time
+    goes per operator, in its own runtime."""
+    import json
+    import shutil
+
+    import yaml
+
+    from tasks.benchmark import main
+    from tasks.data import load_preprocess, load_split
+    from tasks.techniques.tflite_int8 import TfliteInt8Config, quantize
+
+    shutil.copytree(tiny_workspace / "variants" / "baseline", tmp_path / "variants" / "baseline")
+    raw = yaml.safe_load((tiny_workspace / "params.yaml").read_text())
+    raw["variants"] = {"int8": {"technique": "tflite_int8", "source": "baseline"}}
+    raw["gates"]["per_variant"] = {}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    data = tiny_workspace / "data"
+    config = TfliteInt8Config(technique="tflite_int8", source="baseline", calibration_samples=32)
+    variants = tmp_path / "variants"
+    quantize(
+        "int8",
+        config,
+        variants / "baseline",
+        load_split(data, "calib"),
+        load_preprocess(data),
+        variants / "int8",
+    )
+    out = tmp_path / "bench"
+    main(
+        [
+            "all",
+            *("--params", str(tmp_path / "params.yaml"), "--variants", str(variants)),
+            *("--data", str(data), "--out", str(out), "--ops"),
+        ]
+    )
+    fp32 = json.loads((out / "ops" / "baseline.json").read_text())
+    int8 = json.loads((out / "ops" / "int8.json").read_text())
+    assert fp32["runtime"] == "onnxruntime" and "Conv" in {row["op"] for row in fp32["rows"]}
+    assert int8["runtime"] == "litert"
+    assert {"CONV_2D"} <= {row["op"] for row in int8["rows"] if row["dtype"] == "int8"}
+    for profile in (fp32, int8):
+        assert profile["threads"] == 1
+        assert sum(row["percent"] for row in profile["rows"]) == pytest.approx(100, abs=1)
+    printed = capsys.readouterr().out
+    assert "baseline: onnxruntime" in printed and "int8: litert" in printed
