@@ -1,8 +1,9 @@
 """The runtimes a variant runs in, one module each, and the one table the rest of ModelPress reads.
 
-Each module (onnxruntime, litert, openvino, tensorrt) declares its `RUNTIME`: name, registry format, model
-file, pip packages, whether the slim edge install runs it, which runner kinds measure it, and how
-to load a variant directory. The evaluator, the benchmark harness, the registry's formats and the
+Each module (onnxruntime, litert, openvino, tensorrt) declares its `RUNTIME`: name, registry
+format, model file (and the files beside it), pip packages and the extra that installs them,
+whether the slim edge install runs it, which runner kinds measure it, and how to load a variant
+directory. The evaluator, the benchmark harness, the registry's formats and the
 edge install's check are derived from RUNTIMES; adding a runtime is one module plus a line below.
 Importing this package imports no runtime library: each loads its own on first use.
 """
