@@ -28,6 +28,8 @@ LIBRARIES = (
     "onnx2tf",
     "tensorflow",
     "ai-edge-litert",
+    "openvino",
+    "nncf",
     "prefect",
     "dvc",
     "great-expectations",

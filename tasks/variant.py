@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -11,7 +12,7 @@ from tasks.errors import ModelError
 from tasks.io import read_json, sha256_file, write_json
 
 Status = Literal["ok", "skipped", "failed"]
-Runtime = Literal["onnxruntime", "litert", "tensorrt"]
+Runtime = Literal["onnxruntime", "litert", "openvino", "tensorrt"]
 RECORD_NAME = "variant.json"
 BASELINE = "baseline"  # the fp32 reference variant every other one is compared with
 EVALUATION_SPLIT = "test"  # the split tasks.evaluate measures every variant's accuracy on
@@ -29,7 +30,7 @@ class TensorSpec:
 @dataclass(frozen=True)
 class VariantRecord:
     name: str
-    technique: str  # baseline | tflite_int8 | pruned | distilled | tensorrt_fp16
+    technique: str  # baseline | tflite_int8 | openvino_int8 | pruned | distilled | ...
     status: Status
     source: str | None = None
     reason: str | None = None
@@ -44,7 +45,7 @@ class VariantRecord:
     params: int | None = None
     parent_sha256: str | None = None  # the model file this variant was made from
     baseline_sha256: str | None = None
-    model_sha256: str | None = None
+    model_sha256: str | None = None  # model_digest of the model file(s)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -84,14 +85,29 @@ def carried_from(source: VariantRecord) -> dict[str, Any]:
     }
 
 
+def model_digest(directory: Path, model_file: str) -> str:
+    """The identity of a variant's model: the model file's sha256 when it is alone; for a model
+    in several files (an OpenVINO IR's model.xml + model.bin), sha256 over each file's name and
+    sha256, so weights that change under an unchanged graph change the digest (the evaluation's
+    cache key and the artifact store's address are made of it)."""
+    directory = Path(directory)
+    files = sorted(p for p in directory.iterdir() if p.is_file() and p.name != RECORD_NAME)
+    if [p.name for p in files] == [model_file]:
+        return sha256_file(directory / model_file)
+    if not (directory / model_file).is_file():
+        raise ModelError(f"{directory / model_file}: model file missing from the variant directory")
+    listing = "".join(f"{p.name}\0{sha256_file(p)}\n" for p in files)
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
 def finished_record(directory: Path, record: VariantRecord, **changes: Any) -> VariantRecord:
-    """Fill in the model's checksum once its file is in `directory`."""
+    """Fill in the model's checksum once its file(s) are in `directory`."""
     values = asdict(record) | changes
     for key in ("input", "output"):
         if isinstance(values[key], dict):
             values[key] = TensorSpec(**values[key])
     if values["model_file"]:
-        values["model_sha256"] = sha256_file(Path(directory) / values["model_file"])
+        values["model_sha256"] = model_digest(Path(directory), values["model_file"])
     return VariantRecord(**values)
 
 

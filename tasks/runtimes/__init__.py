@@ -1,8 +1,9 @@
 """The runtimes a variant runs in, one module each, and the one table the rest of ModelPress reads.
 
-Each module (onnxruntime, litert, tensorrt) declares its `RUNTIME`: name, registry format, model
-file, pip packages, whether the slim edge install runs it, which runner kinds measure it, and how
-to load a variant directory. The evaluator, the benchmark harness, the registry's formats and the
+Each module (onnxruntime, litert, openvino, tensorrt) declares its `RUNTIME`: name, registry
+format, model file (and the files beside it), pip packages and the extra that installs them,
+whether the slim edge install runs it, which runner kinds measure it, and how to load a variant
+directory. The evaluator, the benchmark harness, the registry's formats and the
 edge install's check are derived from RUNTIMES; adding a runtime is one module plus a line below.
 Importing this package imports no runtime library: each loads its own on first use.
 """
@@ -12,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tasks.errors import ModelError
-from tasks.runtimes import base, litert, onnxruntime, tensorrt
+from tasks.errors import ModelError, brief
+from tasks.runtimes import base, litert, onnxruntime, openvino, tensorrt
 from tasks.runtimes.base import LoadedModel, Predictor, Runtime, normalize
 from tasks.variant import RECORD_NAME, model_path, read_record
 
@@ -37,7 +38,8 @@ __all__ = [
 ]
 
 RUNTIMES: dict[str, Runtime] = {
-    runtime.name: runtime for runtime in (onnxruntime.RUNTIME, litert.RUNTIME, tensorrt.RUNTIME)
+    runtime.name: runtime
+    for runtime in (onnxruntime.RUNTIME, litert.RUNTIME, openvino.RUNTIME, tensorrt.RUNTIME)
 }
 FORMATS = tuple(runtime.format for runtime in RUNTIMES.values())  # what the registry accepts
 FORMAT_BY_RUNTIME = {name: runtime.format for name, runtime in RUNTIMES.items()}
@@ -66,13 +68,21 @@ def load_predictor(variant_dir: Path, threads: int = 1) -> LoadedModel:
         )
     runtime = runtime_named(record.runtime, Path(variant_dir) / RECORD_NAME)
     path = model_path(variant_dir, record)
-    if not path.exists():
-        raise ModelError(f"{path}: model file missing from the variant directory")
-    return runtime.load(path, record, threads)
+    for needed in (path, *(path.parent / name for name in runtime.companion_files)):
+        if not needed.exists():
+            raise ModelError(f"{needed}: model file missing from the variant directory")
+    try:
+        return runtime.load(path, record, threads)
+    # a runner whose install lacks this runtime (OpenVINO where only `[edge]` is installed)
+    except ImportError as exc:
+        raise ModelError(
+            f"{path}: runtime {runtime.name!r} is not installed on this machine "
+            f"({brief(exc)}); {runtime.install_hint}"
+        ) from None
 
 
 def runs_on(runtime: str | None, profile: RunnerProfile) -> bool:
     """Whether a runner of this profile's kind measures variants of `runtime` (CPU runners:
-    ONNX Runtime and LiteRT; CUDA runners: TensorRT engines)."""
+    ONNX Runtime, LiteRT and OpenVINO; CUDA runners: TensorRT engines)."""
     declared = RUNTIMES.get(runtime or "")
     return declared is not None and profile.kind in declared.runner_kinds

@@ -47,6 +47,17 @@ class Runtime:
     edge: bool  # the slim `pip install .[edge]` (no torch, no TensorFlow) can run it
     runner_kinds: frozenset[str]  # runner kinds (params.yaml `runners.*.kind`) that measure it
     load: Loader
+    # the pyproject extra that installs `packages` (None: installed by hand, e.g. TensorRT's)
+    extra: str | None = None
+    # files the model file needs beside it in the variant directory (an OpenVINO IR's weights)
+    companion_files: tuple[str, ...] = ()
+
+    @property
+    def install_hint(self) -> str:
+        """How a machine gets this runtime, for the error that says it lacks it."""
+        if self.extra is None:
+            return f"install {', '.join(self.packages)}"
+        return f"pip install '.[{self.extra}]'"
 
 
 def normalize(images: np.ndarray, record: VariantRecord) -> np.ndarray:

@@ -69,4 +69,5 @@ RUNTIME = Runtime(
     edge=True,
     runner_kinds=frozenset({"cpu"}),
     load=load,
+    extra="edge",
 )

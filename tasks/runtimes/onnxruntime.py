@@ -39,4 +39,5 @@ RUNTIME = Runtime(
     edge=True,
     runner_kinds=frozenset({"cpu"}),
     load=load,
+    extra="edge",
 )

@@ -66,6 +66,14 @@ def test_edge_extra_declares_no_heavy_dependency() -> None:
     # (TensorRT: tensorrt and torch) need at least one it lacks
     declared = {name: set(runtime.packages) <= names for name, runtime in RUNTIMES.items()}
     assert declared == {name: runtime.edge for name, runtime in RUNTIMES.items()}
+    # `edge-openvino` is the slim install plus OpenVINO: still nothing heavy (NNCF, which builds
+    # the IR and pulls scikit-learn and scipy, stays in `full`), and what the runtime needs
+    openvino_extra = project["optional-dependencies"]["edge-openvino"]
+    assert "modelpress[edge]" in openvino_extra
+    with_openvino = names | {dep.split("==")[0] for dep in openvino_extra}
+    assert with_openvino & (HEAVY_DISTRIBUTIONS | {"nncf"}) == set()
+    assert set(RUNTIMES["openvino"].packages) <= with_openvino
+    assert RUNTIMES["openvino"].extra == "edge-openvino" and not RUNTIMES["openvino"].edge
 
 
 def test_benchmark_path_runs_with_torch_and_tensorflow_blocked(

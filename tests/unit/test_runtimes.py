@@ -130,28 +130,44 @@ def litert_variant(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_table_names_each_runtime_once_with_its_format_and_file() -> None:
-    assert list(RUNTIMES) == ["onnxruntime", "litert", "tensorrt"]
+    assert list(RUNTIMES) == ["onnxruntime", "litert", "openvino", "tensorrt"]
     assert all(name == runtime.name for name, runtime in RUNTIMES.items())
     assert set(RUNTIMES) == set(get_args(variant.Runtime))  # variant.json's allowed values
-    assert FORMAT_BY_RUNTIME == {"onnxruntime": "onnx", "litert": "tflite", "tensorrt": "tensorrt"}
+    assert FORMAT_BY_RUNTIME == {
+        "onnxruntime": "onnx",
+        "litert": "tflite",
+        "openvino": "openvino",
+        "tensorrt": "tensorrt",
+    }
     assert [r.model_file for r in RUNTIMES.values()] == [
         "model.onnx",
         "model.tflite",
+        "model.xml",
         "model.engine",
     ]
+    # an OpenVINO IR is two files: the graph names its weights file
+    assert RUNTIMES["openvino"].companion_files == ("model.bin",)
+    assert all(not r.companion_files for n, r in RUNTIMES.items() if n != "openvino")
 
 
 def test_formats_are_those_the_registry_accepts() -> None:
-    assert FORMATS == registry.FORMATS == ("onnx", "tflite", "tensorrt")
+    assert FORMATS == registry.FORMATS == ("onnx", "tflite", "openvino", "tensorrt")
 
 
 def test_benchmark_reports_each_runtimes_own_package() -> None:
-    assert RUNTIME_PACKAGES == ("numpy", "onnxruntime", "ai-edge-litert", "tensorrt")
+    assert RUNTIME_PACKAGES == ("numpy", "onnxruntime", "ai-edge-litert", "openvino", "tensorrt")
 
 
 def test_the_edge_install_runs_onnxruntime_and_litert_not_tensorrt() -> None:
     assert EDGE_RUNTIMES == ("onnxruntime", "litert")
     assert "torch" in RUNTIMES["tensorrt"].packages  # its CUDA buffers are torch tensors
+    # OpenVINO's wheel is too heavy for the slim install: an edge runner adds its own extra
+    assert {n: r.extra for n, r in RUNTIMES.items()} == {
+        "onnxruntime": "edge",
+        "litert": "edge",
+        "openvino": "edge-openvino",
+        "tensorrt": None,
+    }
 
 
 @pytest.mark.parametrize(
@@ -164,7 +180,9 @@ def test_the_edge_install_runs_onnxruntime_and_litert_not_tensorrt() -> None:
         ("litert", "cuda", False),
         ("tensorrt", "cuda", True),
         (None, "cpu", False),  # a skipped variant has no runtime
-        ("openvino", "cpu", False),
+        ("openvino", "cpu", True),
+        ("openvino", "cuda", False),
+        ("coreml", "cpu", False),  # not a runtime of the table
     ],
 )
 def test_runs_on_follows_each_runtimes_runner_kinds(
@@ -179,11 +197,12 @@ def test_evaluation_cache_key_covers_every_runtime_module() -> None:
         "tasks.runtimes.base",
         "tasks.runtimes.onnxruntime",
         "tasks.runtimes.litert",
+        "tasks.runtimes.openvino",
         "tasks.runtimes.tensorrt",
     )
     # every module has a source file to hash, and each one changes the key
-    keys = {code_sha256("tasks.evaluate", *RUNTIME_MODULES[:n]) for n in range(6)}
-    assert len(keys) == 6
+    keys = {code_sha256("tasks.evaluate", *RUNTIME_MODULES[:n]) for n in range(7)}
+    assert len(keys) == 7
 
 
 # ---- loading through the table ------------------------------------------------------------------
@@ -192,13 +211,13 @@ def test_evaluation_cache_key_covers_every_runtime_module() -> None:
 def test_unknown_runtime_is_a_one_line_error_naming_the_known_ones(tmp_path: Path) -> None:
     directory = tmp_path / "tiny"
     directory.mkdir()
-    (directory / "model.xml").write_bytes(b"<net/>")
-    write_record(directory, _record("openvino", "model.xml"))
+    (directory / "model.mlpackage").write_bytes(b"coreml")
+    write_record(directory, _record("coreml", "model.mlpackage"))
     with pytest.raises(ModelError) as raised:
         load_predictor(directory)
     assert str(raised.value) == (
-        f"{directory / 'variant.json'}: runtime 'openvino' is not known; "
-        "expected one of onnxruntime, litert, tensorrt"
+        f"{directory / 'variant.json'}: runtime 'coreml' is not known; "
+        "expected one of onnxruntime, litert, openvino, tensorrt"
     )
 
 
