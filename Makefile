@@ -26,8 +26,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)  ## create .venv and install everything (pinned)
 
-run: $(STAMP)  ## run the nightly flow once on params.yaml (auto-approval, local registry; no servers needed)
-	$(BIN)/modelpress nightly --approval auto
+# `make run PARAMS=params/all-techniques.yaml`: every technique in one run (longer)
+PARAMS ?= params.yaml
+run: $(STAMP)  ## run the nightly flow once on params.yaml, or PARAMS=file (auto-approval, local registry)
+	$(BIN)/modelpress nightly --params $(PARAMS) --approval auto
 
 repro: $(STAMP)  ## run the same steps as a DVC pipeline (dvc repro) and print the variants table
 	$(BIN)/dvc repro

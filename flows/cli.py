@@ -73,7 +73,22 @@ def _format_manifest(manifest: dict[str, Any]) -> str:
             review = approval.get("flow_run_url") or approval.get("flow_run_id")
             lines.append(f"    identity: {approval['identity']}; review: {review}")
         lines.extend(_format_files(variant["files"], indent="    "))
+        sizes = _format_sizes(variant.get("metrics") or {})
+        if sizes:
+            lines.append(f"    {sizes}")
     return "\n".join(lines)
+
+
+def _format_sizes(metrics: dict[str, Any]) -> str:
+    """'model N bytes, zstd-19 M bytes' from a variant's metrics; manifests from before the
+    compressed size was measured give only the first part."""
+    if metrics.get("size_bytes") is None:
+        return ""
+    text = f"model {metrics['size_bytes']} bytes"
+    compressed, how = metrics.get("compressed_size_bytes"), metrics.get("compressed_with") or {}
+    if compressed is not None:
+        text += f", {how.get('codec', 'zstd')}-{how.get('level', '?')} {compressed} bytes"
+    return text
 
 
 def _format_files(files: dict[str, dict[str, Any]], indent: str) -> list[str]:

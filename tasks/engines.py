@@ -75,7 +75,11 @@ def merge_engines(
     run_dir: Path,
 ) -> MergedEngines:
     """Fetch each built engine; its metrics come from the logits the runner computed."""
-    from tasks.evaluate import metrics_row, model_size  # the runtimes: only when merging
+    from tasks.evaluate import (  # the runtimes: only when merging
+        compressed_size,
+        metrics_row,
+        model_size,
+    )
 
     records, dirs, metrics = dict(merged.records), dict(merged.dirs), dict(merged.metrics)
     with np.load(merged.predictions_file) as saved:
@@ -92,6 +96,7 @@ def merge_engines(
             predictions["labels"],
             model_size(directory),
             model_size(base_dir),
+            compressed_size(directory),
         )
         predictions[f"logits__{name}"], predictions[f"pred__{name}"] = logits, logits.argmax(1)
     predictions_file = run_dir / "predictions.npz"

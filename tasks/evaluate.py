@@ -15,6 +15,11 @@ from tasks.io import atomic_dir, write_json
 from tasks.runtimes import load_predictor
 from tasks.variant import BASELINE, EVALUATION_SPLIT, RECORD_NAME, VariantRecord, read_record
 
+# compressed_size_bytes: every model file compressed with zstd at this level, as a release
+# pipeline ships it over the air (`zstd -19`); entropy coding is where clustered and
+# weight-shared models pay off, so the level is fixed for every variant and the baseline
+ZSTD_LEVEL = 19
+
 
 @dataclass(frozen=True)
 class VariantMetrics:
@@ -30,6 +35,9 @@ class VariantMetrics:
     kl_divergence: float | None  # mean KL(baseline ‖ variant) over test samples
     per_class_accuracy: list[float | None] | None
     size_bytes: int | None
+    # the model file(s) as they travel over the air: zstd at ZSTD_LEVEL (null in files from
+    # before it was measured)
+    compressed_size_bytes: int | None
     size_ratio: float | None  # baseline size / variant size
     params: int | None
     macs: int | None
@@ -63,7 +71,15 @@ def evaluate(variants_dir: Path, names: list[str], test: Split, threads: int = 1
     base_size = model_size(base_dir)
     logits = {BASELINE: base_logits}
     metrics = {
-        BASELINE: metrics_row(base_record, base_logits, base_logits, test.y, base_size, base_size)
+        BASELINE: metrics_row(
+            base_record,
+            base_logits,
+            base_logits,
+            test.y,
+            base_size,
+            base_size,
+            compressed_size(base_dir),
+        )
     }
     for name in names:
         directory = variants_dir / name
@@ -73,7 +89,13 @@ def evaluate(variants_dir: Path, names: list[str], test: Split, threads: int = 1
             continue
         logits[name] = run_variant(directory, test.x, threads)
         metrics[name] = metrics_row(
-            record, logits[name], base_logits, test.y, model_size(directory), base_size
+            record,
+            logits[name],
+            base_logits,
+            test.y,
+            model_size(directory),
+            base_size,
+            compressed_size(directory),
         )
         print(f"evaluate: {name} accuracy {metrics[name].accuracy:.4f}", flush=True)
     return Evaluation(metrics=metrics, logits=logits, labels=test.y)
@@ -81,9 +103,20 @@ def evaluate(variants_dir: Path, names: list[str], test: Split, threads: int = 1
 
 def model_size(variant_dir: Path) -> int:
     """Bytes on disk of the model file(s): everything in the directory but variant.json."""
-    return sum(
-        p.stat().st_size for p in variant_dir.iterdir() if p.is_file() and p.name != RECORD_NAME
-    )
+    return sum(p.stat().st_size for p in model_files(variant_dir))
+
+
+def compressed_size(variant_dir: Path, level: int = ZSTD_LEVEL) -> int:
+    """Bytes of the model file(s) each compressed with zstd at `level`: what a device downloads."""
+    import zstandard
+
+    compressor = zstandard.ZstdCompressor(level=level)
+    return sum(len(compressor.compress(p.read_bytes())) for p in model_files(variant_dir))
+
+
+def model_files(variant_dir: Path) -> list[Path]:
+    """The model file(s) of a variant directory: everything in it but variant.json."""
+    return sorted(p for p in variant_dir.iterdir() if p.is_file() and p.name != RECORD_NAME)
 
 
 def metrics_row(
@@ -93,6 +126,7 @@ def metrics_row(
     labels: np.ndarray,
     size: int | None,
     base_size: int,
+    compressed: int | None = None,
 ) -> VariantMetrics:
     common: dict[str, Any] = dict(
         status=record.status,
@@ -114,6 +148,7 @@ def metrics_row(
             kl_divergence=None,
             per_class_accuracy=None,
             size_bytes=None,
+            compressed_size_bytes=None,
             size_ratio=None,
             **common,
         )
@@ -126,6 +161,7 @@ def metrics_row(
         kl_divergence=round(mean_kl(base_logits, logits), 6),
         per_class_accuracy=per_class_accuracy(predicted, labels),
         size_bytes=size,
+        compressed_size_bytes=compressed,
         size_ratio=round(base_size / size, 3) if size else None,
         **common,
     )
@@ -163,11 +199,20 @@ def write_evaluation(evaluation: Evaluation, metrics_dir: Path, plot_file: Path)
             {name: asdict(row) for name, row in evaluation.metrics.items()},
         )
     points = [
-        {"variant": name, "size_kb": round(row.size_bytes / 1024, 1), "accuracy": row.accuracy}
+        {
+            "variant": name,
+            "size_kb": round(row.size_bytes / 1024, 1),
+            "compressed_kb": _kib(row.compressed_size_bytes),
+            "accuracy": row.accuracy,
+        }
         for name, row in evaluation.metrics.items()
         if row.status == "ok" and row.size_bytes is not None
     ]
     write_json(plot_file, points)
+
+
+def _kib(size: int | None) -> float | None:
+    return None if size is None else round(size / 1024, 1)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -33,27 +33,6 @@ class Rewrite:
         return self.hard_swish + self.hard_sigmoid
 
 
-def simplify(onnx_file: Path) -> None:
-    """Fold onnx_file's constant subgraphs (in place) with onnxsim, in this process.
-
-    onnx2tf simplifies through the `onnxsim` command; where that is not on PATH (the venv's
-    `modelpress` run without activating the venv) it silently converts the raw graph, and the
-    Pad amounts torch computes at run time (Concat/Slice/Transpose of a constant) come out
-    transposed: EfficientNet-Lite's TF-'SAME' pads turned a 48x48 map into 49x47 and the
-    conversion failed. Folded here, every Pad is a constant or fused into its Conv.
-    """
-    import onnx
-    import onnxsim
-
-    model = onnx.load(str(onnx_file))
-    try:
-        simplified, checked = onnxsim.simplify(model)
-    except Exception:  # onnxsim cannot fold every graph; onnx2tf then gets it as exported
-        return
-    if checked:
-        onnx.save(simplified, str(onnx_file))
-
-
 def rewrite_hard_activations(onnx_file: Path) -> Rewrite:
     """Replace HardSwish/HardSigmoid nodes in onnx_file (in place) by ReLU6 arithmetic."""
     import onnx

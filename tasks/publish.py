@@ -13,7 +13,7 @@ from typing import Any
 from tasks.benchmark import BenchmarkRow
 from tasks.config import Params, RegistryConfig
 from tasks.decision import ApprovalRecord
-from tasks.evaluate import VariantMetrics
+from tasks.evaluate import ZSTD_LEVEL, VariantMetrics
 from tasks.registry import PublishEntry
 from tasks.review import GateVerdict
 from tasks.runtimes import FORMAT_BY_RUNTIME
@@ -111,7 +111,11 @@ def publish_entries(
             format=FORMAT_BY_RUNTIME[str(record.runtime)],
             input=asdict(record.input) | {"preprocess": record.preprocess} if record.input else {},
             metrics=asdict(metrics[name])
-            | {"benchmarks": [asdict(b) for b in bench if b.variant == name]},
+            | {
+                # how compressed_size_bytes was measured: a consumer compares like with like
+                "compressed_with": {"codec": "zstd", "level": ZSTD_LEVEL},
+                "benchmarks": [asdict(b) for b in bench if b.variant == name],
+            },
             gates={"passed": verdicts[name].passed, "reason": verdicts[name].reason},
             approval=approval.as_json(),
             output=asdict(record.output) if record.output else {},

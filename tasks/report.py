@@ -17,6 +17,7 @@ COLUMNS = (
     "drop (pts)",
     "agreement",
     "size",
+    "zstd size",  # the model file(s) as downloaded: zstd at tasks.evaluate.ZSTD_LEVEL
     "× smaller",
     "params",
     "MMACs",
@@ -43,6 +44,9 @@ def table_rows(metrics: dict[str, dict[str, Any]]) -> list[tuple[str, ...]]:
                 f"{row['accuracy_drop']:+.2f}" if ok else "-",
                 f"{row['agreement']:.4f}" if ok else "-",
                 _human_bytes(row["size_bytes"]) if ok else "-",
+                _human_bytes(row["compressed_size_bytes"])
+                if ok and row.get("compressed_size_bytes") is not None  # older files lack it
+                else "-",
                 f"{row['size_ratio']:.2f}" if ok else "-",
                 f"{row['params']:,}" if row.get("params") else "-",
                 f"{row['macs'] / 1e6:.1f}" if row.get("macs") else "-",

@@ -27,9 +27,16 @@ def read_baseline_summary(baseline_dir: Path) -> BaselineSummary:
     return BaselineSummary(sha256=record["sha256"], test_accuracy=record["test_accuracy"])
 
 
+# fields added to the rows since the first metrics files: an older file reads them as None
+ADDED_FIELDS = ("compressed_size_bytes",)
+
+
 def read_metrics(path: Path) -> dict[str, VariantMetrics]:
     """The rows of a metrics/variants.json, typed."""
-    return {name: VariantMetrics(**row) for name, row in read_json(path).items()}
+    return {
+        name: VariantMetrics(**(dict.fromkeys(ADDED_FIELDS) | row))
+        for name, row in read_json(path).items()
+    }
 
 
 def metrics_json(metrics: Mapping[str, VariantMetrics]) -> dict[str, dict[str, Any]]:

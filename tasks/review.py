@@ -39,9 +39,9 @@ def review_rows(
                     "drop_pts": _fmt(row.get("accuracy_drop"), "{:+.2f}"),
                     "drop_upper_pts": _fmt(verdict.drop_upper, "{:+.2f}"),
                     "agreement": _fmt(row.get("agreement"), "{:.4f}"),
-                    "size_kib": _fmt(
-                        row["size_bytes"] / 1024 if row.get("size_bytes") else None, "{:.0f}"
-                    ),
+                    "size_kib": _fmt(_kib(row.get("size_bytes")), "{:.0f}"),
+                    # the same file(s) zstd-compressed (tasks.evaluate.ZSTD_LEVEL): the download
+                    "zstd_kib": _fmt(_kib(row.get("compressed_size_bytes")), "{:.0f}"),
                     "ratio": _fmt(row.get("size_ratio"), "{:.2f}x"),
                     "p50_ms": _fmt(timed.p50_ms if timed else None, "{:.3f}"),
                     "p90_ms": _fmt(timed.p90_ms if timed else None, "{:.3f}"),
@@ -295,6 +295,10 @@ def pareto_plot(
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def _kib(size: int | None) -> float | None:
+    return size / 1024 if size else None
 
 
 def _fmt(value: float | None, pattern: str) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tasks.data import Preprocess
-from tasks.errors import ModelError
+from tasks.errors import ModelError, VariantError
 from tasks.io import read_json, sha256_file, write_json
 
 Status = Literal["ok", "skipped", "failed"]
@@ -30,7 +30,7 @@ class TensorSpec:
 @dataclass(frozen=True)
 class VariantRecord:
     name: str
-    technique: str  # baseline | tflite_int8 | openvino_int8 | pruned | distilled | ...
+    technique: str  # baseline, or a technique of tasks.techniques (tflite_int8, onnx_int8, ...)
     status: Status
     source: str | None = None
     reason: str | None = None
@@ -70,6 +70,19 @@ def model_path(directory: Path, record: VariantRecord) -> Path:
             f"{directory}: variant '{record.name}' has no model file ({record.status})"
         )
     return Path(directory) / record.model_file
+
+
+def onnx_source(name: str, source_dir: Path) -> tuple[VariantRecord, Path]:
+    """The record and ONNX file of the variant `name` starts from; a one-line VariantError
+    unless that variant is an ONNX model with its input recorded."""
+    source = read_record(source_dir)
+    if source.runtime != "onnxruntime":
+        raise VariantError(
+            f"{name}: source '{source.name}' is {source.runtime}, expected an ONNX model"
+        )
+    if source.input is None:  # an ok ONNX variant always records its input
+        raise VariantError(f"{name}: source '{source.name}' records no input tensor")
+    return source, model_path(source_dir, source)
 
 
 def carried_from(source: VariantRecord) -> dict[str, Any]:

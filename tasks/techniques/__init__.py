@@ -41,6 +41,9 @@ BUILTIN: tuple[str, ...] = (
     "distilled",
     "tensorrt_fp16",
     "openvino_int8",
+    "tflite_fp16",
+    "tflite_dynamic",
+    "onnx_int8",
 )
 ENTRY_POINT_GROUP = "modelpress.techniques"
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
 import tempfile
-import threading
-from importlib.metadata import version
 from pathlib import Path
 from typing import Literal
 
@@ -13,26 +10,16 @@ import numpy as np
 
 from tasks.config import PositiveInt
 from tasks.data import Preprocess, Split
-from tasks.errors import VariantError, brief
-from tasks.int8_friendly import rewrite_hard_activations, simplify
+from tasks.int8_friendly import rewrite_hard_activations
 from tasks.io import atomic_dir
-from tasks.quiet import held_back
-from tasks.runtimes.litert import RUNTIME as LITERT
 from tasks.techniques.base import BuildContext, Technique, TechniqueConfig
-from tasks.variant import (
-    TensorSpec,
-    VariantRecord,
-    carried_from,
-    data_fields,
-    finished_record,
-    model_path,
-    preprocess_fields,
-    read_record,
-    write_record,
+from tasks.tflite_convert import (
+    Calibration,
+    convert,
+    working_copy,
+    write_litert_variant,
 )
-
-MODEL_FILE = LITERT.model_file
-_CONVERT_LOCK = threading.Lock()
+from tasks.variant import VariantRecord, onnx_source
 
 
 class TfliteInt8Config(TechniqueConfig):
@@ -63,117 +50,40 @@ def quantize(
     out_dir: Path,
 ) -> VariantRecord:
     """Convert the source variant's ONNX model to a full-integer int8 LiteRT model."""
-    source = read_record(source_dir)
-    onnx_file = model_path(source_dir, source)
-    if source.runtime != "onnxruntime":
-        raise VariantError(
-            f"{name}: source '{source.name}' is {source.runtime}, expected an ONNX model"
-        )
-    if source.input is None:  # an ok ONNX variant always records its input
-        raise VariantError(f"{name}: source '{source.name}' records no input tensor")
+    source, onnx_file = onnx_source(name, source_dir)
+    assert source.input is not None  # onnx_source checked it
     with tempfile.TemporaryDirectory(prefix="mp-onnx2tf-") as work, atomic_dir(out_dir) as staging:
         work_dir = Path(work)
-        # onnx2tf rewrites the ONNX file it is given (simplification); never let it touch the source.
-        onnx_copy = work_dir / "model.onnx"
-        shutil.copyfile(onnx_file, onnx_copy)
-        simplify(onnx_copy)
+        onnx_copy = working_copy(onnx_file, work_dir)
         # HARD_SWISH/RELU_0_TO_1 have no int8 XNNPACK kernel: ReLU6 arithmetic stays on it
         rewritten = rewrite_hard_activations(onnx_copy)
         calib_file = work_dir / "calib.npy"
         # onnx2tf calibrates on NHWC pixels and applies (x - mean) / std itself.
         np.save(calib_file, calib.x[: cfg.calibration_samples].transpose(0, 2, 3, 1))
-        tflite = _convert(onnx_copy, work_dir, calib_file, preprocess, cfg, source.input.name)
-        shutil.copyfile(tflite, staging / MODEL_FILE)
-        input_spec, output_spec = _io_specs(staging / MODEL_FILE)
-        record = VariantRecord(
+        calibration = Calibration(calib_file, io_dtype="int8" if cfg.int8_io else "float32")
+        converted = convert(
+            "tflite_int8",
+            onnx_copy,
+            work_dir,
+            "full_integer_quant",
+            source.input.name,
+            preprocess,
+            per_channel=cfg.per_channel,
+            calibration=calibration,
+        )
+        extra = {"calibration_samples": int(min(len(calib), cfg.calibration_samples))}
+        if rewritten.total:
+            extra["rewritten_activations"] = rewritten.total
+        return write_litert_variant(
+            converted,
+            staging,
             name=name,
             technique="tflite_int8",
-            status="ok",
-            runtime="litert",
-            model_file=MODEL_FILE,
-            input=input_spec,
-            output=output_spec,
-            preprocess=preprocess_fields(preprocess),
-            data=data_fields(preprocess),
             settings=cfg.model_dump(),
-            **carried_from(source),
-            extra={
-                "onnx2tf": version("onnx2tf"),
-                "calibration_samples": int(min(len(calib), cfg.calibration_samples)),
-            }
-            | ({"rewritten_activations": rewritten.total} if rewritten.total else {}),
+            source=source,
+            preprocess=preprocess,
+            extra=extra,
         )
-        record = finished_record(staging, record)
-        write_record(staging, record)
-    return record
-
-
-def _convert(
-    onnx_file: Path,
-    work_dir: Path,
-    calib_file: Path,
-    preprocess: Preprocess,
-    cfg: TfliteInt8Config,
-    input_name: str,
-) -> Path:
-    io_dtype = "int8" if cfg.int8_io else "float32"
-    try:
-        # onnx2tf keeps global Keras/TF state: one conversion at a time in a process.
-        # TensorFlow's chatter (importing it included) is held back: `--verbose` shows it.
-        with _CONVERT_LOCK, held_back():
-            import onnx2tf
-
-            onnx2tf.convert(
-                input_onnx_file_path=str(onnx_file),
-                output_folder_path=str(work_dir / "tf"),
-                output_integer_quantized_tflite=True,
-                custom_input_op_name_np_data_path=[
-                    [input_name, str(calib_file), preprocess.mean, preprocess.std]
-                ],
-                quant_type="per-channel" if cfg.per_channel else "per-tensor",
-                input_quant_dtype=io_dtype,
-                output_quant_dtype=io_dtype,
-                non_verbose=True,
-            )
-    except Exception as exc:  # onnx2tf raises bare exceptions naming the failing op
-        detail = _conversion_detail(exc)
-        raise VariantError(
-            f"tflite_int8: onnx2tf could not convert {onnx_file.name} ({detail})"
-        ) from None
-    produced = work_dir / "tf" / f"{onnx_file.stem}_full_integer_quant.tflite"
-    if not produced.exists():
-        raise VariantError(f"tflite_int8: onnx2tf wrote no full-integer model for {onnx_file.name}")
-    return produced
-
-
-# Keras wraps a layer's error between a header and the call's arguments: the cause is in between
-_KERAS_FRAME = ("Exception encountered when calling layer", "Call arguments received", "•")
-
-
-def _conversion_detail(exc: Exception) -> str:
-    """The line of an onnx2tf/Keras error that says what went wrong."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    causes = [line for line in lines if not line.startswith(_KERAS_FRAME)]
-    return brief(causes[0]) if causes else brief(exc, last_line=True)
-
-
-def _io_specs(tflite_file: Path) -> tuple[TensorSpec, TensorSpec]:
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(tflite_file))
-    return _spec(interpreter.get_input_details()[0], "NHWC"), _spec(
-        interpreter.get_output_details()[0], None
-    )
-
-
-def _spec(detail: dict, layout: str | None) -> TensorSpec:
-    dtype = np.dtype(detail["dtype"]).name
-    scale, zero_point = detail["quantization"]
-    quantization = (
-        {"scale": float(scale), "zero_point": int(zero_point)} if dtype == "int8" else None
-    )
-    shape = [None if dim < 0 else int(dim) for dim in detail["shape_signature"]]
-    return TensorSpec(detail["name"], shape, dtype, layout=layout, quantization=quantization)
 
 
 TECHNIQUE = Technique(
@@ -183,5 +93,5 @@ TECHNIQUE = Technique(
     runtime="litert",
     produces_onnx=False,
     build=build,
-    uses=("tasks.int8_friendly",),
+    uses=("tasks.int8_friendly", "tasks.tflite_convert"),
 )

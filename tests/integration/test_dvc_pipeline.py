@@ -24,6 +24,7 @@ REQUIRED_KEYS = {
     "accuracy_drop",
     "agreement",
     "size_bytes",
+    "compressed_size_bytes",
     "params",
     "macs",
     "reason",

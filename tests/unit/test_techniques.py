@@ -58,7 +58,16 @@ def _error(raw: dict[str, Any]) -> str:
 
 def test_builtin_table_in_its_order_with_what_each_declares() -> None:
     table = builtin_techniques()
-    assert list(table) == ["tflite_int8", "pruned", "distilled", "tensorrt_fp16", "openvino_int8"]
+    assert list(table) == [
+        "tflite_int8",
+        "pruned",
+        "distilled",
+        "tensorrt_fp16",
+        "openvino_int8",
+        "tflite_fp16",
+        "tflite_dynamic",
+        "onnx_int8",
+    ]
     assert {n for n, t in table.items() if t.starts_from == "torch"} == {"pruned", "distilled"}
     assert {n for n, t in table.items() if t.produces_onnx} == {"pruned", "distilled"}
     assert {n: t.runtime for n, t in table.items()} == {
@@ -67,10 +76,15 @@ def test_builtin_table_in_its_order_with_what_each_declares() -> None:
         "distilled": "onnxruntime",
         "tensorrt_fp16": "tensorrt",
         "openvino_int8": "openvino",
+        "tflite_fp16": "litert",
+        "tflite_dynamic": "litert",
+        "onnx_int8": "onnxruntime",
     }
     assert {n: t.build_on for n, t in table.items() if t.build_on} == {"tensorrt_fp16": "cuda"}
     assert runtimes_produced(table) == ("onnxruntime", "litert", "tensorrt", "openvino")
-    assert table["tflite_int8"].uses == ("tasks.int8_friendly",)  # the hard-swish rewrite
+    # the hard-swish rewrite, and the ONNX → LiteRT conversion the LiteRT techniques share
+    assert table["tflite_int8"].uses == ("tasks.int8_friendly", "tasks.tflite_convert")
+    assert table["tflite_fp16"].uses == table["tflite_dynamic"].uses == ("tasks.tflite_convert",)
     for name, technique in table.items():
         assert technique.modules == tuple(
             sorted({f"tasks.techniques.{name}", "tasks.techniques.base", *technique.uses})
@@ -101,7 +115,8 @@ def test_unknown_technique_names_the_known_ones_in_one_line(repo_raw: dict[str, 
     )
     assert message == (
         "params.yaml: variants.x: unknown technique 'sorcery'; "
-        "expected one of tflite_int8, pruned, distilled, tensorrt_fp16, openvino_int8"
+        "expected one of tflite_int8, pruned, distilled, tensorrt_fp16, openvino_int8, "
+        "tflite_fp16, tflite_dynamic, onnx_int8"
     )
     with pytest.raises(ConfigError, match=r"^unknown technique 'sorcery'; expected one of tflite"):
         technique_named("sorcery")
@@ -161,7 +176,8 @@ def test_referenced_technique_is_validated_like_a_builtin(repo_raw: dict[str, An
     assert _error(bad_value).startswith("params.yaml: variants.b.rounding: Input should be")
     unknown = _error(_with(repo_raw, techniques=[PLUGIN], variants={"b": {"technique": "zz"}}))
     assert unknown.endswith(
-        "expected one of tflite_int8, pruned, distilled, tensorrt_fp16, openvino_int8, bf16_weights"
+        "expected one of tflite_int8, pruned, distilled, tensorrt_fp16, openvino_int8, "
+        "tflite_fp16, tflite_dynamic, onnx_int8, bf16_weights"
     )
     from_int8 = _with(
         repo_raw, techniques=[PLUGIN], variants={"b": BF16 | {"source": "tflite_int8"}}

@@ -1,0 +1,200 @@
+"""ONNX → TF SavedModel (onnx2tf) → LiteRT: the conversion every LiteRT technique shares.
+
+onnx2tf writes the SavedModel and then runs TensorFlow's TFLiteConverter once per output it is
+asked for: float32 and float16 always, dynamic-range int8 and full-integer int8 on request. A
+technique picks one `Output`, gets that file back, and records it with `litert_record`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from tasks.data import Preprocess
+from tasks.errors import VariantError, brief
+from tasks.quiet import held_back
+from tasks.runtimes.litert import RUNTIME as LITERT
+from tasks.variant import (
+    TensorSpec,
+    VariantRecord,
+    carried_from,
+    data_fields,
+    finished_record,
+    preprocess_fields,
+    write_record,
+)
+
+MODEL_FILE = LITERT.model_file
+# what onnx2tf calls each output: `<stem>_<suffix>.tflite`
+Output = Literal["float32", "float16", "dynamic_range_quant", "full_integer_quant"]
+_CONVERT_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Full-integer only: NHWC pixel samples (onnx2tf applies (x - mean) / std itself) and the
+    dtype of the model's input and output tensors."""
+
+    samples_file: Path
+    io_dtype: Literal["int8", "float32"] = "int8"
+
+
+@dataclass(frozen=True)
+class Converted:
+    """The .tflite a technique asked for, and the size of the float32 one onnx2tf wrote beside
+    it from the same SavedModel: the like-for-like reference of its size."""
+
+    tflite: Path
+    float32_bytes: int
+
+
+def working_copy(onnx_file: Path, work_dir: Path) -> Path:
+    """A simplified copy of the ONNX file in work_dir: onnx2tf rewrites (simplifies) the file it
+    is given, and the source must never change."""
+    copy = work_dir / "model.onnx"
+    shutil.copyfile(onnx_file, copy)
+    simplify(copy)
+    return copy
+
+
+def simplify(onnx_file: Path) -> None:
+    """Fold onnx_file's constant subgraphs (in place) with onnxsim, in this process.
+
+    onnx2tf simplifies through the `onnxsim` command; where that is not on PATH (the venv's
+    `modelpress` run without activating the venv) it silently converts the raw graph, and the
+    Pad amounts torch computes at run time (Concat/Slice/Transpose of a constant) come out
+    transposed: EfficientNet-Lite's TF-'SAME' pads turned a 48x48 map into 49x47 and the
+    conversion failed. Folded here, every Pad is a constant or fused into its Conv.
+    """
+    import onnx
+    import onnxsim
+
+    model = onnx.load(str(onnx_file))
+    try:
+        simplified, checked = onnxsim.simplify(model)
+    except Exception:  # onnxsim cannot fold every graph; onnx2tf then gets it as exported
+        return
+    if checked:
+        onnx.save(simplified, str(onnx_file))
+
+
+def convert(
+    technique: str,
+    onnx_file: Path,
+    work_dir: Path,
+    output: Output,
+    input_name: str,
+    preprocess: Preprocess,
+    per_channel: bool = True,
+    calibration: Calibration | None = None,
+) -> Converted:
+    """Run onnx2tf on `onnx_file` (a working copy) and return the `output` .tflite it wrote;
+    `per_channel` sets the int8 outputs' weight scales (one per output channel, or one a tensor)."""
+    if (output == "full_integer_quant") != (calibration is not None):
+        raise ValueError("a full-integer model needs calibration; the other outputs take none")
+    options: dict[str, Any] = {
+        "quant_type": "per-channel" if per_channel else "per-tensor",
+        "output_dynamic_range_quantized_tflite": output == "dynamic_range_quant",
+    }
+    if calibration is not None:
+        options |= {
+            "output_integer_quantized_tflite": True,
+            "custom_input_op_name_np_data_path": [
+                [input_name, str(calibration.samples_file), preprocess.mean, preprocess.std]
+            ],
+            "input_quant_dtype": calibration.io_dtype,
+            "output_quant_dtype": calibration.io_dtype,
+        }
+    try:
+        # onnx2tf keeps global Keras/TF state: one conversion at a time in a process.
+        # TensorFlow's chatter (importing it included) is held back: `--verbose` shows it.
+        with _CONVERT_LOCK, held_back():
+            import onnx2tf
+
+            onnx2tf.convert(
+                input_onnx_file_path=str(onnx_file),
+                output_folder_path=str(work_dir / "tf"),
+                non_verbose=True,
+                **options,
+            )
+    except Exception as exc:  # onnx2tf raises bare exceptions naming the failing op
+        detail = _conversion_detail(exc)
+        raise VariantError(
+            f"{technique}: onnx2tf could not convert {onnx_file.name} ({detail})"
+        ) from None
+    produced = work_dir / "tf" / f"{onnx_file.stem}_{output}.tflite"
+    if not produced.exists():  # onnx2tf logs (not raises) a failed dynamic-range conversion
+        raise VariantError(f"{technique}: onnx2tf wrote no {output} model for {onnx_file.name}")
+    float32 = work_dir / "tf" / f"{onnx_file.stem}_float32.tflite"  # always written first
+    return Converted(produced, float32.stat().st_size)
+
+
+def io_specs(tflite_file: Path) -> tuple[TensorSpec, TensorSpec]:
+    """The model's input (NHWC) and output tensors as LiteRT reads them."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(tflite_file))
+    return _spec(interpreter.get_input_details()[0], "NHWC"), _spec(
+        interpreter.get_output_details()[0], None
+    )
+
+
+def _spec(detail: dict, layout: str | None) -> TensorSpec:
+    dtype = np.dtype(detail["dtype"]).name
+    scale, zero_point = detail["quantization"]
+    quantization = (
+        {"scale": float(scale), "zero_point": int(zero_point)} if dtype == "int8" else None
+    )
+    shape = [None if dim < 0 else int(dim) for dim in detail["shape_signature"]]
+    return TensorSpec(detail["name"], shape, dtype, layout=layout, quantization=quantization)
+
+
+def write_litert_variant(
+    converted: Converted,
+    staging: Path,
+    *,
+    name: str,
+    technique: str,
+    settings: dict[str, Any],
+    source: VariantRecord,
+    preprocess: Preprocess,
+    extra: dict[str, Any],
+) -> VariantRecord:
+    """Copy the converted model into the variant directory being staged and write its record."""
+    shutil.copyfile(converted.tflite, staging / MODEL_FILE)
+    input_spec, output_spec = io_specs(staging / MODEL_FILE)
+    record = VariantRecord(
+        name=name,
+        technique=technique,
+        status="ok",
+        runtime="litert",
+        model_file=MODEL_FILE,
+        input=input_spec,
+        output=output_spec,
+        preprocess=preprocess_fields(preprocess),
+        data=data_fields(preprocess),
+        settings=settings,
+        **carried_from(source),
+        extra={"onnx2tf": version("onnx2tf"), "float32_tflite_bytes": converted.float32_bytes}
+        | extra,
+    )
+    record = finished_record(staging, record)
+    write_record(staging, record)
+    return record
+
+
+# Keras wraps a layer's error between a header and the call's arguments: the cause is in between
+_KERAS_FRAME = ("Exception encountered when calling layer", "Call arguments received", "•")
+
+
+def _conversion_detail(exc: Exception) -> str:
+    """The line of an onnx2tf/Keras error that says what went wrong."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    causes = [line for line in lines if not line.startswith(_KERAS_FRAME)]
+    return brief(causes[0]) if causes else brief(exc, last_line=True)
