@@ -182,10 +182,18 @@ def search(
     origin = Origin(prepared.inputs, prepared.baseline.sha256, model_rev, data_rev, root, previous)
     form = (approval or params.review.approval, review_poll_s)
     review, rejected = _offer(
-        params, prepared, pick, registry, origin, version, work, run_dir, form, gates
+        params, prepared, pick, registry, origin, version, trials, run_dir, form, gates
     )
     message = f"trial {pick.number} ({pick.variant}) is the pick: {review.status}; report: {report}"
-    return replace(result, status="found", message=message, outcome=review, rejected=rejected)
+    return replace(
+        result,
+        status="found",
+        message=message,
+        outcome=review,
+        rejected=rejected,
+        built=trials.built,
+        cached=trials.cached,
+    )
 
 
 class _Trials:
@@ -205,6 +213,11 @@ class _Trials:
         self.built: list[str] = []
         self.cached: list[str] = []
         self._baseline_rows: list[BenchmarkRow] | None = None
+
+    def count(self, variants: dict[str, Any], cached: list[str]) -> None:
+        """Which of these variants were built, and which came from the cache (once each)."""
+        self.cached += [n for n in variants if n in cached and n not in self.cached]
+        self.built += [n for n in variants if n not in cached and n not in self.built]
 
     def run(self, plans: list[TrialPlan], batch: int) -> list[TrialOutcome]:
         """The batch's outcomes; a batch a build error stops is failed whole, with the reason
@@ -236,8 +249,7 @@ class _Trials:
         built = build_variants(
             batch_params, p.baseline.sha256, p.base_key, p.baseline_dir, p.data_dir, work
         )
-        self.cached += [n for n in built.cached if n != "baseline" and n not in self.cached]
-        self.built += [n for n in variants if n not in built.cached and n not in self.built]
+        self.count(variants, built.cached)
         metrics, eval_dir = evaluate_variants(
             built.records, built.dirs, p.data_key, p.data_dir, work
         )
@@ -348,7 +360,7 @@ def _offer(
     registry: RegistryConfig,
     origin: Origin,
     version: str | None,
-    work: Path,
+    trials: _Trials,
     run_dir: Path,
     form: tuple[str, int],
     gates: GatesConfig,
@@ -359,7 +371,7 @@ def _offer(
 
     table = technique_table(tuple(params.techniques))
     variants = plan_variants(pick.chain.split("+"), pick.knobs, params.search, table)
-    p, previous = prepared, origin.previous
+    p, previous, work = prepared, origin.previous, trials.work
     built = build_variants(
         params.model_copy(update={"variants": variants}),
         p.baseline.sha256,
@@ -368,6 +380,7 @@ def _offer(
         p.data_dir,
         work,
     )
+    trials.count(variants, built.cached)
     metrics, eval_dir = evaluate_variants(built.records, built.dirs, p.data_key, p.data_dir, work)
     ok = {n: built.dirs[n] for n, r in built.records.items() if r.status == "ok"}
     profiles = {name: params.runners[name] for name in params.benchmark.runners}

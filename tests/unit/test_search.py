@@ -1,0 +1,146 @@
+"""The search's plain parts: the search: section's checks, trial variants named by content, the
+known-good first trials, and the Pareto front (on numbers)."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tasks.config import load_params
+from tasks.errors import ConfigError
+from tasks.search import known_good, pareto_front, plan_variants
+from tasks.techniques import technique_table
+from tests.conftest import write_params
+
+SEARCH = {
+    "chains": [["tflite_int8"], ["pruned", "tflite_int8"]],
+    "space": {
+        "pruned.ratio": {"low": 0.2, "high": 0.7},
+        "pruned.round_to": [4, 8, 16],
+        "tflite_int8.calibration_samples": [64, 128],
+    },
+    "fixed": {"pruned.finetune_epochs": 1},
+}
+
+
+@pytest.fixture
+def params_file(tmp_path: Path) -> Path:
+    return write_params(tmp_path, {"search": SEARCH})
+
+
+@pytest.mark.parametrize(
+    ("search", "expected"),
+    [
+        (
+            {"space": {"pruned.ratioo": [0.3]}},
+            "search.space.pruned.ratioo: unknown knob of technique 'pruned'; its knobs: ratio, ",
+        ),
+        (
+            {"space": {"pruned.ratio": {"low": 0.2, "high": 1.5}}},
+            "search.space.pruned.ratio: Input should be less than 1 (got 1.5)",
+        ),
+        (
+            {"space": {"pruned.ratio": {"low": 0.5, "high": 0.2}}},
+            "search.space.pruned.ratio: low 0.5 is above high 0.2",
+        ),
+        ({"space": {"pruned.ratio": {"low": 0.2, "hi": 0.5}}}, "search.space.pruned.ratio"),
+        (
+            {"space": {"sharpen.amount": [1]}},
+            "search.space.sharpen.amount: expected 'technique.knob'",
+        ),
+        ({"space": {"distilled.width": [8]}}, "technique 'distilled' is in no search.chains entry"),
+        (
+            {"fixed": {"pruned.round_to": 0}},
+            "search.fixed.pruned.round_to: Input should be greater than 0",
+        ),
+        (
+            {"chains": [["tflite_int8", "pruned"]]},
+            "search.chains.0: 'pruned' starts from the baseline",
+        ),
+        ({"chains": [["int4"]]}, "search.chains.0: unknown technique 'int4'"),
+        ({"constraints": {"max_drop": 1.0}}, "search.constraints.max_drop: unknown key"),
+        ({"objective": {"runner": "phone"}}, "search.objective.runner: 'phone' is not a profile"),
+        ({"budget": {"trials": None}}, "search.budget: give trials and/or seconds"),
+    ],
+)
+def test_a_bad_search_entry_is_one_line_naming_it(
+    params_file: Path, search: dict, expected: str
+) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_params(params_file, {"search": search})
+    message = str(error.value)
+    assert expected in message
+    assert "\n" not in message
+    assert message.startswith(str(params_file))
+
+
+def test_trial_variants_are_named_by_their_content(params_file: Path) -> None:
+    params = load_params(params_file)
+    table = technique_table()
+    knobs = {"pruned.ratio": 0.3, "pruned.round_to": 8, "tflite_int8.calibration_samples": 64}
+    first = plan_variants(["pruned", "tflite_int8"], knobs, params.search, table)
+    again = plan_variants(["pruned", "tflite_int8"], dict(knobs), params.search, table)
+    other = plan_variants(
+        ["pruned", "tflite_int8"],
+        knobs | {"tflite_int8.calibration_samples": 128},
+        params.search,
+        table,
+    )
+    assert list(first) == list(
+        again
+    )  # equal configs share names, so the compress cache serves them
+    (pruned, int8), (pruned_other, int8_other) = list(first), list(other)
+    assert pruned == pruned_other and int8 != int8_other  # only the changed step is new
+    assert first[int8].source == pruned
+    assert first[pruned].ratio == 0.3 and first[pruned].finetune_epochs == 1  # fixed knob applied
+    assert first[int8].calibration_samples == 64
+
+
+def test_known_good_trials_come_first_and_stay_inside_the_space(params_file: Path) -> None:
+    params = load_params(params_file)
+    trials = known_good(params.search, params.variants, technique_table())
+    # chain defaults in the order listed (PTQ first), then params.yaml's variants the space holds;
+    # calibration_samples 200 (the default) and 64 (the tiny variants') are not both choices
+    assert trials[0] == {"chain": "tflite_int8"}  # its default (200) is no choice: sampled
+    assert trials[1]["chain"] == "pruned+tflite_int8"
+    assert trials[1]["pruned.ratio"] == 0.4 and trials[1]["pruned.round_to"] == 8
+    assert {"chain": "tflite_int8", "tflite_int8.calibration_samples": 64} in trials
+    for trial in trials:
+        for path, value in trial.items():
+            knob = params.search.space.get(path)
+            if isinstance(knob, list):
+                assert value in knob
+
+
+def _dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return all(x <= y for x, y in zip(a, b, strict=True)) and any(
+        x < y for x, y in zip(a, b, strict=True)
+    )
+
+
+def test_pareto_front_on_known_points() -> None:
+    # (-accuracy, p50 ms, size)
+    points = [
+        (-0.99, 2.0, 300.0),  # most accurate
+        (-0.98, 1.0, 300.0),  # faster, a little less accurate
+        (-0.98, 1.5, 300.0),  # dominated by the one above
+        (-0.90, 1.0, 100.0),  # smallest
+        (-0.90, 1.0, 100.0),  # the same numbers twice: both stay
+        (-0.80, 3.0, 400.0),  # dominated by everything
+    ]
+    assert pareto_front(points) == [0, 1, 3, 4]
+
+
+def test_pareto_front_is_exactly_the_non_dominated_points() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        points = [tuple(float(v) for v in row) for row in rng.integers(0, 6, size=(15, 3))]
+        front = set(pareto_front(points))
+        for i, j in itertools.permutations(range(len(points)), 2):
+            if i in front:
+                assert not _dominates(points[j], points[i])
+        for i in set(range(len(points))) - front:
+            assert any(_dominates(points[j], points[i]) for j in front)
