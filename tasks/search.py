@@ -170,33 +170,40 @@ def known_good(
     listed: dict[str, TechniqueConfig],
     table: dict[str, Technique],
 ) -> list[dict[str, Any]]:
-    """Trials to run before sampling, cheapest first: each chain's defaults in the order the
-    chains are listed (e.g. PTQ, then mixed precision, then QAT), then each params.yaml variant
-    the space can express. Values a knob's range or choices do not hold are left to the sampler."""
+    """Trials to run before sampling, cheapest first, chain by chain in the order listed (e.g.
+    PTQ, then mixed precision, then QAT): the params.yaml variants the chain describes, else the
+    techniques' defaults. Values a knob's range or choices do not hold are left to the sampler."""
     trials: list[dict[str, Any]] = []
     for chain in search.chains:
+        written = [
+            _listed_knobs(name, listed, search)
+            for name in listed
+            if _chain_of(name, listed) == tuple(chain)
+        ]
         defaults = {
             path: table[path.partition(".")[0]].config.model_fields[path.partition(".")[2]].default
             for path in search.space
             if path.partition(".")[0] in chain
         }
-        trials.append(_expressible(chain, defaults, search))
-    for name in listed:
-        steps = _chain_of(name, listed)
-        if steps is None or list(steps) not in search.chains:
-            continue
-        knobs: dict[str, Any] = {}
-        cursor: str | None = name
-        while cursor in listed:
-            config = listed[cursor]
-            for path in search.space:
-                technique, _, knob = path.partition(".")
-                if technique == config.technique:
-                    knobs[path] = getattr(config, knob)
-            cursor = config.source
-        trials.append(_expressible(steps, knobs, search))
+        trials += [_expressible(chain, knobs, search) for knobs in written or [defaults]]
     unique = {json.dumps(t, sort_keys=True): t for t in trials}
     return list(unique.values())
+
+
+def _listed_knobs(
+    name: str, listed: dict[str, TechniqueConfig], search: SearchConfig
+) -> dict[str, Any]:
+    """The space's knobs as a params.yaml variant (and the variants it starts from) sets them."""
+    knobs: dict[str, Any] = {}
+    cursor = name
+    while cursor in listed:
+        config = listed[cursor]
+        for path in search.space:
+            technique, _, knob = path.partition(".")
+            if technique == config.technique:
+                knobs[path] = getattr(config, knob)
+        cursor = config.source
+    return knobs
 
 
 def _chain_of(name: str, listed: dict[str, TechniqueConfig]) -> tuple[str, ...] | None:

@@ -42,12 +42,12 @@ def _params(tmp_path: Path, search: dict[str, Any] | None = None) -> Path:
             "benchmark": FAST_BENCHMARK,
             "gates": {"defaults": NO_GATES},
             "registry": {"uri": str(tmp_path / "registry"), "model_name": "digits-search"},
-            "search": SEARCH | (search or {}),
         },
     )
     raw = yaml.safe_load(path.read_text())
     raw["variants"] = {"pruned": raw["variants"]["pruned"]}  # the hand-written variant: ratio 0.5
     raw["gates"]["per_variant"] = {}
+    raw["search"] = SEARCH | (search or {})  # replaces params.yaml's, whose space names others
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
 
