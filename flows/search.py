@@ -125,7 +125,7 @@ def search(
     bench_cfg = params.benchmark.model_copy(update={"runners": [runner]})
     name = (
         cfg.study
-        or f"{params.registry.model_name}-{study_key(cfg, limits, prepared.base_key, runner, bench_cfg)}"
+        or f"{params.registry.model_name}-{study_key(cfg, limits, prepared.base_key, params.runners[runner], bench_cfg)}"
     )
     storage = storage_url(cfg, work)
     study = open_study(cfg, name, storage, seed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -145,3 +146,90 @@ def test_pareto_front_is_exactly_the_non_dominated_points() -> None:
                 assert not _dominates(points[j], points[i])
         for i in set(range(len(points))) - front:
             assert any(_dominates(points[j], points[i]) for j in front)
+
+
+def _metrics_row(accuracy: float, size: int) -> Any:
+    from tasks.evaluate import VariantMetrics
+
+    return VariantMetrics(
+        status="ok",
+        technique="pruned",
+        source="baseline",
+        runtime="onnxruntime",
+        accuracy=accuracy,
+        accuracy_drop=None,
+        agreement=0.95,
+        kl_divergence=None,
+        per_class_accuracy=None,
+        size_bytes=size,
+        size_ratio=None,
+        params=None,
+        macs=None,
+        cpu_fp16_accuracy=None,
+        reason=None,
+        split="test",
+        samples=100,
+    )
+
+
+def test_a_trial_says_how_far_it_fell_short_of_each_gate(params_file: Path) -> None:
+    from tasks.benchmark import BenchmarkRow
+    from tasks.search import TrialPlan, best_attempt, best_feasible, outcome_of, study_values
+    from tasks.validate import Check, SuiteResult
+
+    params = load_params(params_file)
+    plan = TrialPlan(
+        7,
+        ("pruned",),
+        {"pruned.ratio": 0.5},
+        plan_variants(["pruned"], {"pruned.ratio": 0.5}, params.search, technique_table()),
+    )
+    name = plan.variant
+    labels = np.arange(100) % 10
+    base, variant = labels.copy(), labels.copy()
+    variant[:4] = (variant[:4] + 1) % 10  # 4 of 100 wrong where the baseline was right ...
+    base[10:12] = (base[10:12] + 1) % 10  # ... and 2 right where the baseline was wrong
+    predictions = {"labels": labels, "pred__baseline": base, f"pred__{name}": variant}
+    bench = [BenchmarkRow(variant=name, runner="edge-cpu", status="ok", p50_ms=0.8)]
+    checks = [
+        Check(
+            "drop_upper <= max_accuracy_drop",
+            "expect_column_max_to_be_between",
+            "drop_upper",
+            False,
+            9.8,
+            1.0,
+        ),
+        Check(
+            "agreement >= min_agreement",
+            "expect_column_min_to_be_between",
+            "agreement",
+            False,
+            0.95,
+            0.97,
+        ),
+        Check(
+            "accuracy >= min_accuracy",
+            "expect_column_min_to_be_between",
+            "accuracy",
+            True,
+            0.96,
+            0.9,
+        ),
+    ]
+    suites = {name: SuiteResult(f"variant.{name}", False, checks)}
+    metrics = {name: _metrics_row(0.96, 5000)}
+    short = outcome_of(plan, metrics, predictions, bench, suites, "p50", "edge-cpu", 0.95)
+    assert not short.feasible and short.objective == 0.8 and short.drop == 2.0
+    assert short.drop_upper is not None and 2.0 < short.drop_upper < 6.0  # exact McNemar bound
+    assert short.shortfalls == [
+        "drop_upper <= max_accuracy_drop: 9.8 vs 1 (short by 8.8)",
+        "agreement >= min_agreement: 0.95 vs 0.97 (short by 0.02)",
+    ]
+    assert short.violation == pytest.approx(8.8 / 1.0 + 0.02 / 0.97, abs=1e-6)
+    assert study_values(short) == [0.8, short.drop_upper]
+    passed = {name: SuiteResult(f"variant.{name}", True, checks[2:])}
+    by_size = outcome_of(plan, metrics, predictions, bench, passed, "size", "edge-cpu", 0.95)
+    assert by_size.feasible and by_size.objective == 5000 and by_size.violation == 0
+    assert best_feasible([short, by_size]) is by_size
+    assert best_feasible([short]) is None and best_attempt([short]) is short
