@@ -121,17 +121,7 @@ def search(
     runner = cfg.objective.runner or params.benchmark.runners[0]
     limits = VariantGates.model_validate(params.gates.defaults.model_dump() | cfg.constraints)
     gates = params.gates.model_copy(update={"defaults": limits, "per_variant": {}})
-    seed = params.seed if cfg.seed is None else cfg.seed
-    bench_cfg = params.benchmark.model_copy(update={"runners": [runner]})
-    name = (
-        cfg.study
-        or f"{params.registry.model_name}-{study_key(cfg, limits, prepared.base_key, params.runners[runner], bench_cfg)}"
-    )
-    storage = storage_url(cfg, work)
-    study = open_study(cfg, name, storage, seed)
-    if cfg.enqueue_variants and not study.trials:
-        for known in known_good(cfg, params.variants, table):
-            study.enqueue_trial(known, skip_if_exists=True)
+    name, storage, study = _study(params, prepared, limits, runner, work)
     logger.info("search study %s in %s: %d trial(s) so far", name, storage, finished_trials(study))
 
     trials = _Trials(params, prepared, gates, runner, run_dir, work)
@@ -140,7 +130,7 @@ def search(
         room = cfg.budget.trials - finished_trials(study) if cfg.budget.trials else cfg.batch
         asked = [study.ask() for _ in range(min(cfg.batch, room))]
         plans = [suggest_plan(trial, cfg, table) for trial in asked]
-        for trial, measured in zip(asked, trials.run(plans, ran), strict=True):
+        for trial, measured in zip(asked, _measure(plans, study, trials, ran), strict=True):
             trial.set_user_attr(OUTCOME, measured.as_json())
             trial.set_constraint(CONSTRAINT, measured.violation if measured.status == "ok" else 1.0)
             values = study_values(measured)
@@ -148,11 +138,7 @@ def search(
             logger.info("trial %d %s: %s", measured.number, measured.variant, _line(measured))
         ran += len(asked)
 
-    outcomes = [
-        TrialOutcome.from_json(t.user_attrs[OUTCOME])
-        for t in study.get_trials(deepcopy=False)
-        if OUTCOME in t.user_attrs
-    ]
+    outcomes = _outcomes(study)
     pick = best_feasible(outcomes)
     shown = pick or best_attempt(outcomes)
     report = _report(outcomes, pick, shown, cfg.objective.minimize, runner, name, params, run_dir)
@@ -194,6 +180,49 @@ def search(
         built=trials.built,
         cached=trials.cached,
     )
+
+
+def _outcomes(study: Any) -> list[TrialOutcome]:
+    """Every finished trial of the study, earlier runs' included."""
+    return [
+        TrialOutcome.from_json(t.user_attrs[OUTCOME])
+        for t in study.get_trials(deepcopy=False)
+        if OUTCOME in t.user_attrs
+    ]
+
+
+def _measure(plans: list[TrialPlan], study: Any, trials: _Trials, batch: int) -> list[TrialOutcome]:
+    """The batch's outcomes. A sampler may propose a variant the study has measured already (a
+    small discrete space): that trial takes the earlier numbers instead of a second measurement
+    that would differ only by timing noise."""
+    measured = {o.variant: o for o in _outcomes(study) if o.status == "ok"}
+    fresh = [plan for plan in plans if plan.variant not in measured]
+    outcomes = dict(
+        zip([p.number for p in fresh], trials.run(fresh, batch) if fresh else [], strict=True)
+    )
+    return [
+        outcomes.get(plan.number) or replace(measured[plan.variant], number=plan.number)
+        for plan in plans
+    ]
+
+
+def _study(
+    params: Params, prepared: Prepared, limits: VariantGates, runner: str, work: Path
+) -> tuple[str, str, Any]:
+    """The study's name (by content, unless search.study names it), storage and the study,
+    created with its known-good first trials or loaded to resume."""
+    cfg = params.search
+    seed = params.seed if cfg.seed is None else cfg.seed
+    bench = params.benchmark.model_copy(update={"runners": [runner]})
+    key = study_key(cfg, limits, prepared.base_key, params.runners[runner], bench)
+    name = cfg.study or f"{params.registry.model_name}-{key}"
+    storage = storage_url(cfg, work)
+    study = open_study(cfg, name, storage, seed)
+    if cfg.enqueue_variants and not study.trials:
+        table = technique_table(tuple(params.techniques))
+        for known in known_good(cfg, params.variants, table):
+            study.enqueue_trial(known, skip_if_exists=True)
+    return name, storage, study
 
 
 class _Trials:

@@ -64,7 +64,9 @@ def searched(prefect_server: str, tmp_path_factory: pytest.TempPathFactory) -> d
     workdir = tmp / "work"
     first = search(params_file=str(params), approval="auto", workdir=str(workdir))
     study = optuna.load_study(study_name=first.study, storage=first.storage)
-    abandoned = study.ask()  # a run killed mid-batch leaves its trial RUNNING
+    # a run killed mid-batch leaves its trial RUNNING (here: one with trial 0's knobs)
+    study.enqueue_trial({"chain": "pruned", **first.trials[0].knobs})
+    abandoned = study.ask()
     abandoned.suggest_categorical("chain", ["pruned"])
     abandoned.suggest_categorical("pruned.ratio", [0.3, 0.5])
     return {"tmp": tmp, "params": params, "workdir": workdir, "first": first}
@@ -124,10 +126,12 @@ def test_a_resumed_search_rebuilds_nothing(searched: dict[str, Any]) -> None:
     assert resumed.study == first.study
     assert len(resumed.trials) == 4 and resumed.ran == 1  # the first three were kept
     assert [t.number for t in resumed.trials[:3]] == [t.number for t in first.trials]
-    # the abandoned trial was queued again and served from the cache: nothing built
+    # the abandoned trial was queued again and answered from what the study holds: nothing built
+    again = resumed.trials[-1]
+    assert again.variant == first.trials[0].variant and again.knobs == first.trials[0].knobs
+    assert (again.p50_ms, again.accuracy) == (first.trials[0].p50_ms, first.trials[0].accuracy)
     assert resumed.built == []
-    assert resumed.trials[-1].variant in {t.variant for t in first.trials}
-    assert resumed.trials[-1].variant in resumed.cached
+    assert resumed.pick.variant in resumed.cached  # the pick, offered again, is a cache hit
     assert resumed.outcome is not None and resumed.outcome.status in ("unchanged", "published")
 
 
@@ -149,6 +153,7 @@ def test_an_unreachable_goal_ends_with_the_report_and_exit_3(
     out, err = capsys.readouterr()
     assert "search: no trial met the gates" in err
     assert "search: infeasible — no trial of 2 met the gates; best attempt trial" in out
+    assert "(2 this run; built 0, cached " in out  # another study, the same variants: cached
     report = Path(out.split("report: ")[1].split()[0])
     text = report.read_text()
     assert "**No trial met the goal.**" in text
