@@ -303,6 +303,11 @@ def search_main(argv: list[str] | None = None) -> None:
     status: list[str] = []
 
     def run() -> None:
+        from tasks.config import load_params
+
+        load_params(
+            args.params, overrides
+        )  # a bad search: section is one line, before Prefect starts
         try:
             result = search(
                 params_file=args.params,

@@ -233,3 +233,22 @@ def test_a_trial_says_how_far_it_fell_short_of_each_gate(params_file: Path) -> N
     assert by_size.feasible and by_size.objective == 5000 and by_size.violation == 0
     assert best_feasible([short, by_size]) is by_size
     assert best_feasible([short]) is None and best_attempt([short]) is short
+
+
+def test_modelpress_search_refuses_a_bad_knob_in_one_line_before_starting_prefect(
+    params_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flows.cli import main
+
+    raw = yaml.safe_load(params_file.read_text())
+    raw["search"]["space"]["pruned.ratioo"] = [0.3]
+    params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(SystemExit) as stopped:
+        main(["search", "--params", str(params_file), "--verbose"])
+    assert stopped.value.code == 2
+    out, err = capsys.readouterr()
+    assert err == (
+        f"error: {params_file}: search.space.pruned.ratioo: unknown knob of technique 'pruned'; "
+        "its knobs: ratio, round_to, finetune_epochs, lr, batch_size\n"
+    )
+    assert out == ""
