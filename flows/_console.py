@@ -12,6 +12,7 @@ from tasks.errors import ModelPressError
 
 if TYPE_CHECKING:
     from flows.nightly import NightlyResult
+    from flows.search import SearchResult
 
 
 class UserErrorWithoutTraceback(logging.Filter):
@@ -99,4 +100,27 @@ def result_text(result: NightlyResult) -> str:
         lines.append(f"  converter output: {quiet.native_log} (--verbose prints it here)")
     if result.cached_tasks:
         lines.append(f"  cached:    {', '.join(result.cached_tasks)}")
+    return "\n".join(lines)
+
+
+def search_text(result: SearchResult) -> str:
+    """The Pareto set, then the pick (or the best attempt) and where the report went."""
+    from tasks.search import outcomes_table, pareto_trials
+
+    lines = [
+        "Pareto set (accuracy vs p50 vs size):",
+        outcomes_table(pareto_trials(result.trials)),
+        "",
+    ]
+    lines.append(f"search: {result.status} — {result.message}")
+    lines.append(
+        f"  trials:  {len(result.trials)} in study {result.study} ({result.ran} this run; "
+        f"built {len(result.built)}, cached {len(result.cached)})"
+    )
+    if result.outcome is not None:
+        lines.append(f"  review:  {result.outcome.status}")
+        if result.outcome.manifest_uri:
+            lines.append(f"  manifest: {result.outcome.manifest_uri}")
+    lines += [f"  rejected: {name}: {reason}" for name, reason in result.rejected.items()]
+    lines.append(f"  storage: {result.storage}")
     return "\n".join(lines)

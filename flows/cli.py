@@ -217,6 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     nightly.add_argument("args", nargs=argparse.REMAINDER)
     nightly.set_defaults(handler=_nightly)
+    searching = commands.add_parser(
+        "search",
+        add_help=False,
+        help="search for the best variant within the gates (modelpress search --help)",
+    )
+    searching.add_argument("args", nargs=argparse.REMAINDER)
+    searching.set_defaults(handler=lambda args: search_main(args.args))
     return parser
 
 
@@ -279,6 +286,65 @@ def nightly_main(argv: list[str] | None = None) -> None:
     run_main(run)
 
 
+EXIT_INFEASIBLE = 3  # the search ran, and no trial met the gates
+
+
+def search_main(argv: list[str] | None = None) -> None:
+    """`modelpress search`: run the search flow once, here; exit 3 when nothing met the goal."""
+    from flows._console import deliver_prefect_queues, say_user_errors_once, search_text
+    from flows.search import search  # imports Prefect: only when asked
+
+    parser = argparse.ArgumentParser(prog="modelpress search", description=search.description)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--model-rev")
+    parser.add_argument("--data-rev")
+    parser.add_argument("--approval", choices=["ui", "auto"])
+    parser.add_argument("--registry-uri")
+    parser.add_argument("--version")
+    parser.add_argument("--workdir", default=".modelpress")
+    parser.add_argument("--trials", type=int, help="budget: trials in the study (search.budget)")
+    parser.add_argument("--seconds", type=float, help="budget: wall seconds of this run")
+    parser.add_argument(
+        "--verbose", action="store_true", help="show the converters' output (TensorFlow's)"
+    )
+    args = parser.parse_args(argv)
+    if args.verbose:
+        from tasks.quiet import show_converter_output
+
+        show_converter_output()
+    say_user_errors_once()
+    budget = {k: v for k, v in (("trials", args.trials), ("seconds", args.seconds)) if v}
+    overrides = {"search": {"budget": budget}} if budget else None
+    status: list[str] = []
+
+    def run() -> None:
+        from tasks.config import load_params
+
+        load_params(
+            args.params, overrides
+        )  # a bad search: section is one line, before Prefect starts
+        try:
+            result = search(
+                params_file=args.params,
+                overrides=overrides,
+                model_rev=args.model_rev,
+                data_rev=args.data_rev,
+                approval=args.approval,
+                registry_uri=args.registry_uri,
+                version=args.version,
+                workdir=args.workdir,
+            )
+        finally:
+            deliver_prefect_queues()
+        print(search_text(result))
+        status.append(result.status)
+
+    run_main(run)
+    if status == ["infeasible"]:
+        print("search: no trial met the gates (see the report above)", file=sys.stderr)
+        sys.exit(EXIT_INFEASIBLE)
+
+
 def _hold_back_native_output(args: list[str]) -> None:
     """Unless --verbose: TensorFlow's C++ lines (oneDNN, absl, the converter's settings) go to
     a file in the temp folder, not between the log lines and the results table. A temp file,
@@ -301,6 +367,10 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == ["nightly"]:  # its own parser owns every option, --help included
         _hold_back_native_output(argv[1:])
         _nightly(argparse.Namespace(args=argv[1:]))
+        return
+    if argv[:1] == ["search"]:
+        _hold_back_native_output(argv[1:])
+        search_main(argv[1:])
         return
     args = build_parser().parse_args(argv)
     run_main(lambda: args.handler(args))

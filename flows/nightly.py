@@ -44,6 +44,7 @@ from tasks.results import BaselineSummary, metrics_json
 from tasks.review import GateVerdict
 from tasks.runtimes import RUNTIME_MODULES
 from tasks.store import ArtifactStore
+from tasks.variant import VariantRecord
 
 RUNNER: TaskRunner[Any] = ThreadPoolTaskRunner(max_workers=2)  # variants two at a time
 
@@ -64,6 +65,7 @@ class NightlyResult:
     table: str = ""  # the variants table, as `modelpress table` prints it
     unchanged_since: str | None = None  # status unchanged: the version that holds these files
     hints: list[str] = field(default_factory=list)  # what to check (e.g. a mis-fed imported model)
+    search: str | None = None  # search.run_in_nightly: how the search ended (found | infeasible)
 
 
 # ---- tasks: thin wrappers over tasks/ ---------------------------------------------------------
@@ -157,26 +159,10 @@ def nightly(
     run_dir = work / "runs" / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    # fetch: versioned inputs through DVC, or local files; every key below holds their sha256
-    params, inputs = fetch_inputs(params, model_rev, data_rev, work / "inputs", root)
-    data_key = content_key(
-        params.data, params.seed, inputs["data_sha256"], code_sha256("tasks.data", "tasks.idx")
-    )
-    data_dir = rerun_if_gone(prepare_task, work / "data" / data_key)(
-        params.data, params.seed, data_key, str(root), str(work / "data" / data_key)
-    )
-    check_data_task(data_dir, params.gates.data, str(run_dir / "data-docs" / "data"))
-
-    # a trained baseline is fixed by the data, train params, seed and the training code
-    input_hashes = {k: v for k, v in inputs.items() if k.endswith("_sha256")}
-    base_code = code_sha256("tasks.train", "tasks.models")
-    base_key = content_key(
-        data_key, params.baseline, params.train, params.seed, input_hashes, base_code
-    )
-    baseline_dir = str(work / "baseline" / base_key)
-    baseline = rerun_if_gone(baseline_task, baseline_dir)(
-        params.baseline, params.train, data_dir, params.seed, base_key, str(root), baseline_dir
-    )
+    prepared = prepare_inputs(params, model_rev, data_rev, work, root, run_dir)
+    params, inputs, baseline = prepared.params, prepared.inputs, prepared.baseline
+    data_dir, data_key, base_key = prepared.data_dir, prepared.data_key, prepared.base_key
+    baseline_dir = prepared.baseline_dir
     hints = _import_hints(params, baseline, data_dir)
     for hint in hints:
         logger.warning(hint)
@@ -184,15 +170,7 @@ def nightly(
     records, dirs = variants.records, variants.dirs
     logger.info("variants: %s", ", ".join(f"{n}={r.status}" for n, r in records.items()))
 
-    # evaluate: the same models on other data (or by other evaluation code) give other metrics
-    variant_hashes = {n: record.model_sha256 or record.status for n, record in records.items()}
-    eval_key = content_key(
-        variant_hashes, data_key, code_sha256("tasks.evaluate", *RUNTIME_MODULES)
-    )
-    eval_dir = work / "evaluations" / eval_key
-    metrics = rerun_if_gone(evaluate_task, eval_dir / "metrics" / "variants.json")(
-        variant_hashes, dirs, data_dir, str(eval_dir)
-    )
+    metrics, eval_dir = evaluate_variants(records, dirs, data_key, data_dir, work)
     run = MergedEngines(records, dirs, metrics, eval_dir / "metrics" / "predictions.npz")
 
     # benchmark on every runner; engines are built on the CUDA runner that will run them
@@ -232,6 +210,20 @@ def nightly(
             params, registry, candidates, form, origin, version, publish_unchanged
         )
     tag_run(outcome.status)
+    searched = None
+    if params.search.run_in_nightly:
+        from flows.search import search  # the search flow imports this module's helpers
+
+        searched = search(
+            params_file=params_file,
+            overrides=overrides,
+            model_rev=model_rev,
+            data_rev=data_rev,
+            approval=approval,
+            registry_uri=registry_uri,
+            workdir=workdir,
+            review_poll_s=review_poll_s,
+        ).status
     return NightlyResult(
         model=model,
         version=outcome.version,
@@ -247,10 +239,75 @@ def nightly(
         table=format_table(metrics_json(run.metrics)),
         unchanged_since=outcome.unchanged_since,
         hints=hints,
+        search=searched,
     )
 
 
 # ---- wiring helpers ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The fetched inputs, the prepared data and the baseline, with the content keys naming them."""
+
+    params: Params  # with fetched file paths
+    inputs: dict[str, Any]
+    data_key: str
+    data_dir: str
+    base_key: str
+    baseline_dir: str
+    baseline: BaselineSummary
+
+
+def prepare_inputs(
+    params: Params,
+    model_rev: str | None,
+    data_rev: str | None,
+    work: Path,
+    root: Path,
+    run_dir: Path,
+) -> Prepared:
+    """Fetch, prepare and check the data, then train or import the baseline (all cached by
+    content: the nightly and the search share them)."""
+    # fetch: versioned inputs through DVC, or local files; every key below holds their sha256
+    params, inputs = fetch_inputs(params, model_rev, data_rev, work / "inputs", root)
+    data_key = content_key(
+        params.data, params.seed, inputs["data_sha256"], code_sha256("tasks.data", "tasks.idx")
+    )
+    data_dir = rerun_if_gone(prepare_task, work / "data" / data_key)(
+        params.data, params.seed, data_key, str(root), str(work / "data" / data_key)
+    )
+    check_data_task(data_dir, params.gates.data, str(run_dir / "data-docs" / "data"))
+
+    # a trained baseline is fixed by the data, train params, seed and the training code
+    input_hashes = {k: v for k, v in inputs.items() if k.endswith("_sha256")}
+    base_code = code_sha256("tasks.train", "tasks.models")
+    base_key = content_key(
+        data_key, params.baseline, params.train, params.seed, input_hashes, base_code
+    )
+    baseline_dir = str(work / "baseline" / base_key)
+    baseline = rerun_if_gone(baseline_task, baseline_dir)(
+        params.baseline, params.train, data_dir, params.seed, base_key, str(root), baseline_dir
+    )
+    return Prepared(params, inputs, data_key, data_dir, base_key, baseline_dir, baseline)
+
+
+def evaluate_variants(
+    records: dict[str, VariantRecord],
+    dirs: dict[str, str],
+    data_key: str,
+    data_dir: str,
+    work: Path,
+) -> tuple[dict[str, VariantMetrics], Path]:
+    """Every variant on the test split, cached by the models' hashes, the data and the code."""
+    # the same models on other data (or by other evaluation code) give other metrics
+    variant_hashes = {n: record.model_sha256 or record.status for n, record in records.items()}
+    eval_key = content_key(
+        variant_hashes, data_key, code_sha256("tasks.evaluate", *RUNTIME_MODULES)
+    )
+    eval_dir = work / "evaluations" / eval_key
+    evaluate = rerun_if_gone(evaluate_task, eval_dir / "metrics" / "variants.json")
+    return evaluate(variant_hashes, dirs, data_dir, str(eval_dir)), eval_dir
 
 
 def _import_hints(params: Params, baseline: BaselineSummary, data_dir: str) -> list[str]:

@@ -41,6 +41,8 @@ _CREDENTIAL_KEY = re.compile(
     r"secret|password|token|access_key|account_key|key_id|connection_string"
 )
 PositiveInt = Annotated[int, Field(gt=0)]
+# how pydantic names the member of a union in an error's location: KnobRange, list[...], function-after[...]
+_UNION_MEMBER = re.compile(r"^(KnobRange|[a-z_-]+\[.*\])$")
 
 
 class _Strict(BaseModel):
@@ -363,6 +365,82 @@ class ScheduleConfig(_Strict):
     timezone: str = "UTC"
 
 
+# ---- the accuracy-constrained search (flows/search.py) ------------------------------------------
+
+Scalar = bool | int | float | str | None
+
+
+class KnobRange(_Strict):
+    """A numeric knob's range: integers when low and high are both written as integers."""
+
+    low: float | int
+    high: float | int
+    log: bool = False  # sample on a log scale (e.g. learning rates)
+    step: float | int | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> KnobRange:
+        if self.low > self.high:
+            raise ValueError(f"low {self.low} is above high {self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError("log needs low > 0")
+        return self
+
+    @property
+    def integer(self) -> bool:
+        return all(isinstance(v, int) and not isinstance(v, bool) for v in (self.low, self.high))
+
+
+# a knob is `technique.field` (e.g. pruned.ratio): a range, or a list of choices
+Knob = KnobRange | Annotated[list[Scalar], Field(min_length=1)]
+
+
+class SearchObjective(_Strict):
+    # p50: p50 latency on `runner`; size: model files; compressed_size: zstd-compressed model
+    # files where evaluation records them (compressed_size_bytes), else size
+    minimize: Literal["p50", "size", "compressed_size"] = "p50"
+    runner: str | None = None  # the runner profile trials are measured on; null: the first of
+    # benchmark.runners
+
+
+class SearchBudget(_Strict):
+    """Stop at whichever comes first; the batch in flight finishes."""
+
+    trials: PositiveInt | None = 20  # trials in the study, those of earlier (resumed) runs included
+    seconds: Annotated[float, Field(gt=0)] | None = None  # wall time of this run
+
+    @model_validator(mode="after")
+    def _bounded(self) -> SearchBudget:
+        if self.trials is None and self.seconds is None:
+            raise ValueError("give trials and/or seconds: a search needs a budget")
+        return self
+
+
+class SearchConfig(_Strict):
+    """`modelpress search`: the fastest (or smallest) variant that passes the gates."""
+
+    objective: SearchObjective = SearchObjective()
+    # the gates every trial must pass: gates.defaults with these keys on top (VariantGates keys)
+    constraints: dict[str, Any] = Field(default_factory=dict)
+    # which chains of techniques to try, cheapest first (their defaults are the first trials):
+    # each a list of technique names from the baseline, e.g. [pruned, tflite_int8]
+    chains: list[Annotated[list[str], Field(min_length=1)]] = Field(
+        default_factory=lambda: [["tflite_int8"]]
+    )
+    space: dict[str, Knob] = Field(default_factory=dict)  # technique.knob: range or choices
+    fixed: dict[str, Scalar] = Field(default_factory=dict)  # technique.knob: value in every trial
+    budget: SearchBudget = SearchBudget()
+    batch: PositiveInt = 2  # trials built and measured at once (the flow's task runner)
+    sampler: Literal["tpe", "nsga2"] = "tpe"
+    seed: int | None = None  # null: params.seed
+    # Optuna storage URL; null: an SQLite file under the workdir, so a stopped search resumes
+    storage: str | None = None
+    study: str | None = None  # null: named by the content of the model, data and search space
+    # first trials: each chain's defaults, then the params.yaml variants the space can express
+    enqueue_variants: bool = True
+    run_in_nightly: bool = False  # the nightly flow runs this search after its own variants
+
+
 class Params(_Strict):
     seed: int = 0
     data: DataConfig = DataConfig()
@@ -384,6 +462,7 @@ class Params(_Strict):
     review: ReviewConfig = ReviewConfig()
     registry: RegistryConfig = RegistryConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    search: SearchConfig = SearchConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -449,6 +528,7 @@ class Params(_Strict):
                 raise ValueError(
                     f"benchmark.runners: {name!r} is not a profile in 'runners' ({known})"
                 )
+        _check_search(self, table)
         return self
 
 
@@ -474,6 +554,69 @@ def _check_variant_source(
             f"variants.{name}.source: {source!r} does not produce ONNX "
             f"(use one of: baseline, {', '.join(onnx)} variants)"
         )
+
+
+def _check_search(params: Params, table: dict[str, Technique]) -> None:
+    """The search section against the techniques: chains that can be built, knobs that exist."""
+    search = params.search
+    if search.objective.runner is not None and search.objective.runner not in params.runners:
+        known = ", ".join(params.runners) or "none"
+        raise ValueError(
+            f"search.objective.runner: {search.objective.runner!r} is not a profile in 'runners' "
+            f"({known})"
+        )
+    try:
+        VariantGates.model_validate(params.gates.defaults.model_dump() | search.constraints)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(str(part) for part in error["loc"])
+        message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+        raise ValueError(f"search.constraints.{key}: {message}") from None
+    for index, chain in enumerate(search.chains):
+        _check_chain(f"search.chains.{index}", chain, table)
+    in_chains = {name for chain in search.chains for name in chain}
+    for section, knobs in (("space", search.space), ("fixed", search.fixed)):
+        for path, knob in knobs.items():
+            _check_knob(f"search.{section}.{path}", path, knob, table, in_chains)
+
+
+def _check_chain(where: str, chain: list[str], table: dict[str, Technique]) -> None:
+    for step, name in enumerate(chain):
+        if name not in table:
+            raise ValueError(
+                f"{where}: unknown technique {name!r}; expected one of {', '.join(table)}"
+            )
+        if step and table[name].starts_from == "torch":
+            raise ValueError(f"{where}: {name!r} starts from the baseline; put it first")
+        if step and not table[chain[step - 1]].produces_onnx:
+            raise ValueError(f"{where}: {chain[step - 1]!r} does not produce ONNX for {name!r}")
+
+
+def _check_knob(
+    where: str, path: str, knob: Any, table: dict[str, Technique], in_chains: set[str]
+) -> None:
+    """`technique.field` names a knob of a technique in a chain, and its values are valid."""
+    technique, dot, field = path.partition(".")
+    if not dot or technique not in table:
+        raise ValueError(
+            f"{where}: expected 'technique.knob' with a technique of {', '.join(table)}"
+        )
+    if technique not in in_chains:
+        raise ValueError(f"{where}: technique {technique!r} is in no search.chains entry")
+    config = table[technique].config
+    knobs = [name for name in config.model_fields if name not in ("technique", "source")]
+    if field not in knobs:
+        raise ValueError(
+            f"{where}: unknown knob of technique {technique!r}; its knobs: {', '.join(knobs)}"
+        )
+    values = [knob.low, knob.high] if isinstance(knob, KnobRange) else knob
+    values = values if isinstance(values, list) else [values]
+    for value in values:
+        try:
+            config.model_validate({"technique": technique, "source": "baseline", field: value})
+        except ValidationError as exc:
+            message = exc.errors()[0]["msg"].removeprefix("Value error, ")
+            raise ValueError(f"{where}: {message} (got {value!r})") from None
 
 
 def _validate(raw: dict[str, Any]) -> Params:
@@ -565,6 +708,8 @@ def _describe(exc: ValidationError, techniques: list[str]) -> tuple[list[str], s
     loc = [str(part) for part in error["loc"]]
     if len(loc) > 2 and loc[0] == "variants" and loc[2] in techniques:
         del loc[2]  # the discriminated union's tag, not a key the user wrote
+    # a plain union's member (e.g. search.space: a range or a list of choices), not a key either
+    loc = [part for part in loc if not _UNION_MEMBER.match(part)]
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         message = "unknown key"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,9 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 OPSET = 17
 MODEL_FILE = ONNX_RUNTIME.model_file
+# torch's TorchScript exporter keeps its state in module globals (GLOBALS.in_onnx_export): two
+# exports at once in one process (variants built in parallel threads) break each other
+_EXPORT_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,7 @@ class ExportCheck:
 def export_onnx(model: nn.Module, preprocess: Preprocess, path: Path) -> None:
     """Write an fp32 ONNX model with a dynamic batch dimension."""
     example = torch.zeros(1, *preprocess.input_shape)
-    with warnings.catch_warnings():
+    with _EXPORT_LOCK, warnings.catch_warnings():
         # torch flags the TorchScript-based exporter as legacy; it is the one that needs no
         # extra packages and handles fx GraphModules from .pt2 programs.
         warnings.simplefilter("ignore")

@@ -1,0 +1,522 @@
+"""search: the accuracy-constrained search's plain parts (no Prefect): the study, the search
+space turned into a trial's variants, a measured trial turned into an objective and a
+feasibility verdict, the Pareto front, and the report.
+
+A trial is a chain of techniques (e.g. pruned → tflite_int8) with knobs sampled from
+`search.space`. Each step of the chain is an ordinary variant config, named by its content
+(`pruned_tflite_int8_<hash>`): the nightly's content-keyed compress cache then serves any trial
+whose variants were built before, in this search, a resumed one, or a nightly.
+
+The study keeps two objectives to minimise (the objective metric and the upper bound of the
+paired accuracy drop) and one constraint value, the summed relative shortfall against the gates
+(0 when every gate passed): Optuna's samplers (TPE, NSGA-II) favour feasible trials with it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tasks.config import GatesConfig, KnobRange, SearchConfig, VariantGates
+from tasks.plan import content_key
+from tasks.techniques import Technique, TechniqueConfig
+
+if TYPE_CHECKING:
+    import numpy as np
+    import optuna
+
+    from tasks.benchmark import BenchmarkRow
+    from tasks.evaluate import VariantMetrics
+    from tasks.validate import Check, SuiteResult
+
+CHAIN = "chain"  # the study parameter that picks the chain of techniques
+OUTCOME = "outcome"  # the user attribute holding a trial's TrialOutcome
+CONSTRAINT = "gates"  # the trial's constraint (Trial.set_constraint): > 0 when it missed a gate
+
+
+# ---- the study -------------------------------------------------------------------------------
+
+
+def study_key(search: SearchConfig, gates: VariantGates, base_key: str, *extra: Any) -> str:
+    """What decides a trial's result: the model and data (base_key), the gates, the space and the
+    objective. The budget, batch size and storage are not in it: a bigger budget resumes."""
+    decides = search.model_dump(
+        mode="json", exclude={"budget", "batch", "storage", "study", "run_in_nightly"}
+    )
+    return content_key(base_key, decides, gates, *extra)
+
+
+def storage_url(search: SearchConfig, workdir: Path) -> str:
+    """The study's database: search.storage, else an SQLite file under the workdir."""
+    if search.storage:
+        return search.storage
+    path = (workdir / "search" / "studies.db").resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def open_study(search: SearchConfig, name: str, storage: str, seed: int) -> optuna.Study:
+    """Create the study, or load it to resume; trials an interrupted run left RUNNING are failed
+    and their parameters queued again (their variants are cached: re-running them is cheap)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler: optuna.samplers.BaseSampler
+    if search.sampler == "nsga2":
+        population = max(2, search.batch)
+        sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=4)
+    study = optuna.create_study(
+        storage=storage,
+        study_name=name,
+        directions=["minimize", "minimize"],
+        sampler=sampler,
+        load_if_exists=True,
+    )
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        study.enqueue_trial(dict(trial.params), skip_if_exists=True)
+    return study
+
+
+def finished_trials(study: optuna.Study) -> int:
+    """Trials that count against the budget: those measured (or failed) by a search, not those
+    an interrupted run left behind (they are queued again)."""
+    return sum(OUTCOME in trial.user_attrs for trial in study.get_trials(deepcopy=False))
+
+
+# ---- the space ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """One trial: its chain, the knobs sampled for it, and the variants that build it (in
+    dependency order, the last one the trial's result)."""
+
+    number: int
+    chain: tuple[str, ...]
+    knobs: dict[str, Any]
+    variants: dict[str, TechniqueConfig]
+
+    @property
+    def variant(self) -> str:
+        return list(self.variants)[-1]
+
+
+def chain_label(chain: list[str] | tuple[str, ...]) -> str:
+    return "+".join(chain)
+
+
+def suggest_plan(
+    trial: optuna.Trial, search: SearchConfig, table: dict[str, Technique]
+) -> TrialPlan:
+    """The trial's chain and knobs, sampled define-by-run: only the knobs of the chain's
+    techniques are asked for."""
+    labels = [chain_label(chain) for chain in search.chains]
+    label = trial.suggest_categorical(CHAIN, labels)
+    chain = search.chains[labels.index(str(label))]
+    knobs: dict[str, Any] = {}
+    for path, knob in search.space.items():
+        if path.partition(".")[0] not in chain:
+            continue
+        if isinstance(knob, KnobRange):
+            if knob.integer:
+                step = int(knob.step or 1)
+                knobs[path] = trial.suggest_int(
+                    path, int(knob.low), int(knob.high), step=step, log=knob.log
+                )
+            else:
+                knobs[path] = trial.suggest_float(
+                    path, float(knob.low), float(knob.high), step=knob.step, log=knob.log
+                )
+        else:
+            knobs[path] = trial.suggest_categorical(path, knob)
+    return TrialPlan(trial.number, tuple(chain), knobs, plan_variants(chain, knobs, search, table))
+
+
+def plan_variants(
+    chain: list[str] | tuple[str, ...],
+    knobs: dict[str, Any],
+    search: SearchConfig,
+    table: dict[str, Technique],
+) -> dict[str, TechniqueConfig]:
+    """The chain's variant configs: each technique's defaults, search.fixed, then the knobs.
+    Names carry a hash of the chain's configs so equal configs share a name (and a cache entry)."""
+    variants: dict[str, TechniqueConfig] = {}
+    source, made = "baseline", []
+    for step, technique in enumerate(chain):
+        settings = {
+            path.partition(".")[2]: value
+            for path, value in {**search.fixed, **knobs}.items()
+            if path.partition(".")[0] == technique
+        }
+        config = table[technique].config.model_validate(
+            {"technique": technique, "source": source, **settings}
+        )
+        made.append(config.model_dump(mode="json", exclude={"source"}))
+        name = f"{'_'.join(chain[: step + 1])}_{content_key(made)[:8]}"
+        variants[name] = config
+        source = name
+    return variants
+
+
+def known_good(
+    search: SearchConfig,
+    listed: dict[str, TechniqueConfig],
+    table: dict[str, Technique],
+) -> list[dict[str, Any]]:
+    """Trials to run before sampling, cheapest first, chain by chain in the order listed (e.g.
+    PTQ, then mixed precision, then QAT): the params.yaml variants the chain describes, else the
+    techniques' defaults. Values a knob's range or choices do not hold are left to the sampler."""
+    trials: list[dict[str, Any]] = []
+    for chain in search.chains:
+        written = [
+            _listed_knobs(name, listed, search)
+            for name in listed
+            if _chain_of(name, listed) == tuple(chain)
+        ]
+        defaults = {
+            path: table[path.partition(".")[0]].config.model_fields[path.partition(".")[2]].default
+            for path in search.space
+            if path.partition(".")[0] in chain
+        }
+        trials += [_expressible(chain, knobs, search) for knobs in written or [defaults]]
+    unique = {json.dumps(t, sort_keys=True): t for t in trials}
+    return list(unique.values())
+
+
+def _listed_knobs(
+    name: str, listed: dict[str, TechniqueConfig], search: SearchConfig
+) -> dict[str, Any]:
+    """The space's knobs as a params.yaml variant (and the variants it starts from) sets them."""
+    knobs: dict[str, Any] = {}
+    cursor = name
+    while cursor in listed:
+        config = listed[cursor]
+        for path in search.space:
+            technique, _, knob = path.partition(".")
+            if technique == config.technique:
+                knobs[path] = getattr(config, knob)
+        cursor = config.source
+    return knobs
+
+
+def _chain_of(name: str, listed: dict[str, TechniqueConfig]) -> tuple[str, ...] | None:
+    chain: list[str] = []
+    cursor = name
+    while cursor != "baseline":
+        if cursor not in listed or len(chain) > len(listed):
+            return None
+        chain.insert(0, listed[cursor].technique)
+        cursor = listed[cursor].source
+    return tuple(chain)
+
+
+def _expressible(chain: Any, knobs: dict[str, Any], search: SearchConfig) -> dict[str, Any]:
+    """The knobs whose values the space holds, with the chain's parameter."""
+    held: dict[str, Any] = {CHAIN: chain_label(chain)}
+    for path, value in knobs.items():
+        knob = search.space[path]
+        if isinstance(knob, KnobRange):
+            inside = isinstance(value, int | float) and knob.low <= value <= knob.high
+            if inside and (not knob.integer or float(value).is_integer()):
+                held[path] = value
+        elif value in knob:
+            held[path] = value
+    return held
+
+
+# ---- a measured trial --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """A trial as the report and the study see it. `shortfalls` says, for each gate it missed,
+    by how much (empty when feasible)."""
+
+    number: int
+    variant: str
+    chain: str
+    knobs: dict[str, Any]
+    status: str  # ok | failed | skipped
+    feasible: bool
+    objective: float | None = None  # the objective metric (ms or bytes)
+    accuracy: float | None = None
+    drop: float | None = None  # points, point estimate
+    drop_upper: float | None = None  # points, the bound the drop gate judges
+    agreement: float | None = None
+    p50_ms: float | None = None
+    size_bytes: int | None = None
+    violation: float = 0.0  # summed relative shortfall: 0 when feasible
+    shortfalls: list[str] = field(default_factory=list)
+    reason: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrialOutcome:
+        return cls(**data)
+
+
+def judge_trials(
+    metrics: dict[str, VariantMetrics],
+    predictions: dict[str, np.ndarray],
+    bench: list[BenchmarkRow],
+    gates: GatesConfig,
+    docs_dir: Path | None,
+) -> dict[str, SuiteResult]:
+    """The nightly's metrics suites (tasks.validate.gate_variants), kept whole: the search needs
+    each check's observed value and threshold, not only pass or fail."""
+    from tasks.validate import gate_variants
+
+    rows = {name: asdict(row) for name, row in metrics.items()}
+    p50: dict[str, dict[str, float]] = {}
+    for row in bench:
+        if row.status == "ok" and row.p50_ms is not None:
+            p50.setdefault(row.variant, {})[row.runner] = row.p50_ms
+    return gate_variants(rows, predictions, p50, gates, docs_dir=docs_dir)
+
+
+def outcome_of(
+    plan: TrialPlan,
+    metrics: dict[str, VariantMetrics],
+    predictions: dict[str, np.ndarray],
+    bench: list[BenchmarkRow],
+    suites: dict[str, SuiteResult],
+    minimize: str,
+    runner: str,
+    confidence: float,
+) -> TrialOutcome:
+    """The trial's numbers, its objective and how far it fell short of each gate."""
+    from tasks.validate import paired_drop_interval
+
+    name = plan.variant
+    row = metrics[name]
+    failed = TrialOutcome(
+        plan.number, name, chain_label(plan.chain), plan.knobs, row.status, feasible=False
+    )
+    if row.status != "ok":
+        return replace(failed, reason=row.reason)
+    drop, _, upper = paired_drop_interval(
+        predictions["labels"],
+        predictions["pred__baseline"],
+        predictions[f"pred__{name}"],
+        confidence,
+    )
+    p50 = next(
+        (b.p50_ms for b in bench if b.variant == name and b.runner == runner and b.status == "ok"),
+        None,
+    )
+    compressed = getattr(row, "compressed_size_bytes", None)
+    objective = {
+        "p50": p50,
+        "size": row.size_bytes,
+        "compressed_size": compressed or row.size_bytes,
+    }[minimize]
+    failures = suites[name].failures
+    return replace(
+        failed,
+        feasible=not failures and objective is not None,
+        objective=None if objective is None else float(objective),
+        accuracy=row.accuracy,
+        drop=round(drop, 4),
+        drop_upper=round(upper, 4),
+        agreement=row.agreement,
+        p50_ms=p50,
+        size_bytes=row.size_bytes,
+        violation=round(sum(_relative_shortfall(check) for check in failures), 6),
+        shortfalls=[_shortfall_text(check) for check in failures],
+        reason=None if objective is not None else f"no p50 measured on {runner}",
+    )
+
+
+def _shortfall(check: Check) -> float | None:
+    """How far the observed value is on the wrong side of the threshold, in its own units."""
+    if check.observed is None or check.threshold is None:
+        return None
+    if check.expectation == "expect_column_min_to_be_between":
+        return float(check.threshold) - float(check.observed)
+    return float(check.observed) - float(check.threshold)
+
+
+def _relative_shortfall(check: Check) -> float:
+    missing = _shortfall(check)
+    if missing is None:
+        return 1.0
+    scale = abs(float(check.threshold or 0.0)) or 1.0
+    return max(missing, 0.0) / scale
+
+
+def _shortfall_text(check: Check) -> str:
+    missing = _shortfall(check)
+    if check.explanation:
+        return f"{check.name}: {check.explanation}"
+    if missing is None:
+        return f"{check.name}: not measured"
+    return f"{check.name}: {check.observed:.4g} vs {check.threshold:.4g} (short by {missing:.3g})"
+
+
+def study_values(outcome: TrialOutcome) -> list[float] | None:
+    """What the study minimises (objective, drop upper bound); None: the trial failed."""
+    if outcome.status != "ok" or outcome.objective is None or outcome.drop_upper is None:
+        return None
+    return [outcome.objective, outcome.drop_upper]
+
+
+# ---- the result --------------------------------------------------------------------------------
+
+
+def pareto_front(points: Sequence[tuple[float, ...]]) -> list[int]:
+    """Indices of the points no other point dominates, every coordinate minimised (a point
+    dominates another when it is no worse everywhere and better somewhere); equal points both stay."""
+    front = []
+    for i, p in enumerate(points):
+        dominated = any(
+            all(a <= b for a, b in zip(q, p, strict=True))
+            and any(a < b for a, b in zip(q, p, strict=True))
+            for j, q in enumerate(points)
+            if j != i
+        )
+        if not dominated:
+            front.append(i)
+    return front
+
+
+def pareto_trials(outcomes: list[TrialOutcome]) -> list[TrialOutcome]:
+    """The measured trials on the front of (higher accuracy, lower p50, smaller size), one per
+    variant, feasible or not (the report marks which)."""
+    measured = {
+        o.variant: o
+        for o in outcomes
+        if o.status == "ok" and o.accuracy is not None and o.size_bytes is not None
+    }
+    trials = list(measured.values())
+    points = [
+        (-(o.accuracy or 0.0), o.p50_ms or math.inf, float(o.size_bytes or 0)) for o in trials
+    ]
+    return sorted((trials[i] for i in pareto_front(points)), key=lambda o: o.p50_ms or math.inf)
+
+
+def best_feasible(outcomes: list[TrialOutcome]) -> TrialOutcome | None:
+    """The feasible trial with the lowest objective (ties: the lower drop bound, then earlier)."""
+    feasible = [o for o in outcomes if o.feasible and o.objective is not None]
+    return min(feasible, key=lambda o: (o.objective, o.drop_upper or 0.0, o.number), default=None)
+
+
+def best_attempt(outcomes: list[TrialOutcome]) -> TrialOutcome | None:
+    """When nothing is feasible: the measured trial that missed the gates by the least."""
+    measured = [o for o in outcomes if o.status == "ok"]
+    return min(
+        measured, key=lambda o: (o.violation, o.objective or math.inf, o.number), default=None
+    )
+
+
+def _fmt(value: float | int | None, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,}" if isinstance(value, int) else f"{value:.{digits}g}"
+
+
+def _knobs(knobs: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={_fmt(v, 3) if isinstance(v, float) else v}" for k, v in knobs.items())
+
+
+def outcomes_table(outcomes: list[TrialOutcome], unit: str = "") -> str:
+    """Markdown: one row per trial with its numbers and, when infeasible, what it missed."""
+    lines = [
+        f"| trial | chain | knobs | accuracy | drop (upper) pts | p50 ms | size bytes | objective{unit} | feasible | short of |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for o in sorted(outcomes, key=lambda o: o.number):
+        missed = "; ".join(o.shortfalls) or (o.reason or "") if not o.feasible else ""
+        drop = f"{_fmt(o.drop, 3)} ({_fmt(o.drop_upper, 3)})" if o.drop is not None else "-"
+        lines.append(
+            f"| {o.number} | {o.chain} | {_knobs(o.knobs)} | {_fmt(o.accuracy)} | {drop} | "
+            f"{_fmt(o.p50_ms)} | {_fmt(o.size_bytes)} | {_fmt(o.objective)} | "
+            f"{'yes' if o.feasible else 'no'} | {missed.replace('|', '/')} |"
+        )
+    return "\n".join(lines)
+
+
+def report_markdown(
+    outcomes: list[TrialOutcome],
+    pick: TrialOutcome | None,
+    attempt: TrialOutcome | None,
+    minimize: str,
+    runner: str,
+    study: str,
+) -> str:
+    """The search's report: the pick (or the best attempt and why nothing met the goal), the
+    Pareto set, then every trial."""
+    unit = " (ms)" if minimize == "p50" else " (bytes)"
+    head = [f"## Search `{study}`: minimise {minimize} (runner {runner})", ""]
+    ok = sum(o.status == "ok" for o in outcomes)
+    feasible = sum(o.feasible for o in outcomes)
+    head.append(f"{len(outcomes)} trial(s): {ok} measured, {feasible} feasible.")
+    if pick is not None:
+        first = min(o.number for o in outcomes if o.feasible)
+        head.append(
+            f"**Pick:** trial {pick.number}, `{pick.variant}` ({pick.chain}; {_knobs(pick.knobs)}): "
+            f"{minimize} {_fmt(pick.objective)}{unit}, accuracy {_fmt(pick.accuracy)}, drop upper "
+            f"bound {_fmt(pick.drop_upper, 3)} pts. First feasible trial: {first}."
+        )
+    else:
+        head.append("**No trial met the goal.**")
+        if attempt is not None:
+            head.append(
+                f"Best attempt: trial {attempt.number}, `{attempt.variant}` ({attempt.chain}; "
+                f"{_knobs(attempt.knobs)}): short of " + "; ".join(attempt.shortfalls)
+            )
+    pareto = pareto_trials(outcomes)
+    body = [
+        "",
+        "### Pareto set (accuracy vs p50 vs size)",
+        "",
+        outcomes_table(pareto, unit),
+        "",
+        "### Every trial",
+        "",
+        outcomes_table(outcomes, unit),
+    ]
+    return "\n".join(head + body) + "\n"
+
+
+def pareto_plot(outcomes: list[TrialOutcome], path: Path) -> Path:
+    """Accuracy vs p50, marker area ∝ size, feasible green, infeasible red, front outlined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measured = [o for o in outcomes if o.status == "ok" and o.p50_ms is not None]
+    measured = [o for o in measured if o.p50_ms is not None]
+    front = {o.number for o in pareto_trials(outcomes)}
+    biggest = max((o.size_bytes or 1 for o in measured), default=1)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    for o in measured:
+        ax.scatter(
+            o.p50_ms or 0.0,
+            100 * (o.accuracy or 0.0),
+            s=40 + 600 * (o.size_bytes or 0) / biggest,
+            alpha=0.6,
+            color="tab:green" if o.feasible else "tab:red",
+            edgecolors="black" if o.number in front else "none",
+            linewidths=2 if o.number in front else 0,
+            zorder=3,
+        )
+        ax.annotate(str(o.number), (o.p50_ms or 0.0, 100 * (o.accuracy or 0.0)), fontsize=7)
+    ax.set_xlabel("p50 latency (ms)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("Search trials: green feasible, red not; outlined: Pareto set; area ∝ size")
+    ax.grid(alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,163 @@
+"""The search flow against a real Prefect server on the tiny digits data: a study that resumes
+from its SQLite file without rebuilding, a Pareto front checked on its numbers, the pick offered
+and published through the review, and a goal no trial can meet (report, exit code 3)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import FAST_BENCHMARK, write_params
+
+pytestmark = pytest.mark.slow
+
+NO_GATES: dict[str, Any] = {  # every measured trial feasible: the subject here is the search
+    "min_accuracy": None,
+    "max_accuracy_drop": None,
+    "max_worst_class_drop": None,
+    "min_agreement": None,
+    "min_speedup": None,
+    "min_size_reduction": None,
+    "max_slowdown": None,
+}
+SEARCH: dict[str, Any] = {
+    "objective": {"minimize": "p50", "runner": "cloud-cpu"},
+    "chains": [["pruned"]],
+    # two configs only: the sampler must come back to built ones, which the cache then serves
+    "space": {"pruned.ratio": [0.3, 0.5]},
+    "fixed": {"pruned.finetune_epochs": 1, "pruned.round_to": 4},
+    "budget": {"trials": 3},
+    "batch": 2,
+}
+
+
+def _params(tmp_path: Path, search: dict[str, Any] | None = None) -> Path:
+    path = write_params(
+        tmp_path,
+        {
+            "train": {"epochs": 4},
+            "benchmark": FAST_BENCHMARK,
+            "gates": {"defaults": NO_GATES},
+            "registry": {"uri": str(tmp_path / "registry"), "model_name": "digits-search"},
+        },
+    )
+    raw = yaml.safe_load(path.read_text())
+    raw["variants"] = {"pruned": raw["variants"]["pruned"]}  # the hand-written variant: ratio 0.5
+    raw["gates"]["per_variant"] = {}
+    raw["search"] = SEARCH | (search or {})  # replaces params.yaml's, whose space names others
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def searched(prefect_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One search of 3 trials, then an interrupted trial left RUNNING in its study."""
+    import optuna
+
+    from flows.search import search
+
+    tmp = tmp_path_factory.mktemp("search")
+    params = _params(tmp)
+    workdir = tmp / "work"
+    first = search(params_file=str(params), approval="auto", workdir=str(workdir))
+    study = optuna.load_study(study_name=first.study, storage=first.storage)
+    # a run killed mid-batch leaves its trial RUNNING (here: one with trial 0's knobs)
+    study.enqueue_trial({"chain": "pruned", **first.trials[0].knobs})
+    abandoned = study.ask()
+    abandoned.suggest_categorical("chain", ["pruned"])
+    abandoned.suggest_categorical("pruned.ratio", [0.3, 0.5])
+    return {"tmp": tmp, "params": params, "workdir": workdir, "first": first}
+
+
+def test_search_offers_its_pick_and_publishes_it_when_approved(searched: dict[str, Any]) -> None:
+    from tasks.config import load_params
+    from tasks.registry import open_registry
+
+    first = searched["first"]
+    assert first.status == "found" and len(first.trials) == 3 and first.ran == 3
+    # the hand-written variant's knobs (ratio 0.5) were among the first, known-good trials
+    assert any(t.knobs == {"pruned.ratio": 0.5} for t in first.trials[:2])
+    assert all(t.status == "ok" and t.feasible for t in first.trials)
+    assert first.pick.objective == min(t.objective for t in first.trials)
+    assert first.outcome is not None and first.outcome.status == "published"
+    registry = open_registry(load_params(searched["params"]).registry)
+    manifest = registry.read_manifest("digits-search", first.outcome.version)
+    assert list(manifest["variants"]) == [first.pick.variant]  # the pick alone is offered
+    report = Path(first.report)
+    assert report.is_file() and (report.parent / "search-pareto.png").stat().st_size > 0
+    assert "### Pareto set" in report.read_text()
+
+
+def _dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return all(x <= y for x, y in zip(a, b, strict=True)) and any(
+        x < y for x, y in zip(a, b, strict=True)
+    )
+
+
+def test_pareto_set_is_non_dominated(searched: dict[str, Any]) -> None:
+    trials = {t.number: t for t in searched["first"].trials if t.status == "ok"}
+
+    def point(t: Any) -> tuple[float, float, float]:
+        return (-t.accuracy, t.p50_ms, float(t.size_bytes))
+
+    front = searched["first"].pareto
+    assert front and set(front) <= set(trials)
+    for number in front:
+        assert not any(_dominates(point(t), point(trials[number])) for t in trials.values())
+    variants_on_front = {trials[n].variant for n in front}
+    for t in trials.values():  # everything off the front is dominated by a trial on it
+        if t.variant not in variants_on_front:
+            assert any(_dominates(point(trials[n]), point(t)) for n in front)
+
+
+def test_a_resumed_search_rebuilds_nothing(searched: dict[str, Any]) -> None:
+    from flows.search import search
+
+    first = searched["first"]
+    resumed = search(
+        params_file=str(searched["params"]),
+        overrides={"search": {"budget": {"trials": 4}}},
+        approval="auto",
+        workdir=str(searched["workdir"]),
+    )
+    assert resumed.study == first.study
+    assert len(resumed.trials) == 4 and resumed.ran == 1  # the first three were kept
+    assert [t.number for t in resumed.trials[:3]] == [t.number for t in first.trials]
+    # the abandoned trial was queued again and answered from what the study holds: nothing built
+    again = resumed.trials[-1]
+    assert again.variant == first.trials[0].variant and again.knobs == first.trials[0].knobs
+    assert (again.p50_ms, again.accuracy) == (first.trials[0].p50_ms, first.trials[0].accuracy)
+    assert resumed.built == []
+    assert resumed.pick.variant in resumed.cached  # the pick, offered again, is a cache hit
+    assert resumed.outcome is not None and resumed.outcome.status in ("unchanged", "published")
+
+
+def test_an_unreachable_goal_ends_with_the_report_and_exit_3(
+    searched: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flows.cli import EXIT_INFEASIBLE, search_main
+
+    # beside the first params file: the same folder keeps the data and baseline caches
+    raw = yaml.safe_load(searched["params"].read_text())
+    raw["search"]["constraints"] = {"max_accuracy_drop": 0.0, "min_speedup": 10.0}
+    params = searched["tmp"] / "impossible.yaml"
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(SystemExit) as stopped:
+        search_main(
+            ["--params", str(params), "--workdir", str(searched["workdir"]), "--trials", "2"]
+        )
+    assert stopped.value.code == EXIT_INFEASIBLE
+    out, err = capsys.readouterr()
+    assert "search: no trial met the gates" in err
+    assert "search: infeasible — no trial of 2 met the gates; best attempt trial" in out
+    assert "(2 this run; built 0, cached " in out  # another study, the same variants: cached
+    report = Path(out.split("report: ")[1].split()[0])
+    text = report.read_text()
+    assert "**No trial met the goal.**" in text
+    # every trial says how far it fell short: 10x faster than the baseline is out of reach
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "pruned" in line]
+    assert len(rows) >= 2
+    assert all("min_speedup" in row and "| no |" in row for row in rows)

@@ -1,0 +1,254 @@
+"""The search's plain parts: the search: section's checks, trial variants named by content, the
+known-good first trials, and the Pareto front (on numbers)."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from tasks.config import load_params
+from tasks.errors import ConfigError
+from tasks.search import known_good, pareto_front, plan_variants
+from tasks.techniques import technique_table
+from tests.conftest import write_params
+
+SEARCH = {
+    "chains": [["tflite_int8"], ["pruned", "tflite_int8"]],
+    "space": {
+        "pruned.ratio": {"low": 0.2, "high": 0.7},
+        "pruned.round_to": [4, 8, 16],
+        "tflite_int8.calibration_samples": [64, 128],
+    },
+    "fixed": {"pruned.finetune_epochs": 1},
+}
+
+
+@pytest.fixture
+def params_file(tmp_path: Path) -> Path:
+    path = write_params(tmp_path)
+    raw = yaml.safe_load(path.read_text())
+    raw["search"] = SEARCH  # replaces params.yaml's, whose space names other chains
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("search", "expected"),
+    [
+        (
+            {"space": {"pruned.ratioo": [0.3]}},
+            "search.space.pruned.ratioo: unknown knob of technique 'pruned'; its knobs: ratio, ",
+        ),
+        (
+            {"space": {"pruned.ratio": {"low": 0.2, "high": 1.5}}},
+            "search.space.pruned.ratio: Input should be less than 1 (got 1.5)",
+        ),
+        (
+            {"space": {"pruned.ratio": {"low": 0.5, "high": 0.2}}},
+            "search.space.pruned.ratio: low 0.5 is above high 0.2",
+        ),
+        ({"space": {"pruned.ratio": {"low": 0.2, "hi": 0.5}}}, "search.space.pruned.ratio"),
+        (
+            {"space": {"sharpen.amount": [1]}},
+            "search.space.sharpen.amount: expected 'technique.knob'",
+        ),
+        ({"space": {"distilled.width": [8]}}, "technique 'distilled' is in no search.chains entry"),
+        (
+            {"fixed": {"pruned.round_to": 0}},
+            "search.fixed.pruned.round_to: Input should be greater than 0",
+        ),
+        (
+            {"chains": [["tflite_int8", "pruned"]]},
+            "search.chains.0: 'pruned' starts from the baseline",
+        ),
+        ({"chains": [["int4"]]}, "search.chains.0: unknown technique 'int4'"),
+        ({"constraints": {"max_drop": 1.0}}, "search.constraints.max_drop: unknown key"),
+        ({"objective": {"runner": "phone"}}, "search.objective.runner: 'phone' is not a profile"),
+        ({"budget": {"trials": None}}, "search.budget: give trials and/or seconds"),
+    ],
+)
+def test_a_bad_search_entry_is_one_line_naming_it(
+    params_file: Path, search: dict, expected: str
+) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_params(params_file, {"search": search})
+    message = str(error.value)
+    assert expected in message
+    assert "\n" not in message
+    assert message.startswith(str(params_file))
+
+
+def test_trial_variants_are_named_by_their_content(params_file: Path) -> None:
+    params = load_params(params_file)
+    table = technique_table()
+    knobs = {"pruned.ratio": 0.3, "pruned.round_to": 8, "tflite_int8.calibration_samples": 64}
+    first = plan_variants(["pruned", "tflite_int8"], knobs, params.search, table)
+    again = plan_variants(["pruned", "tflite_int8"], dict(knobs), params.search, table)
+    other = plan_variants(
+        ["pruned", "tflite_int8"],
+        knobs | {"tflite_int8.calibration_samples": 128},
+        params.search,
+        table,
+    )
+    assert list(first) == list(
+        again
+    )  # equal configs share names, so the compress cache serves them
+    (pruned, int8), (pruned_other, int8_other) = list(first), list(other)
+    assert pruned == pruned_other and int8 != int8_other  # only the changed step is new
+    assert first[int8].source == pruned
+    assert first[pruned].ratio == 0.3 and first[pruned].finetune_epochs == 1  # fixed knob applied
+    assert first[int8].calibration_samples == 64
+
+
+def test_known_good_trials_come_first_and_stay_inside_the_space(params_file: Path) -> None:
+    params = load_params(params_file)
+    trials = known_good(params.search, params.variants, technique_table())
+    # chain by chain, cheapest first: the tiny params.yaml's tflite_int8 (calibration 64), then
+    # the chain pruned → int8, which no variant describes: its defaults (ratio 0.4, round_to 8;
+    # calibration 200 is no choice, so the sampler picks it)
+    assert trials == [
+        {"chain": "tflite_int8", "tflite_int8.calibration_samples": 64},
+        {"chain": "pruned+tflite_int8", "pruned.ratio": 0.4, "pruned.round_to": 8},
+    ]
+
+
+def _dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return all(x <= y for x, y in zip(a, b, strict=True)) and any(
+        x < y for x, y in zip(a, b, strict=True)
+    )
+
+
+def test_pareto_front_on_known_points() -> None:
+    # (-accuracy, p50 ms, size)
+    points = [
+        (-0.99, 2.0, 300.0),  # most accurate
+        (-0.98, 1.0, 300.0),  # faster, a little less accurate
+        (-0.98, 1.5, 300.0),  # dominated by the one above
+        (-0.90, 1.0, 100.0),  # smallest
+        (-0.90, 1.0, 100.0),  # the same numbers twice: both stay
+        (-0.80, 3.0, 400.0),  # dominated by everything
+    ]
+    assert pareto_front(points) == [0, 1, 3, 4]
+
+
+def test_pareto_front_is_exactly_the_non_dominated_points() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        points = [tuple(float(v) for v in row) for row in rng.integers(0, 6, size=(15, 3))]
+        front = set(pareto_front(points))
+        for i, j in itertools.permutations(range(len(points)), 2):
+            if i in front:
+                assert not _dominates(points[j], points[i])
+        for i in set(range(len(points))) - front:
+            assert any(_dominates(points[j], points[i]) for j in front)
+
+
+def _metrics_row(accuracy: float, size: int) -> Any:
+    from tasks.evaluate import VariantMetrics
+
+    return VariantMetrics(
+        status="ok",
+        technique="pruned",
+        source="baseline",
+        runtime="onnxruntime",
+        accuracy=accuracy,
+        accuracy_drop=None,
+        agreement=0.95,
+        kl_divergence=None,
+        per_class_accuracy=None,
+        size_bytes=size,
+        size_ratio=None,
+        params=None,
+        macs=None,
+        cpu_fp16_accuracy=None,
+        reason=None,
+        split="test",
+        samples=100,
+    )
+
+
+def test_a_trial_says_how_far_it_fell_short_of_each_gate(params_file: Path) -> None:
+    from tasks.benchmark import BenchmarkRow
+    from tasks.search import TrialPlan, best_attempt, best_feasible, outcome_of, study_values
+    from tasks.validate import Check, SuiteResult
+
+    params = load_params(params_file)
+    plan = TrialPlan(
+        7,
+        ("pruned",),
+        {"pruned.ratio": 0.5},
+        plan_variants(["pruned"], {"pruned.ratio": 0.5}, params.search, technique_table()),
+    )
+    name = plan.variant
+    labels = np.arange(100) % 10
+    base, variant = labels.copy(), labels.copy()
+    variant[:4] = (variant[:4] + 1) % 10  # 4 of 100 wrong where the baseline was right ...
+    base[10:12] = (base[10:12] + 1) % 10  # ... and 2 right where the baseline was wrong
+    predictions = {"labels": labels, "pred__baseline": base, f"pred__{name}": variant}
+    bench = [BenchmarkRow(variant=name, runner="edge-cpu", status="ok", p50_ms=0.8)]
+    checks = [
+        Check(
+            "drop_upper <= max_accuracy_drop",
+            "expect_column_max_to_be_between",
+            "drop_upper",
+            False,
+            9.8,
+            1.0,
+        ),
+        Check(
+            "agreement >= min_agreement",
+            "expect_column_min_to_be_between",
+            "agreement",
+            False,
+            0.95,
+            0.97,
+        ),
+        Check(
+            "accuracy >= min_accuracy",
+            "expect_column_min_to_be_between",
+            "accuracy",
+            True,
+            0.96,
+            0.9,
+        ),
+    ]
+    suites = {name: SuiteResult(f"variant.{name}", False, checks)}
+    metrics = {name: _metrics_row(0.96, 5000)}
+    short = outcome_of(plan, metrics, predictions, bench, suites, "p50", "edge-cpu", 0.95)
+    assert not short.feasible and short.objective == 0.8 and short.drop == 2.0
+    assert short.drop_upper is not None and 2.0 < short.drop_upper < 6.0  # exact McNemar bound
+    assert short.shortfalls == [
+        "drop_upper <= max_accuracy_drop: 9.8 vs 1 (short by 8.8)",
+        "agreement >= min_agreement: 0.95 vs 0.97 (short by 0.02)",
+    ]
+    assert short.violation == pytest.approx(8.8 / 1.0 + 0.02 / 0.97, abs=1e-6)
+    assert study_values(short) == [0.8, short.drop_upper]
+    passed = {name: SuiteResult(f"variant.{name}", True, checks[2:])}
+    by_size = outcome_of(plan, metrics, predictions, bench, passed, "size", "edge-cpu", 0.95)
+    assert by_size.feasible and by_size.objective == 5000 and by_size.violation == 0
+    assert best_feasible([short, by_size]) is by_size
+    assert best_feasible([short]) is None and best_attempt([short]) is short
+
+
+def test_modelpress_search_refuses_a_bad_knob_in_one_line_before_starting_prefect(
+    params_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flows.cli import main
+
+    raw = yaml.safe_load(params_file.read_text())
+    raw["search"]["space"]["pruned.ratioo"] = [0.3]
+    params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(SystemExit) as stopped:
+        main(["search", "--params", str(params_file), "--verbose"])
+    assert stopped.value.code == 2
+    out, err = capsys.readouterr()
+    assert err == (
+        f"error: {params_file}: search.space.pruned.ratioo: unknown knob of technique 'pruned'; "
+        "its knobs: ratio, round_to, finetune_epochs, lr, batch_size\n"
+    )
+    assert out == ""
