@@ -39,6 +39,7 @@ def rewrite_hard_activations(onnx_file: Path) -> Rewrite:
 
     model = onnx.load(str(onnx_file))
     graph = model.graph
+    recognised = _recognise_written_out(graph)
     constants = _Constants(graph)
     new_nodes = []
     counts = {"HardSwish": 0, "HardSigmoid": 0}
@@ -52,12 +53,131 @@ def rewrite_hard_activations(onnx_file: Path) -> Rewrite:
             new_nodes.append(node)
             continue
         counts[node.op_type] += 1
-    if counts["HardSwish"] + counts["HardSigmoid"]:
+    if recognised or counts["HardSwish"] + counts["HardSigmoid"]:
         del graph.node[:]
         graph.node.extend(new_nodes)
         onnx.checker.check_model(model)
         onnx.save(model, str(onnx_file))
     return Rewrite(hard_swish=counts["HardSwish"], hard_sigmoid=counts["HardSigmoid"])
+
+
+def _recognise_written_out(graph: object) -> int:
+    """Turn hard-swish and hard-sigmoid written out in arithmetic into HardSwish/HardSigmoid
+    nodes (in place); how many were found.
+
+    MobileNetV3 code often writes them by hand: x * relu6(x + 3) / 6 and relu6(x + 3) / 6,
+    exported as Add/Clip/Mul/Div. onnx2tf fuses that chain itself and loses the Add's constant
+    ("Output tensors of a Functional model must be the output of a TensorFlow Layer ... Found:
+    3.0"): the conversion failed. As named nodes they take the rewrite below, the form that
+    converts and runs in int8.
+    """
+    from onnx import helper
+
+    nodes = list(graph.node)  # type: ignore[attr-defined]
+    scalars = _scalar_values(graph)
+    producer = {out: n for n in nodes for out in n.output}
+    readers: dict[str, int] = {}
+    for n in nodes:
+        for name in n.input:
+            readers[name] = readers.get(name, 0) + 1
+    outputs = {o.name for o in graph.output}  # type: ignore[attr-defined]
+
+    def private(name: str) -> bool:  # read by one node only, and no graph output
+        return readers.get(name, 0) == 1 and name not in outputs
+
+    def sixth_of(node: object) -> str | None:  # y / 6 or y * (1/6): y
+        a, b = node.input[0], node.input[1]  # type: ignore[attr-defined]
+        if node.op_type == "Div" and _near(scalars.get(b), 6.0):  # type: ignore[attr-defined]
+            return str(a)
+        if node.op_type == "Mul":  # type: ignore[attr-defined]
+            for y, k in ((a, b), (b, a)):
+                if _near(scalars.get(k), 1.0 / 6.0):
+                    return str(y)
+        return None
+
+    def relu6_of_plus3(name: str) -> str | None:  # name = clip(x + 3, 0, 6): x
+        clip = producer.get(name)
+        if clip is None or clip.op_type != "Clip" or len(clip.input) != 3 or not private(name):
+            return None
+        if not (_near(scalars.get(clip.input[1]), 0.0) and _near(scalars.get(clip.input[2]), 6.0)):
+            return None
+        add = producer.get(clip.input[0])
+        if add is None or add.op_type != "Add" or not private(clip.input[0]):
+            return None
+        for x, k in ((add.input[0], add.input[1]), (add.input[1], add.input[0])):
+            # the rewrite's own output has this shape too: leave it be
+            if _near(scalars.get(k), 3.0) and not k.startswith(_CONSTANT_PREFIX):
+                return str(x)
+        return None
+
+    replaced: dict[int, object] = {}  # id of the last node of a pattern -> its named node
+    dropped: set[int] = set()
+    for node in nodes:
+        inner = sixth_of(node) if node.op_type in ("Div", "Mul") else None
+        if inner is None or not private(inner):
+            continue
+        source = producer.get(inner)
+        if source is None:
+            continue
+        x = relu6_of_plus3(inner)
+        if x is not None:  # relu6(x + 3) / 6
+            clip = source
+            chain = [clip, producer[clip.input[0]]]
+            named = helper.make_node(
+                "HardSigmoid",
+                [x],
+                [node.output[0]],
+                alpha=1.0 / 6.0,
+                beta=0.5,
+                name=f"{node.name or node.output[0]}/hard_sigmoid",
+            )
+        elif source.op_type == "Mul":  # x * relu6(x + 3) / 6
+            a, b = source.input[0], source.input[1]
+            found = [(x, g) for x, g in ((a, b), (b, a)) if relu6_of_plus3(g) == x]
+            if not found:
+                continue
+            gate = producer[found[0][1]]
+            chain = [source, gate, producer[gate.input[0]]]
+            named = helper.make_node(
+                "HardSwish",
+                [found[0][0]],
+                [node.output[0]],
+                name=f"{node.name or node.output[0]}/hard_swish",
+            )
+        else:
+            continue
+        replaced[id(node)] = named
+        dropped.update(id(n) for n in chain)
+    if not replaced:
+        return 0
+    kept = [replaced.get(id(n), n) for n in nodes if id(n) not in dropped]
+    del graph.node[:]  # type: ignore[attr-defined]
+    graph.node.extend(kept)  # type: ignore[attr-defined]
+    return len(replaced)
+
+
+def _near(value: float | None, target: float) -> bool:
+    return value is not None and bool(np.isclose(value, target, rtol=1e-5, atol=1e-6))
+
+
+def _scalar_values(graph: object) -> dict[str, float]:
+    """Single-value initializers and Constant nodes, by tensor name."""
+    from onnx import numpy_helper
+
+    values: dict[str, float] = {}
+    for tensor in graph.initializer:  # type: ignore[attr-defined]
+        array = numpy_helper.to_array(tensor)
+        if array.size == 1:
+            values[tensor.name] = float(array.reshape(()))
+    for node in graph.node:  # type: ignore[attr-defined]
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            array = numpy_helper.to_array(node.attribute[0].t)
+            if array.size == 1:
+                values[node.output[0]] = float(array.reshape(()))
+    return values
+
+
+_CONSTANT_PREFIX = "mp_int8_friendly_const_"
 
 
 class _Constants:
@@ -71,7 +191,7 @@ class _Constants:
         from onnx import numpy_helper
 
         if value not in self.names:
-            name = f"mp_int8_friendly_const_{len(self.names)}"
+            name = f"{_CONSTANT_PREFIX}{len(self.names)}"
             tensor = numpy_helper.from_array(np.asarray(value, dtype=np.float32), name)
             self.graph.initializer.append(tensor)  # type: ignore[attr-defined]
             self.names[value] = name

@@ -313,7 +313,7 @@ def outcome_of(
         (b.p50_ms for b in bench if b.variant == name and b.runner == runner and b.status == "ok"),
         None,
     )
-    compressed = getattr(row, "compressed_size_bytes", None)
+    compressed = row.compressed_size_bytes
     objective = {
         "p50": p50,
         "size": row.size_bytes,

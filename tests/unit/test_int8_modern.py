@@ -214,3 +214,60 @@ def test_tf_same_pads_convert_without_onnxsim_on_path(
     assert record.status == "ok" and record.input is not None and record.input.dtype == "int8"
     logits = load_predictor(tmp_path / "int8")(x[:8])
     assert logits.shape == (8, 10) and np.isfinite(logits).all()
+
+
+class _WrittenOutV3Block(torch.nn.Module):
+    """MobileNetV3 as much code writes it: hard-swish and the squeeze-excitation's hard-sigmoid
+    spelled out (x * relu6(x + 3) / 6, relu6(x + 3) / 6), not nn.Hardswish/nn.Hardsigmoid."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 16, 3, 2, 1)
+        self.depthwise = torch.nn.Conv2d(16, 16, 3, 1, 1, groups=16)
+        self.squeeze, self.excite = torch.nn.Conv2d(16, 4, 1), torch.nn.Conv2d(4, 16, 1)
+        self.head = torch.nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = x * torch.nn.functional.relu6(x + 3) / 6
+        y = self.depthwise(x)
+        y = y * torch.nn.functional.relu6(y + 3) / 6
+        gate = torch.relu(self.squeeze(y.mean((2, 3), keepdim=True)))
+        y = y * (torch.nn.functional.relu6(self.excite(gate) + 3.0) / 6.0)
+        return self.head((x + y).mean((2, 3)))
+
+
+def test_written_out_hard_activations_convert_and_keep_their_function(tmp_path: Path) -> None:
+    """onnx2tf fused the written-out chain itself, lost the Add's constant and failed the
+    whole conversion ('... must be the output of a TensorFlow Layer ... Found: 3.0')."""
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    model = _WrittenOutV3Block().eval()
+    preprocess = Preprocess(
+        image_size=SIZE, channels=3, num_classes=10, mean=[0.5] * 3, std=[0.25] * 3
+    )
+    images = np.random.default_rng(0).random((48, 3, SIZE, SIZE), dtype=np.float32)
+    write_onnx_variant(
+        model,
+        preprocess,
+        preprocess.normalize(images[:4]),
+        tmp_path / "baseline",
+        name="baseline",
+        technique="baseline",
+        source=None,
+    )
+    copy = tmp_path / "copy.onnx"
+    copy.write_bytes((tmp_path / "baseline" / "model.onnx").read_bytes())
+    x = preprocess.normalize(images[:16])
+    before = ort.InferenceSession(str(copy)).run(None, {"input": x})[0]
+    rewrite = rewrite_hard_activations(copy)
+    after = ort.InferenceSession(str(copy)).run(None, {"input": x})[0]
+    assert (rewrite.hard_swish, rewrite.hard_sigmoid) == (2, 1)
+    assert np.abs(after - before).max() < 1e-4 * max(1.0, float(np.abs(before).max()))
+
+    cfg = TfliteInt8Config(technique="tflite_int8", source="baseline", calibration_samples=32)
+    calib = Split(x=images, y=np.zeros(len(images), dtype=np.int64))
+    record = quantize("int8", cfg, tmp_path / "baseline", calib, preprocess, tmp_path / "int8")
+    assert record.status == "ok"
+    assert not {op.op for op in litert_ops(tmp_path / "int8" / "model.tflite")} & SLOW_INT8_OPS

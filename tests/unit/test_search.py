@@ -162,6 +162,7 @@ def _metrics_row(accuracy: float, size: int) -> Any:
         kl_divergence=None,
         per_class_accuracy=None,
         size_bytes=size,
+        compressed_size_bytes=size // 2,
         size_ratio=None,
         params=None,
         macs=None,
