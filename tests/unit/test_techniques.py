@@ -58,14 +58,19 @@ def _error(raw: dict[str, Any]) -> str:
 
 def test_builtin_table_in_its_order_with_what_each_declares() -> None:
     table = builtin_techniques()
-    assert list(table) == ["tflite_int8", "pruned", "distilled", "tensorrt_fp16"]
-    assert {n for n, t in table.items() if t.starts_from == "torch"} == {"pruned", "distilled"}
+    assert list(table) == ["tflite_int8", "pruned", "distilled", "tensorrt_fp16", "qat_int8"]
+    assert {n for n, t in table.items() if t.starts_from == "torch"} == {
+        "pruned",
+        "distilled",
+        "qat_int8",
+    }
     assert {n for n, t in table.items() if t.produces_onnx} == {"pruned", "distilled"}
     assert {n: t.runtime for n, t in table.items()} == {
         "tflite_int8": "litert",
         "pruned": "onnxruntime",
         "distilled": "onnxruntime",
         "tensorrt_fp16": "tensorrt",
+        "qat_int8": "litert",
     }
     assert {n: t.build_on for n, t in table.items() if t.build_on} == {"tensorrt_fp16": "cuda"}
     assert runtimes_produced(table) == ("onnxruntime", "litert", "tensorrt")
@@ -100,7 +105,7 @@ def test_unknown_technique_names_the_known_ones_in_one_line(repo_raw: dict[str, 
     )
     assert message == (
         "params.yaml: variants.x: unknown technique 'sorcery'; "
-        "expected one of tflite_int8, pruned, distilled, tensorrt_fp16"
+        "expected one of tflite_int8, pruned, distilled, tensorrt_fp16, qat_int8"
     )
     with pytest.raises(ConfigError, match=r"^unknown technique 'sorcery'; expected one of tflite"):
         technique_named("sorcery")
@@ -160,7 +165,7 @@ def test_referenced_technique_is_validated_like_a_builtin(repo_raw: dict[str, An
     assert _error(bad_value).startswith("params.yaml: variants.b.rounding: Input should be")
     unknown = _error(_with(repo_raw, techniques=[PLUGIN], variants={"b": {"technique": "zz"}}))
     assert unknown.endswith(
-        "expected one of tflite_int8, pruned, distilled, tensorrt_fp16, bf16_weights"
+        "expected one of tflite_int8, pruned, distilled, tensorrt_fp16, qat_int8, bf16_weights"
     )
     from_int8 = _with(
         repo_raw, techniques=[PLUGIN], variants={"b": BF16 | {"source": "tflite_int8"}}
