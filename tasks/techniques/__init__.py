@@ -44,6 +44,7 @@ BUILTIN: tuple[str, ...] = (
     "tflite_fp16",
     "tflite_dynamic",
     "onnx_int8",
+    "qat_int8",
 )
 ENTRY_POINT_GROUP = "modelpress.techniques"
 

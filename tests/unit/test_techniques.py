@@ -16,6 +16,7 @@ import yaml
 from tasks.config import load_params, parse_params
 from tasks.errors import ConfigError
 from tasks.techniques import (
+    BUILTIN,
     BuildContext,
     Technique,
     builtin_techniques,
@@ -67,8 +68,13 @@ def test_builtin_table_in_its_order_with_what_each_declares() -> None:
         "tflite_fp16",
         "tflite_dynamic",
         "onnx_int8",
+        "qat_int8",
     ]
-    assert {n for n, t in table.items() if t.starts_from == "torch"} == {"pruned", "distilled"}
+    assert {n for n, t in table.items() if t.starts_from == "torch"} == {
+        "pruned",
+        "distilled",
+        "qat_int8",
+    }
     assert {n for n, t in table.items() if t.produces_onnx} == {"pruned", "distilled"}
     assert {n: t.runtime for n, t in table.items()} == {
         "tflite_int8": "litert",
@@ -79,6 +85,7 @@ def test_builtin_table_in_its_order_with_what_each_declares() -> None:
         "tflite_fp16": "litert",
         "tflite_dynamic": "litert",
         "onnx_int8": "onnxruntime",
+        "qat_int8": "litert",
     }
     assert {n: t.build_on for n, t in table.items() if t.build_on} == {"tensorrt_fp16": "cuda"}
     assert runtimes_produced(table) == ("onnxruntime", "litert", "tensorrt", "openvino")
@@ -115,8 +122,7 @@ def test_unknown_technique_names_the_known_ones_in_one_line(repo_raw: dict[str, 
     )
     assert message == (
         "params.yaml: variants.x: unknown technique 'sorcery'; "
-        "expected one of tflite_int8, pruned, distilled, tensorrt_fp16, openvino_int8, "
-        "tflite_fp16, tflite_dynamic, onnx_int8"
+        f"expected one of {', '.join(BUILTIN)}"
     )
     with pytest.raises(ConfigError, match=r"^unknown technique 'sorcery'; expected one of tflite"):
         technique_named("sorcery")
@@ -175,10 +181,7 @@ def test_referenced_technique_is_validated_like_a_builtin(repo_raw: dict[str, An
     bad_value = _with(repo_raw, techniques=[PLUGIN], variants={"b": BF16 | {"rounding": "up"}})
     assert _error(bad_value).startswith("params.yaml: variants.b.rounding: Input should be")
     unknown = _error(_with(repo_raw, techniques=[PLUGIN], variants={"b": {"technique": "zz"}}))
-    assert unknown.endswith(
-        "expected one of tflite_int8, pruned, distilled, tensorrt_fp16, openvino_int8, "
-        "tflite_fp16, tflite_dynamic, onnx_int8, bf16_weights"
-    )
+    assert unknown.endswith(f"expected one of {', '.join(BUILTIN)}, bf16_weights")
     from_int8 = _with(
         repo_raw, techniques=[PLUGIN], variants={"b": BF16 | {"source": "tflite_int8"}}
     )
