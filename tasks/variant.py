@@ -13,6 +13,7 @@ from tasks.io import read_json, sha256_file, write_json
 Status = Literal["ok", "skipped", "failed"]
 Runtime = Literal["onnxruntime", "litert", "tensorrt"]
 RECORD_NAME = "variant.json"
+TORCH_FILE = "model_torch.pt"  # a torch-producing variant's module, for the variants built from it
 BASELINE = "baseline"  # the fp32 reference variant every other one is compared with
 EVALUATION_SPLIT = "test"  # the split tasks.evaluate measures every variant's accuracy on
 
@@ -69,6 +70,35 @@ def model_path(directory: Path, record: VariantRecord) -> Path:
             f"{directory}: variant '{record.name}' has no model file ({record.status})"
         )
     return Path(directory) / record.model_file
+
+
+def save_torch_model(directory: Path, model: Any) -> str | None:
+    """Save the whole module (a pruned or factorized net has no factory that rebuilds its shapes);
+    None where it cannot be pickled (torch.fx programs of imported .pt2 models): variants that
+    start from this one then say their source has no torch model."""
+    import torch
+
+    path = Path(directory) / TORCH_FILE
+    try:
+        torch.save(model, path)
+    except Exception:  # torch.fx GraphModules with some globals cannot be pickled
+        path.unlink(missing_ok=True)
+        return None
+    return TORCH_FILE
+
+
+def load_torch_model(directory: Path, record: VariantRecord) -> Any:
+    """The torch module a torch-producing variant saved (None where it saved none)."""
+    import torch
+
+    name = record.extra.get("torch_file")
+    if not name:
+        return None
+    path = Path(directory) / str(name)
+    if not path.exists():
+        raise ModelError(f"{path}: not found; variant '{record.name}' names it as its torch model")
+    # our own pipeline's artifact: a pickled module (its classes are importable here)
+    return torch.load(path, weights_only=False).eval()
 
 
 def carried_from(source: VariantRecord) -> dict[str, Any]:

@@ -35,7 +35,14 @@ __all__ = [
     "technique_table",
 ]
 
-BUILTIN: tuple[str, ...] = ("tflite_int8", "pruned", "distilled", "tensorrt_fp16")
+BUILTIN: tuple[str, ...] = (
+    "tflite_int8",
+    "pruned",
+    "distilled",
+    "tensorrt_fp16",
+    "clustered",
+    "low_rank",
+)
 ENTRY_POINT_GROUP = "modelpress.techniques"
 
 # Every technique found in this process, by name: the dispatch finds a validated config's
