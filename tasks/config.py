@@ -542,12 +542,17 @@ def _check_variant_source(
     source = variant.source
     if source == "baseline":
         return
-    if table[variant.technique].starts_from == "torch":
-        raise ValueError(
-            f"variants.{name}.source: technique '{variant.technique}' needs source 'baseline'"
-        )
     if source not in variants:
         raise ValueError(f"variants.{name}.source: {source!r} is not 'baseline' nor a variant")
+    if table[variant.technique].starts_from == "torch":
+        if not table[variants[source].technique].produces_torch:
+            torch_ones = sorted(t.name for t in table.values() if t.produces_torch)
+            raise ValueError(
+                f"variants.{name}.source: technique '{variant.technique}' starts from a torch "
+                f"model and {source!r} has none (use baseline or a variant of: "
+                f"{', '.join(torch_ones)})"
+            )
+        return
     if not table[variants[source].technique].produces_onnx:
         onnx = sorted(t.name for t in table.values() if t.produces_onnx)
         raise ValueError(

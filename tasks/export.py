@@ -24,6 +24,7 @@ from tasks.variant import (
     data_fields,
     finished_record,
     preprocess_fields,
+    save_torch_model,
     write_record,
 )
 
@@ -123,15 +124,23 @@ def onnx_record(
 
 
 def write_onnx_variant(
-    model: nn.Module, preprocess: Preprocess, check_x: np.ndarray, out_dir: Path, **record_fields
+    model: nn.Module,
+    preprocess: Preprocess,
+    check_x: np.ndarray,
+    out_dir: Path,
+    save_torch: bool = False,
+    **record_fields,
 ) -> VariantRecord:
-    """Export `model`, check it against torch, and write the variant directory atomically."""
+    """Export `model`, check it against torch, and write the variant directory atomically;
+    save_torch: the torch module too, for torch-starting variants built from this one."""
     macs, params = count_macs_params(model, preprocess.input_shape)
     with atomic_dir(out_dir) as staging:
         export_onnx(model, preprocess, staging / MODEL_FILE)
         check = check_onnx(staging / MODEL_FILE, model, check_x)
         record = onnx_record(preprocess=preprocess, macs=macs, params=params, **record_fields)
         extra = record.extra | {"onnx_max_abs_diff": check.max_abs_diff}
+        if save_torch and (torch_file := save_torch_model(staging, model)):
+            extra["torch_file"] = torch_file
         record = finished_record(staging, record, extra=extra)
         write_record(staging, record)
     return record

@@ -143,11 +143,13 @@ def unchanged_since(
         return None
     if _input_hashes(previous.get("lineage", {}).get("inputs", {})) != _input_hashes(inputs):
         return None
+    from tasks.variant import published_files
+
     for name, directory in variant_dirs.items():
         published = previous["variants"][name].get("files", {})
         listed = {rel: (m["sha256"], m["size_bytes"]) for rel, m in published.items()}
         local = {
-            rel: (m["sha256"], m["size_bytes"]) for rel, m in file_checksums(directory).items()
+            rel: (m["sha256"], m["size_bytes"]) for rel, m in published_files(directory).items()
         }
         if listed != local:
             return None

@@ -14,6 +14,9 @@ from tasks.io import read_json, sha256_file, write_json
 Status = Literal["ok", "skipped", "failed"]
 Runtime = Literal["onnxruntime", "litert", "openvino", "tensorrt"]
 RECORD_NAME = "variant.json"
+# a torch-producing variant's module, for the variants built from it: a build input, never
+# published (a pickle is code; a registry consumer gets the deployable model and its record)
+TORCH_FILE = "model_torch.pt"
 BASELINE = "baseline"  # the fp32 reference variant every other one is compared with
 EVALUATION_SPLIT = "test"  # the split tasks.evaluate measures every variant's accuracy on
 
@@ -83,6 +86,35 @@ def onnx_source(name: str, source_dir: Path) -> tuple[VariantRecord, Path]:
     if source.input is None:  # an ok ONNX variant always records its input
         raise VariantError(f"{name}: source '{source.name}' records no input tensor")
     return source, model_path(source_dir, source)
+
+
+def save_torch_model(directory: Path, model: Any) -> str | None:
+    """Save the whole module (a pruned or factorized net has no factory that rebuilds its shapes);
+    None where it cannot be pickled (torch.fx programs of imported .pt2 models): variants that
+    start from this one then say their source has no torch model."""
+    import torch
+
+    path = Path(directory) / TORCH_FILE
+    try:
+        torch.save(model, path)
+    except Exception:  # torch.fx GraphModules with some globals cannot be pickled
+        path.unlink(missing_ok=True)
+        return None
+    return TORCH_FILE
+
+
+def load_torch_model(directory: Path, record: VariantRecord) -> Any:
+    """The torch module a torch-producing variant saved (None where it saved none)."""
+    import torch
+
+    name = record.extra.get("torch_file")
+    if not name:
+        return None
+    path = Path(directory) / str(name)
+    if not path.exists():
+        raise ModelError(f"{path}: not found; variant '{record.name}' names it as its torch model")
+    # our own pipeline's artifact: a pickled module (its classes are importable here)
+    return torch.load(path, weights_only=False).eval()
 
 
 def carried_from(source: VariantRecord) -> dict[str, Any]:
@@ -165,3 +197,11 @@ def preprocess_from_record(record: VariantRecord) -> Preprocess:
         data_sha256=data.get("sha256"),
         split_sizes=data.get("split_sizes", {}),
     )
+
+
+def published_files(directory: Path) -> dict[str, dict[str, Any]]:
+    """The files of a variant directory the registry publishes: {relative path: sha256,
+    size_bytes}, every file but the build-only torch module."""
+    from tasks.io import file_checksums
+
+    return {rel: meta for rel, meta in file_checksums(directory).items() if rel != TORCH_FILE}

@@ -12,9 +12,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from tasks.errors import RegistryError, brief
-from tasks.io import file_checksums, json_default
+from tasks.io import json_default
 from tasks.runtimes import FORMATS  # the registry accepts what some runtime runs
-from tasks.variant import RECORD_NAME
+from tasks.variant import RECORD_NAME, published_files
 
 MANIFEST_NAME = "manifest.json"
 RESERVATION_NAME = ".reserved"  # <model>/<version>/.reserved: allocate_version's marker
@@ -118,7 +118,7 @@ def _check_entry(variant: str, entry: PublishEntry) -> dict[str, LocalFile]:
         )
     return {
         relative: LocalFile(directory / relative, file["sha256"], file["size_bytes"])
-        for relative, file in file_checksums(directory).items()
+        for relative, file in published_files(directory).items()
     }
 
 

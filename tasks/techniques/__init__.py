@@ -45,6 +45,8 @@ BUILTIN: tuple[str, ...] = (
     "tflite_dynamic",
     "onnx_int8",
     "qat_int8",
+    "clustered",
+    "low_rank",
 )
 ENTRY_POINT_GROUP = "modelpress.techniques"
 

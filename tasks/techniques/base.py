@@ -72,6 +72,16 @@ class BuildContext:
 
         return None if self.baseline_dir is None else load_baseline(self.baseline_dir)
 
+    def source_model(self) -> nn.Module | None:
+        """The torch model this variant starts from: the baseline's, or the torch file a
+        torch-producing source variant saved next to its model (None where not at hand)."""
+        from tasks.variant import load_torch_model
+
+        record = self.source_record()
+        if record.technique == "baseline":
+            return self.teacher()
+        return load_torch_model(self.source_dir, record)
+
     def baseline_sha256(self) -> str | None:
         """sha256 of the baseline's weights (baseline.json), or None where it is not at hand."""
         from tasks.io import read_json
@@ -100,10 +110,13 @@ class Technique:
 
     name: str  # the `technique:` tag in params.yaml
     config: type[TechniqueConfig]  # its params.yaml entry, with `technique: Literal[name]`
-    starts_from: StartsFrom  # "torch": the baseline torch model; "onnx": an ONNX variant's file
+    starts_from: StartsFrom  # "torch": the baseline's (or a torch-producing source's) model; "onnx": an ONNX variant's file
     runtime: str  # runtime of what it produces: onnxruntime | litert | tensorrt | ...
     produces_onnx: bool  # its output is an ONNX model another variant can start from
     build: BuildFn  # build(context, config) -> VariantRecord, written atomically to out_dir
+    # its variant directory also holds the torch model (variant.TORCH_FILE): a torch-starting
+    # technique may take it as its source (pruned → clustered)
+    produces_torch: bool = False
     build_on: str | None = None  # None: built here; else the runner kind that must build it
     # other modules whose code decides what `build` makes (graph rewrites, fine-tuning loops):
     # their source joins the compress cache key, so a change there rebuilds the variant

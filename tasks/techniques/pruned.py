@@ -33,10 +33,12 @@ class PrunedConfig(TechniqueConfig):
 
 
 def build(context: BuildContext, config: PrunedConfig) -> VariantRecord:
-    """The pruned, fine-tuned baseline as an ONNX variant."""
-    teacher = context.teacher()
+    """The pruned, fine-tuned source (the baseline or a torch-producing variant) as an ONNX
+    variant that keeps its torch model."""
+    teacher = context.source_model()
     if teacher is None:
-        raise VariantError(f"{context.name}: pruning needs the baseline torch model")
+        raise VariantError(f"{context.name}: pruning needs its source's torch model")
+    source = context.source_record()
     return prune(
         context.name,
         config,
@@ -48,6 +50,8 @@ def build(context: BuildContext, config: PrunedConfig) -> VariantRecord:
         context.baseline_sha256(),
         context.seed,
         context.out_dir,
+        source=source.name,
+        parent_sha256=source.model_sha256 if source.technique != "baseline" else None,
     )
 
 
@@ -91,6 +95,8 @@ def prune(
     baseline_sha256: str | None,
     seed: int,
     out_dir: Path,
+    source: str = "baseline",
+    parent_sha256: str | None = None,
 ) -> VariantRecord:
     """Prune a copy of the baseline to cfg.ratio, fine-tune it, and write the ONNX variant."""
     import copy
@@ -125,9 +131,10 @@ def prune(
         out_dir,
         name=name,
         technique="pruned",
-        source="baseline",
+        source=source,
         settings=cfg.model_dump(),
-        parent_sha256=baseline_sha256,
+        parent_sha256=parent_sha256 or baseline_sha256,
+        save_torch=True,
         baseline_sha256=baseline_sha256,
         extra={"macs_before": before_macs, "params_before": before_params},
     )
@@ -139,6 +146,7 @@ TECHNIQUE = Technique(
     starts_from="torch",
     runtime="onnxruntime",
     produces_onnx=True,
+    produces_torch=True,
     build=build,
     uses=("tasks.export", "tasks.models", "tasks.train"),
 )

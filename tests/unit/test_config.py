@@ -319,13 +319,22 @@ def test_source_naming_a_missing_variant_is_refused(repo_raw: dict[str, Any]) ->
     assert "variants.x.source: 'nosuch' is not 'baseline' nor a variant" in message
 
 
-@pytest.mark.parametrize("technique", ["pruned", "distilled"])
-def test_torch_technique_must_start_from_the_baseline(
-    repo_raw: dict[str, Any], technique: str
+@pytest.mark.parametrize("technique", ["pruned", "distilled", "clustered", "low_rank"])
+@pytest.mark.parametrize("source", ["distilled", "tflite_int8"])
+def test_torch_technique_needs_a_source_with_a_torch_model(
+    repo_raw: dict[str, Any], technique: str, source: str
 ) -> None:
-    raw = _merged(repo_raw, {"variants": {"x": {"technique": technique, "source": "distilled"}}})
+    raw = _merged(repo_raw, {"variants": {"x": {"technique": technique, "source": source}}})
     message = _error(raw)
-    assert f"variants.x.source: technique '{technique}' needs source 'baseline'" in message
+    assert (
+        f"variants.x.source: technique '{technique}' starts from a torch model and "
+        f"'{source}' has none (use baseline or a variant of: clustered, low_rank, pruned)"
+    ) in message
+
+
+def test_torch_technique_may_start_from_a_pruned_variant(repo_raw: dict[str, Any]) -> None:
+    raw = _merged(repo_raw, {"variants": {"x": {"technique": "clustered", "source": "pruned"}}})
+    assert parse_params(raw).variants["x"].source == "pruned"
 
 
 def test_int8_of_an_int8_variant_is_refused(repo_raw: dict[str, Any]) -> None:
