@@ -100,13 +100,14 @@ def test_nightly_against_the_postgres_backed_server(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         assert "published" in done.stdout
         assert (tmp_path / "registry" / "digits-resnet").is_dir()
-        # the run is in PostgreSQL, not in a SQLite file
-        assert asyncio.run(_nightly_runs(port, password)) == ["COMPLETED"]
+        # the run is in PostgreSQL, not in a SQLite file (beside the deployment's scheduled runs)
+        states = asyncio.run(_nightly_runs(port, password))
+        assert states.count("COMPLETED") == 1 and set(states) <= {"COMPLETED", "SCHEDULED"}
         assert not list((tmp_path / "prefect-home").glob("*.db"))
     finally:
         down = _stack(env, "down")
+        if pg_dir is not None and pg_dir.is_relative_to("/var/lib/postgresql"):
+            shutil.rmtree(pg_dir, ignore_errors=True)  # as root: outside tmp_path
     assert down.returncode == 0, down.stderr
     assert "postgres stopped" in down.stdout
     assert not _port_open(port)
-    if pg_dir is not None and pg_dir.is_relative_to("/var/lib/postgresql"):
-        shutil.rmtree(pg_dir, ignore_errors=True)  # as root: outside tmp_path
