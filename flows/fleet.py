@@ -70,7 +70,9 @@ def _in_subprocess(name: str, parameters: dict[str, Any]) -> ModelOutcome:
     parent = context.task_run.id if context else None
     with get_client(sync_client=True) as client:
         flow_run = client.create_flow_run(flow, parameters=parameters, parent_task_run_id=parent)
-        process = run_flow_in_subprocess(flow, flow_run=flow_run, parameters=parameters)
+        # this server, also when it is Prefect's temporary one (else the child starts its own)
+        env: dict[str, str | None] = {"PREFECT_API_URL": str(client.api_url).rstrip("/")}
+        process = run_flow_in_subprocess(flow, flow_run=flow_run, parameters=parameters, env=env)
         process.join()
         run = client.read_flow_run(flow_run.id)
     if run.state is None or not run.state.is_final():
