@@ -46,7 +46,8 @@ def _outcome(name: str, run: Any, parameters: dict[str, Any]) -> ModelOutcome:
     link = _link(run.id)
     if state is None or not state.is_completed():
         message = (state.message or state.name) if state is not None else "no state"
-        return ModelOutcome(name, "failed", link=link, error=one_line(str(message)))
+        error = one_line(str(message)).removeprefix("Flow run encountered an exception: ")
+        return ModelOutcome(name, "failed", link=link, error=error)
     status = next((tag for tag in run.tags or [] if tag in get_args(Status)), "completed")
     version = best = None
     if status in ("published", "unchanged"):
