@@ -224,7 +224,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     searching.add_argument("args", nargs=argparse.REMAINDER)
     searching.set_defaults(handler=lambda args: search_main(args.args))
+    fleet = commands.add_parser(
+        "fleet", help="run one nightly per model of a fleet.yaml, a few at a time"
+    )
+    fleet.add_argument("fleet_file", nargs="?", default="fleet.yaml")
+    fleet.add_argument("--concurrency", type=int, help="nightlies at a time (fleet.yaml's)")
+    fleet.add_argument(
+        "--mode",
+        choices=["deployment", "local"],
+        help="deployment: run_deployment on a work pool; local: subflows here (fleet.yaml's)",
+    )
+    fleet.add_argument("--approval", choices=["ui", "auto"])
+    fleet.add_argument("--workdir", default=".modelpress")
+    fleet.set_defaults(handler=_fleet)
     return parser
+
+
+def _fleet(args: argparse.Namespace) -> None:
+    """Print the fleet summary; exit 1 when any model failed (the line says how many)."""
+    from flows._console import deliver_prefect_queues, say_user_errors_once
+    from flows.fleet import fleet
+    from tasks.fleet import FleetResult, load_fleet
+
+    say_user_errors_once()
+    load_fleet(args.fleet_file)  # a bad fleet.yaml: its one line, before any server starts
+    try:
+        state = fleet(
+            fleet_file=args.fleet_file,
+            concurrency=args.concurrency,
+            mode=args.mode,
+            approval=args.approval,
+            workdir=args.workdir,
+            return_state=True,
+        )
+    finally:
+        deliver_prefect_queues()
+    result = state.result(raise_on_failure=False)
+    if not isinstance(result, FleetResult):
+        raise result if isinstance(result, BaseException) else RuntimeError(state.message)
+    print(f"fleet: {state.message}")
+    if state.is_failed():
+        sys.exit(1)
 
 
 def _nightly(args: argparse.Namespace) -> None:
@@ -252,6 +292,13 @@ def nightly_main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="publish a new version even when its files equal the last published version's",
     )
+    parser.add_argument(
+        "--task-runner",
+        choices=["threads", "dask"],
+        help="where the compression fan-out runs (default: params.yaml's task_runner.kind)",
+    )
+    parser.add_argument("--dask-address", help="an existing Dask scheduler (implies dask)")
+    parser.add_argument("--dask-workers", type=int, help="LocalCluster worker processes")
     args = parser.parse_args(argv)
     if args.verbose:
         from tasks.quiet import show_converter_output
@@ -267,6 +314,7 @@ def nightly_main(argv: list[str] | None = None) -> None:
         try:
             result = nightly(
                 params_file=args.params,
+                overrides=_runner_overrides(args),
                 model_rev=args.model_rev,
                 data_rev=args.data_rev,
                 approval=args.approval,
@@ -343,6 +391,18 @@ def search_main(argv: list[str] | None = None) -> None:
     if status == ["infeasible"]:
         print("search: no trial met the gates (see the report above)", file=sys.stderr)
         sys.exit(EXIT_INFEASIBLE)
+
+
+def _runner_overrides(args: argparse.Namespace) -> dict[str, Any] | None:
+    """--task-runner/--dask-address/--dask-workers as params overrides (task_runner: section)."""
+    runner: dict[str, Any] = {}
+    if args.task_runner is not None:
+        runner["kind"] = args.task_runner
+    if args.dask_address is not None:
+        runner |= {"kind": "dask", "address": args.dask_address}
+    if args.dask_workers is not None:
+        runner["n_workers"] = args.dask_workers
+    return {"task_runner": runner} if runner else None
 
 
 def _hold_back_native_output(args: list[str]) -> None:

@@ -22,6 +22,7 @@ from flows.benchmark import benchmark_on_runners
 from flows.fetch import fetch_inputs
 from flows.publish import Candidates, Origin, ReviewForm, approve_and_publish
 from flows.review import review_task, tag_run
+from flows.runners import make_task_runner
 from flows.variants import CACHED, build_variants, rerun_if_gone
 from tasks import publish as publishing
 from tasks.benchmark import BenchmarkRow
@@ -66,6 +67,8 @@ class NightlyResult:
     unchanged_since: str | None = None  # status unchanged: the version that holds these files
     hints: list[str] = field(default_factory=list)  # what to check (e.g. a mis-fed imported model)
     search: str | None = None  # search.run_in_nightly: how the search ended (found | infeasible)
+    builders: dict[str, str] = field(default_factory=dict)  # variant → host:pid that built it
+    best_variant: str | None = None  # published: the smallest of them (all passed every gate)
 
 
 # ---- tasks: thin wrappers over tasks/ ---------------------------------------------------------
@@ -166,9 +169,11 @@ def nightly(
     hints = _import_hints(params, baseline, data_dir)
     for hint in hints:
         logger.warning(hint)
-    variants = build_variants(params, baseline.sha256, base_key, baseline_dir, data_dir, work)
+    fan_out = build_variants.with_options(task_runner=make_task_runner(params.task_runner))
+    variants = fan_out(params, baseline.sha256, base_key, baseline_dir, data_dir, work)
     records, dirs = variants.records, variants.dirs
     logger.info("variants: %s", ", ".join(f"{n}={r.status}" for n, r in records.items()))
+    logger.info("built by: %s", ", ".join(f"{n}={b}" for n, b in variants.builders.items()))
 
     metrics, eval_dir = evaluate_variants(records, dirs, data_key, data_dir, work)
     run = MergedEngines(records, dirs, metrics, eval_dir / "metrics" / "predictions.npz")
@@ -240,6 +245,8 @@ def nightly(
         unchanged_since=outcome.unchanged_since,
         hints=hints,
         search=searched,
+        builders=variants.builders,
+        best_variant=_best(outcome.published, run.metrics),
     )
 
 
@@ -308,6 +315,12 @@ def evaluate_variants(
     eval_dir = work / "evaluations" / eval_key
     evaluate = rerun_if_gone(evaluate_task, eval_dir / "metrics" / "variants.json")
     return evaluate(variant_hashes, dirs, data_dir, str(eval_dir)), eval_dir
+
+
+def _best(published: Any, metrics: dict[str, VariantMetrics]) -> str | None:
+    """Every published variant passed every gate: the best is the smallest on disk."""
+    sized = [(metrics[n].size_bytes or 0, n) for n in published if n in metrics]
+    return min(sized)[1] if sized else None
 
 
 def _import_hints(params: Params, baseline: BaselineSummary, data_dir: str) -> list[str]:

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
-from prefect import Task, task
+from prefect import Task, flow, get_run_logger, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.futures import PrefectFuture
 
+from flows.runners import builder, gpu_annotation, pin_worker_threads
 from tasks.config import Params, VariantConfig
 from tasks.lineage import code_sha256
 from tasks.plan import content_key, in_dependency_order
@@ -42,6 +43,18 @@ class BuiltVariants:
     records: dict[str, VariantRecord]
     dirs: dict[str, str]
     cached: list[str]
+    builders: dict[
+        str, str
+    ]  # variant → host:pid of the process that built it (cached: first build)
+
+
+@dataclass(frozen=True)
+class Built:
+    """A compress task's result: the record, and which process built it (kept out of variant.json
+    and of every cache key: the same inputs give the same variant wherever they are built)."""
+
+    record: VariantRecord
+    builder: str
 
 
 @task(name="export", cache_policy=CACHED)
@@ -51,6 +64,7 @@ def export_task(
     """The baseline as ONNX fp32: the reference every variant is compared with."""
     from tasks.export import export_baseline
 
+    pin_worker_threads()
     return export_baseline(Path(baseline_dir), baseline_sha256, Path(data_dir), Path(out_dir))
 
 
@@ -64,14 +78,18 @@ def compress_task(
     baseline_dir: str,
     source_dir: str,
     out_dir: str,
-) -> VariantRecord:
+) -> Built:
     """Build one variant (source_key: content hash of everything it starts from)."""
     from tasks.compress import build_variant
 
+    pin_worker_threads()
     dirs = (Path(data_dir), Path(baseline_dir), Path(source_dir), Path(out_dir))
-    return build_variant(name, cfg, seed, *dirs)
+    record = build_variant(name, cfg, seed, *dirs)
+    get_run_logger().info("variant %s: %s, built by %s", name, record.status, builder())
+    return Built(record, builder())
 
 
+@flow(name="variants", validate_parameters=False)
 def build_variants(
     params: Params,
     baseline_sha256: str,
@@ -80,32 +98,35 @@ def build_variants(
     data_dir: str,
     work: Path,
 ) -> BuiltVariants:
-    """Export the baseline, then build every variant (in dependency order, in parallel)."""
+    """Export the baseline, then build every variant (in dependency order, in parallel on the
+    task runner the caller gives this subflow: `with_options(task_runner=...)`)."""
     export_key = content_key(base_key, code_sha256("tasks.export"))
     variants_root = work / "variants" / export_key
     dirs = {"baseline": str(variants_root / "baseline")}
-    futures: dict[str, PrefectFuture[VariantRecord]] = {
-        "baseline": rerun_if_gone(export_task, dirs["baseline"]).submit(
-            baseline_sha256, baseline_dir, data_dir, dirs["baseline"]
-        )
-    }
+    export = rerun_if_gone(export_task, dirs["baseline"]).submit(
+        baseline_sha256, baseline_dir, data_dir, dirs["baseline"]
+    )
+    futures: dict[str, PrefectFuture[Any]] = {"baseline": export}
     keys = {"baseline": export_key}
     for name, cfg in in_dependency_order(params.variants):
         technique_code = code_sha256("tasks.compress", *technique_of(cfg).modules)
         keys[name] = content_key(keys[cfg.source], name, cfg, technique_code)
         dirs[name] = str(variants_root / f"{name}-{keys[name]}")
-        futures[name] = rerun_if_gone(compress_task, dirs[name]).submit(
-            name,
-            cfg,
-            params.seed,
-            keys[cfg.source],
-            data_dir,
-            baseline_dir,
-            dirs[cfg.source],
-            dirs[name],
-            wait_for=[futures[cfg.source]],
-            return_state=False,
-        )
-    records = {name: future.result() for name, future in futures.items()}
+        with gpu_annotation(params.task_runner, technique_of(cfg).build_on):
+            futures[name] = rerun_if_gone(compress_task, dirs[name]).submit(
+                name,
+                cfg,
+                params.seed,
+                keys[cfg.source],
+                data_dir,
+                baseline_dir,
+                dirs[cfg.source],
+                dirs[name],
+                wait_for=[futures[cfg.source]],
+                return_state=False,
+            )
+    results = {name: future.result() for name, future in futures.items()}
+    records = {n: r.record if isinstance(r, Built) else r for n, r in results.items()}
+    builders = {n: r.builder for n, r in results.items() if isinstance(r, Built)}
     cached = [name for name, future in futures.items() if future.state.name == "Cached"]
-    return BuiltVariants(variants_root, records, dirs, cached)
+    return BuiltVariants(variants_root, records, dirs, cached, builders)

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# The real local stack: Prefect server (SQLite) + UI, a process work pool with a worker, an S3
+# The real local stack: Prefect server (SQLite, or PostgreSQL with --db postgres) + UI, a process work pool with a worker, an S3
 # endpoint on loopback (moto) with a bucket, and the nightly deployment on its schedule.
 #   infra/stack.sh up      start everything (idempotent), print the URLs
 #   infra/stack.sh deploy  (re)deploy the nightly schedule from params.yaml
 #   infra/stack.sh down    stop what `up` started
 #   infra/stack.sh env     print the export lines a shell needs to talk to the stack (eval them)
 #   infra/stack.sh rotate-auth  stop, replace the credential, start again
+#   infra/stack.sh up --db postgres  (or MODELPRESS_DB=postgres) the server's database is a local
+#       PostgreSQL: initdb'd once into a data directory, started by pg_ctl on a free loopback port,
+#       stopped by `down`. A managed Postgres instead: see infra/README.md.
 # The server is closed: HTTP basic auth (PREFECT_SERVER_API_AUTH_STRING) on the API, its
 # websockets and the UI's login, and CSRF tokens on every state-changing request. The credential
 # is generated on first `up` into $STATE/auth (mode 600, under the git-ignored .modelpress/).
@@ -25,6 +28,18 @@ export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 DVC_NO_ANALYTICS=1 
 # API calls retry (bounded, with backoff) on 429/502/503 and connection errors; add 500/504 too
 export PREFECT_CLIENT_RETRY_EXTRA_CODES=500,504
 AUTH_FILE="$STATE/auth"
+COMMAND=${1:-up}; [[ $# -gt 0 ]] && shift
+DB=${MODELPRESS_DB:-sqlite}
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --db) DB=${2:-}; shift 2 || { echo "error: --db needs sqlite or postgres" >&2; exit 2; } ;;
+    *) echo "error: unknown option $1 (expected --db sqlite|postgres)" >&2; exit 2 ;;
+  esac
+done
+if [[ "$DB" != sqlite && "$DB" != postgres ]]; then
+  echo "error: --db / MODELPRESS_DB: expected sqlite or postgres, got '$DB'" >&2; exit 2
+fi
+PG_PASSWORD_FILE="$STATE/postgres-password"
 mkdir -p "$STATE"
 chmod 700 "$STATE"  # logs and the credential: the user's only
 
@@ -56,6 +71,82 @@ ensure_auth() {  # the credential, generated once; exported for this script's cl
   export PREFECT_API_AUTH_STRING
 }
 
+# ---- PostgreSQL (--db postgres) -----------------------------------------------------------------
+pg_bin() {  # the directory of Debian's postgresql binaries (initdb is not on PATH there)
+  local initdb
+  initdb=$(command -v initdb || ls -d /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -1)
+  [[ -n "$initdb" ]] || { echo "error: --db postgres: initdb not found (apt-get install postgresql)" >&2; exit 1; }
+  dirname "$initdb"
+}
+
+as_db() {  # PostgreSQL refuses to run as root: as root, its tools run as the postgres user
+  if [[ $(id -u) == 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+pg_dir() {  # the data directory; as root, one the postgres user can reach (not under $STATE, 700)
+  if [[ -n "${MODELPRESS_PG_DIR:-}" ]]; then echo "$MODELPRESS_PG_DIR"
+  elif [[ $(id -u) == 0 ]]; then echo "/var/lib/postgresql/modelpress-$(printf %s "$STATE" | sha256sum | cut -c1-12)"
+  else echo "$STATE/postgres"; fi
+}
+
+start_postgres() {  # initdb once, pg_ctl start on a free loopback port, the prefect database
+  local bin dir port password
+  bin=$(pg_bin); dir=$(pg_dir)
+  echo "$dir" >"$STATE/postgres.dir"
+  if [[ ! -s "$dir/data/PG_VERSION" ]]; then
+    mkdir -p "$dir"; [[ $(id -u) == 0 ]] && chown postgres: "$dir"; chmod 700 "$dir"
+    (umask 077 && "$BIN/python" -c 'import secrets; print(secrets.token_urlsafe(24))' >"$PG_PASSWORD_FILE")
+    # the password reaches initdb through a file only the database user can read, deleted after
+    (umask 077 && cp "$PG_PASSWORD_FILE" "$dir/.pwfile")
+    [[ $(id -u) == 0 ]] && chown postgres: "$dir/.pwfile"
+    as_db "$bin/initdb" -D "$dir/data" -U modelpress --pwfile="$dir/.pwfile" -A scram-sha-256 \
+      -E UTF8 --no-instructions >"$STATE/postgres-initdb.log" 2>&1 \
+      || { rm -f "$dir/.pwfile"; echo "error: initdb failed (see $STATE/postgres-initdb.log)" >&2; exit 1; }
+    rm -f "$dir/.pwfile"
+    echo "  initialised PostgreSQL in $dir/data (user modelpress, password in $PG_PASSWORD_FILE)"
+  fi
+  if as_db "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
+    port=$(cat "$STATE/postgres.port")
+    echo "  postgres already running (port $port)"
+  else
+    port=$("$BIN/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    echo "$port" >"$STATE/postgres.port"
+    # loopback TCP only, no unix socket: nothing but this stack's server connects
+    as_db "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
+      -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=''" start >/dev/null \
+      || { echo "error: PostgreSQL did not start (see $dir/postgres.log)" >&2; exit 1; }
+    echo "  postgres started on 127.0.0.1:$port (log: $dir/postgres.log)"
+  fi
+  password=$(<"$PG_PASSWORD_FILE")
+  PGPASSWORD=$password PGPORT=$port "$BIN/python" - <<'PY'
+import asyncio, os
+import asyncpg
+
+async def main() -> None:
+    kw = dict(host="127.0.0.1", port=int(os.environ["PGPORT"]), user="modelpress",
+              password=os.environ["PGPASSWORD"])
+    conn = await asyncpg.connect(database="postgres", **kw)
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = 'prefect'"):
+            await conn.execute("CREATE DATABASE prefect")
+    finally:
+        await conn.close()
+
+asyncio.run(main())
+PY
+  # the server alone gets it (the URL holds the password): see `start prefect-server` below
+  DATABASE_URL="postgresql+asyncpg://modelpress:${password}@127.0.0.1:${port}/prefect"
+}
+
+stop_postgres() {
+  [[ -f "$STATE/postgres.dir" ]] || return 0
+  local dir; dir=$(cat "$STATE/postgres.dir")
+  if [[ -s "$dir/data/PG_VERSION" ]] && as_db "$(pg_bin)/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
+    as_db "$(pg_bin)/pg_ctl" -D "$dir/data" -m fast -w -t 60 stop >/dev/null
+    echo "  postgres stopped (data kept in $dir/data)"
+  fi
+}
+
 deploy() {
   eval "$("$BIN/python" - <<'PY'
 from tasks.config import load_params
@@ -68,7 +159,7 @@ PY
   # (422: limit=None) against its own server; judge success by reading the deployment back.
   # One deployment per call: the failing query would otherwise end `--all` after the first one.
   : >"$STATE/deploy.log"
-  for deployment in nightly/nightly benchmark/cloud-cpu benchmark/edge-cpu benchmark/cuda; do
+  for deployment in nightly/nightly fleet/fleet benchmark/cloud-cpu benchmark/edge-cpu benchmark/cuda; do
     "$BIN/prefect" --no-prompt deploy --prefect-file infra/prefect.yaml --name "${deployment#*/}" >>"$STATE/deploy.log" 2>&1 || true
     if ! "$BIN/prefect" deployment inspect "$deployment" >/dev/null 2>&1; then
       echo "error: deploying $deployment from infra/prefect.yaml failed (see $STATE/deploy.log)" >&2; exit 1
@@ -78,9 +169,9 @@ PY
   echo "  nightly schedule: cron '$MODELPRESS_CRON' ($MODELPRESS_TIMEZONE), work pool $POOL"
 }
 
-case "${1:-up}" in
+case "$COMMAND" in
   up)
-    echo "starting the ModelPress stack"
+    echo "starting the ModelPress stack (database: $DB)"
     if [[ -z "${AWS_ACCESS_KEY_ID:-}" || -z "${AWS_SECRET_ACCESS_KEY:-}" ]]; then
       cat <<MSG
   note: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY are not set. The workers started now inherit
@@ -89,9 +180,15 @@ case "${1:-up}" in
 MSG
     fi
     ensure_auth
-    # the server alone gets the server-side setting (workers and flow runs need only the client's)
-    PREFECT_SERVER_API_AUTH_STRING=$PREFECT_API_AUTH_STRING PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED=true \
-      start prefect-server "$BIN/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
+    DATABASE_URL=""
+    if [[ "$DB" == postgres ]]; then start_postgres; fi
+    # the server alone gets the server-side settings (workers and flow runs need only the
+    # client's); without a database URL, Prefect's default SQLite file under PREFECT_HOME
+    (
+      if [[ -n "$DATABASE_URL" ]]; then export PREFECT_API_DATABASE_CONNECTION_URL=$DATABASE_URL; fi
+      PREFECT_SERVER_API_AUTH_STRING=$PREFECT_API_AUTH_STRING PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED=true \
+        start prefect-server "$BIN/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
+    )
     wait_for "$PREFECT_API_URL/health" "Prefect server"
     # a server left running by a stack.sh from before auth would still be open: don't go on with it
     if [[ $(curl -s -o /dev/null -w '%{http_code}' "$PREFECT_API_URL/admin/version") != 401 ]]; then
@@ -137,7 +234,7 @@ MSG
     # replace the credential, start all. A run waiting for review is stopped too (rerun it).
     "$HOME_DIR/infra/stack.sh" down
     rm -f "$AUTH_FILE"
-    exec "$HOME_DIR/infra/stack.sh" up ;;
+    exec "$HOME_DIR/infra/stack.sh" up --db "$DB" ;;
   down)
     for name in worker worker-cloud-cpu worker-edge-cpu s3 prefect-server; do
       if [[ -f "$STATE/$name.pid" ]]; then
@@ -151,6 +248,7 @@ MSG
         kill -KILL -- "$group" 2>/dev/null || true
         rm -f "$STATE/$name.pid"; echo "  $name stopped"
       fi
-    done ;;
-  *) echo "usage: infra/stack.sh [up|deploy|down|env|rotate-auth]" >&2; exit 2 ;;
+    done
+    stop_postgres ;;
+  *) echo "usage: infra/stack.sh [up|deploy|down|env|rotate-auth] [--db sqlite|postgres]" >&2; exit 2 ;;
 esac

@@ -441,6 +441,22 @@ class SearchConfig(_Strict):
     run_in_nightly: bool = False  # the nightly flow runs this search after its own variants
 
 
+class TaskRunnerConfig(_Strict):
+    """Where the nightly's compression fan-out runs: threads of the flow's process (default),
+    a Dask LocalCluster of process workers, or an existing Dask scheduler."""
+
+    kind: Literal["threads", "dask"] = "threads"
+    max_workers: Annotated[int, Field(ge=1)] = 2  # threads: variants built at a time
+    n_workers: Annotated[int, Field(ge=1)] = 2  # dask LocalCluster: worker processes, 1 thread each
+    address: str | None = None  # dask: an existing scheduler (tcp://host:8786); no LocalCluster
+
+    @model_validator(mode="after")
+    def _address_needs_dask(self) -> TaskRunnerConfig:
+        if self.address is not None and self.kind != "dask":
+            raise ValueError("address: names a Dask scheduler; set kind: dask with it")
+        return self
+
+
 class Params(_Strict):
     seed: int = 0
     data: DataConfig = DataConfig()
@@ -463,6 +479,7 @@ class Params(_Strict):
     registry: RegistryConfig = RegistryConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     search: SearchConfig = SearchConfig()
+    task_runner: TaskRunnerConfig = TaskRunnerConfig()
 
     @model_validator(mode="before")
     @classmethod

@@ -1,0 +1,77 @@
+"""The task runner of the compression fan-out, chosen by params.yaml's `task_runner:` section.
+
+threads (default): ThreadPoolTaskRunner in the flow's own process. dask: prefect-dask's
+DaskTaskRunner on a LocalCluster of process workers (one thread each) or on an existing
+scheduler (`address:`). Tasks get paths and small pydantic configs, never torch/TF objects, so
+everything that crosses to a worker pickles.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+
+from tasks.config import TaskRunnerConfig
+
+GPU = "GPU"  # the Dask worker resource TensorRT builds ask for
+
+
+def make_task_runner(cfg: TaskRunnerConfig) -> TaskRunner[Any]:
+    if cfg.kind == "threads":
+        return ThreadPoolTaskRunner(max_workers=cfg.max_workers)
+    from prefect_dask import DaskTaskRunner
+
+    if cfg.address is not None:
+        # workers on GPU nodes are started with `--resources GPU=1` (infra/README.md)
+        return DaskTaskRunner(address=cfg.address)
+    # every local worker declares the GPU resource: local TensorRT builds never wait forever (a
+    # machine without TensorRT skips them and asks the cuda runner's work pool instead)
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": cfg.n_workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "resources": {GPU: 1},
+            "dashboard_address": None,
+        }
+    )
+
+
+@contextlib.contextmanager
+def gpu_annotation(cfg: TaskRunnerConfig, build_on: str | None) -> Iterator[None]:
+    """On Dask, a task that builds on a CUDA runner asks for a GPU worker; elsewhere, nothing."""
+    if cfg.kind != "dask" or build_on != "cuda":
+        yield
+        return
+    import dask
+
+    with dask.annotate(resources={GPU: 1}):
+        yield
+
+
+def in_dask_worker() -> bool:
+    try:
+        from distributed import get_worker
+
+        get_worker()
+    except (ImportError, ValueError):
+        return False
+    return True
+
+
+def pin_worker_threads() -> None:
+    """In a Dask worker, one torch thread: the worker runs one task and its siblings are busy."""
+    if in_dask_worker():
+        import torch
+
+        torch.set_num_threads(1)
+
+
+def builder() -> str:
+    """host:pid of the process that runs this task (logged and returned, not part of any key)."""
+    return f"{socket.gethostname()}:{os.getpid()}"

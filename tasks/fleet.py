@@ -1,0 +1,171 @@
+"""The fleet: every model a team compresses, one nightly each (fleet.yaml).
+
+    concurrency: 2            # nightlies at a time
+    mode: deployment          # deployment: run_deployment on a work pool | local: subflows here
+    deployment: nightly/nightly
+    approval: null            # ui | auto | null (each params file's review.approval)
+    models:
+      - name: digits-resnet   # its registry name (registry.model_name)
+        params: params.yaml   # relative to fleet.yaml
+      - name: fraud-cnn
+        params: params.yaml
+        repo: https://git.example.com/ml/fraud.git   # a DVC repo (fetch.repo) with its paths/revs
+        model_path: models/model.pt2
+        data_path: data/train.npz
+        model_rev: v7
+        data_rev: v7
+
+Plain functions: the Prefect flow is flows/fleet.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tasks.errors import ConfigError
+
+
+class FleetModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Annotated[str, Field(min_length=1)]  # registry name: overrides registry.model_name
+    params: str = "params.yaml"
+    repo: str | None = None  # a git + DVC repo: fetch.repo of the params file, overridden
+    model_path: str | None = None
+    data_path: str | None = None
+    model_rev: str | None = None
+    data_rev: str | None = None
+    overrides: dict[str, Any] = Field(default_factory=dict)  # any other params.yaml keys
+
+
+class FleetConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    concurrency: Annotated[int, Field(ge=1)] = 2
+    mode: Literal["deployment", "local"] = "local"
+    deployment: str = "nightly/nightly"
+    approval: Literal["ui", "auto"] | None = None
+    models: Annotated[list[FleetModel], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> FleetConfig:
+        names = [m.name for m in self.models]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"models: {name!r} appears twice (one registry name, one entry)")
+        return self
+
+
+def load_fleet(path: Path | str) -> FleetConfig:
+    """fleet.yaml, validated; a bad file is one line naming the file and the field."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: fleet file not found (a fleet.yaml with a `models:` list)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with a `models:` list")
+    try:
+        return FleetConfig.model_validate(raw)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"]) or "fleet"
+        raise ConfigError(f"{path}: {where}: {error['msg']}") from None
+
+
+def nightly_parameters(model: FleetModel, fleet_file: Path | str) -> dict[str, Any]:
+    """The nightly flow's parameters for one fleet entry (params path absolute: a worker runs it
+    from the deployment's working directory, not from where fleet.yaml is)."""
+    params_file = Path(model.params)
+    if not params_file.is_absolute():
+        params_file = Path(fleet_file).resolve().parent / params_file
+    fetch = {
+        key: value
+        for key in ("repo", "model_path", "data_path", "model_rev", "data_rev")
+        if (value := getattr(model, key)) is not None
+    }
+    overrides = _merge(model.overrides, {"registry": {"model_name": model.name}})
+    if fetch:
+        overrides = _merge(overrides, {"fetch": fetch})
+    return {"params_file": str(params_file), "overrides": overrides}
+
+
+def latest_published(parameters: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The model's newest version in its registry and the smallest variant in it (every
+    published variant passed every gate), for the nightly parameters of a fleet entry."""
+    from tasks.config import load_params
+    from tasks.registry import open_registry
+
+    params = load_params(parameters["params_file"], parameters.get("overrides"))
+    registry = open_registry(params.registry)
+    name = params.registry.model_name
+    versions = registry.list_versions(name)
+    if not versions:
+        return None, None
+    variants = registry.read_manifest(name, versions[-1])["variants"]
+    sizes = {
+        variant: sum(f["size_bytes"] for f in entry["files"].values())
+        for variant, entry in variants.items()
+    }
+    best = min(sizes, key=lambda v: (sizes[v], v)) if sizes else None
+    return versions[-1], best
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+@dataclass(frozen=True)
+class ModelOutcome:
+    name: str
+    status: str  # the nightly's status (published, unchanged, ...) or failed
+    version: str | None = None
+    best_variant: str | None = None
+    link: str | None = None  # the model's nightly flow run in the UI (or its id)
+    error: str | None = None  # failed: one line
+
+
+@dataclass(frozen=True)
+class FleetResult:
+    models: list[ModelOutcome] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def failed(self) -> list[ModelOutcome]:
+        return [m for m in self.models if m.status == "failed"]
+
+
+def one_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[0] if lines else "failed"
+
+
+def summary_markdown(result: FleetResult) -> str:
+    """The fleet summary: one row per model."""
+    rows = [
+        "| model | status | published version | best variant | run |",
+        "|---|---|---|---|---|",
+    ]
+    for m in result.models:
+        status = f"failed: {m.error}" if m.status == "failed" else m.status
+        link = f"[run]({m.link})" if m.link and m.link.startswith("http") else (m.link or "-")
+        rows.append(
+            f"| {m.name} | {status.replace('|', '/')} | {m.version or '-'} "
+            f"| {m.best_variant or '-'} | {link} |"
+        )
+    failed = len(result.failed)
+    head = f"**{len(result.models)} models, {failed} failed**, {result.wall_s:.0f} s"
+    return head + "\n\n" + "\n".join(rows)

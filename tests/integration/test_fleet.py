@@ -1,0 +1,86 @@
+"""The fleet flow (local mode: subflows, two at a time) on three entries: two tiny models and one
+broken params file. The broken one fails with one line; the others publish; the fleet ends
+Failed saying 1 of 3 failed, with one summary artifact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import FAST_BENCHMARK, LENIENT_GATES, write_params
+
+pytestmark = pytest.mark.slow
+
+
+def _fleet(tmp_path: Path) -> Path:
+    params = write_params(
+        tmp_path,
+        {"gates": LENIENT_GATES, "benchmark": FAST_BENCHMARK, "train": {"epochs": 3}},
+    )
+    raw = yaml.safe_load(params.read_text())
+    raw["variants"] = {
+        "tflite_int8": {"technique": "tflite_int8", "source": "baseline", "calibration_samples": 64}
+    }
+    raw["gates"]["per_variant"] = {}
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    (tmp_path / "broken.yaml").write_text("variants:\n  fast: {technique: no_such_technique}\n")
+    fleet = {
+        "concurrency": 2,
+        "mode": "local",
+        "approval": "auto",
+        "models": [
+            {"name": "digits-a", "params": "params.yaml"},
+            {"name": "broken", "params": "broken.yaml"},
+            # another model: other data (12x12 images), its own registry name
+            {
+                "name": "digits-b",
+                "params": "params.yaml",
+                "overrides": {"data": {"image_size": 12}},
+            },
+        ],
+    }
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump(fleet, sort_keys=False))
+    return path
+
+
+def test_fleet_runs_every_model_and_counts_the_failed_one(
+    prefect_server: str, tmp_path: Path
+) -> None:
+    from flows.fleet import fleet
+    from tasks.fleet import FleetResult
+
+    fleet_file = _fleet(tmp_path)
+    registry = tmp_path / "registry"
+    raw = yaml.safe_load(fleet_file.read_text())
+    for model in raw["models"]:
+        model["overrides"] = model.get("overrides", {}) | {"registry": {"uri": str(registry)}}
+    fleet_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+    state = fleet(fleet_file=str(fleet_file), workdir=str(tmp_path / "work"), return_state=True)
+
+    assert state.is_failed()
+    assert state.message == "1 of 3 models failed: broken"
+    result = state.result(raise_on_failure=False)
+    assert isinstance(result, FleetResult)
+    outcomes = {m.name: m for m in result.models}
+    assert [m.name for m in result.models] == ["digits-a", "broken", "digits-b"]
+    for name in ("digits-a", "digits-b"):
+        assert outcomes[name].status == "published", outcomes[name]
+        assert outcomes[name].version and outcomes[name].best_variant in {"tflite_int8", "baseline"}
+        assert (registry / name).is_dir()
+        assert outcomes[name].link
+    broken = outcomes["broken"]
+    assert broken.status == "failed" and broken.version is None
+    assert "\n" not in (broken.error or "")
+    assert "broken.yaml" in (broken.error or "") and "no_such_technique" in (broken.error or "")
+
+    body = {"artifacts": {"key": {"any_": ["fleet-summary"]}}, "limit": 5, "offset": 0}
+    artifacts = httpx.post(f"{prefect_server}/artifacts/filter", json=body, timeout=30).json()
+    assert len(artifacts) == 1, artifacts
+    summary = str(artifacts[0]["data"])
+    assert "3 models, 1 failed" in summary
+    assert "| digits-a | published |" in summary and "| broken | failed: " in summary
