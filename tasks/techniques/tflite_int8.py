@@ -7,9 +7,10 @@ import tempfile
 import threading
 from importlib.metadata import version
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
+from pydantic import Field
 
 from tasks.config import PositiveInt
 from tasks.data import Preprocess, Split
@@ -19,6 +20,9 @@ from tasks.io import atomic_dir
 from tasks.quiet import held_back
 from tasks.runtimes.litert import RUNTIME as LITERT
 from tasks.techniques.base import BuildContext, Technique, TechniqueConfig
+
+if TYPE_CHECKING:
+    from tasks.sensitivity import LayerError
 from tasks.variant import (
     TensorSpec,
     VariantRecord,
@@ -40,6 +44,9 @@ class TfliteInt8Config(TechniqueConfig):
     int8_io: bool = True
     calibration_samples: PositiveInt = 200
     per_channel: bool = True
+    # layers kept in float: the k with the largest own int8 error (the quantization debugger's
+    # ranking on the calibration data), or names from `python -m tasks.sensitivity` (conv_2d_3)
+    float_fallback: Annotated[int, Field(ge=0)] | list[str] = 0
 
 
 def build(context: BuildContext, config: TfliteInt8Config) -> VariantRecord:
@@ -64,7 +71,6 @@ def quantize(
 ) -> VariantRecord:
     """Convert the source variant's ONNX model to a full-integer int8 LiteRT model."""
     source = read_record(source_dir)
-    onnx_file = model_path(source_dir, source)
     if source.runtime != "onnxruntime":
         raise VariantError(
             f"{name}: source '{source.name}' is {source.runtime}, expected an ONNX model"
@@ -72,17 +78,12 @@ def quantize(
     if source.input is None:  # an ok ONNX variant always records its input
         raise VariantError(f"{name}: source '{source.name}' records no input tensor")
     with tempfile.TemporaryDirectory(prefix="mp-onnx2tf-") as work, atomic_dir(out_dir) as staging:
-        work_dir = Path(work)
-        # onnx2tf rewrites the ONNX file it is given (simplification); never let it touch the source.
-        onnx_copy = work_dir / "model.onnx"
-        shutil.copyfile(onnx_file, onnx_copy)
-        # HARD_SWISH/RELU_0_TO_1 have no int8 XNNPACK kernel: ReLU6 arithmetic stays on it
-        rewritten = rewrite_hard_activations(onnx_copy)
-        calib_file = work_dir / "calib.npy"
-        # onnx2tf calibrates on NHWC pixels and applies (x - mean) / std itself.
-        np.save(calib_file, calib.x[: cfg.calibration_samples].transpose(0, 2, 3, 1))
-        tflite = _convert(onnx_copy, work_dir, calib_file, preprocess, cfg, source.input.name)
+        tflite, rewritten = _onnx2tf(source_dir, cfg, calib, preprocess, Path(work))
         shutil.copyfile(tflite, staging / MODEL_FILE)
+        kept: list[LayerError] = []
+        if cfg.float_fallback:
+            content, kept = _keep_float(name, tflite.parent, calib, preprocess, cfg)
+            (staging / MODEL_FILE).write_bytes(content)
         input_spec, output_spec = _io_specs(staging / MODEL_FILE)
         record = VariantRecord(
             name=name,
@@ -100,11 +101,57 @@ def quantize(
                 "onnx2tf": version("onnx2tf"),
                 "calibration_samples": int(min(len(calib), cfg.calibration_samples)),
             }
-            | ({"rewritten_activations": rewritten.total} if rewritten.total else {}),
+            | ({"rewritten_activations": rewritten} if rewritten else {})
+            | ({"float_layers": [layer.name for layer in kept]} if cfg.float_fallback else {}),
         )
         record = finished_record(staging, record)
         write_record(staging, record)
     return record
+
+
+def saved_model(
+    source_dir: Path, cfg: TfliteInt8Config, calib: Split, preprocess: Preprocess, work_dir: Path
+) -> Path:
+    """onnx2tf's TF SavedModel of the source variant (the float model every int8 one comes from)."""
+    return _onnx2tf(source_dir, cfg, calib, preprocess, work_dir)[0].parent
+
+
+def _onnx2tf(
+    source_dir: Path, cfg: TfliteInt8Config, calib: Split, preprocess: Preprocess, work_dir: Path
+) -> tuple[Path, int]:
+    """onnx2tf's full-integer .tflite in work_dir/tf (beside its SavedModel), and the number of
+    hard activations rewritten first."""
+    source = read_record(source_dir)
+    if source.input is None:  # an ok ONNX variant always records its input
+        raise VariantError(f"source '{source.name}' records no input tensor")
+    # onnx2tf rewrites the ONNX file it is given (simplification); never let it touch the source.
+    onnx_copy = work_dir / "model.onnx"
+    shutil.copyfile(model_path(source_dir, source), onnx_copy)
+    # HARD_SWISH/RELU_0_TO_1 have no int8 XNNPACK kernel: ReLU6 arithmetic stays on it
+    rewritten = rewrite_hard_activations(onnx_copy)
+    calib_file = work_dir / "calib.npy"
+    # onnx2tf calibrates on NHWC pixels and applies (x - mean) / std itself.
+    np.save(calib_file, calib.x[: cfg.calibration_samples].transpose(0, 2, 3, 1))
+    tflite = _convert(onnx_copy, work_dir, calib_file, preprocess, cfg, source.input.name)
+    return tflite, rewritten.total
+
+
+def _keep_float(
+    name: str, model_dir: Path, calib: Split, preprocess: Preprocess, cfg: TfliteInt8Config
+) -> tuple[bytes, list[LayerError]]:
+    """The int8 model requantized from the same calibration with `float_fallback`'s layers in
+    float (onnx2tf's converter settings, TensorFlow's quantizer with a denylist)."""
+    from tasks import sensitivity
+
+    x = sensitivity.nhwc(calib.x[: cfg.calibration_samples], preprocess.mean, preprocess.std)
+    with _CONVERT_LOCK, held_back():
+        calibrated = sensitivity.calibrated_model(model_dir, x)
+        layers = sensitivity.layer_errors(calibrated, x, cfg.per_channel)
+        kept = sensitivity.float_layers(
+            cfg.float_fallback, layers, f"variants.{name}.float_fallback"
+        )
+        tensors = [layer.tensor for layer in kept]
+        return sensitivity.quantized_model(calibrated, cfg.per_channel, cfg.int8_io, tensors), kept
 
 
 def _convert(
