@@ -23,6 +23,7 @@ import csv
 import io
 import math
 import tempfile
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -140,10 +141,13 @@ def layer_errors(calibrated: bytes, calib: np.ndarray, per_channel: bool) -> lis
     debug_model = convert.mlir_quantize(
         calibrated, disable_per_channel=not per_channel, enable_numeric_verify=True
     )
-    debugger = tf.lite.experimental.QuantizationDebugger(
-        quant_debug_model_content=debug_model, debug_dataset=_samples(calib)
-    )
-    debugger.run()
+    with warnings.catch_warnings():
+        # the debugger runs tf.lite.Interpreter inside, which warns that it is deprecated
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            quant_debug_model_content=debug_model, debug_dataset=_samples(calib)
+        )
+        debugger.run()
     dump = io.StringIO()
     debugger.layer_statistics_dump(dump)  # adds op name, scale and tensor name to each row
     counts: Counter[str] = Counter()
