@@ -202,7 +202,7 @@ def nightly(
     published = publishing.last_published(registry, model, list(run.metrics))
     who = who_may_approve(params.review.approvers)
     form_text, titles = review_task(
-        model, summary, run.metrics, bench, verdicts, published, who, str(run_dir)
+        model, summary, run.metrics, bench, verdicts, published, who, str(run_dir), run.dirs
     )
     candidates = Candidates.of(run.metrics, verdicts, run.dirs, bench)
     if not candidates.passing:

@@ -30,6 +30,7 @@ from tasks.review import (
     key_numbers,
     pareto_plot,
     review_rows,
+    study_markdown,
     summary_markdown,
     toggle_title,
 )
@@ -45,8 +46,10 @@ def review_task(
     published: dict[str, dict[str, Any]],
     who: str,
     run_dir: str,
+    dirs: dict[str, str] | None = None,
 ) -> tuple[str, dict[str, str]]:
-    """Prefect artifacts for the reviewer: table, summary markdown, Pareto plot.
+    """Prefect artifacts for the reviewer: table, summary markdown, Pareto plot, and each
+    variant's sensitivity ranking and calibration study where they were run.
 
     Returns the approval form's text (narrow: it renders in a small scroll box) and each
     passing variant's toggle label with its key numbers.
@@ -70,6 +73,14 @@ def review_task(
         key=f"{key}-pareto",
         description="Accuracy vs latency (marker area ∝ size)",
     )
+    for name, directory in (dirs or {}).items():
+        study = study_markdown(Path(directory))
+        if study is not None:
+            create_markdown_artifact(
+                markdown=study,
+                key=f"{key}-{artifact_key(name)}-int8-study",
+                description=f"{name}: layer sensitivity and calibration study",
+            )
     passing = [name for name in metrics if verdicts.get(name, GateVerdict(False, "")).passed]
     numbers = {name: key_numbers(name, metrics[name], verdicts[name], bench) for name in passing}
     rejected = [name for name in metrics if name not in numbers]

@@ -17,7 +17,7 @@ from tasks.evaluate import ZSTD_LEVEL, VariantMetrics
 from tasks.registry import PublishEntry
 from tasks.review import GateVerdict
 from tasks.runtimes import FORMAT_BY_RUNTIME
-from tasks.variant import read_record
+from tasks.variant import VariantRecord, read_record
 
 # the libraries whose versions can change a variant or its numbers
 LIBRARIES = (
@@ -120,8 +120,19 @@ def publish_entries(
             approval=approval.as_json(),
             output=asdict(record.output) if record.output else {},
             data=record.data or {},
+            build=build_facts(record),
         )
     return entries
+
+
+def build_facts(record: VariantRecord) -> dict[str, Any]:
+    """What the manifest says of how a variant was made (variant.json's technique, settings and
+    build facts)."""
+    return {
+        "technique": record.technique,
+        "source": record.source,
+        "settings": record.settings,
+    } | record.extra
 
 
 def check_registry(cfg: RegistryConfig, model: str, version: str | None) -> dict[str, Any] | None:

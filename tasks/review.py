@@ -303,3 +303,21 @@ def _kib(size: int | None) -> float | None:
 
 def _fmt(value: float | None, pattern: str) -> str:
     return "-" if value is None else pattern.format(value)
+
+
+def study_markdown(variant_dir: Path) -> str | None:
+    """The sensitivity ranking and calibration study written beside a variant directory
+    (`python -m tasks.sensitivity`, `python -m tasks.calibration_study`), as one markdown with
+    the plots inline; None where neither was run."""
+    import base64
+
+    parts = []
+    table = variant_dir.with_name(f"{variant_dir.name}.sensitivity.md")
+    if table.exists():
+        parts.append(table.read_text())
+    for kind, title in (("sensitivity", "Layer sensitivity"), ("calibration", "Calibration")):
+        plot = variant_dir.with_name(f"{variant_dir.name}.{kind}.png")
+        if plot.exists():
+            encoded = base64.b64encode(plot.read_bytes()).decode()
+            parts.append(f"![{title}](data:image/png;base64,{encoded})\n\nFile: `{plot.resolve()}`")
+    return "\n\n".join(parts) or None

@@ -42,6 +42,9 @@ class PublishEntry:
     approval: dict[str, Any]  # approved_by, approved_at, comment
     output: dict[str, Any] = field(default_factory=dict)  # output tensor: dtype, quantization
     data: dict[str, Any] = field(default_factory=dict)  # source, sha256, splits, evaluation split
+    # how it was made: technique, source, settings and the facts its build recorded (e.g. an int8
+    # variant's calibration_samples actually used and the float_layers it kept in float)
+    build: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,7 @@ def build_manifest(
                 "input": entry.input,
                 "output": entry.output,
                 "data": entry.data,
+                "build": entry.build,
                 "metrics": entry.metrics,
                 "gates": entry.gates,
                 "approval": entry.approval,

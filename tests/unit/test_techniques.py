@@ -90,7 +90,11 @@ def test_builtin_table_in_its_order_with_what_each_declares() -> None:
     assert {n: t.build_on for n, t in table.items() if t.build_on} == {"tensorrt_fp16": "cuda"}
     assert runtimes_produced(table) == ("onnxruntime", "litert", "tensorrt", "openvino")
     # the hard-swish rewrite, and the ONNX → LiteRT conversion the LiteRT techniques share
-    assert table["tflite_int8"].uses == ("tasks.int8_friendly", "tasks.tflite_convert")
+    assert table["tflite_int8"].uses == (
+        "tasks.int8_friendly",
+        "tasks.tflite_convert",
+        "tasks.sensitivity",  # float_fallback's ranking and requantization
+    )
     assert table["tflite_fp16"].uses == table["tflite_dynamic"].uses == ("tasks.tflite_convert",)
     for name, technique in table.items():
         assert technique.modules == tuple(
