@@ -83,6 +83,11 @@ def result_text(result: NightlyResult) -> str:
         + (f" version {result.version}" if result.version else "")
     ]
     lines += [f"  published: {', '.join(result.published) or 'nothing'}"]
+    if list(result.published) == ["baseline"] and result.rejected:
+        lines.append(
+            "  note:      no compressed variant passed its gates: this version holds only the "
+            "fp32 baseline (see rejected below)"
+        )
     if result.unchanged_since:
         lines.append(
             f"  unchanged since version {result.unchanged_since}: the approved files and inputs "

@@ -309,8 +309,11 @@ def nightly_main(argv: list[str] | None = None) -> None:
     def run() -> None:
         from prefect.exceptions import PrefectHTTPStatusError
 
+        from tasks.config import load_params
         from tasks.errors import ServerAuthError
 
+        # a bad params file is one line now, not after Prefect's temporary server has started
+        load_params(args.params, _runner_overrides(args))
         try:
             result = nightly(
                 params_file=args.params,

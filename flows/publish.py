@@ -168,7 +168,7 @@ def approve_and_publish(
     )
     manifest_uri = publish_task(registry, model, version, entries, lineage)
     logger.info(
-        "published %s version %s: %s approved by %s → %s",
+        "published %s version %s: %s (approver: %s) → %s",
         model,
         version,
         ", ".join(approved),

@@ -348,3 +348,18 @@ def test_table_with_a_missing_metrics_file(tmp_path: Path) -> None:
     _assert_user_error(run, "missing.json", "not found")
     assert run.stdout == ""
     assert list(tmp_path.iterdir()) == []
+
+
+def test_nightly_refuses_a_bad_params_file_before_starting_prefect(tmp_path: Path) -> None:
+    """A typo used to surface only after Prefect's temporary server had started (30-40 s on a
+    new user's machine), and the error was not the last line printed."""
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "variants:\n  int8:\n    technique: tflite_int8\n    source: baseline\n"
+        "    calibraton_samples: 100\n"
+    )
+    run = _run(tmp_path, "flows.cli", "nightly", "--params", str(params), "--workdir", "w")
+    line = _assert_user_error(run, "variants.int8.calibraton_samples")
+    assert "unknown key" in line
+    assert "temporary server" not in run.stdout + run.stderr
+    assert not (tmp_path / "w").exists()

@@ -163,3 +163,29 @@ def test_a_pt2_programs_batch_stays_dynamic_through_onnx_export(tmp_path: Path) 
     session = ort.InferenceSession(str(tmp_path / "model.onnx"))
     (logits,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     np.testing.assert_allclose(logits, model(x).detach().numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("published", "noted"),
+    [(["baseline"], True), (["baseline", "tflite_int8"], False), ([], False)],
+)
+def test_a_version_with_only_the_baseline_says_no_compressed_variant_passed(
+    published: list[str], noted: bool
+) -> None:
+    """A new user's every variant failed or was rejected, and 'published: baseline' read as
+    success."""
+    from flows._console import result_text
+    from flows.nightly import NightlyResult
+
+    result = NightlyResult(
+        model="m",
+        version="1" if published else None,
+        status="published" if published else "nothing-passed",
+        published=published,
+        rejected={"pruned": "accuracy 0.10 < 0.90"},
+        approval=None,
+        registry_uri="registry",
+        run_dir="run",
+    )
+    text = result_text(result)
+    assert ("no compressed variant passed its gates" in text) is noted
