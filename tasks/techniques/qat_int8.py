@@ -65,7 +65,24 @@ class QatInt8Config(TechniqueConfig):
 
 
 def build(context: BuildContext, config: QatInt8Config) -> VariantRecord:
-    """The baseline, fine-tuned with fake-quantization, as a full-integer LiteRT model."""
+    """The baseline, fine-tuned with fake-quantization, as a full-integer LiteRT model.
+
+    Built in a child process: torch.fx's symbolic trace (prepare_qat_fx) patches
+    torch.nn.Module.__call__ for the whole process while it runs, and a variant training in
+    another thread of the nightly then failed mid-forward ("module is not installed as a
+    submodule"). A daemonic process (a Dask worker) may not have children; it runs one task at
+    a time, so there the build runs in place.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    if multiprocessing.current_process().daemon:
+        return _build_here(context, config)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+        return child.submit(_build_here, context, config).result()
+
+
+def _build_here(context: BuildContext, config: QatInt8Config) -> VariantRecord:
     teacher = context.teacher()
     if teacher is None:
         raise VariantError(
