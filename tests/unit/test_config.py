@@ -343,7 +343,7 @@ def test_int8_of_an_int8_variant_is_refused(repo_raw: dict[str, Any]) -> None:
     )
     message = _error(raw)
     assert "variants.x.source: 'tflite_int8' does not produce ONNX" in message
-    assert "baseline, distilled, pruned" in message
+    assert "baseline, clustered, distilled, low_rank, pruned" in message
 
 
 def test_int8_of_a_tensorrt_variant_is_refused(repo_raw: dict[str, Any]) -> None:

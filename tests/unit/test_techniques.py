@@ -69,13 +69,19 @@ def test_builtin_table_in_its_order_with_what_each_declares() -> None:
         "tflite_dynamic",
         "onnx_int8",
         "qat_int8",
+        "clustered",
+        "low_rank",
     ]
-    assert {n for n, t in table.items() if t.starts_from == "torch"} == {
+    torch_starting = {"pruned", "distilled", "qat_int8", "clustered", "low_rank"}
+    assert {n for n, t in table.items() if t.starts_from == "torch"} == torch_starting
+    assert {n for n, t in table.items() if t.produces_onnx} == {
         "pruned",
         "distilled",
-        "qat_int8",
+        "clustered",
+        "low_rank",
     }
-    assert {n for n, t in table.items() if t.produces_onnx} == {"pruned", "distilled"}
+    # a torch technique may start from these (the Deep Compression chain: pruned → clustered)
+    assert {n for n, t in table.items() if t.produces_torch} == {"pruned", "clustered", "low_rank"}
     assert {n: t.runtime for n, t in table.items()} == {
         "tflite_int8": "litert",
         "pruned": "onnxruntime",
@@ -86,6 +92,8 @@ def test_builtin_table_in_its_order_with_what_each_declares() -> None:
         "tflite_dynamic": "litert",
         "onnx_int8": "onnxruntime",
         "qat_int8": "litert",
+        "clustered": "onnxruntime",
+        "low_rank": "onnxruntime",
     }
     assert {n: t.build_on for n, t in table.items() if t.build_on} == {"tensorrt_fp16": "cuda"}
     assert runtimes_produced(table) == ("onnxruntime", "litert", "tensorrt", "openvino")
@@ -192,7 +200,7 @@ def test_referenced_technique_is_validated_like_a_builtin(repo_raw: dict[str, An
     assert "variants.b.source: 'tflite_int8' does not produce ONNX (use one of: baseline, " in (
         _error(from_int8)
     )
-    assert "bf16_weights, distilled, pruned variants)" in _error(from_int8)
+    assert "bf16_weights, clustered, distilled, low_rank, pruned variants)" in _error(from_int8)
 
 
 @pytest.mark.parametrize(
