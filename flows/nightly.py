@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_type_hints
 
 from prefect import flow, get_run_logger, task
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
@@ -248,6 +248,13 @@ def nightly(
         builders=variants.builders,
         best_variant=_best(outcome.published, run.metrics),
     )
+
+
+# A served deployment (nightly.serve(), a fleet's runs) gets this flow by value (cloudpickle),
+# which carries the names its code uses but not those only in its string annotations: Prefect's
+# parameter validation then failed on every run ("`NightlyModel` is not fully defined; you
+# should define `Literal`"). Resolved here, the annotations travel as objects.
+nightly.fn.__annotations__ = get_type_hints(nightly.fn)
 
 
 # ---- wiring helpers ---------------------------------------------------------------------------

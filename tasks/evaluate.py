@@ -13,7 +13,14 @@ from tasks.config import load_params
 from tasks.data import Split, load_split
 from tasks.io import atomic_dir, write_json
 from tasks.runtimes import load_predictor
-from tasks.variant import BASELINE, EVALUATION_SPLIT, RECORD_NAME, VariantRecord, read_record
+from tasks.variant import (
+    BASELINE,
+    EVALUATION_SPLIT,
+    RECORD_NAME,
+    TORCH_FILE,
+    VariantRecord,
+    read_record,
+)
 
 # compressed_size_bytes: every model file compressed with zstd at this level, as a release
 # pipeline ships it over the air (`zstd -19`); entropy coding is where clustered and
@@ -102,7 +109,7 @@ def evaluate(variants_dir: Path, names: list[str], test: Split, threads: int = 1
 
 
 def model_size(variant_dir: Path) -> int:
-    """Bytes on disk of the model file(s): everything in the directory but variant.json."""
+    """Bytes on disk of the model file(s) (model_files)."""
     return sum(p.stat().st_size for p in model_files(variant_dir))
 
 
@@ -115,8 +122,11 @@ def compressed_size(variant_dir: Path, level: int = ZSTD_LEVEL) -> int:
 
 
 def model_files(variant_dir: Path) -> list[Path]:
-    """The model file(s) of a variant directory: everything in it but variant.json."""
-    return sorted(p for p in variant_dir.iterdir() if p.is_file() and p.name != RECORD_NAME)
+    """The model file(s) of a variant directory: what the registry publishes of it but
+    variant.json (not the torch module a torch-producing variant keeps for its successors)."""
+    return sorted(
+        p for p in variant_dir.iterdir() if p.is_file() and p.name not in (RECORD_NAME, TORCH_FILE)
+    )
 
 
 def metrics_row(

@@ -84,3 +84,64 @@ def test_fleet_runs_every_model_and_counts_the_failed_one(
     summary = str(artifacts[0]["data"])
     assert "3 models, 1 failed" in summary
     assert "| digits-a | published |" in summary and "| broken | failed: " in summary
+
+
+def test_deployment_mode_runs_each_model_as_a_run_of_the_nightly_deployment(
+    prefect_server: str, tmp_path: Path
+) -> None:
+    """mode: deployment: each model's nightly is a flow run of `nightly/nightly` that whatever
+    serves the deployment takes (here `nightly.serve()` in its own process, as a worker of a
+    work pool would), not a run inside the fleet's process."""
+    import os
+    import sys
+    import time
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    from flows.fleet import fleet
+    from tasks.fleet import FleetResult
+    from tests import processes
+
+    fleet_file = _fleet(tmp_path)
+    raw = yaml.safe_load(fleet_file.read_text())
+    raw["mode"], raw["concurrency"] = "deployment", 1
+    raw["models"] = [m for m in raw["models"] if m["name"] != "digits-b"]
+    for model in raw["models"]:
+        model["overrides"] = {"registry": {"uri": str(tmp_path / "registry")}}
+    fleet_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    env = dict(os.environ, PREFECT_API_URL=prefect_server)
+    serve = "from flows.nightly import nightly; nightly.serve(name='nightly')"
+    with processes.Processes() as started:
+        server = started.popen([sys.executable, "-c", serve], env=env, log=tmp_path / "serve.log")
+        with get_client(sync_client=True) as client:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    client.read_deployment_by_name("nightly/nightly")
+                    break
+                except Exception:
+                    assert server.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+                    assert time.monotonic() < deadline, "nightly/nightly was never served"
+                    time.sleep(1)
+        state = fleet(fleet_file=str(fleet_file), workdir=str(tmp_path / "work"), return_state=True)
+
+    assert state.is_failed() and state.message == "1 of 2 models failed: broken"
+    result = state.result(raise_on_failure=False)
+    assert isinstance(result, FleetResult)
+    outcomes = {m.name: m for m in result.models}
+    assert outcomes["digits-a"].status == "published", outcomes["digits-a"]
+    assert outcomes["digits-a"].version and (tmp_path / "registry" / "digits-a").is_dir()
+    assert outcomes["broken"].status == "failed"
+    assert "no_such_technique" in (outcomes["broken"].error or "")
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("nightly/nightly")
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                deployment_id=FlowRunFilterDeploymentId(any_=[deployment.id])
+            ),
+            sort=FlowRunSort.START_TIME_DESC,
+            limit=10,
+        )
+    assert len(runs) == 2  # one run of the deployment per model

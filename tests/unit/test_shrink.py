@@ -89,6 +89,14 @@ def test_low_rank_measures_fewer_macs_and_keeps_accuracy(
     assert count_macs_params(model, (1, 16, 16))[0] == record.macs
     base = tiny_workspace / "variants" / "baseline"
     assert _accuracy(out, tiny_workspace) >= _accuracy(base, tiny_workspace) - 0.10
+    # the torch module kept for the variants built from this one is neither measured nor
+    # published: size and manifest are the deployable model's
+    from tasks.evaluate import model_size
+    from tasks.variant import TORCH_FILE, published_files
+
+    assert (out / TORCH_FILE).is_file()
+    assert model_size(out) == model_path(out, record).stat().st_size
+    assert TORCH_FILE not in published_files(out) and record.model_file in published_files(out)
 
 
 def test_low_rank_that_saves_nothing_is_a_one_line_failure(
