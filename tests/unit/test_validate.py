@@ -498,3 +498,22 @@ def test_check_data_writes_data_docs(tmp_path: Path, digits: PreparedData) -> No
     assert (docs / "index.html").is_file()
     assert list((docs / "validations" / "data" / "samples").rglob("*.html"))
     assert list((docs / "validations" / "data" / "classes").rglob("*.html"))
+
+
+def test_weight_sharing_beats_its_source_on_what_a_device_downloads() -> None:
+    """A clustered model's file is as large as its source's (float32 values, shared), its
+    zstd-compressed file several times smaller: judged on the file alone it was refused."""
+    from tasks.config import VariantGates
+    from tasks.validate import improvement
+
+    gates = VariantGates(min_speedup=1.1, min_size_reduction=2.0)
+    same_speed = {"edge-cpu": 1.0}
+    gain, detail = improvement("baseline", same_speed, same_speed, 1000, 1000, gates, 220, 1000)
+    assert gain == pytest.approx(1000 / 220 / 2.0)
+    assert "compressed (zstd) 4.5x smaller" in detail
+    # the file's own reduction counts where it is the better one, and no compressed size is a
+    # judgement on the files alone
+    gain, detail = improvement("baseline", same_speed, same_speed, 250, 1000, gates, 300, 1000)
+    assert gain == pytest.approx(2.0) and "compressed" not in detail
+    gain, _ = improvement("baseline", same_speed, same_speed, 1000, 1000, gates)
+    assert gain == pytest.approx(1 / 1.1)
