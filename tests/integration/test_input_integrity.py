@@ -86,8 +86,12 @@ def _linear(classes: int, bias: float = 0.0) -> Any:
 def _run(params: Path, root: Path, **kwargs: Any) -> tuple[Any, dict[str, str]]:
     """One nightly run: its result and {task run name prefix: final state name}."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-    from prefect.client.schemas.sorting import TaskRunSort
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterParentFlowRunId,
+    )
+    from prefect.client.schemas.sorting import FlowRunSort, TaskRunSort
 
     from flows.nightly import nightly
 
@@ -99,10 +103,19 @@ def _run(params: Path, root: Path, **kwargs: Any) -> tuple[Any, dict[str, str]]:
         **kwargs,
     )
     result = state.result()
+    top = state.state_details.flow_run_id
     with get_client(sync_client=True) as client:
+        # the export and compress tasks run in the nightly's `variants` subflow
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[top])
+            ),
+            sort=FlowRunSort.START_TIME_DESC,
+            limit=50,
+        )
         runs = client.read_task_runs(
             flow_run_filter=FlowRunFilter(
-                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+                id=FlowRunFilterId(any_=[top, *(child.id for child in children)])
             ),
             sort=TaskRunSort.EXPECTED_START_TIME_ASC,
             limit=200,
