@@ -82,6 +82,35 @@ class BuildContext:
             return self.teacher()
         return load_torch_model(self.source_dir, record)
 
+    def editable_source_model(self, technique: str) -> nn.Module:
+        """A copy of the source's torch model to change, in eval mode and with real layers (an
+        imported .pt2 program is modularized); a one-line VariantError where there is none."""
+        import copy
+
+        import torch
+
+        from tasks.errors import VariantError
+        from tasks.models import modularize
+
+        source_model = self.source_model()
+        if source_model is None:
+            raise VariantError(f"{self.name}: {technique} needs its source's torch model")
+        model = copy.deepcopy(source_model).eval()
+        if isinstance(model, torch.fx.GraphModule) and not any(
+            isinstance(m, torch.nn.Conv2d | torch.nn.Linear) for m in model.modules()
+        ):
+            model = modularize(model)
+        return model
+
+    def fine_tune(self, model: nn.Module, epochs: int, batch_size: int, lr: float) -> None:
+        """Train `model` for `epochs` on the train split, the val split reported each epoch."""
+        from tasks.train import FitSettings, fit
+
+        if epochs:
+            settings = FitSettings(epochs, batch_size, lr)
+            fit(model, self.split("train"), self.split("val"), self.preprocess(), settings,
+                self.seed, self.name)  # fmt: skip
+
     def baseline_sha256(self) -> str | None:
         """sha256 of the baseline's weights (baseline.json), or None where it is not at hand."""
         from tasks.io import read_json

@@ -40,22 +40,14 @@ class ClusteredConfig(TechniqueConfig):
 
 def build(context: BuildContext, config: ClusteredConfig) -> VariantRecord:
     """The source's torch model, BN folded, weights clustered and fine-tuned, as ONNX."""
-    import copy
-
     import torch
 
     from tasks.export import write_onnx_variant
-    from tasks.models import count_macs_params, modularize
-    from tasks.train import FitSettings, fit
+    from tasks.models import count_macs_params
 
-    source_model = context.source_model()
-    if source_model is None:
-        raise VariantError(f"{context.name}: clustering needs its source's torch model")
+    model = context.editable_source_model("clustering")
     source = context.source_record()
     preprocess = context.preprocess()
-    model = copy.deepcopy(source_model).eval()
-    if isinstance(model, torch.fx.GraphModule) and not _has_layers(model):
-        model = modularize(model)
     model = fold_batch_norm(model, context.name, preprocess.input_shape)
     macs, params = count_macs_params(model, preprocess.input_shape)
     layers = clustered_layers(model, config.layers)
@@ -63,10 +55,7 @@ def build(context: BuildContext, config: ClusteredConfig) -> VariantRecord:
         raise VariantError(f"{context.name}: no Conv2d/Linear layer to cluster in this model")
     torch.manual_seed(context.seed)
     sharing = share_weights(layers, config.clusters, config.init, context.seed)
-    if config.finetune_epochs:
-        settings = FitSettings(config.finetune_epochs, config.batch_size, config.lr)
-        fit(model, context.split("train"), context.split("val"), preprocess, settings,
-            context.seed, context.name)  # fmt: skip
+    context.fine_tune(model, config.finetune_epochs, config.batch_size, config.lr)
     unshare(sharing)
     baseline_sha = context.baseline_sha256()
     record = write_onnx_variant(
@@ -94,12 +83,6 @@ def build(context: BuildContext, config: ClusteredConfig) -> VariantRecord:
 
 def _weight(layer: nn.Module) -> torch.Tensor:
     return cast("torch.Tensor", layer.weight)
-
-
-def _has_layers(model: nn.Module) -> bool:
-    from torch import nn
-
-    return any(isinstance(m, nn.Conv2d | nn.Linear) for m in model.modules())
 
 
 def fold_batch_norm(model: nn.Module, name: str, input_shape: tuple[int, ...]) -> nn.Module:

@@ -37,22 +37,12 @@ class LowRankConfig(TechniqueConfig):
 
 def build(context: BuildContext, config: LowRankConfig) -> VariantRecord:
     """The source's torch model with its layers factorized and fine-tuned, as ONNX."""
-    import copy
-
-    import torch
-
     from tasks.export import write_onnx_variant
-    from tasks.models import count_macs_params, modularize
-    from tasks.train import FitSettings, fit
+    from tasks.models import count_macs_params
 
-    source_model = context.source_model()
-    if source_model is None:
-        raise VariantError(f"{context.name}: low-rank factorization needs its source's torch model")
+    model = context.editable_source_model("low-rank factorization")
     source = context.source_record()
     preprocess = context.preprocess()
-    model = copy.deepcopy(source_model).eval()
-    if isinstance(model, torch.fx.GraphModule):
-        model = modularize(model)
     before_macs, before_params = count_macs_params(model, preprocess.input_shape)
     factorized = factorize(model, config)
     after_macs, after_params = count_macs_params(model, preprocess.input_shape)
@@ -67,10 +57,7 @@ def build(context: BuildContext, config: LowRankConfig) -> VariantRecord:
         f"{before_params:,} → {after_params:,}",
         flush=True,
     )
-    if config.finetune_epochs:
-        settings = FitSettings(config.finetune_epochs, config.batch_size, config.lr)
-        fit(model, context.split("train"), context.split("val"), preprocess, settings,
-            context.seed, context.name)  # fmt: skip
+    context.fine_tune(model, config.finetune_epochs, config.batch_size, config.lr)
     baseline_sha = context.baseline_sha256()
     return write_onnx_variant(
         model,
