@@ -271,12 +271,10 @@ def _nightly(args: argparse.Namespace) -> None:
     nightly_main(args.args)
 
 
-def nightly_main(argv: list[str] | None = None) -> None:
-    """`modelpress nightly`: run the flow once, here, and print where everything went."""
-    from flows._console import deliver_prefect_queues, result_text, say_user_errors_once
-    from flows.nightly import nightly  # imports Prefect: only when asked
-
-    parser = argparse.ArgumentParser(prog="modelpress nightly", description=nightly.description)
+def _run_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
+    """The options `modelpress nightly` and `modelpress search` share: which inputs, where the
+    work and the registry are, how approval is given."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--model-rev")
     parser.add_argument("--data-rev")
@@ -287,6 +285,15 @@ def nightly_main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--verbose", action="store_true", help="show the converters' output (TensorFlow's)"
     )
+    return parser
+
+
+def nightly_main(argv: list[str] | None = None) -> None:
+    """`modelpress nightly`: run the flow once, here, and print where everything went."""
+    from flows._console import deliver_prefect_queues, result_text, say_user_errors_once
+    from flows.nightly import nightly  # imports Prefect: only when asked
+
+    parser = _run_parser("modelpress nightly", nightly.description)
     parser.add_argument(
         "--publish-unchanged",
         action="store_true",
@@ -345,19 +352,9 @@ def search_main(argv: list[str] | None = None) -> None:
     from flows._console import deliver_prefect_queues, say_user_errors_once, search_text
     from flows.search import search  # imports Prefect: only when asked
 
-    parser = argparse.ArgumentParser(prog="modelpress search", description=search.description)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--model-rev")
-    parser.add_argument("--data-rev")
-    parser.add_argument("--approval", choices=["ui", "auto"])
-    parser.add_argument("--registry-uri")
-    parser.add_argument("--version")
-    parser.add_argument("--workdir", default=".modelpress")
+    parser = _run_parser("modelpress search", search.description)
     parser.add_argument("--trials", type=int, help="budget: trials in the study (search.budget)")
     parser.add_argument("--seconds", type=float, help="budget: wall seconds of this run")
-    parser.add_argument(
-        "--verbose", action="store_true", help="show the converters' output (TensorFlow's)"
-    )
     args = parser.parse_args(argv)
     if args.verbose:
         from tasks.quiet import show_converter_output
