@@ -314,8 +314,17 @@ def test_metrics_written_before_the_compressed_size_still_read(
 def test_all_techniques_file_is_params_yaml_plus_every_other_technique() -> None:
     everything = load_params(REPO_ROOT / "params" / "all-techniques.yaml")
     default = load_params(REPO_ROOT / "params.yaml")
-    for section in ("seed", "data", "baseline", "train", "gates", "benchmark", "runners"):
+    for section in ("seed", "data", "baseline", "train", "benchmark", "runners"):
         assert getattr(everything, section) == getattr(default, section), section
+    # the same gates, with allowances only for the variants params.yaml does not have
+    assert everything.gates.model_copy(update={"per_variant": {}}) == default.gates.model_copy(
+        update={"per_variant": {}}
+    )
+    extra_allowances = everything.gates.per_variant.keys() - default.gates.per_variant.keys()
+    assert extra_allowances <= everything.variants.keys() - default.variants.keys()
+    assert {k: everything.gates.per_variant[k] for k in default.gates.per_variant} == (
+        default.gates.per_variant
+    )
     assert {k: everything.variants[k] for k in default.variants} == default.variants
     techniques = {cfg.technique for cfg in everything.variants.values()}
     assert set(NEW) <= techniques

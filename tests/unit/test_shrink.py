@@ -116,9 +116,9 @@ def test_deep_compression_chain_resolves_and_builds(tiny_workspace: Path, tmp_pa
     raw = {
         "variants": {
             "dc_pruned": {"technique": "pruned", "source": "baseline", "ratio": 0.5,
-                          "round_to": 4, "finetune_epochs": 1},
-            "dc_clustered": {"technique": "clustered", "source": "dc_pruned", "clusters": 8,
-                             "layers": "conv_linear", "finetune_epochs": 1},
+                          "round_to": 4, "finetune_epochs": 2},
+            "dc_clustered": {"technique": "clustered", "source": "dc_pruned", "clusters": 16,
+                             "layers": "conv_linear", "finetune_epochs": 2},
             "deep_compression": {"technique": "tflite_int8", "source": "dc_clustered",
                                  "calibration_samples": 64, "per_channel": False},
         }
@@ -132,10 +132,12 @@ def test_deep_compression_chain_resolves_and_builds(tiny_workspace: Path, tmp_pa
     assert isinstance(params.variants["deep_compression"], TfliteInt8Config)
     assert shared.source == "dc_pruned" and shared.parent_sha256 == pruned.model_sha256
     assert final.source == "dc_clustered" and final.parent_sha256 == shared.model_sha256
-    # clustered started from the pruned network, not the baseline: its MACs are the pruned ones
-    assert shared.macs == pruned.macs
+    # clustered started from the pruned network, not the baseline: its MACs are the pruned ones,
+    # less the batch norms it folded into the convolutions
+    assert shared.macs is not None and pruned.macs is not None
+    assert 0.95 * pruned.macs <= shared.macs <= pruned.macs
     counts = distinct_weight_values(model_path(tmp_path / "dc_clustered", shared))
-    assert max(counts.values()) <= 8, counts
+    assert max(counts.values()) <= 16, counts
     base = tiny_workspace / "variants" / "baseline"
     base_z = _zstd19(model_path(base, read_record(base)))
     final_z = _zstd19(model_path(tmp_path / "deep_compression", final))
