@@ -70,7 +70,7 @@ def _in_subprocess(name: str, parameters: dict[str, Any]) -> ModelOutcome:
     context = TaskRunContext.get()
     parent = context.task_run.id if context else None
     with get_client(sync_client=True) as client:
-        flow_run = client.create_flow_run(flow, parameters=parameters, parent_task_run_id=parent)
+        flow_run = _create_flow_run(client, flow, parameters, parent)
         # this server, also when it is Prefect's temporary one (else the child starts its own)
         env: dict[str, str | None] = {"PREFECT_API_URL": str(client.api_url).rstrip("/")}
         process = run_flow_in_subprocess(flow, flow_run=flow_run, parameters=parameters, env=env)
@@ -80,6 +80,31 @@ def _in_subprocess(name: str, parameters: dict[str, Any]) -> ModelOutcome:
         code = process.exitcode
         return ModelOutcome(name, "failed", link=_link(flow_run.id), error=f"exit code {code}")
     return _outcome(name, run, parameters)
+
+
+def _create_flow_run(client: Any, flow: Any, parameters: dict[str, Any], parent: Any) -> Any:
+    """The child's flow run. Two first runs of a flow created at once race to register the
+    flow, and the loser got 409 Conflict from the server (seen on a fresh server in CI): the
+    flow is registered once before the models start (_register), and a conflict is tried again."""
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    for attempt in range(3):
+        try:
+            return client.create_flow_run(flow, parameters=parameters, parent_task_run_id=parent)
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code != 409 or attempt == 2:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _register_nightly() -> None:
+    from prefect import get_client
+
+    from flows.nightly import nightly
+
+    with get_client(sync_client=True) as client:
+        client.create_flow(nightly)
 
 
 @task(name="model-nightly", task_run_name="nightly-{model.name}")
@@ -134,6 +159,8 @@ def fleet(
     started = time.monotonic()
     # the limit is the task runner's width: at most `limit` nightlies are in flight at once
     runner: TaskRunner[Any] = ThreadPoolTaskRunner(max_workers=limit)
+    if (mode or cfg.mode) == "local":
+        _register_nightly()
     outcomes = _run_models.with_options(task_runner=runner)(
         list(cfg.models), str(Path(fleet_file).resolve()), mode or cfg.mode, cfg.deployment, extra
     )
