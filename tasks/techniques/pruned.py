@@ -20,6 +20,8 @@ from tasks.variant import VariantRecord
 if TYPE_CHECKING:
     from torch import nn
 
+    from tasks.train import LossFn
+
 
 class PrunedConfig(TechniqueConfig):
     technique: Literal["pruned"]
@@ -30,6 +32,11 @@ class PrunedConfig(TechniqueConfig):
     finetune_epochs: Annotated[int, Field(ge=0)] = 3
     lr: Annotated[float, Field(gt=0)] = 1e-3
     batch_size: PositiveInt = 64
+    # fine-tune against the unpruned source's soft targets as well as the labels (knowledge
+    # distillation, Hinton et al.): weight of the soft term, 0 = labels only. On a pretrained
+    # network the source knows more than a few epochs of labels can teach the pruned one again
+    distill_alpha: Annotated[float, Field(ge=0, le=1)] = 0.0
+    distill_temperature: Annotated[float, Field(gt=0)] = 4.0
 
 
 def build(context: BuildContext, config: PrunedConfig) -> VariantRecord:
@@ -123,7 +130,7 @@ def prune(
     )
     if cfg.finetune_epochs:
         settings = FitSettings(cfg.finetune_epochs, cfg.batch_size, cfg.lr)
-        fit(model, train, val, preprocess, settings, seed, name)
+        fit(model, train, val, preprocess, settings, seed, name, loss_fn=_loss(cfg, teacher))
     return write_onnx_variant(
         model,
         preprocess,
@@ -140,6 +147,26 @@ def prune(
     )
 
 
+def _loss(cfg: PrunedConfig, teacher: nn.Module) -> LossFn | None:
+    """The fine-tuning loss: labels only (None), or distilled from the unpruned source."""
+    if cfg.distill_alpha == 0:
+        return None
+    import torch
+
+    from tasks.techniques.distilled import distillation_loss
+
+    teacher.eval()
+
+    def loss_fn(logits: torch.Tensor, labels: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            teacher_logits = teacher(inputs)
+        return distillation_loss(
+            logits, teacher_logits, labels, cfg.distill_temperature, cfg.distill_alpha
+        )
+
+    return loss_fn
+
+
 TECHNIQUE = Technique(
     name="pruned",
     config=PrunedConfig,
@@ -148,5 +175,5 @@ TECHNIQUE = Technique(
     produces_onnx=True,
     produces_torch=True,
     build=build,
-    uses=("tasks.export", "tasks.models", "tasks.train"),
+    uses=("tasks.export", "tasks.models", "tasks.train", "tasks.techniques.distilled"),
 )

@@ -51,3 +51,26 @@ def test_prunes_depthwise_networks_keeping_groups_and_classifier(
         out = model.eval()(torch.rand(2, 3, 32, 32))
     assert out.shape == (2, 10)
     assert torch.isfinite(out).all()
+
+
+def test_distilled_fine_tuning_loss_follows_the_unpruned_source() -> None:
+    from tasks.techniques.pruned import PrunedConfig, _loss
+
+    torch.manual_seed(0)
+    teacher = nn.Linear(4, 3)
+    inputs, labels = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    # labels only by default
+    assert _loss(PrunedConfig(technique="pruned", source="baseline"), teacher) is None
+
+    loss_fn = _loss(PrunedConfig(technique="pruned", source="baseline", distill_alpha=0.7), teacher)
+    assert loss_fn is not None
+    hard = nn.functional.cross_entropy(teacher(inputs), labels)
+    # a student that already matches its teacher pays only the label term's share
+    same = loss_fn(teacher(inputs).detach().requires_grad_(), labels, inputs)
+    assert float(same) == pytest.approx(0.3 * float(hard), rel=1e-5)
+    # one that disagrees pays more, and the gradient reaches the student, not the teacher
+    student_logits = torch.zeros(8, 3, requires_grad=True)
+    loss = loss_fn(student_logits, labels, inputs)
+    loss.backward()
+    assert float(loss) > float(same)
+    assert student_logits.grad is not None and teacher.weight.grad is None
