@@ -129,7 +129,7 @@ def search(
     while not _spent(cfg.budget.trials, cfg.budget.seconds, finished_trials(study), started):
         room = cfg.budget.trials - finished_trials(study) if cfg.budget.trials else cfg.batch
         asked = [study.ask() for _ in range(min(cfg.batch, room))]
-        plans = [suggest_plan(trial, cfg, table) for trial in asked]
+        plans = [suggest_plan(trial, cfg, table, params.variants) for trial in asked]
         for trial, measured in zip(asked, _measure(plans, study, trials, ran), strict=True):
             trial.set_user_attr(OUTCOME, measured.as_json())
             trial.set_constraint(CONSTRAINT, measured.violation if measured.status == "ok" else 1.0)
@@ -399,7 +399,9 @@ def _offer(
     from tasks.data import load_split
 
     table = technique_table(tuple(params.techniques))
-    variants = plan_variants(pick.chain.split("+"), pick.knobs, params.search, table)
+    variants = plan_variants(
+        pick.chain.split("+"), pick.knobs, params.search, table, params.variants
+    )
     p, previous, work = prepared, origin.previous, trials.work
     built = build_variants(
         params.model_copy(update={"variants": variants}),

@@ -113,7 +113,10 @@ def chain_label(chain: list[str] | tuple[str, ...]) -> str:
 
 
 def suggest_plan(
-    trial: optuna.Trial, search: SearchConfig, table: dict[str, Technique]
+    trial: optuna.Trial,
+    search: SearchConfig,
+    table: dict[str, Technique],
+    listed: dict[str, TechniqueConfig] | None = None,
 ) -> TrialPlan:
     """The trial's chain and knobs, sampled define-by-run: only the knobs of the chain's
     techniques are asked for."""
@@ -136,7 +139,8 @@ def suggest_plan(
                 )
         else:
             knobs[path] = trial.suggest_categorical(path, knob)
-    return TrialPlan(trial.number, tuple(chain), knobs, plan_variants(chain, knobs, search, table))
+    variants = plan_variants(chain, knobs, search, table, listed)
+    return TrialPlan(trial.number, tuple(chain), knobs, variants)
 
 
 def plan_variants(
@@ -144,11 +148,17 @@ def plan_variants(
     knobs: dict[str, Any],
     search: SearchConfig,
     table: dict[str, Technique],
+    listed: dict[str, TechniqueConfig] | None = None,
 ) -> dict[str, TechniqueConfig]:
     """The chain's variant configs: each technique's defaults, search.fixed, then the knobs.
-    Names carry a hash of the chain's configs so equal configs share a name (and a cache entry)."""
+    Names carry a hash of the chain's configs so equal configs share a name (and a cache entry);
+    a step equal to a `listed` (params.yaml) variant, from the same source, takes its name, so
+    that what the nightly built serves the trial."""
     variants: dict[str, TechniqueConfig] = {}
     source, made = "baseline", []
+    same = {
+        json.dumps(c.model_dump(mode="json"), sort_keys=True): n for n, c in (listed or {}).items()
+    }
     for step, technique in enumerate(chain):
         settings = {
             path.partition(".")[2]: value
@@ -159,7 +169,9 @@ def plan_variants(
             {"technique": technique, "source": source, **settings}
         )
         made.append(config.model_dump(mode="json", exclude={"source"}))
-        name = f"{'_'.join(chain[: step + 1])}_{content_key(made)[:8]}"
+        name = same.get(json.dumps(config.model_dump(mode="json"), sort_keys=True)) or (
+            f"{'_'.join(chain[: step + 1])}_{content_key(made)[:8]}"
+        )
         variants[name] = config
         source = name
     return variants

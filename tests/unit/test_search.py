@@ -250,6 +250,31 @@ def test_modelpress_search_refuses_a_bad_knob_in_one_line_before_starting_prefec
     out, err = capsys.readouterr()
     assert err == (
         f"error: {params_file}: search.space.pruned.ratioo: unknown knob of technique 'pruned'; "
-        "its knobs: ratio, round_to, finetune_epochs, lr, batch_size\n"
+        "its knobs: ratio, round_to, finetune_epochs, lr, batch_size, distill_alpha, "
+        "distill_temperature\n"
     )
     assert out == ""
+
+
+def test_the_real_example_searches_from_its_own_variants() -> None:
+    """examples/fashion-efficientnet: its first trials are its hand-written int8 and pruned
+    int8 variants, knob for knob, under their names: the nightly's builds serve them."""
+    example = Path(__file__).parents[2] / "examples" / "fashion-efficientnet" / "params.yaml"
+    params = load_params(example)
+    table = technique_table()
+    first = known_good(params.search, params.variants, table)
+    assert [t["chain"] for t in first] == ["tflite_int8", "pruned+tflite_int8"]
+    for trial, listed in zip(first, ["tflite_int8", "pruned_int8"], strict=True):
+        chain = trial["chain"].split("+")
+        knobs = {k: v for k, v in trial.items() if k != "chain"}
+        planned = plan_variants(chain, knobs, params.search, table, params.variants)
+        written = [listed]
+        while params.variants[written[0]].source != "baseline":
+            written.insert(0, params.variants[written[0]].source)
+        assert planned == {name: params.variants[name] for name in written}
+        # without the listed variants, the same configs under names of their content
+        unnamed = plan_variants(chain, knobs, params.search, table)
+        assert list(unnamed.values())[-1].model_dump(exclude={"source"}) == params.variants[
+            listed
+        ].model_dump(exclude={"source"})
+        assert not set(unnamed) & set(params.variants)
