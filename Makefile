@@ -13,7 +13,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: help install run repro bench test test-fast lint format stack stack-down deploy clean \
-	weights example-real
+	weights example-real example-search
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -57,6 +57,10 @@ EXAMPLE := examples/fashion-efficientnet
 example-real: $(STAMP)  ## fine-tune ImageNet EfficientNet-Lite0 on Fashion-MNIST and run every variant (long)
 	@test -d /usr/share/datasets/fashion-mnist || { echo "Fashion-MNIST missing: apt-get update && apt-get install -y dataset-fashion-mnist"; exit 1; }
 	$(BIN)/modelpress nightly --params $(EXAMPLE)/params.yaml --approval auto \
+		--registry-uri $(EXAMPLE)/registry --workdir $(EXAMPLE)/.modelpress
+
+example-search: $(STAMP)  ## after example-real: search its int8 and pruning knobs for the fastest model within the gates (long)
+	$(BIN)/modelpress search --params $(EXAMPLE)/params.yaml --approval auto \
 		--registry-uri $(EXAMPLE)/registry --workdir $(EXAMPLE)/.modelpress
 
 lint: $(STAMP)  ## ruff lint and format check, mypy type check
