@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 from prefect import flow, get_run_logger, task
 
-from tasks.benchmark import BenchmarkRow, measure_in_subprocess
+from tasks.benchmark import BenchmarkRow, measure_in_subprocess, measurement_key, reused_row
 from tasks.config import BenchmarkConfig, RunnerProfile
 from tasks.engines import BuiltEngine, EngineRequest
 from tasks.errors import brief
+from tasks.io import write_json
 from tasks.runtimes import runs_on
 from tasks.store import ArtifactStore
 from tasks.variant import read_record
@@ -33,8 +34,10 @@ def benchmark_variants(
     cfg: BenchmarkConfig,
     variant_dirs: dict[str, Path],
     images_file: Path,
+    reuse_dir: Path | None = None,
 ) -> list[BenchmarkRow]:
-    """Every variant this runner can run, one at a time, each in a fresh process."""
+    """Every variant this runner can run, one at a time, each in a fresh process; with
+    `reuse_dir`, a variant measured before on the same inputs (measurement_key) is not again."""
     rows = []
     for name, directory in variant_dirs.items():
         record = read_record(directory)
@@ -42,7 +45,17 @@ def benchmark_variants(
             reason = f"{record.runtime} variants are not measured on {profile.kind} runners"
             rows.append(BenchmarkRow.failed(name, runner, reason, status="skipped"))
             continue
-        rows.append(measure_in_subprocess(name, directory, images_file, runner, profile, cfg))
+        kept = None
+        if reuse_dir is not None:
+            key = measurement_key(directory, images_file, runner, profile, cfg)
+            kept = reuse_dir / f"{key}.json"
+            if kept.exists():
+                rows.append(reused_row(kept, name))
+                continue
+        row = measure_in_subprocess(name, directory, images_file, runner, profile, cfg)
+        if kept is not None and row.status == "ok":
+            write_json(kept, asdict(row))  # atomic: a reader never sees half a row
+        rows.append(row)
     return rows
 
 
@@ -247,10 +260,23 @@ def local_benchmark_task(
     cfg: BenchmarkConfig,
     variant_dirs: dict[str, str],
     images_file: str,
+    reuse_dir: str | None = None,
 ) -> list[BenchmarkRow]:
     """A runner profile measured on this machine: each variant in a fresh process, one at a time."""
     dirs = {name: Path(directory) for name, directory in variant_dirs.items()}
-    return benchmark_variants(runner, profile, cfg, dirs, Path(images_file))
+    kept = Path(reuse_dir) if reuse_dir else None
+    rows = benchmark_variants(runner, profile, cfg, dirs, Path(images_file), kept)
+    reused = [f"{r.variant} ({r.measured_at})" for r in rows if r.reused]
+    if reused:
+        get_run_logger().info(
+            "benchmark on %s: %d of %d rows reused, their files, images, runner, settings, host "
+            "and runtimes unchanged since measured: %s (benchmark.reuse: false measures again)",
+            runner,
+            len(reused),
+            len(rows),
+            ", ".join(reused),
+        )
+    return rows
 
 
 def benchmark_on_runners(
@@ -260,10 +286,11 @@ def benchmark_on_runners(
     images: np.ndarray,
     run_dir: Path,
     engine_requests: dict[str, EngineRequest],
+    reuse_dir: Path | None = None,
 ) -> tuple[list[BenchmarkRow], dict[str, BuiltEngine]]:
     """Runners with a work pool get the variants through the artifact store and run in parallel
     (CUDA runners build the requested engines first); profiles without one are measured here,
-    one variant at a time."""
+    one variant at a time, reusing the rows kept in `reuse_dir` when benchmark.reuse is on."""
     futures = []
     remote = {name: p for name, p in profiles.items() if p.work_pool}
     if remote:
@@ -292,7 +319,8 @@ def benchmark_on_runners(
     rows: list[BenchmarkRow] = []
     for name, profile in profiles.items():
         if not profile.work_pool:
-            rows += local_benchmark_task(name, profile, cfg, variant_dirs, str(images_file))
+            kept = str(reuse_dir) if reuse_dir is not None and cfg.reuse else None
+            rows += local_benchmark_task(name, profile, cfg, variant_dirs, str(images_file), kept)
     engines: dict[str, BuiltEngine] = {}
     for future in futures:
         runner_rows, built = future.result()

@@ -346,7 +346,9 @@ def _benchmark(
     profiles = {name: params.runners[name] for name in params.benchmark.runners}
     images = load_split(Path(data_dir), "test").x
     requests = engine_requests(params.variants, run.records)
-    return benchmark_on_runners(params.benchmark, profiles, ok, images, run_dir, requests)
+    # run_dir is <workdir>/runs/<id>: measurements are kept for every later run of the workdir
+    kept = run_dir.parent.parent / "benchmarks"
+    return benchmark_on_runners(params.benchmark, profiles, ok, images, run_dir, requests, kept)
 
 
 if __name__ == "__main__":

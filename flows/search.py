@@ -292,7 +292,9 @@ class _Trials:
         run_dir = self.run_dir / f"batch-{batch}"
         run_dir.mkdir(parents=True, exist_ok=True)
         profiles = {self.runner: self.params.runners[self.runner]}
-        rows, _ = benchmark_on_runners(self.params.benchmark, profiles, ok, images, run_dir, {})
+        rows, _ = benchmark_on_runners(
+            self.params.benchmark, profiles, ok, images, run_dir, {}, self.work / "benchmarks"
+        )
         if self._baseline_rows is None:
             self._baseline_rows = [r for r in rows if r.variant == "baseline"]
         rows = [r for r in rows if r.variant != "baseline"] + self._baseline_rows
@@ -416,7 +418,9 @@ def _offer(
     ok = {n: built.dirs[n] for n, r in built.records.items() if r.status == "ok"}
     profiles = {name: params.runners[name] for name in params.benchmark.runners}
     images = load_split(Path(p.data_dir), "test").x
-    bench, _ = benchmark_on_runners(params.benchmark, profiles, ok, images, run_dir, {})
+    bench, _ = benchmark_on_runners(
+        params.benchmark, profiles, ok, images, run_dir, {}, work / "benchmarks"
+    )
     predictions = eval_dir / "metrics" / "predictions.npz"
     verdicts = validate_task(
         metrics, str(predictions), bench, gates, str(run_dir / "data-docs" / "metrics")

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,8 @@ class BenchmarkRow:
     iterations: int = 0
     direct_p50_ms: float | None = None  # LiteRT called directly in a plain loop (cross-check)
     host: dict[str, Any] = field(default_factory=dict)
+    measured_at: str | None = None  # UTC, ISO 8601
+    reused: bool = False  # taken from an earlier measurement of the same inputs (measured_at)
 
     @classmethod
     def failed(cls, variant: str, runner: str, reason: str, status: str = "failed") -> BenchmarkRow:
@@ -117,6 +120,7 @@ def measure(
         size_bytes=model_size(variant_dir),
         iterations=int(every.size),
         host=host_facts(threads, cpus),
+        measured_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
 
 
@@ -204,6 +208,53 @@ def _r(value: float) -> float:
 # ---- isolation: one fresh process per measurement --------------------------------------------
 
 LATENCY_IMAGES = 64  # batch-1 latency cycles over this many real test images
+
+
+def measurement_key(
+    variant_dir: Path, images_file: Path, runner: str, profile: RunnerProfile, cfg: BenchmarkConfig
+) -> str:
+    """The content of everything a measurement depends on: the variant's files (its record
+    included), the images it is timed on, the runner profile, the timing settings, the host
+    (CPU model and flags, CPUs, kernel, Python), the runtime libraries' versions and the source
+    of the code that loads and times it. Any change re-measures."""
+    import hashlib
+    from importlib import import_module
+
+    from tasks.io import sha256_file
+    from tasks.plan import content_key
+    from tasks.runtimes import RUNTIME_MODULES
+
+    files = {
+        str(path.relative_to(variant_dir)): sha256_file(path)
+        for path in sorted(Path(variant_dir).rglob("*"))
+        if path.is_file()
+    }
+    count = max(LATENCY_IMAGES, cfg.throughput_batch)
+    images = hashlib.sha256(_leading_images(images_file, count).tobytes()).hexdigest()
+    timing = cfg.model_dump(exclude={"runners", "store_uri", "store_endpoint_url", "reuse"})
+    code = {
+        module: sha256_file(Path(str(import_module(module).__file__)))
+        for module in (__name__, *RUNTIME_MODULES)
+    }
+    cpuinfo = _read("/proc/cpuinfo") or ""
+    flags = next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "")
+    host = {
+        "cpu_model": _cpu_model(),
+        "flags": flags,
+        "logical_cpus": os.cpu_count(),
+        "affinity": sorted(os.sched_getaffinity(0)),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "libraries": _versions(),
+        "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+    }
+    return content_key(files, images, runner, profile, timing, code, host)
+
+
+def reused_row(measured: Path, name: str) -> BenchmarkRow:
+    """An earlier measurement of the same inputs, under this run's variant name."""
+    row = json.loads(measured.read_text())
+    return BenchmarkRow(**(row | {"variant": name, "reused": True}))
 
 
 def _images_for_measuring(images_file: Path, cfg: BenchmarkConfig, work: Path) -> Path:

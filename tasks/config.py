@@ -291,6 +291,9 @@ class BenchmarkConfig(_Strict):
     trials: Annotated[int, Field(ge=1, le=50)] = 5  # independent repeats: the spread of p50
     throughput_batch: PositiveInt = 32
     throughput_seconds: Annotated[float, Field(gt=0)] = 2.0
+    # a local runner's row is reused while the variant's files, the images, the runner profile,
+    # these settings, the host, the runtime versions and the timing code are all unchanged
+    reuse: bool = True
     store_uri: str = (
         ".modelpress/store"  # how variant files reach runners: a directory or s3://bucket/prefix
     )

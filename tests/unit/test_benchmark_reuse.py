@@ -1,0 +1,87 @@
+"""A benchmark row is reused only while everything it was measured from is unchanged: the second
+run of an unchanged nightly measures nothing again, and any change to the variant's files, the
+images, the runner profile or the timing settings measures afresh."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flows.benchmark import benchmark_variants
+from tasks.config import BenchmarkConfig, RunnerProfile
+from tasks.data import load_split
+
+QUICK = BenchmarkConfig(
+    warmup=1, iterations=20, max_seconds=0.5, trials=2, throughput_batch=4, throughput_seconds=0.05
+)
+PROFILE = RunnerProfile(threads=1)
+
+
+@pytest.fixture()
+def bench_inputs(tiny_workspace: Path, tmp_path: Path) -> tuple[Path, Path]:
+    variant = tmp_path / "baseline"
+    shutil.copytree(tiny_workspace / "variants" / "baseline", variant)
+    images = tmp_path / "test-images.npz"
+    np.savez(images, x=load_split(tiny_workspace / "data", "test").x)
+    return variant, images
+
+
+def test_an_unchanged_measurement_is_reused_under_the_new_name(
+    bench_inputs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    variant, images = bench_inputs
+    kept = tmp_path / "kept"
+    (first,) = benchmark_variants("edge-cpu", PROFILE, QUICK, {"baseline": variant}, images, kept)
+    assert first.status == "ok" and not first.reused and first.measured_at
+    assert len(list(kept.glob("*.json"))) == 1
+    (again,) = benchmark_variants("edge-cpu", PROFILE, QUICK, {"fp32": variant}, images, kept)
+    assert again.reused and again.variant == "fp32"
+    assert (again.p50_ms, again.p50_trials_ms, again.measured_at) == (
+        first.p50_ms,
+        first.p50_trials_ms,
+        first.measured_at,
+    )
+    # without a place to keep them, rows are always measured
+    (fresh,) = benchmark_variants("edge-cpu", PROFILE, QUICK, {"baseline": variant}, images)
+    assert not fresh.reused
+
+
+def test_any_changed_input_measures_again(bench_inputs: tuple[Path, Path], tmp_path: Path) -> None:
+    variant, images = bench_inputs
+    kept = tmp_path / "kept"
+    benchmark_variants("edge-cpu", PROFILE, QUICK, {"baseline": variant}, images, kept)
+
+    edited = tmp_path / "edited"
+    shutil.copytree(variant, edited)
+    record = json.loads((edited / "variant.json").read_text())
+    record["settings"] = {"note": "rebuilt"}
+    (edited / "variant.json").write_text(json.dumps(record))
+    other_images = tmp_path / "other.npz"
+    with np.load(images) as archive:
+        np.savez(other_images, x=archive["x"][::-1].copy())
+
+    changes = {
+        "variant files": ("edge-cpu", PROFILE, QUICK, edited, images),
+        "images": ("edge-cpu", PROFILE, QUICK, variant, other_images),
+        "runner profile": ("edge-cpu", RunnerProfile(threads=2), QUICK, variant, images),
+        "runner name": ("cloud-cpu", PROFILE, QUICK, variant, images),
+        "timing settings": (
+            "edge-cpu",
+            PROFILE,
+            QUICK.model_copy(update={"trials": 3}),
+            variant,
+            images,
+        ),
+    }
+    for what, (runner, profile, cfg, directory, image_file) in changes.items():
+        (row,) = benchmark_variants(runner, profile, cfg, {"v": directory}, image_file, kept)
+        assert row.status == "ok" and not row.reused, what
+    assert len(list(kept.glob("*.json"))) == 1 + len(changes)
+    # where the store lives is not an input to a measurement
+    moved = QUICK.model_copy(update={"store_uri": "s3://elsewhere/x"})
+    (row,) = benchmark_variants("edge-cpu", PROFILE, moved, {"v": variant}, images, kept)
+    assert row.reused
