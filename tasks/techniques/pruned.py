@@ -18,6 +18,7 @@ from tasks.techniques.base import BuildContext, Technique, TechniqueConfig
 from tasks.variant import VariantRecord
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from tasks.train import LossFn
@@ -29,6 +30,10 @@ class PrunedConfig(TechniqueConfig):
     # keep a multiple of this many channels per layer (null: exactly ratio): CPU and GPU kernels
     # are vectorised over channel blocks, and odd counts throw most of the MAC savings away
     round_to: PositiveInt | None = 8
+    # all: every prunable channel group; inner: only the channels inside residual blocks (the
+    # expanded and depthwise layers of an inverted residual), leaving the width that every
+    # residual Add of a stage shares: on MobileNet-style nets most MACs are inside the blocks
+    scope: Literal["all", "inner"] = "all"
     finetune_epochs: Annotated[int, Field(ge=0)] = 3
     lr: Annotated[float, Field(gt=0)] = 1e-3
     batch_size: PositiveInt = 64
@@ -63,20 +68,27 @@ def build(context: BuildContext, config: PrunedConfig) -> VariantRecord:
 
 
 def prune_channels(
-    model: nn.Module, preprocess: Preprocess, ratio: float, round_to: int | None = None
+    model: nn.Module,
+    preprocess: Preprocess,
+    ratio: float,
+    round_to: int | None = None,
+    scope: str = "all",
 ) -> nn.Module:
     """Remove the lowest-magnitude channels of every prunable layer (the classifier is kept),
-    leaving a multiple of `round_to` channels per layer when it is set."""
+    or with scope "inner" of every layer whose channels no residual Add shares, leaving a
+    multiple of `round_to` channels per layer when it is set."""
     import torch
     import torch_pruning as tp
     from torch import nn
 
     example = torch.zeros(1, *preprocess.input_shape)
-    classifiers = [
+    kept: list[nn.Module] = [
         m
         for m in model.modules()
         if isinstance(m, nn.Linear) and m.out_features == preprocess.num_classes
     ]
+    if scope == "inner":
+        kept += residual_stream_layers(model, example)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch-pruning warns about layers it leaves alone
         pruner = tp.pruner.MagnitudePruner(
@@ -84,11 +96,40 @@ def prune_channels(
             example,
             importance=tp.importance.MagnitudeImportance(p=2),
             pruning_ratio=ratio,
-            ignored_layers=classifiers,
+            ignored_layers=kept,
             round_to=round_to,
         )
         pruner.step()
     return model
+
+
+def residual_stream_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
+    """The Conv2d/Linear layers whose output channels are summed with another tensor's: pruning
+    one of them prunes every layer of its stage's residual stream at once."""
+    import torch_pruning as tp
+    from torch import nn
+
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    layers: list[nn.Module] = []
+    for group in graph.get_all_groups(root_module_types=[nn.Conv2d, nn.Linear]):
+        deps = [dep for dep, _ in group]
+        modules = {d.target.module for d in deps} | {d.source.module for d in deps}
+        # x + y of two tensors; an add of a constant (a decomposed hard-swish's x + 3) joins nothing
+        if any(
+            isinstance(m, tp.ops._ElementWiseOp)
+            and "Add" in str(m._grad_fn)
+            and len(graph.module2node[m].inputs) >= 2
+            for m in modules
+        ):
+            # the layers that write the summed channels; the next block's expand conv only
+            # reads them, and its own output is inner
+            layers += [
+                d.target.module
+                for d in deps
+                if isinstance(d.target.module, nn.Conv2d | nn.Linear)
+                and graph.is_out_channel_pruning_fn(d.handler)
+            ]
+    return list({id(m): m for m in layers}.values())
 
 
 def prune(
@@ -118,7 +159,7 @@ def prune(
     if isinstance(model, torch.fx.GraphModule):  # a user's .pt2 program: give it real layers
         model = modularize(model)
     before_macs, before_params = count_macs_params(model, preprocess.input_shape)
-    model = prune_channels(model, preprocess, cfg.ratio, cfg.round_to)
+    model = prune_channels(model, preprocess, cfg.ratio, cfg.round_to, cfg.scope)
     after_macs, after_params = count_macs_params(model, preprocess.input_shape)
     if after_macs is None or before_macs is None or after_macs >= before_macs:
         raise VariantError(

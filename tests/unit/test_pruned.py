@@ -74,3 +74,42 @@ def test_distilled_fine_tuning_loss_follows_the_unpruned_source() -> None:
     loss.backward()
     assert float(loss) > float(same)
     assert student_logits.grad is not None and teacher.weight.grad is None
+
+
+@pytest.mark.parametrize(
+    "build",
+    [efficientnet_lite0, mobilenet_v2, "mobilenet_v3_style"],
+    ids=["efficientnet_lite0", "mobilenet_v2", "mobilenet_v3_style"],
+)
+def test_inner_scope_keeps_every_residual_width(build: Callable[..., nn.Module] | str) -> None:
+    """scope inner prunes inside the blocks only: every layer whose output a residual Add sums
+    keeps its channels, while the expanded (depthwise) widths and the MACs shrink."""
+    from tasks.mobilenets import mobilenet_v3_style
+    from tasks.techniques.pruned import residual_stream_layers
+
+    torch.manual_seed(0)
+    if build == "mobilenet_v3_style":  # squeeze-excitation and hard-swish in its blocks
+        model: nn.Module = mobilenet_v3_style(num_classes=10)
+    else:
+        assert callable(build)
+        model = build(num_classes=10, in_channels=3, image_size=32)
+    stream = residual_stream_layers(model, torch.zeros(1, *SMALL.input_shape))
+    widths = [m.out_channels if isinstance(m, nn.Conv2d) else m.out_features for m in stream]
+    # the project convs of every stage with a residual Add (at least two blocks each in these
+    # nets, three stages or more), never a depthwise conv
+    assert len(stream) >= 6 and not any(getattr(m, "groups", 1) > 1 for m in stream)
+    before_dw = [c.out_channels for c in _depthwise(model)]
+    before_macs, _ = count_macs_params(model, SMALL.input_shape)
+
+    prune_channels(model, SMALL, ratio=0.5, round_to=8, scope="inner")
+
+    after = [m.out_channels if isinstance(m, nn.Conv2d) else m.out_features for m in stream]
+    assert after == widths  # the residual stream is untouched
+    after_dw = [c.out_channels for c in _depthwise(model)]
+    shrunk = sum(a < b for a, b in zip(after_dw, before_dw, strict=True))
+    assert shrunk >= len(before_dw) - 1, (before_dw, after_dw)
+    after_macs, _ = count_macs_params(model, SMALL.input_shape)
+    assert before_macs is not None and after_macs is not None
+    assert before_macs / after_macs >= 1.4, (before_macs, after_macs)
+    with torch.no_grad():
+        assert model.eval()(torch.rand(2, 3, 32, 32)).shape == (2, 10)

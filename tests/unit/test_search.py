@@ -250,7 +250,7 @@ def test_modelpress_search_refuses_a_bad_knob_in_one_line_before_starting_prefec
     out, err = capsys.readouterr()
     assert err == (
         f"error: {params_file}: search.space.pruned.ratioo: unknown knob of technique 'pruned'; "
-        "its knobs: ratio, round_to, finetune_epochs, lr, batch_size, distill_alpha, "
+        "its knobs: ratio, round_to, scope, finetune_epochs, lr, batch_size, distill_alpha, "
         "distill_temperature\n"
     )
     assert out == ""
