@@ -16,7 +16,13 @@ from typing import Any
 import numpy as np
 from prefect import flow, get_run_logger, task
 
-from tasks.benchmark import BenchmarkRow, measure_in_subprocess, measurement_key, reused_row
+from tasks.benchmark import (
+    BenchmarkRow,
+    measure_in_subprocess,
+    measurement_context,
+    measurement_key,
+    reused_row,
+)
 from tasks.config import BenchmarkConfig, RunnerProfile
 from tasks.engines import BuiltEngine, EngineRequest
 from tasks.errors import brief
@@ -39,6 +45,8 @@ def benchmark_variants(
     """Every variant this runner can run, one at a time, each in a fresh process; with
     `reuse_dir`, a variant measured before on the same inputs (measurement_key) is not again."""
     rows = []
+    # what every measurement here shares, hashed once for the runner rather than per variant
+    context = measurement_context(images_file, runner, profile, cfg) if reuse_dir else ""
     for name, directory in variant_dirs.items():
         record = read_record(directory)
         if not runs_on(record.runtime, profile):
@@ -47,8 +55,7 @@ def benchmark_variants(
             continue
         kept = None
         if reuse_dir is not None:
-            key = measurement_key(directory, images_file, runner, profile, cfg)
-            kept = reuse_dir / f"{key}.json"
+            kept = reuse_dir / f"{measurement_key(directory, context)}.json"
             if kept.exists():
                 rows.append(reused_row(kept, name))
                 continue

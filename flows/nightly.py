@@ -179,7 +179,7 @@ def nightly(
     run = MergedEngines(records, dirs, metrics, eval_dir / "metrics" / "predictions.npz")
 
     # benchmark on every runner; engines are built on the CUDA runner that will run them
-    bench, engines = _benchmark(params, run, data_dir, run_dir)
+    bench, engines = _benchmark(params, run, data_dir, run_dir, work)
     if engines:
         store = ArtifactStore(
             params.benchmark.store_uri, endpoint_url=params.benchmark.store_endpoint_url
@@ -337,7 +337,7 @@ def _import_hints(params: Params, baseline: BaselineSummary, data_dir: str) -> l
 
 
 def _benchmark(
-    params: Params, run: MergedEngines, data_dir: str, run_dir: Path
+    params: Params, run: MergedEngines, data_dir: str, run_dir: Path, work: Path
 ) -> tuple[list[BenchmarkRow], dict[str, BuiltEngine]]:
     """Benchmark the variants built here on every runner profile of params.benchmark."""
     from tasks.data import load_split
@@ -346,8 +346,7 @@ def _benchmark(
     profiles = {name: params.runners[name] for name in params.benchmark.runners}
     images = load_split(Path(data_dir), "test").x
     requests = engine_requests(params.variants, run.records)
-    # run_dir is <workdir>/runs/<id>: measurements are kept for every later run of the workdir
-    kept = run_dir.parent.parent / "benchmarks"
+    kept = work / "benchmarks"  # every later run of the workdir reuses them
     return benchmark_on_runners(params.benchmark, profiles, ok, images, run_dir, requests, kept)
 
 

@@ -220,13 +220,13 @@ def _r(value: float) -> float:
 LATENCY_IMAGES = 64  # batch-1 latency cycles over this many real test images
 
 
-def measurement_key(
-    variant_dir: Path, images_file: Path, runner: str, profile: RunnerProfile, cfg: BenchmarkConfig
+def measurement_context(
+    images_file: Path, runner: str, profile: RunnerProfile, cfg: BenchmarkConfig
 ) -> str:
-    """The content of everything a measurement depends on: the variant's files (its record
-    included), the images it is timed on, the runner profile, the timing settings, the host
-    (CPU model and flags, CPUs, kernel, Python), the runtime libraries' versions and the source
-    of the code that loads and times it. Any change re-measures."""
+    """The content of what every measurement on this runner depends on, apart from the variant:
+    the images it is timed on, the runner profile, the timing settings, the host (CPU model and
+    flags, CPUs, kernel, Python, runtime versions) and the source of the code that loads and
+    times it. measurement_key adds the variant's files."""
     import hashlib
     from importlib import import_module
 
@@ -234,11 +234,6 @@ def measurement_key(
     from tasks.plan import content_key
     from tasks.runtimes import RUNTIME_MODULES
 
-    files = {
-        str(path.relative_to(variant_dir)): sha256_file(path)
-        for path in sorted(Path(variant_dir).rglob("*"))
-        if path.is_file()
-    }
     count = max(LATENCY_IMAGES, cfg.throughput_batch)
     images = hashlib.sha256(_leading_images(images_file, count).tobytes()).hexdigest()
     timing = cfg.model_dump(exclude={"runners", "store_uri", "store_endpoint_url", "reuse"})
@@ -248,17 +243,25 @@ def measurement_key(
     }
     cpuinfo = _read("/proc/cpuinfo") or ""
     flags = next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "")
-    host = {
-        "cpu_model": _cpu_model(),
-        "flags": flags,
-        "logical_cpus": os.cpu_count(),
-        "affinity": sorted(os.sched_getaffinity(0)),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "libraries": _versions(),
-        "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+    # the threads are the profile's; the host's name does not change what it measures
+    facts = host_facts(threads=0, cpus=sorted(os.sched_getaffinity(0)))
+    host = {k: v for k, v in facts.items() if k not in ("hostname", "threads")}
+    host |= {"flags": flags, "kernel": platform.release()}
+    return content_key(images, runner, profile, timing, code, host)
+
+
+def measurement_key(variant_dir: Path, context: str) -> str:
+    """A measurement's key: the variant's files (its record included) on a runner's context.
+    Any change re-measures."""
+    from tasks.io import sha256_file
+    from tasks.plan import content_key
+
+    files = {
+        str(path.relative_to(variant_dir)): sha256_file(path)
+        for path in sorted(Path(variant_dir).rglob("*"))
+        if path.is_file()
     }
-    return content_key(files, images, runner, profile, timing, code, host)
+    return content_key(files, context)
 
 
 def reused_row(measured: Path, name: str) -> BenchmarkRow:
