@@ -48,7 +48,8 @@ def rewrite_hard_activations(onnx_file: Path) -> Rewrite:
             folded = _fold_sixth_into_consumers(graph, node.output[0])
             new_nodes += _hard_swish(node, constants, divide=not folded)
         elif node.op_type == "HardSigmoid":
-            new_nodes += _hard_sigmoid(node, constants)
+            folded = _fold_sixth_into_consumers(graph, node.output[0])
+            new_nodes += _hard_sigmoid(node, constants, divide=not folded)
         else:
             new_nodes.append(node)
             continue
@@ -218,35 +219,81 @@ def _hard_swish(node: object, const: _Constants, divide: bool) -> list:
     return [*nodes, helper.make_node("Mul", [x, gated], [y], name=f"{name}/mul")]
 
 
+# Ops through which a positive constant factor passes unchanged: f(y/6) = f(y)/6. Mul is bilinear
+# (its other input is untouched); the pools, Relu and the shape ops are positively homogeneous.
+_SCALE_PASSING = {
+    "Mul",
+    "GlobalAveragePool",
+    "AveragePool",
+    "GlobalMaxPool",
+    "MaxPool",
+    "Relu",
+    "Identity",
+    "Flatten",
+    "Reshape",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+}
+_SCALE_ABSORBING = {"Conv", "Gemm", "MatMul"}
+
+
 def _fold_sixth_into_consumers(graph: object, tensor: str) -> bool:
-    """Scale by 1/6 the weights of every Conv/Gemm reading `tensor`, if all its readers are such.
+    """Scale by 1/6 the weights of the Conv/Gemm/MatMul nodes `tensor` reaches, if it reaches
+    nothing else (on its way it may pass through the ops of _SCALE_PASSING).
 
     conv(W, y/6) = conv(W/6, y): the division costs a weight change instead of an int8 MUL over
-    the whole feature map. Only when each weight belongs to that one node and y is no graph output.
+    the whole feature map. In a squeeze-excitation block the activation reaches its convs through
+    the pool and the gating Mul (issue 10: 6 full-map MULs of the MobileNetV3-style net, and 6
+    on the gates). Only when each weight belongs to that one node, is reached once, and no tensor
+    on the way is a graph output.
     """
     from onnx import numpy_helper
 
-    readers = [n for n in graph.node if tensor in n.input]  # type: ignore[attr-defined]
+    nodes = list(graph.node)  # type: ignore[attr-defined]
     outputs = {o.name for o in graph.output}  # type: ignore[attr-defined]
     initializers = {i.name: i for i in graph.initializer}  # type: ignore[attr-defined]
-    weights = []
-    for reader in readers:
-        if reader.op_type not in ("Conv", "Gemm") or list(reader.input).index(tensor) != 0:
-            return False
-        weight = reader.input[1]
-        users = [n for n in graph.node if weight in n.input]  # type: ignore[attr-defined]
-        if weight not in initializers or len(users) != 1:
-            return False
-        weights.append(initializers[weight])
-    if not readers or tensor in outputs:
+    uses: dict[str, int] = {}
+    for node in nodes:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+
+    def absorbing_weights(name: str) -> list[str] | None:
+        readers = [n for n in nodes if name in n.input]
+        if not readers or name in outputs:
+            return None
+        found: list[str] = []
+        for reader in readers:
+            inputs = list(reader.input)
+            if inputs.count(name) != 1:
+                return None  # Mul(y, y) is y²/36: not one factor of 1/6
+            if reader.op_type in _SCALE_ABSORBING:
+                weight = inputs[1] if len(inputs) > 1 else ""
+                if inputs.index(name) != 0 or weight not in initializers or uses[weight] != 1:
+                    return None
+                found.append(weight)
+            elif reader.op_type in _SCALE_PASSING:
+                if reader.op_type != "Mul" and inputs.index(name) != 0:
+                    return None  # a shape input, not the data
+                further = absorbing_weights(reader.output[0])
+                if further is None:
+                    return None
+                found += further
+            else:
+                return None
+        return found
+
+    weights = absorbing_weights(tensor)
+    if not weights or len(set(weights)) != len(weights):
         return False
     for weight in weights:
-        scaled = numpy_helper.to_array(weight) / np.float32(6.0)
-        weight.CopyFrom(numpy_helper.from_array(scaled.astype(np.float32), weight.name))
+        scaled = numpy_helper.to_array(initializers[weight]) / np.float32(6.0)
+        initializers[weight].CopyFrom(numpy_helper.from_array(scaled.astype(np.float32), weight))
     return True
 
 
-def _hard_sigmoid(node: object, const: _Constants) -> list:
+def _hard_sigmoid(node: object, const: _Constants, divide: bool) -> list:
+    """relu6(6·alpha·x + 6·beta) / 6; without the /6 where the consumers' weights took it."""
     from onnx import helper
 
     attrs = {a.name: a.f for a in node.attribute}  # type: ignore[attr-defined]
@@ -256,10 +303,11 @@ def _hard_sigmoid(node: object, const: _Constants) -> list:
     if not np.isclose(alpha, 1.0 / 6.0):
         nodes.append(helper.make_node("Mul", [x, const(6.0 * alpha)], [f"{name}/scaled"]))
         x = f"{name}/scaled"
-    shifted, gated = f"{name}/shifted", f"{name}/relu6"
-    return [
-        *nodes,
+    shifted, gated = f"{name}/shifted", (f"{name}/relu6" if divide else y)
+    nodes += [
         helper.make_node("Add", [x, const(6.0 * beta)], [shifted], name=f"{name}/add"),
         helper.make_node("Clip", [shifted, const(0.0), const(6.0)], [gated], name=f"{name}/clip"),
-        helper.make_node("Mul", [gated, const(1.0 / 6.0)], [y], name=f"{name}/div6"),
     ]
+    if divide:
+        nodes.append(helper.make_node("Mul", [gated, const(1.0 / 6.0)], [y], name=f"{name}/div6"))
+    return nodes

@@ -171,6 +171,66 @@ def test_rewritten_activations_compute_the_same_function(tmp_path: Path) -> None
     assert (rewrite.hard_swish, rewrite.hard_sigmoid) == (13, 6)
     assert np.abs(after - before).max() < 1e-4 * max(1.0, float(np.abs(before).max()))
     assert rewrite_hard_activations(onnx_file).total == 0  # nothing left to rewrite
+    # every /6 went into a conv's or the classifier's weights, through the squeeze-excitation
+    # pools and gating Muls too: no int8 MUL by a constant is left over a feature map
+    assert _multiplications_by_a_sixth(onnx_file) == 0
+
+
+def _multiplications_by_a_sixth(onnx_file: Path) -> int:
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(onnx_file)).graph
+    sixths = {t.name for t in graph.initializer if np.allclose(numpy_helper.to_array(t), 1.0 / 6.0)}
+    return sum(1 for n in graph.node if n.op_type == "Mul" and set(n.input) & sixths)
+
+
+class _Activation(torch.nn.Module):
+    """hard-swish, then where it goes: the cases the /6 can and cannot be folded into."""
+
+    def __init__(self, reader: str) -> None:
+        super().__init__()
+        self.reader = reader
+        self.conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.act = torch.nn.Hardswish()
+        self.out = torch.nn.Conv2d(4, 4, 1)
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self.conv(x))
+        if self.reader == "pool-gemm":  # GlobalAveragePool → Flatten → Gemm: folds
+            return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(y, 1), 1))
+        if self.reader == "gate-conv":  # Mul by a gate of x, then a conv: folds
+            return self.out(y * torch.sigmoid(x))
+        if self.reader == "residual":  # Add with x: the /6 stays
+            return self.out(y + x)
+        return self.out(y * y)  # y² is y²/36 after the fold: the /6 stays
+
+
+@pytest.mark.parametrize(
+    ("reader", "folded"),
+    [("pool-gemm", True), ("gate-conv", True), ("residual", False), ("square", False)],
+)
+def test_a_sixth_folds_only_where_the_readers_are_linear(
+    tmp_path: Path, reader: str, folded: bool
+) -> None:
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    model = _Activation(reader).eval()
+    x = torch.randn(2, 4, 8, 8) * 3
+    onnx_file = tmp_path / "m.onnx"
+    torch.onnx.export(
+        model, (x[:1],), str(onnx_file), input_names=["x"], dynamo=False,
+        dynamic_axes={"x": {0: "batch"}},
+    )  # fmt: skip
+    rewrite = rewrite_hard_activations(onnx_file)
+    after = ort.InferenceSession(str(onnx_file)).run(None, {"x": x.numpy()})[0]
+    with torch.no_grad():
+        expected = model(x).numpy()
+    assert rewrite.hard_swish == 1
+    assert np.abs(after - expected).max() < 1e-5 * max(1.0, float(np.abs(expected).max()))
+    assert _multiplications_by_a_sixth(onnx_file) == (0 if folded else 1)
 
 
 @pytest.mark.parametrize("fold", [True, False], ids=["simplified-here", "raw-graph"])
