@@ -95,9 +95,12 @@ def approve_and_publish(
     origin: Origin,
     version: str | None,
     publish_unchanged: bool,
+    each_held: bool = False,
 ) -> RunOutcome:
     """Ask for approval (every decision, and every refused submission, is recorded in the
-    registry beside the versions), then publish what was approved."""
+    registry beside the versions), then publish what was approved; nothing when the last
+    version holds the approved files already (all of them and no others, or with each_held,
+    each of them among others: see unchanged_since)."""
     logger = get_run_logger()
     model, passing, run = params.registry.model_name, candidates.passing, run_link()
 
@@ -135,7 +138,11 @@ def approve_and_publish(
         )
         return RunOutcome(status="nothing-approved", approval=decision, decision_uri=uri)
     dirs = {name: Path(candidates.dirs[name]) for name in approved}
-    same_as = None if publish_unchanged else unchanged_since(origin.previous, origin.inputs, dirs)
+    same_as = (
+        None
+        if publish_unchanged
+        else unchanged_since(origin.previous, origin.inputs, dirs, each_held=each_held)
+    )
     if same_as is not None:
         reason = f"the approved files and inputs equal version {same_as}'s"
         uri = record("unchanged", decision.because(reason))

@@ -452,7 +452,14 @@ def _offer(
     )
     review = ReviewForm(text, titles, form[0], form[1])
     outcome = approve_and_publish(
-        params, registry, candidates, review, origin, version, publish_unchanged=False
+        params,
+        registry,
+        candidates,
+        review,
+        origin,
+        version,
+        publish_unchanged=False,
+        each_held=True,
     )
     tag_run(outcome.status)
     return outcome, rejected

@@ -130,28 +130,41 @@ def _pretrained_lineage(cfg: BaselineConfig, root: Path) -> dict[str, Any]:
 
 
 def unchanged_since(
-    previous: dict[str, Any] | None, inputs: dict[str, Any], variant_dirs: dict[str, Path]
+    previous: dict[str, Any] | None,
+    inputs: dict[str, Any],
+    variant_dirs: dict[str, Path],
+    each_held: bool = False,
 ) -> str | None:
     """The version of `previous` (the last published manifest) if it came from the same input
     hashes and holds exactly these variants with byte-identical files; else None.
+
+    With each_held, `previous` may hold more, and under other names: each of these variants'
+    files equal to one of its variants' is enough. A search offers its pick alone; when the pick
+    is a variant the nightly already published (the hand-written int8 was the fastest), a new
+    version would hold nothing new.
 
     Input hashes count because a variant's files can stay identical while the data it was
     measured on changed (new test labels: other accuracies). Metrics and approvals are left
     out: latencies are measured afresh every night and differ run to run.
     """
-    if previous is None or set(previous.get("variants", {})) != set(variant_dirs):
+    if previous is None:
+        return None
+    held = previous.get("variants", {})
+    if not each_held and set(held) != set(variant_dirs):
         return None
     if _input_hashes(previous.get("lineage", {}).get("inputs", {})) != _input_hashes(inputs):
         return None
     from tasks.variant import published_files
 
+    def files(listing: dict[str, Any]) -> dict[str, tuple[str, int]]:
+        return {rel: (m["sha256"], m["size_bytes"]) for rel, m in listing.items()}
+
     for name, directory in variant_dirs.items():
-        published = previous["variants"][name].get("files", {})
-        listed = {rel: (m["sha256"], m["size_bytes"]) for rel, m in published.items()}
-        local = {
-            rel: (m["sha256"], m["size_bytes"]) for rel, m in published_files(directory).items()
-        }
-        if listed != local:
+        local = files(published_files(directory))
+        if each_held:
+            if not any(files(v.get("files", {})) == local for v in held.values()):
+                return None
+        elif files(held[name].get("files", {})) != local:
             return None
     return str(previous["version"])
 

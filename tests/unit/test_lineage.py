@@ -116,6 +116,35 @@ def test_unchanged_needs_the_same_variants_files_and_input_hashes(tmp_path: Path
     assert unchanged_since(previous, inputs, {"pruned": variant}) is None
 
 
+def test_a_variant_held_among_others_is_unchanged_only_when_asked(tmp_path: Path) -> None:
+    """A search's pick alone: already published if the last version holds its files under any
+    name; the nightly's set must equal the version's."""
+    pick, other = tmp_path / "trial_4", tmp_path / "tflite_int8"
+    for directory, payload in ((pick, b"int8"), (other, b"int8")):
+        directory.mkdir()
+        (directory / "model.tflite").write_bytes(payload)
+        (directory / "variant.json").write_text("{}")
+    inputs = {"data_sha256": "d" * 64, "model_sha256": "m" * 64}
+    previous = {
+        "version": "7",
+        "lineage": {"inputs": inputs},
+        "variants": {
+            "baseline": {"files": {"model.onnx": {"sha256": "0" * 64, "size_bytes": 4}}},
+            "tflite_int8": {"files": file_checksums(other)},
+        },
+    }
+
+    assert unchanged_since(previous, inputs, {"trial_4": pick}) is None
+    assert unchanged_since(previous, inputs, {"trial_4": pick}, each_held=True) == "7"
+    (pick / "model.tflite").write_bytes(b"int9")
+    assert unchanged_since(previous, inputs, {"trial_4": pick}, each_held=True) is None
+    (pick / "model.tflite").write_bytes(b"int8")
+    assert (
+        unchanged_since(previous, inputs | {"data_sha256": "e" * 64}, {"p": pick}, each_held=True)
+        is None
+    )
+
+
 def test_a_factory_baseline_records_its_module_source(tmp_path: Path) -> None:
     """baseline.json names the code every later stage rebuilds the model from, so a changed
     module changes the baseline's output (what `dvc repro` compares), not only new weights."""
