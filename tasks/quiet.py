@@ -43,11 +43,27 @@ def held_back() -> Iterator[None]:
     other tasks' log lines too.
     """
     buffer = _Buffer()
-    with _this_thread_to(buffer), _fds_to(buffer, alone=threading.active_count() == 1):
+    alone = threading.active_count() == 1
+    with _prints_not_logged(), _this_thread_to(buffer), _fds_to(buffer, alone=alone):
         yield
     for line in buffer.text().splitlines():
         if line.strip():
             LOGGER.debug(line)
+
+
+@contextlib.contextmanager
+def _prints_not_logged() -> Iterator[None]:
+    """Inside a Prefect run with log_prints, print() goes to the run's logger before sys.stdout
+    sees it: onnx2tf's blank lines showed as empty INFO lines of every int8 task. This context
+    (the task's or flow's, a copy with log_prints off) sends them to sys.stdout, held back."""
+    context = sys.modules.get("prefect.context")  # no Prefect loaded: no run to log to
+    with contextlib.ExitStack() as stack:
+        if context is not None:
+            for kind in (context.FlowRunContext, context.TaskRunContext):
+                run = kind.get()
+                if run is not None and run.log_prints:
+                    stack.enter_context(run.model_copy(update={"log_prints": False}))
+        yield
 
 
 class _Buffer:
