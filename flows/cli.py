@@ -355,6 +355,21 @@ def search_main(argv: list[str] | None = None) -> None:
     parser = _run_parser("modelpress search", search.description)
     parser.add_argument("--trials", type=int, help="budget: trials in the study (search.budget)")
     parser.add_argument("--seconds", type=float, help="budget: wall seconds of this run")
+    parser.add_argument(
+        "--constraint",
+        action="append",
+        default=[],
+        metavar="GATE=VALUE",
+        help="a goal of this run, e.g. max_accuracy_drop=0.5 (search.constraints; repeatable)",
+    )
+    parser.add_argument(
+        "--chain",
+        action="append",
+        default=[],
+        metavar="A+B",
+        help="a chain of techniques to try, e.g. pruned+tflite_int8 (replaces search.chains; "
+        "repeatable, cheapest first)",
+    )
     args = parser.parse_args(argv)
     if args.verbose:
         from tasks.quiet import show_converter_output
@@ -362,7 +377,12 @@ def search_main(argv: list[str] | None = None) -> None:
         show_converter_output()
     say_user_errors_once()
     budget = {k: v for k, v in (("trials", args.trials), ("seconds", args.seconds)) if v}
-    overrides = {"search": {"budget": budget}} if budget else None
+    section: dict[str, Any] = {"budget": budget} if budget else {}
+    if args.constraint:
+        section["constraints"] = _constraints(args.constraint, parser)
+    if args.chain:
+        section["chains"] = [chain.split("+") for chain in args.chain]
+    overrides = {"search": section} if section else None
     status: list[str] = []
 
     def run() -> None:
@@ -391,6 +411,19 @@ def search_main(argv: list[str] | None = None) -> None:
     if status == ["infeasible"]:
         print("search: no trial met the gates (see the report above)", file=sys.stderr)
         sys.exit(EXIT_INFEASIBLE)
+
+
+def _constraints(pairs: list[str], parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """--constraint GATE=VALUE pairs as search.constraints (values read as YAML: 0.5, true)."""
+    import yaml
+
+    constraints: dict[str, Any] = {}
+    for pair in pairs:
+        gate, sep, value = pair.partition("=")
+        if not sep or not gate or not value:
+            parser.error(f"--constraint {pair!r}: expected GATE=VALUE, e.g. max_accuracy_drop=0.5")
+        constraints[gate.strip()] = yaml.safe_load(value)
+    return constraints
 
 
 def _runner_overrides(args: argparse.Namespace) -> dict[str, Any] | None:

@@ -692,7 +692,7 @@ def load_params(path: Path | str, overrides: dict[str, Any] | None = None) -> Pa
         raise ConfigError(_yaml_error(path, exc)) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    merged = _deep_merge(raw, overrides or {})
+    merged = _narrowed_to_chains(_deep_merge(raw, overrides or {}), overrides or {})
     try:
         return _validate(merged)
     except ValidationError as exc:
@@ -780,6 +780,28 @@ def _has_path(tree: dict[str, Any], location: list[str]) -> bool:
             return False
         node = node[part]
     return bool(location)
+
+
+def _narrowed_to_chains(merged: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Chains given as an override (`modelpress search --chain`) leave out the file's knobs of
+    the techniques in none of them: they cannot apply, and the file is not wrong. A knob the
+    file names for a technique in no chain of its own stays an error."""
+    chains = (overrides.get("search") or {}).get("chains")
+    search = merged.get("search")
+    if not isinstance(chains, list) or not isinstance(search, dict):
+        return merged
+    named = {step for chain in chains if isinstance(chain, list) for step in chain}
+    narrowed = dict(search)
+    for section in ("space", "fixed"):
+        knobs = search.get(section)
+        if isinstance(knobs, dict):
+            narrowed[section] = {
+                path: knob
+                for path, knob in knobs.items()
+                if str(path).partition(".")[0] in named
+                or path in ((overrides["search"].get(section)) or {})
+            }
+    return merged | {"search": narrowed}
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -135,20 +135,28 @@ def test_a_resumed_search_rebuilds_nothing(searched: dict[str, Any]) -> None:
     assert resumed.outcome is not None and resumed.outcome.status in ("unchanged", "published")
 
 
+@pytest.mark.parametrize("pair", ["min_speedup", "=3", "min_speedup="])
+def test_a_malformed_constraint_is_one_line_and_exit_2(
+    pair: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flows.cli import search_main
+
+    with pytest.raises(SystemExit) as stopped:
+        search_main(["--constraint", pair])
+    assert stopped.value.code == 2
+    assert f"--constraint {pair!r}: expected GATE=VALUE" in capsys.readouterr().err
+
+
 def test_an_unreachable_goal_ends_with_the_report_and_exit_3(
     searched: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
     from flows.cli import EXIT_INFEASIBLE, search_main
 
-    # beside the first params file: the same folder keeps the data and baseline caches
-    raw = yaml.safe_load(searched["params"].read_text())
-    raw["search"]["constraints"] = {"max_accuracy_drop": 0.0, "min_speedup": 10.0}
-    params = searched["tmp"] / "impossible.yaml"
-    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    # the goal given on the command line: the params file (and its caches) stay the same
+    where = ["--params", str(searched["params"]), "--workdir", str(searched["workdir"])]
+    goal = ["--constraint", "max_accuracy_drop=0.0", "--constraint", "min_speedup=10"]
     with pytest.raises(SystemExit) as stopped:
-        search_main(
-            ["--params", str(params), "--workdir", str(searched["workdir"]), "--trials", "2"]
-        )
+        search_main([*where, "--trials", "2", "--chain", "pruned", *goal])
     assert stopped.value.code == EXIT_INFEASIBLE
     out, err = capsys.readouterr()
     assert "search: no trial met the gates" in err

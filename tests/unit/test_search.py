@@ -37,6 +37,23 @@ def params_file(tmp_path: Path) -> Path:
     return path
 
 
+def test_chains_given_as_an_override_leave_out_the_other_techniques_knobs(
+    params_file: Path,
+) -> None:
+    """`modelpress search --chain tflite_int8` on a file that also searches pruning."""
+    only_int8 = load_params(params_file, {"search": {"chains": [["tflite_int8"]]}}).search
+    assert only_int8 is not None
+    assert only_int8.chains == [["tflite_int8"]]
+    assert set(only_int8.space) == {"tflite_int8.calibration_samples"}
+    assert only_int8.fixed == {}
+    # a knob the override itself names for a technique in no chain is still refused
+    with pytest.raises(ConfigError, match=r"technique 'pruned' is in no search\.chains entry"):
+        load_params(
+            params_file,
+            {"search": {"chains": [["tflite_int8"]], "fixed": {"pruned.round_to": 8}}},
+        )
+
+
 @pytest.mark.parametrize(
     ("search", "expected"),
     [
