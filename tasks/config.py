@@ -612,7 +612,13 @@ def _check_chain(where: str, chain: list[str], table: dict[str, Technique]) -> N
                 f"{where}: unknown technique {name!r}; expected one of {', '.join(table)}"
             )
         if step and table[name].starts_from == "torch":
-            raise ValueError(f"{where}: {name!r} starts from the baseline; put it first")
+            if not table[chain[step - 1]].produces_torch:  # pruned → qat_int8 is a chain
+                torch_ones = ", ".join(sorted(t.name for t in table.values() if t.produces_torch))
+                raise ValueError(
+                    f"{where}: {name!r} starts from a torch model and {chain[step - 1]!r} has "
+                    f"none; put it first or after one of: {torch_ones}"
+                )
+            continue
         if step and not table[chain[step - 1]].produces_onnx:
             raise ValueError(f"{where}: {chain[step - 1]!r} does not produce ONNX for {name!r}")
 

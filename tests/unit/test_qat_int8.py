@@ -152,3 +152,48 @@ def test_a_model_fx_cannot_trace_is_one_line_reason(tiny_workspace: Path) -> Non
     with pytest.raises(VariantError, match=r"q: QAT preparation cannot trace _DataDependent") as e:
         prepare_qat(_DataDependent(), preprocess, "q")
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.slow  # a pruning fine-tune, a QAT fine-tune and one conversion: ~60 s on 2 cores
+def test_quantization_aware_training_of_a_pruned_variant(
+    tiny_workspace: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Starts from the pruned model, not the baseline: its widths, MACs and lineage."""
+    from tasks.techniques.pruned import PrunedConfig
+
+    data = tiny_workspace / "data"
+    variants = tmp_path_factory.mktemp("qat-of-pruned")
+    shutil.copytree(tiny_workspace / "variants" / "baseline", variants / "baseline")
+
+    def context(name: str, source: str) -> BuildContext:
+        return BuildContext(
+            name,
+            0,
+            variants / source,
+            variants / name,
+            data_dir=data,
+            baseline_dir=tiny_workspace / "models" / "baseline",
+        )
+
+    pruned = technique_named("pruned").build(
+        context("pruned", "baseline"),
+        PrunedConfig(technique="pruned", source="baseline", ratio=0.5, finetune_epochs=1),
+    )
+    config = QatInt8Config(
+        technique="qat_int8",
+        source="pruned",
+        epochs=1,
+        freeze_bn_after=1,
+        freeze_observers_after=1,
+        calibration_samples=64,
+    )
+    record = technique_named("qat_int8").build(context("qat_int8", "pruned"), config)
+    baseline = read_json(variants / "baseline" / "variant.json")
+
+    assert record.status == "ok" and record.source == "pruned"
+    assert record.parent_sha256 == pruned.model_sha256 != baseline["model_sha256"]
+    assert record.macs == pruned.macs and record.params == pruned.params
+    assert pruned.params is not None and pruned.params < baseline["params"]
+    evaluation = evaluate(variants, ["pruned", "qat_int8"], load_split(data, "test"))
+    assert evaluation.metrics["qat_int8"].accuracy is not None
+    assert evaluation.metrics["qat_int8"].accuracy >= 0.5  # ten classes: it learned, it runs

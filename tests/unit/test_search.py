@@ -37,6 +37,19 @@ def params_file(tmp_path: Path) -> Path:
     return path
 
 
+def test_quantization_aware_training_after_pruning_is_a_chain(params_file: Path) -> None:
+    """The escalation past post-training int8 for a pruned model: qat_int8 from the pruned step."""
+    chains = [["tflite_int8"], ["pruned", "tflite_int8"], ["pruned", "qat_int8"]]
+    search = load_params(params_file, {"search": {"chains": chains}}).search
+    assert search is not None
+    planned = plan_variants(
+        ["pruned", "qat_int8"], {"pruned.ratio": 0.3}, search, technique_table()
+    )
+    (pruned, pruned_cfg), (qat, qat_cfg) = planned.items()
+    assert pruned_cfg.source == "baseline" and qat_cfg.source == pruned
+    assert qat.startswith("pruned_qat_int8_")
+
+
 def test_chains_given_as_an_override_leave_out_the_other_techniques_knobs(
     params_file: Path,
 ) -> None:
@@ -81,7 +94,8 @@ def test_chains_given_as_an_override_leave_out_the_other_techniques_knobs(
         ),
         (
             {"chains": [["tflite_int8", "pruned"]]},
-            "search.chains.0: 'pruned' starts from the baseline",
+            "search.chains.0: 'pruned' starts from a torch model and 'tflite_int8' has none; "
+            "put it first or after one of: ",
         ),
         ({"chains": [["int4"]]}, "search.chains.0: unknown technique 'int4'"),
         ({"constraints": {"max_drop": 1.0}}, "search.constraints.max_drop: unknown key"),
