@@ -19,7 +19,11 @@ from tasks.plan import content_key, in_dependency_order
 from tasks.techniques import technique_of
 from tasks.variant import VariantRecord
 
-CACHED = INPUTS + TASK_SOURCE  # the expensive tasks: keyed by their inputs and their code
+# The expensive tasks: keyed by their inputs and their code. Not by `root`, the params file's
+# folder: it only resolves relative paths, and what they name is in the keys by content (the data
+# and weights' sha256); the same params in another folder would fine-tune the baseline again.
+CACHED_INPUTS = INPUTS - "root"
+CACHED = CACHED_INPUTS + TASK_SOURCE
 
 CachedTask = TypeVar("CachedTask", bound=Task)
 
