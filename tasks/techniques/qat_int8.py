@@ -27,7 +27,7 @@ import copy
 import tempfile
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -74,12 +74,48 @@ def build(context: BuildContext, config: QatInt8Config) -> VariantRecord:
     a time, so there the build runs in place.
     """
     import multiprocessing
+    import queue
     from concurrent.futures import ProcessPoolExecutor
 
     if multiprocessing.current_process().daemon:
         return _build_here(context, config)
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
-        return child.submit(_build_here, context, config).result()
+    spawn = multiprocessing.get_context("spawn")
+    lines = spawn.Queue()
+    with ProcessPoolExecutor(
+        1, mp_context=spawn, initializer=_print_to, initargs=(lines,)
+    ) as child:
+        future = child.submit(_build_here, context, config)
+        # the child's progress lines, printed here: in the task's thread they reach its log
+        while True:
+            try:
+                print(lines.get(timeout=0.5))
+            except queue.Empty:
+                if future.done():
+                    break
+        return future.result()
+
+
+class _QueueWriter:
+    """A child's sys.stdout: each whole line goes to the parent through `lines`."""
+
+    def __init__(self, lines: Any) -> None:
+        self.lines, self.partial = lines, ""
+
+    def write(self, text: str) -> int:
+        *whole, self.partial = (self.partial + text).split("\n")
+        for line in whole:
+            if line.strip():
+                self.lines.put(line)
+        return len(text)
+
+    def flush(self) -> None:
+        return None
+
+
+def _print_to(lines: Any) -> None:
+    import sys
+
+    sys.stdout = _QueueWriter(lines)
 
 
 def _build_here(context: BuildContext, config: QatInt8Config) -> VariantRecord:
@@ -157,9 +193,14 @@ def prepare_qat(model: nn.Module, preprocess: Preprocess, name: str) -> torch.fx
         with warnings.catch_warnings():
             # torch.ao.quantization warns it is deprecated; in 2.13 it is the QAT that ships
             warnings.simplefilter("ignore", DeprecationWarning)
+            # Traced in eval mode, trained after: FX evaluates `if self.training` once, at trace
+            # time. Traced in train mode, EfficientNet's drop-connect (stochastic depth) stayed
+            # in the graph for good: the "eval" network dropped random blocks and its export
+            # differed from itself by 5.4 logits. Dropout and batch-norm modules still follow
+            # train()/eval() (they are layers in the graph, not branches).
             prepared = prepare_qat_fx(
-                model.train(), QConfigMapping().set_global(litert_qconfig()), example
-            )
+                model.eval(), QConfigMapping().set_global(litert_qconfig()), example
+            ).train()
     except Exception as exc:  # FX tracing fails with many types (control flow, proxies, ...)
         raise VariantError(
             f"{name}: QAT preparation cannot trace {type(model).__name__} with torch.fx "

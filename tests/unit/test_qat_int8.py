@@ -136,6 +136,38 @@ def test_folded_float_network_matches_the_fake_quantized_one_in_function(
     assert agreement >= 0.95, agreement
 
 
+class _StochasticDepth(nn.Module):
+    """EfficientNet's drop-connect: a random branch taken on `self.training`, not a layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+        self.fc = nn.Linear(3, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn(self.conv(x))
+        if self.training:
+            y = y * (torch.rand(y.shape[0], 1, 1, 1) > 0.5) / 0.5
+        return self.fc((x + y).mean((2, 3)))
+
+
+def test_a_branch_on_training_is_not_baked_into_the_folded_network() -> None:
+    """Traced in train mode, the folded "eval" network kept dropping random blocks."""
+    from tasks.data import Preprocess
+
+    preprocess = Preprocess(image_size=8, channels=3, num_classes=10, mean=[0.0] * 3, std=[1.0] * 3)
+    prepared = prepare_qat(_StochasticDepth(), preprocess, "q")
+    assert prepared.training  # ready for the fine-tune
+    with torch.no_grad():
+        prepared(torch.randn(16, 3, 8, 8))  # observers see data
+    folded = to_float(prepared)
+    x = torch.randn(8, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(folded(x), folded(x))
+    assert "rand" not in folded.code
+
+
 class _DataDependent(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -156,9 +188,12 @@ def test_a_model_fx_cannot_trace_is_one_line_reason(tiny_workspace: Path) -> Non
 
 @pytest.mark.slow  # a pruning fine-tune, a QAT fine-tune and one conversion: ~60 s on 2 cores
 def test_quantization_aware_training_of_a_pruned_variant(
-    tiny_workspace: Path, tmp_path_factory: pytest.TempPathFactory
+    tiny_workspace: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """Starts from the pruned model, not the baseline: its widths, MACs and lineage."""
+    """Starts from the pruned model, not the baseline: its widths, MACs and lineage; the
+    fine-tuning's progress, printed in the build's child process, reaches this one."""
     from tasks.techniques.pruned import PrunedConfig
 
     data = tiny_workspace / "data"
@@ -187,8 +222,10 @@ def test_quantization_aware_training_of_a_pruned_variant(
         freeze_observers_after=1,
         calibration_samples=64,
     )
+    capsys.readouterr()
     record = technique_named("qat_int8").build(context("qat_int8", "pruned"), config)
     baseline = read_json(variants / "baseline" / "variant.json")
+    assert "qat_int8: epoch 1/1 loss " in capsys.readouterr().out
 
     assert record.status == "ok" and record.source == "pruned"
     assert record.parent_sha256 == pruned.model_sha256 != baseline["model_sha256"]
