@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from tasks.config import Params, VariantConfig, load_params
-from tasks.errors import ConfigError, VariantError
+from tasks.errors import ConfigError, ModelError, VariantError
 from tasks.io import atomic_dir
 from tasks.quiet import show_converter_output
 from tasks.techniques import BuildContext, technique_of
@@ -58,6 +58,10 @@ def build_variant(
         return technique.build(context, cfg)
     except VariantError as exc:
         return _record_failure(name, cfg.technique, cfg.source, str(exc), out_dir)
+    except ModelError as exc:
+        # the variant's own model failed a check (its export differs from its torch model, say):
+        # that variant fails, the night goes on with the others
+        return _record_failure(name, cfg.technique, cfg.source, f"{name}: {exc}", out_dir)
 
 
 def _record_failure(
