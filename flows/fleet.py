@@ -85,16 +85,20 @@ def _in_subprocess(name: str, parameters: dict[str, Any]) -> ModelOutcome:
 def _create_flow_run(client: Any, flow: Any, parameters: dict[str, Any], parent: Any) -> Any:
     """The child's flow run. Two first runs of a flow created at once race to register the
     flow, and the loser got 409 Conflict from the server (seen on a fresh server in CI): the
-    flow is registered once before the models start (_register), and a conflict is tried again."""
+    flow is registered once before the models start (_register), and a conflict is tried again,
+    after a jittered wait: three tries 0.5 s and 1 s apart still lost on a loaded CI machine."""
+    import random
+
     from prefect.exceptions import PrefectHTTPStatusError
 
-    for attempt in range(3):
+    attempts = 6
+    for attempt in range(attempts):
         try:
             return client.create_flow_run(flow, parameters=parameters, parent_task_run_id=parent)
         except PrefectHTTPStatusError as exc:
-            if exc.response.status_code != 409 or attempt == 2:
+            if exc.response.status_code != 409 or attempt == attempts - 1:
                 raise
-            time.sleep(0.5 * (attempt + 1))
+            time.sleep(0.5 * (attempt + 1) + random.uniform(0.0, 0.5))
     raise AssertionError("unreachable")
 
 
