@@ -123,10 +123,6 @@ def _build_here(context: BuildContext, config: QatInt8Config) -> VariantRecord:
     # pruning lost 1.7-3.7 points post-training on EfficientNet-Lite0, where the baseline's lost
     # 0.15: QAT of the pruned model is the search's escalation for it)
     source = context.source_record()
-    if source.technique == "baseline" and context.teacher() is None:
-        raise VariantError(
-            f"{context.name}: quantization-aware training needs the baseline torch model"
-        )
     model = context.editable_source_model("quantization-aware training")
     return qat_quantize(
         context.name,

@@ -26,6 +26,29 @@ from tasks.train import load_baseline, predict
 MARGIN = 0.02
 
 
+def _qat_config(source: str, epochs: int) -> QatInt8Config:
+    """A short QAT: batch norm and observers frozen after the first epoch, 64 calibration images."""
+    return QatInt8Config(
+        technique="qat_int8",
+        source=source,
+        epochs=epochs,
+        freeze_bn_after=1,
+        freeze_observers_after=1,
+        calibration_samples=64,
+    )
+
+
+def _context(workspace: Path, variants: Path, name: str, source: str) -> BuildContext:
+    return BuildContext(
+        name,
+        0,
+        variants / source,
+        variants / name,
+        data_dir=workspace / "data",
+        baseline_dir=workspace / "models" / "baseline",
+    )
+
+
 @pytest.fixture(scope="module")
 def built(
     tiny_workspace: Path, tmp_path_factory: pytest.TempPathFactory
@@ -43,22 +66,8 @@ def built(
         preprocess,
         variants / "tflite_int8",
     )
-    config = QatInt8Config(
-        technique="qat_int8",
-        source="baseline",
-        epochs=2,
-        freeze_bn_after=1,
-        freeze_observers_after=1,
-        calibration_samples=64,
-    )
-    context = BuildContext(
-        "qat_int8",
-        0,
-        variants / "baseline",
-        variants / "qat_int8",
-        data_dir=data,
-        baseline_dir=tiny_workspace / "models" / "baseline",
-    )
+    config = _qat_config("baseline", epochs=2)
+    context = _context(tiny_workspace, variants, "qat_int8", "baseline")
     # as in the nightly: another variant runs torch in this process while QAT traces its model
     # (torch.fx patches nn.Module.__call__ process-wide while it traces)
     builder = threading.Thread(target=technique_named("qat_int8").build, args=(context, config))
@@ -200,30 +209,15 @@ def test_quantization_aware_training_of_a_pruned_variant(
     variants = tmp_path_factory.mktemp("qat-of-pruned")
     shutil.copytree(tiny_workspace / "variants" / "baseline", variants / "baseline")
 
-    def context(name: str, source: str) -> BuildContext:
-        return BuildContext(
-            name,
-            0,
-            variants / source,
-            variants / name,
-            data_dir=data,
-            baseline_dir=tiny_workspace / "models" / "baseline",
-        )
-
     pruned = technique_named("pruned").build(
-        context("pruned", "baseline"),
+        _context(tiny_workspace, variants, "pruned", "baseline"),
         PrunedConfig(technique="pruned", source="baseline", ratio=0.5, finetune_epochs=1),
     )
-    config = QatInt8Config(
-        technique="qat_int8",
-        source="pruned",
-        epochs=1,
-        freeze_bn_after=1,
-        freeze_observers_after=1,
-        calibration_samples=64,
-    )
+    config = _qat_config("pruned", epochs=1)
     capsys.readouterr()
-    record = technique_named("qat_int8").build(context("qat_int8", "pruned"), config)
+    record = technique_named("qat_int8").build(
+        _context(tiny_workspace, variants, "qat_int8", "pruned"), config
+    )
     baseline = read_json(variants / "baseline" / "variant.json")
     assert "qat_int8: epoch 1/1 loss " in capsys.readouterr().out
 
