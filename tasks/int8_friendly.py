@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -77,10 +78,7 @@ def _recognise_written_out(graph: object) -> int:
     nodes = list(graph.node)  # type: ignore[attr-defined]
     scalars = _scalar_values(graph)
     producer = {out: n for n in nodes for out in n.output}
-    readers: dict[str, int] = {}
-    for n in nodes:
-        for name in n.input:
-            readers[name] = readers.get(name, 0) + 1
+    readers = _use_counts(nodes)
     outputs = {o.name for o in graph.output}  # type: ignore[attr-defined]
 
     def private(name: str) -> bool:  # read by one node only, and no graph output
@@ -253,10 +251,7 @@ def _fold_sixth_into_consumers(graph: object, tensor: str) -> bool:
     nodes = list(graph.node)  # type: ignore[attr-defined]
     outputs = {o.name for o in graph.output}  # type: ignore[attr-defined]
     initializers = {i.name: i for i in graph.initializer}  # type: ignore[attr-defined]
-    uses: dict[str, int] = {}
-    for node in nodes:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
+    uses = _use_counts(nodes)
 
     def absorbing_weights(name: str) -> list[str] | None:
         readers = [n for n in nodes if name in n.input]
@@ -311,3 +306,12 @@ def _hard_sigmoid(node: object, const: _Constants, divide: bool) -> list:
     if divide:
         nodes.append(helper.make_node("Mul", [gated, const(1.0 / 6.0)], [y], name=f"{name}/div6"))
     return nodes
+
+
+def _use_counts(nodes: list[Any]) -> dict[str, int]:
+    """How many node inputs read each tensor (a tensor read twice by one node counts twice)."""
+    counts: dict[str, int] = {}
+    for node in nodes:
+        for name in node.input:
+            counts[name] = counts.get(name, 0) + 1
+    return counts
