@@ -122,6 +122,8 @@ def search_text(result: SearchResult) -> str:
         f"  trials:  {len(result.trials)} in study {result.study} ({result.ran} this run; "
         f"built {len(result.built)}, cached {len(result.cached)})"
     )
+    if result.stopped:
+        lines.append(f"  stopped: {result.stopped}")
     if result.outcome is not None:
         lines.append(f"  review:  {result.outcome.status}")
         if result.outcome.manifest_uri:

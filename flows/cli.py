@@ -353,7 +353,11 @@ def search_main(argv: list[str] | None = None) -> None:
     from flows.search import search  # imports Prefect: only when asked
 
     parser = _run_parser("modelpress search", search.description)
-    parser.add_argument("--trials", type=int, help="budget: trials in the study (search.budget)")
+    parser.add_argument(
+        "--trials",
+        type=int,
+        help="budget: distinct trials in the study (search.budget; repeats are free)",
+    )
     parser.add_argument("--seconds", type=float, help="budget: wall seconds of this run")
     parser.add_argument(
         "--constraint",

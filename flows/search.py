@@ -28,7 +28,14 @@ from flows.review import artifact_key, review_task, tag_run
 from flows.variants import build_variants
 from tasks import publish as publishing
 from tasks.benchmark import BenchmarkRow
-from tasks.config import GatesConfig, Params, RegistryConfig, VariantGates, load_params
+from tasks.config import (
+    GatesConfig,
+    Params,
+    RegistryConfig,
+    SearchConfig,
+    VariantGates,
+    load_params,
+)
 from tasks.decision import RunOutcome
 from tasks.errors import ModelPressError
 from tasks.evaluate import VariantMetrics
@@ -41,6 +48,7 @@ from tasks.search import (
     best_attempt,
     best_feasible,
     chain_label,
+    distinct_trials,
     finished_trials,
     known_good,
     open_study,
@@ -49,6 +57,7 @@ from tasks.search import (
     pareto_trials,
     plan_variants,
     report_markdown,
+    space_size,
     storage_url,
     study_key,
     study_values,
@@ -58,6 +67,9 @@ from tasks.techniques import technique_table
 from tasks.validate import SuiteResult
 
 SearchStatus = Literal["found", "infeasible"]
+# a sampler that proposes only measured configurations this many times in a row has nothing new
+# to offer (a small discrete space it will not leave): the search ends
+MAX_REPEATS = 30
 
 
 @dataclass(frozen=True)
@@ -70,9 +82,10 @@ class SearchResult:
     pick: TrialOutcome | None  # the best feasible trial, or (infeasible) the best attempt
     built: list[str]  # variants this run built
     cached: list[str]  # variants this run found in the cache
-    ran: int  # trials this run measured
+    ran: int  # trials this run finished (repeats answered from the study included)
     report: str  # the report's markdown file
     message: str
+    stopped: str = ""  # why the search ended: its budget, its space measured whole, ...
     outcome: RunOutcome | None = None  # the pick's review: published, nothing-approved, ...
     rejected: dict[str, str] = field(default_factory=dict)  # the pick, if the re-measure failed it
 
@@ -125,9 +138,10 @@ def search(
     logger.info("search study %s in %s: %d trial(s) so far", name, storage, finished_trials(study))
 
     trials = _Trials(params, prepared, gates, runner, run_dir, work)
-    started, ran = time.monotonic(), 0
-    while not _spent(cfg.budget.trials, cfg.budget.seconds, finished_trials(study), started):
-        room = cfg.budget.trials - finished_trials(study) if cfg.budget.trials else cfg.batch
+    started, ran, repeats = time.monotonic(), 0, 0
+    while not (stopped := _stop_reason(cfg, study, started, repeats)):
+        distinct = distinct_trials(study)
+        room = cfg.budget.trials - distinct if cfg.budget.trials else cfg.batch
         asked = [study.ask() for _ in range(min(cfg.batch, room))]
         plans = [suggest_plan(trial, cfg, table, params.variants) for trial in asked]
         for trial, measured in zip(asked, _measure(plans, study, trials, ran), strict=True):
@@ -137,11 +151,15 @@ def search(
             study.tell(trial, values, state=None if values else _failed())
             logger.info("trial %d %s: %s", measured.number, measured.variant, _line(measured))
         ran += len(asked)
+        repeats = 0 if distinct_trials(study) > distinct else repeats + len(asked)
+    logger.info("search stopped: %s", stopped)
 
     outcomes = _outcomes(study)
     pick = best_feasible(outcomes)
     shown = pick or best_attempt(outcomes)
-    report = _report(outcomes, pick, shown, cfg.objective.minimize, runner, name, params, run_dir)
+    report = _report(
+        outcomes, pick, shown, cfg.objective.minimize, runner, name, params, run_dir, stopped
+    )
     result = SearchResult(
         status="infeasible",
         study=name,
@@ -154,6 +172,7 @@ def search(
         ran=ran,
         report=str(report),
         message="",
+        stopped=stopped,
     )
     if pick is None:
         tag_run("search-infeasible")
@@ -319,10 +338,19 @@ class _Trials:
         ]
 
 
-def _spent(trials: int | None, seconds: float | None, finished: int, started: float) -> bool:
-    if trials is not None and finished >= trials:
-        return True
-    return seconds is not None and time.monotonic() - started >= seconds
+def _stop_reason(cfg: SearchConfig, study: Any, started: float, repeats: int) -> str | None:
+    """Why the search ends now (None: it goes on): its budget spent, its (finite) space measured
+    whole, or a sampler that keeps proposing what the study holds (repeats are free)."""
+    distinct, size = distinct_trials(study), space_size(cfg)
+    if cfg.budget.trials is not None and distinct >= cfg.budget.trials:
+        return f"budget of {cfg.budget.trials} distinct trial(s) spent"
+    if cfg.budget.seconds is not None and time.monotonic() - started >= cfg.budget.seconds:
+        return f"budget of {cfg.budget.seconds:g} s spent"
+    if size is not None and distinct >= size:
+        return f"every one of the space's {size} configuration(s) measured"
+    if repeats >= MAX_REPEATS:
+        return f"the sampler proposed only measured configurations {repeats} times in a row"
+    return None
 
 
 def _failed() -> Any:
@@ -347,11 +375,12 @@ def _report(
     study: str,
     params: Params,
     run_dir: Path,
+    stopped: str,
 ) -> Path:
     """The report and Pareto plot as files under the run folder and as Prefect artifacts."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    text = report_markdown(outcomes, pick, shown, minimize, runner, study)
+    text = report_markdown(outcomes, pick, shown, minimize, runner, study, stopped)
     report = run_dir / "search-report.md"
     report.write_text(text)
     write_json(run_dir / "search-trials.json", [o.as_json() for o in outcomes])

@@ -409,7 +409,8 @@ class SearchObjective(_Strict):
 class SearchBudget(_Strict):
     """Stop at whichever comes first; the batch in flight finishes."""
 
-    trials: PositiveInt | None = 20  # trials in the study, those of earlier (resumed) runs included
+    # distinct configurations in the study, earlier (resumed) runs' included; repeats are free
+    trials: PositiveInt | None = 20
     seconds: Annotated[float, Field(gt=0)] | None = None  # wall time of this run
 
     @model_validator(mode="after")

@@ -78,16 +78,62 @@ def open_study(search: SearchConfig, name: str, storage: str, seed: int) -> optu
         sampler=sampler,
         load_if_exists=True,
     )
+    # not enqueue_trial(skip_if_exists=True): that also matches the abandoned trial itself, so
+    # nothing was ever queued again
+    waiting = optuna.trial.TrialState.WAITING
+    known = [
+        t.system_attrs.get("fixed_params", t.params)
+        for t in study.get_trials(deepcopy=False)
+        if OUTCOME in t.user_attrs or t.state == waiting
+    ]
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
-        study.enqueue_trial(dict(trial.params), skip_if_exists=True)
+        if trial.params and dict(trial.params) not in known:  # a finished twin answers it
+            study.enqueue_trial(dict(trial.params))
+            known.append(dict(trial.params))
     return study
 
 
 def finished_trials(study: optuna.Study) -> int:
-    """Trials that count against the budget: those measured (or failed) by a search, not those
-    an interrupted run left behind (they are queued again)."""
+    """Trials a search finished (measured, failed or answered from the study), not those an
+    interrupted run left behind (they are queued again)."""
     return sum(OUTCOME in trial.user_attrs for trial in study.get_trials(deepcopy=False))
+
+
+def distinct_trials(study: optuna.Study) -> int:
+    """Trials that count against `budget.trials`: the distinct variants the study finished. A
+    sampler's repeat of one (small discrete spaces) is answered from the study and is free."""
+    trials = study.get_trials(deepcopy=False)
+    return len({t.user_attrs[OUTCOME]["variant"] for t in trials if OUTCOME in t.user_attrs})
+
+
+def space_size(search: SearchConfig) -> int | None:
+    """How many distinct trials the space holds (each chain times its knobs' choices), or None
+    where a knob is a continuous range: the search stops when a finite space is measured whole."""
+    total = 0
+    for chain in search.chains:
+        combinations = 1
+        for path, knob in search.space.items():
+            if path.partition(".")[0] not in chain:
+                continue
+            count = _choices(knob)
+            if count is None:
+                return None
+            combinations *= count
+        total += combinations
+    return total
+
+
+def _choices(knob: KnobRange | list[Any]) -> int | None:
+    if not isinstance(knob, KnobRange):
+        return len({json.dumps(value) for value in knob})
+    if knob.integer:
+        # a log-scaled integer knob is sampled on every integer (Optuna allows no step with log)
+        step = 1 if knob.log else int(knob.step or 1)
+        return (int(knob.high) - int(knob.low)) // step + 1
+    if knob.step is None:
+        return None
+    return math.floor((float(knob.high) - float(knob.low)) / float(knob.step) + 1e-9) + 1
 
 
 # ---- the space ---------------------------------------------------------------------------------
@@ -463,14 +509,22 @@ def report_markdown(
     minimize: str,
     runner: str,
     study: str,
+    stopped: str = "",
 ) -> str:
-    """The search's report: the pick (or the best attempt and why nothing met the goal), the
-    Pareto set, then every trial."""
+    """The search's report: why it stopped, the pick (or the best attempt and why nothing met
+    the goal), the Pareto set, then every trial."""
     unit = " (ms)" if minimize == "p50" else " (bytes)"
     head = [f"## Search `{study}`: minimise {minimize} (runner {runner})", ""]
     ok = sum(o.status == "ok" for o in outcomes)
     feasible = sum(o.feasible for o in outcomes)
-    head.append(f"{len(outcomes)} trial(s): {ok} measured, {feasible} feasible.")
+    distinct = len({o.variant for o in outcomes})
+    repeats = f", {len(outcomes) - distinct} repeat(s) answered from the study" * (
+        len(outcomes) > distinct
+    )
+    head.append(
+        f"{len(outcomes)} trial(s), {distinct} distinct: {ok} measured, {feasible} feasible"
+        f"{repeats}." + (f" Stopped: {stopped}." if stopped else "")
+    )
     if pick is not None:
         first = min(o.number for o in outcomes if o.feasible)
         head.append(

@@ -309,3 +309,69 @@ def test_the_real_example_searches_from_its_own_variants() -> None:
             listed
         ].model_dump(exclude={"source"})
         assert not set(unnamed) & set(params.variants)
+
+
+def test_the_space_size_counts_each_chain_s_choices() -> None:
+    from tasks.config import SearchConfig
+    from tasks.search import space_size
+
+    def size(space: dict[str, Any], chains: list[list[str]] | None = None) -> int | None:
+        chains = chains or SEARCH["chains"]
+        return space_size(SearchConfig.model_validate({"space": space, "chains": chains}))
+
+    # int8 alone: 2 calibration sizes; pruned + int8: 3 round_to x 2 ratios x the same 2
+    discrete = {
+        "pruned.ratio": [0.3, 0.5],
+        "pruned.round_to": [4, 8, 16],
+        "tflite_int8.calibration_samples": [64, 128],
+    }
+    assert size(discrete) == 2 + 3 * 2 * 2
+    stepped = {"pruned.ratio": {"low": 0.2, "high": 0.6, "step": 0.1}}
+    assert size(stepped, [["pruned"]]) == 5  # 0.2, 0.3, 0.4, 0.5, 0.6
+    assert size({"pruned.round_to": {"low": 2, "high": 16, "step": 2}}, [["pruned"]]) == 8
+    assert size({"pruned.ratio": {"low": 0.2, "high": 0.6}}, [["pruned"]]) is None  # continuous
+    assert size({}, [["tflite_int8"], ["pruned"]]) == 2  # each chain with its defaults
+
+
+def test_a_repeated_configuration_does_not_count_against_the_budget() -> None:
+    """Two trials of one variant (a sampler's repeat, answered from the study) are one."""
+    import optuna
+
+    from tasks.search import OUTCOME, distinct_trials, finished_trials
+
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    for variant in ["pruned_a", "pruned_b", "pruned_a"]:
+        trial = study.ask()
+        trial.set_user_attr(OUTCOME, {"variant": variant, "status": "ok"})
+        study.tell(trial, [1.0, 0.5])
+    study.ask()  # left running by an interrupted run: neither finished nor distinct
+    assert finished_trials(study) == 3
+    assert distinct_trials(study) == 2
+
+
+def test_an_interrupted_trial_is_queued_again_once_unless_a_finished_twin_answers_it(
+    params_file: Path, tmp_path: Path
+) -> None:
+    import optuna
+
+    from tasks.search import OUTCOME, open_study
+
+    search = load_params(params_file).search
+    assert search is not None
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    study = open_study(search, "s", storage, seed=0)
+    # ratio 0.3 measured, then a run killed while trying 0.3 again and 0.6
+    for ratio, finished in [(0.3, True), (0.3, False), (0.6, False)]:
+        study.enqueue_trial({"pruned.ratio": ratio})
+        trial = study.ask()
+        trial.suggest_float("pruned.ratio", 0.2, 0.7)
+        if finished:
+            trial.set_user_attr(OUTCOME, {"variant": "pruned_a", "status": "ok"})
+            study.tell(trial, [1.0, 0.5])
+    resumed = open_study(search, "s", storage, seed=0)
+    states = [t.state for t in resumed.get_trials(deepcopy=False)]
+    assert optuna.trial.TrialState.RUNNING not in states
+    queued = resumed.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+    assert [t.system_attrs["fixed_params"] for t in queued] == [{"pruned.ratio": 0.6}]
+    again = open_study(search, "s", storage, seed=0)  # opened again: still queued once
+    assert len(again.get_trials(states=(optuna.trial.TrialState.WAITING,))) == 1
