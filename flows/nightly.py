@@ -113,12 +113,17 @@ def baseline_task(
 
 @task(name="evaluate", cache_policy=CACHED)
 def evaluate_task(
-    model_hashes: dict[str, str], variant_dirs: dict[str, str], data_dir: str, out_dir: str
+    model_hashes: dict[str, str],
+    variant_dirs: dict[str, str],
+    data_dir: str,
+    out_dir: str,
+    by_model: str,
 ) -> dict[str, VariantMetrics]:
-    """Every variant in its own runtime on the test split; metrics and per-sample predictions."""
+    """Every variant in its own runtime on the test split; metrics and per-sample predictions
+    (a model evaluated before on this data by this code is taken from `by_model`)."""
     from tasks.results import evaluate_variant_dirs
 
-    return evaluate_variant_dirs(variant_dirs, Path(data_dir), Path(out_dir))
+    return evaluate_variant_dirs(variant_dirs, Path(data_dir), Path(out_dir), Path(by_model))
 
 
 @task(name="validate")
@@ -316,12 +321,12 @@ def evaluate_variants(
     """Every variant on the test split, cached by the models' hashes, the data and the code."""
     # the same models on other data (or by other evaluation code) give other metrics
     variant_hashes = {n: record.model_sha256 or record.status for n, record in records.items()}
-    eval_key = content_key(
-        variant_hashes, data_key, code_sha256("tasks.evaluate", *RUNTIME_MODULES)
-    )
-    eval_dir = work / "evaluations" / eval_key
+    code = code_sha256("tasks.evaluate", *RUNTIME_MODULES)
+    eval_dir = work / "evaluations" / content_key(variant_hashes, data_key, code)
+    # one model's logits, kept across runs: a run that rebuilt one variant runs only that one
+    by_model = work / "evaluations" / "by-model" / content_key(data_key, code)
     evaluate = rerun_if_gone(evaluate_task, eval_dir / "metrics" / "variants.json")
-    return evaluate(variant_hashes, dirs, data_dir, str(eval_dir)), eval_dir
+    return evaluate(variant_hashes, dirs, data_dir, str(eval_dir), str(by_model)), eval_dir
 
 
 def _best(published: Any, metrics: dict[str, VariantMetrics]) -> str | None:

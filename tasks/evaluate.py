@@ -11,7 +11,8 @@ import numpy as np
 
 from tasks.config import load_params
 from tasks.data import Split, load_split
-from tasks.io import atomic_dir, write_json
+from tasks.io import atomic_dir, atomic_file, read_json, sha256_file, write_json
+from tasks.plan import content_key
 from tasks.runtimes import load_predictor
 from tasks.variant import (
     BASELINE,
@@ -70,11 +71,20 @@ def run_variant(
     )
 
 
-def evaluate(variants_dir: Path, names: list[str], test: Split, threads: int = 1) -> Evaluation:
-    """Metrics for the baseline and each named variant; predictions kept per sample."""
+def evaluate(
+    variants_dir: Path,
+    names: list[str],
+    test: Split,
+    threads: int = 1,
+    cache_dir: Path | None = None,
+) -> Evaluation:
+    """Metrics for the baseline and each named variant; predictions kept per sample. With a
+    cache_dir (one per test split and evaluation code), a model evaluated before on them is
+    not run again."""
+    by_model = ByModel(test.x, threads, cache_dir)
     base_dir = variants_dir / BASELINE
     base_record = read_record(base_dir)
-    base_logits = run_variant(base_dir, test.x, threads)
+    base_logits, _ = by_model.logits(base_dir)
     base_size = model_size(base_dir)
     logits = {BASELINE: base_logits}
     metrics = {
@@ -85,7 +95,7 @@ def evaluate(variants_dir: Path, names: list[str], test: Split, threads: int = 1
             test.y,
             base_size,
             base_size,
-            compressed_size(base_dir),
+            by_model.compressed_size(base_dir),
         )
     }
     for name in names:
@@ -94,7 +104,7 @@ def evaluate(variants_dir: Path, names: list[str], test: Split, threads: int = 1
         if record.status != "ok":
             metrics[name] = metrics_row(record, None, base_logits, test.y, None, base_size)
             continue
-        logits[name] = run_variant(directory, test.x, threads)
+        logits[name], hit = by_model.logits(directory)
         metrics[name] = metrics_row(
             record,
             logits[name],
@@ -102,10 +112,51 @@ def evaluate(variants_dir: Path, names: list[str], test: Split, threads: int = 1
             test.y,
             model_size(directory),
             base_size,
-            compressed_size(directory),
+            by_model.compressed_size(directory),
         )
-        print(f"evaluate: {name} accuracy {metrics[name].accuracy:.4f}", flush=True)
+        seen = " (evaluated before)" if hit else ""
+        print(f"evaluate: {name} accuracy {metrics[name].accuracy:.4f}{seen}", flush=True)
     return Evaluation(metrics=metrics, logits=logits, labels=test.y)
+
+
+@dataclass(frozen=True)
+class ByModel:
+    """A variant's logits on the test images and its compressed size, kept under `directory`
+    by the content of its model files and variant.json (all its predictor reads): one rebuilt
+    variant does not run the others again. `directory` must be one per test split and
+    evaluation code; None keeps nothing."""
+
+    images: np.ndarray
+    threads: int
+    directory: Path | None
+
+    def logits(self, variant_dir: Path) -> tuple[np.ndarray, bool]:
+        """The logits, and whether they were kept from an earlier evaluation."""
+        path = self._path(variant_dir, f"logits-{self.threads}-threads.npy")
+        if path is not None and path.is_file():
+            kept = np.load(path)
+            if kept.shape[0] == len(self.images):
+                return kept, True
+        logits = run_variant(variant_dir, self.images, self.threads)
+        if path is not None:
+            with atomic_file(path) as tmp:
+                np.save(tmp, logits)
+        return logits, False
+
+    def compressed_size(self, variant_dir: Path) -> int:
+        path = self._path(variant_dir, f"zstd-{ZSTD_LEVEL}.json")
+        if path is not None and path.is_file():
+            return int(read_json(path)["bytes"])
+        size = compressed_size(variant_dir)
+        if path is not None:
+            write_json(path, {"bytes": size})
+        return size
+
+    def _path(self, variant_dir: Path, name: str) -> Path | None:
+        if self.directory is None:
+            return None
+        files = [*model_files(variant_dir), variant_dir / RECORD_NAME]
+        return self.directory / content_key({p.name: sha256_file(p) for p in files}) / name
 
 
 def model_size(variant_dir: Path) -> int:

@@ -207,6 +207,36 @@ def test_evaluate_metrics_relations(built: Path, tmp_path: Path) -> None:
         assert agreement == pytest.approx(int8.agreement)
 
 
+def test_a_model_evaluated_before_is_not_run_again_and_a_changed_one_is(
+    built: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from tasks.evaluate import model_files
+
+    variants = tmp_path / "variants"
+    shutil.copytree(built / "variants", variants)
+    names = ["tflite_int8", "pruned", "distilled_int8"]
+    test, cache = load_split(built / "data", "test"), tmp_path / "by-model"
+    first = evaluate(variants, names, test, cache_dir=cache)
+    assert "(evaluated before)" not in capsys.readouterr().out
+    again = evaluate(variants, names, test, cache_dir=cache)
+    assert capsys.readouterr().out.count("(evaluated before)") == 3
+    assert again.metrics == first.metrics
+    assert all(np.array_equal(again.logits[n], first.logits[n]) for n in first.logits)
+    # the int8 file swapped for the distilled int8 one (same runtime, same input): run again
+    (int8_file,) = model_files(variants / "tflite_int8")
+    (student_file,) = model_files(variants / "distilled_int8")
+    shutil.copyfile(student_file, int8_file)
+    swapped = evaluate(variants, names, test, cache_dir=cache)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line for line in lines if "(evaluated before)" not in line] == [
+        f"evaluate: tflite_int8 accuracy {swapped.metrics['tflite_int8'].accuracy:.4f}"
+    ]
+    assert not np.array_equal(swapped.logits["tflite_int8"], first.logits["tflite_int8"])
+    assert swapped.metrics["tflite_int8"].size_bytes == first.metrics["distilled_int8"].size_bytes
+
+
 def test_int8_variant_json_tells_a_consumer_how_to_feed_and_read_it(built: Path) -> None:
     import json
 
