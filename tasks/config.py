@@ -603,7 +603,15 @@ def _check_search(params: Params, table: dict[str, Technique]) -> None:
     in_chains = {name for chain in search.chains for name in chain}
     for section, knobs in (("space", search.space), ("fixed", search.fixed)):
         for path, knob in knobs.items():
-            _check_knob(f"search.{section}.{path}", path, knob, table, in_chains)
+            # each value with its technique's fixed knobs: a rule between knobs (QAT's
+            # freeze_bn_after <= epochs) holds for the values every trial gets together
+            technique = path.partition(".")[0]
+            fixed = {
+                other.partition(".")[2]: value
+                for other, value in search.fixed.items()
+                if other.partition(".")[0] == technique and other != path
+            }
+            _check_knob(f"search.{section}.{path}", path, knob, table, in_chains, fixed)
 
 
 def _check_chain(where: str, chain: list[str], table: dict[str, Technique]) -> None:
@@ -625,9 +633,15 @@ def _check_chain(where: str, chain: list[str], table: dict[str, Technique]) -> N
 
 
 def _check_knob(
-    where: str, path: str, knob: Any, table: dict[str, Technique], in_chains: set[str]
+    where: str,
+    path: str,
+    knob: Any,
+    table: dict[str, Technique],
+    in_chains: set[str],
+    fixed: dict[str, Any],
 ) -> None:
-    """`technique.field` names a knob of a technique in a chain, and its values are valid."""
+    """`technique.field` names a knob of a technique in a chain, and its values are valid
+    with the technique's `fixed` knobs (field: value)."""
     technique, dot, field = path.partition(".")
     if not dot or technique not in table:
         raise ValueError(
@@ -643,11 +657,21 @@ def _check_knob(
         )
     values = [knob.low, knob.high] if isinstance(knob, KnobRange) else knob
     values = values if isinstance(values, list) else [values]
+    fixed = {name: value for name, value in fixed.items() if name in knobs}  # unknown: own error
     for value in values:
         try:
-            config.model_validate({"technique": technique, "source": "baseline", field: value})
+            config.model_validate(
+                {"technique": technique, "source": "baseline", **fixed, field: value}
+            )
         except ValidationError as exc:
-            message = exc.errors()[0]["msg"].removeprefix("Value error, ")
+            error = exc.errors()[0]
+            message = error["msg"].removeprefix("Value error, ")
+            culprit = str(error["loc"][0]) if error["loc"] else field
+            if culprit in fixed:  # another fixed knob's own value is what is wrong
+                got = fixed[culprit]
+                raise ValueError(
+                    f"search.fixed.{technique}.{culprit}: {message} (got {got!r})"
+                ) from None
             raise ValueError(f"{where}: {message} (got {value!r})") from None
 
 

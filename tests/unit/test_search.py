@@ -114,6 +114,24 @@ def test_a_bad_search_entry_is_one_line_naming_it(
     assert message.startswith(str(params_file))
 
 
+def test_fixed_knobs_are_checked_together(params_file: Path) -> None:
+    """QAT's freeze_bn_after <= epochs holds for the values a trial gets together: one epoch
+    frozen after one is valid, though the default freeze_bn_after (2) alone is not with it."""
+    qat = {"chains": [["pruned", "qat_int8"]], "space": {"pruned.ratio": [0.3]}}
+    together = {"qat_int8.epochs": 1, "qat_int8.freeze_bn_after": 1}
+    fixed = {**together, "qat_int8.freeze_observers_after": 1}
+    search = load_params(params_file, {"search": {**qat, "fixed": fixed}}).search
+    assert search is not None and search.fixed["qat_int8.epochs"] == 1
+    too_late = {**fixed, "qat_int8.freeze_bn_after": 2}
+    with pytest.raises(ConfigError) as error:
+        load_params(params_file, {"search": {**qat, "fixed": too_late}})
+    assert "freeze_bn_after must be at most epochs (1)" in str(error.value)
+    bad_value = {**fixed, "qat_int8.lr": -1.0}  # found while checking epochs: named as lr
+    with pytest.raises(ConfigError) as error:
+        load_params(params_file, {"search": {**qat, "fixed": bad_value}})
+    assert "search.fixed.qat_int8.lr: Input should be greater than 0 (got -1.0)" in str(error.value)
+
+
 def test_trial_variants_are_named_by_their_content(params_file: Path) -> None:
     params = load_params(params_file)
     table = technique_table()
