@@ -215,10 +215,11 @@ def _measure(plans: list[TrialPlan], study: Any, trials: _Trials, batch: int) ->
     small discrete space): that trial takes the earlier numbers instead of a second measurement
     that would differ only by timing noise."""
     measured = {o.variant: o for o in _outcomes(study) if o.status == "ok"}
-    fresh = [plan for plan in plans if plan.variant not in measured]
+    fresh = [plan for plan in plans if plan.variant not in measured and plan.invalid is None]
     outcomes = dict(
         zip([p.number for p in fresh], trials.run(fresh, batch) if fresh else [], strict=True)
     )
+    outcomes |= {plan.number: plan.refused() for plan in plans if plan.invalid is not None}
     return [
         outcomes.get(plan.number) or replace(measured[plan.variant], number=plan.number)
         for plan in plans

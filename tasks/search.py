@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from tasks.config import GatesConfig, KnobRange, SearchConfig, VariantGates
 from tasks.plan import content_key
 from tasks.techniques import Technique, TechniqueConfig
@@ -148,10 +150,22 @@ class TrialPlan:
     chain: tuple[str, ...]
     knobs: dict[str, Any]
     variants: dict[str, TechniqueConfig]
+    # why no technique accepts these knobs together (a rule between two sampled knobs, e.g.
+    # qat_int8's freeze_bn_after <= epochs): nothing is built, the trial fails with it
+    invalid: str | None = None
 
     @property
     def variant(self) -> str:
+        if self.invalid is not None:
+            return f"{'_'.join(self.chain)}_invalid_{content_key(self.knobs)[:8]}"
         return list(self.variants)[-1]
+
+    def refused(self) -> TrialOutcome:
+        """The outcome of a trial whose knobs no technique accepts together."""
+        chain = chain_label(self.chain)
+        return TrialOutcome(
+            self.number, self.variant, chain, self.knobs, "invalid", False, reason=self.invalid
+        )
 
 
 def chain_label(chain: list[str] | tuple[str, ...]) -> str:
@@ -185,7 +199,13 @@ def suggest_plan(
                 )
         else:
             knobs[path] = trial.suggest_categorical(path, knob)
-    variants = plan_variants(chain, knobs, search, table, listed)
+    try:
+        variants = plan_variants(chain, knobs, search, table, listed)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"]) or "knobs"
+        reason = f"{where}: {error['msg'].removeprefix('Value error, ')}"
+        return TrialPlan(trial.number, tuple(chain), knobs, {}, invalid=reason)
     return TrialPlan(trial.number, tuple(chain), knobs, variants)
 
 
@@ -301,7 +321,7 @@ class TrialOutcome:
     variant: str
     chain: str
     knobs: dict[str, Any]
-    status: str  # ok | failed | skipped
+    status: str  # ok | failed | skipped | invalid (knobs no technique accepts together)
     feasible: bool
     objective: float | None = None  # the objective metric (ms or bytes)
     accuracy: float | None = None

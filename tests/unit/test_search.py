@@ -393,3 +393,28 @@ def test_an_interrupted_trial_is_queued_again_once_unless_a_finished_twin_answer
     assert [t.system_attrs["fixed_params"] for t in queued] == [{"pruned.ratio": 0.6}]
     again = open_study(search, "s", storage, seed=0)  # opened again: still queued once
     assert len(again.get_trials(states=(optuna.trial.TrialState.WAITING,))) == 1
+
+
+def test_a_sampled_combination_no_technique_accepts_is_a_failed_trial_not_a_crash(
+    params_file: Path,
+) -> None:
+    import optuna
+
+    from tasks.search import suggest_plan
+
+    # each value is valid with the other knob's default; epochs 2 with freeze 3 is not
+    space = {"qat_int8.epochs": [2, 3], "qat_int8.freeze_bn_after": [1, 3]}
+    search = load_params(
+        params_file, {"search": {"chains": [["pruned", "qat_int8"]], "space": space}}
+    ).search
+    assert search is not None
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    knobs = {"qat_int8.epochs": 2, "qat_int8.freeze_bn_after": 3}
+    study.enqueue_trial({"chain": "pruned+qat_int8", **knobs})
+    plan = suggest_plan(study.ask(), search, technique_table())
+    assert plan.invalid is not None and "freeze_bn_after must be at most epochs (2)" in plan.invalid
+    assert plan.variants == {} and plan.variant.startswith("pruned_qat_int8_invalid_")
+    refused = plan.refused()
+    assert (refused.status, refused.feasible) == ("invalid", False)
+    assert refused.knobs.items() >= knobs.items()  # with the pruning knobs sampled for it
+    assert refused.reason == plan.invalid
