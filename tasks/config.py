@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import operator
 import re
+import sys
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -723,6 +724,7 @@ def load_params(path: Path | str, overrides: dict[str, Any] | None = None) -> Pa
         raise ConfigError(_yaml_error(path, exc)) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    _importable(path.resolve().parent)
     merged = _narrowed_to_chains(_deep_merge(raw, overrides or {}), overrides or {})
     try:
         return _validate(merged)
@@ -733,6 +735,15 @@ def load_params(path: Path | str, overrides: dict[str, Any] | None = None) -> Pa
         line = None if _has_path(overrides or {}, location) else _key_line(text, location)
         origin = f"{path}:{line}" if line else str(path)
         raise ConfigError(f"{origin}: {_join(location, message)}") from None
+
+
+def _importable(root: Path) -> None:
+    """Modules params.yaml names (`baseline.factory: inputs.my_model:build`, `techniques:`) are
+    found next to it, as `python -m` run there finds them: the `modelpress` command's own
+    sys.path holds neither the params file's folder nor the working directory. Appended, so an
+    installed package of the same name still wins."""
+    if str(root) not in sys.path:
+        sys.path.append(str(root))
 
 
 def parse_params(raw: dict[str, Any], origin: str = "params") -> Params:

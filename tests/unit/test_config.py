@@ -16,7 +16,7 @@ from tasks.techniques.distilled import DistilledConfig
 from tasks.techniques.pruned import PrunedConfig
 from tasks.techniques.tensorrt_fp16 import TensorrtFp16Config
 from tasks.techniques.tflite_int8 import TfliteInt8Config
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, write_params
 
 REPO_PARAMS = REPO_ROOT / "params.yaml"
 
@@ -489,3 +489,24 @@ def test_unreadable_params_file_names_the_path(tmp_path: Path, kind: str) -> Non
     with pytest.raises(ConfigError) as info:
         load_params(path)
     assert str(info.value).startswith(f"{path}: ")
+
+
+def test_a_factory_module_beside_params_yaml_is_importable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README's `factory: inputs.my_model:build` with `inputs/my_model.py` beside params.yaml:
+    the `modelpress` command's sys.path holds neither that folder nor the working directory."""
+    import sys
+
+    from tasks.lineage import module_source_sha256
+    from tasks.models import build_from_factory
+
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    (tmp_path / "inputs").mkdir()
+    source = "from torch import nn\n\ndef build(classes):\n    return nn.Linear(4, classes)\n"
+    (tmp_path / "inputs" / "beside_params_model.py").write_text(source)
+    params = write_params(tmp_path)
+    load_params(params)
+    model = build_from_factory("inputs.beside_params_model:build", {"classes": 3})
+    assert model.out_features == 3
+    assert len(module_source_sha256("inputs.beside_params_model", "baseline.factory")) == 64
