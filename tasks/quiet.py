@@ -34,7 +34,7 @@ def show_converter_output(stream: TextIO | None = None) -> None:
 
 
 @contextlib.contextmanager
-def held_back() -> Iterator[None]:
+def held_back() -> Iterator[_Buffer]:
     """This thread's prints inside the block go to LOGGER at DEBUG, not to the console.
 
     Python-level writes are caught per thread, so the other tasks of a flow keep printing and
@@ -44,11 +44,13 @@ def held_back() -> Iterator[None]:
     """
     buffer = _Buffer()
     alone = threading.active_count() == 1
-    with _prints_not_logged(), _this_thread_to(buffer), _fds_to(buffer, alone=alone):
-        yield
-    for line in buffer.text().splitlines():
-        if line.strip():
-            LOGGER.debug(line)
+    try:
+        with _prints_not_logged(), _this_thread_to(buffer), _fds_to(buffer, alone=alone):
+            yield buffer  # what was said, for an error message when the block fails
+    finally:
+        for line in buffer.text().splitlines():
+            if line.strip():
+                LOGGER.debug(line)
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ technique picks one `Output`, gets that file back, and records it with `litert_r
 
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 from dataclasses import dataclass
@@ -31,6 +32,9 @@ from tasks.variant import (
 )
 
 MODEL_FILE = LITERT.model_file
+# names onnx2tf keeps as they are: a letter first, then what a TensorFlow scope allows (a
+# leading "/" as torch writes it is fine: onnx2tf strips it); others are renamed first
+_TF_SCOPE = re.compile(r"^/?[A-Za-z][A-Za-z0-9_./>-]*$")
 # what onnx2tf calls each output: `<stem>_<suffix>.tflite`
 Output = Literal["float32", "float16", "dynamic_range_quant", "full_integer_quant"]
 _CONVERT_LOCK = threading.Lock()
@@ -55,12 +59,37 @@ class Converted:
 
 
 def working_copy(onnx_file: Path, work_dir: Path) -> Path:
-    """A simplified copy of the ONNX file in work_dir: onnx2tf rewrites (simplifies) the file it
-    is given, and the source must never change."""
+    """A simplified copy of the ONNX file in work_dir, its node names ones TensorFlow takes:
+    onnx2tf rewrites (simplifies) the file it is given, and the source must never change."""
     copy = work_dir / "model.onnx"
     shutil.copyfile(onnx_file, copy)
     simplify(copy)
+    tf_safe_node_names(copy)
     return copy
+
+
+def tf_safe_node_names(onnx_file: Path) -> int:
+    """Rename (in place) the nodes whose names TensorFlow refuses as a scope, and return how
+    many: an nn.Sequential exports `/8/body/body.0/Conv`, and onnx2tf then exits with "OP name
+    does not match the pattern" (found on a net it had never seen)."""
+    import onnx
+
+    model = onnx.load(str(onnx_file))
+    taken = {node.name for node in model.graph.node}
+    renamed = 0
+    for index, node in enumerate(model.graph.node):
+        if _TF_SCOPE.match(node.name):
+            continue
+        name = re.sub(r"[^A-Za-z0-9_.]", "_", node.name).strip("_") or f"node{index}"
+        name = name if name[0].isalpha() else f"n{name}"
+        while name in taken:
+            name += "_"
+        taken.add(name)
+        node.name = name
+        renamed += 1
+    if renamed:
+        onnx.save(model, str(onnx_file))
+    return renamed
 
 
 def simplify(onnx_file: Path) -> None:
@@ -111,10 +140,11 @@ def convert(
             "input_quant_dtype": calibration.io_dtype,
             "output_quant_dtype": calibration.io_dtype,
         }
+    said = None
     try:
         # onnx2tf keeps global Keras/TF state: one conversion at a time in a process.
         # TensorFlow's chatter (importing it included) is held back: `--verbose` shows it.
-        with _CONVERT_LOCK, held_back():
+        with _CONVERT_LOCK, held_back() as said:
             import onnx2tf
 
             onnx2tf.convert(
@@ -123,16 +153,42 @@ def convert(
                 non_verbose=True,
                 **options,
             )
-    except Exception as exc:  # onnx2tf raises bare exceptions naming the failing op
-        detail = _conversion_detail(exc)
+    # onnx2tf raises bare exceptions naming the failing op, or prints ERROR lines and calls
+    # sys.exit(1): that must fail this variant, not end the night
+    except (Exception, SystemExit) as exc:
+        if isinstance(exc, SystemExit):
+            detail = _said_error(said.text() if said else "") or f"it exited with {exc.code}"
+        else:
+            detail = _conversion_detail(exc)
         raise VariantError(
             f"{technique}: onnx2tf could not convert {onnx_file.name} ({detail})"
         ) from None
     produced = work_dir / "tf" / f"{onnx_file.stem}_{output}.tflite"
+    float32 = work_dir / "tf" / f"{onnx_file.stem}_float32.tflite"
+    flex = _select_tf_ops(produced if produced.exists() else float32)
+    if flex:  # TensorFlow kernels the builtin LiteRT interpreter (and XNNPACK) do not have
+        hint = "; ONNX Erf is an exact GELU: export nn.GELU(approximate='tanh')" * ("Erf" in flex)
+        raise VariantError(
+            f"{technique}: the converted model needs TensorFlow Select ops "
+            f"({', '.join(f'Flex{op}' for op in flex)}) that LiteRT's builtin interpreter "
+            f"cannot run{hint}"
+        )
     if not produced.exists():  # onnx2tf logs (not raises) a failed dynamic-range conversion
-        raise VariantError(f"{technique}: onnx2tf wrote no {output} model for {onnx_file.name}")
-    float32 = work_dir / "tf" / f"{onnx_file.stem}_float32.tflite"  # always written first
-    return Converted(produced, float32.stat().st_size)
+        why = _said_error(said.text() if said else "")
+        raise VariantError(
+            f"{technique}: onnx2tf wrote no {output} model for {onnx_file.name}"
+            + (f" ({why})" if why else "")
+        )
+    return Converted(produced, float32.stat().st_size)  # float32 is always written first
+
+
+def _select_tf_ops(tflite_file: Path) -> list[str]:
+    """The TensorFlow ops a .tflite file calls through the Flex delegate (custom ops named
+    Flex<Op>), sorted; none for a model the builtin interpreter runs."""
+    if not tflite_file.exists():
+        return []
+    names = re.findall(rb"Flex([A-Z][A-Za-z0-9]*)", tflite_file.read_bytes())
+    return sorted({name.decode() for name in names})
 
 
 def io_specs(tflite_file: Path) -> tuple[TensorSpec, TensorSpec]:
@@ -248,7 +304,14 @@ def _sharing_builder(size: int) -> Any:
 _KERAS_FRAME = ("Exception encountered when calling layer", "Call arguments received", "•")
 
 
-def _conversion_detail(exc: Exception) -> str:
+def _said_error(text: str) -> str | None:
+    """onnx2tf's own ERROR lines (colour codes removed), joined: why it gave up."""
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    errors = [line.split("ERROR:", 1)[1].strip() for line in plain.splitlines() if "ERROR:" in line]
+    return brief(" ".join(e for e in errors if e)) if errors else None
+
+
+def _conversion_detail(exc: BaseException) -> str:
     """The line of an onnx2tf/Keras error that says what went wrong."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     causes = [line for line in lines if not line.startswith(_KERAS_FRAME)]
