@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ import numpy as np
 
 from tasks.config import load_params
 from tasks.data import Split, load_split
+from tasks.errors import ModelError, brief
 from tasks.io import atomic_dir, atomic_file, read_json, sha256_file, write_json
 from tasks.plan import content_key
 from tasks.runtimes import load_predictor
@@ -104,7 +105,14 @@ def evaluate(
         if record.status != "ok":
             metrics[name] = metrics_row(record, None, base_logits, test.y, None, base_size)
             continue
-        logits[name], hit = by_model.logits(directory)
+        try:
+            logits[name], hit = by_model.logits(directory)
+        # a model its own runtime cannot load or run fails its row, not the evaluation
+        except (ModelError, RuntimeError, ValueError) as exc:
+            failed = replace(record, status="failed", reason=f"{name}: evaluation: {brief(exc)}")
+            metrics[name] = metrics_row(failed, None, base_logits, test.y, None, base_size)
+            print(f"evaluate: {name} failed: {failed.reason}", flush=True)
+            continue
         metrics[name] = metrics_row(
             record,
             logits[name],
