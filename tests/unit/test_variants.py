@@ -237,6 +237,23 @@ def test_a_model_evaluated_before_is_not_run_again_and_a_changed_one_is(
     assert swapped.metrics["tflite_int8"].size_bytes == first.metrics["distilled_int8"].size_bytes
 
 
+def test_a_model_its_runtime_cannot_load_fails_its_row_not_the_evaluation(
+    built: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from tasks.evaluate import model_files
+
+    variants = tmp_path / "variants"
+    shutil.copytree(built / "variants", variants)
+    (int8_file,) = model_files(variants / "tflite_int8")
+    int8_file.write_bytes(b"not a flatbuffer")
+    rows = evaluate(variants, ["tflite_int8", "pruned"], load_split(built / "data", "test")).metrics
+    assert rows["tflite_int8"].status == "failed" and rows["tflite_int8"].accuracy is None
+    assert str(rows["tflite_int8"].reason).startswith("tflite_int8: evaluation: ")
+    assert rows["pruned"].status == "ok" and rows["pruned"].accuracy is not None
+
+
 def test_int8_variant_json_tells_a_consumer_how_to_feed_and_read_it(built: Path) -> None:
     import json
 
