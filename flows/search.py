@@ -138,9 +138,12 @@ def search(
     logger.info("search study %s in %s: %d trial(s) so far", name, storage, finished_trials(study))
 
     trials = _Trials(params, prepared, gates, runner, run_dir, work)
-    started, ran, repeats = time.monotonic(), 0, 0
-    while not (stopped := _stop_reason(cfg, study, started, repeats)):
+    started, ran, repeats, size = time.monotonic(), 0, 0, space_size(cfg)
+    while True:
         distinct = distinct_trials(study)
+        stopped = _stop_reason(cfg, distinct, size, started, repeats)
+        if stopped is not None:
+            break
         room = cfg.budget.trials - distinct if cfg.budget.trials else cfg.batch
         asked = [study.ask() for _ in range(min(cfg.batch, room))]
         plans = [suggest_plan(trial, cfg, table, params.variants) for trial in asked]
@@ -339,10 +342,12 @@ class _Trials:
         ]
 
 
-def _stop_reason(cfg: SearchConfig, study: Any, started: float, repeats: int) -> str | None:
-    """Why the search ends now (None: it goes on): its budget spent, its (finite) space measured
-    whole, or a sampler that keeps proposing what the study holds (repeats are free)."""
-    distinct, size = distinct_trials(study), space_size(cfg)
+def _stop_reason(
+    cfg: SearchConfig, distinct: int, size: int | None, started: float, repeats: int
+) -> str | None:
+    """Why the search ends now (None: it goes on) with `distinct` trials measured: its budget
+    spent, its space of `size` configurations (None: not finite) measured whole, or a sampler
+    that keeps proposing what the study holds (repeats are free)."""
     if cfg.budget.trials is not None and distinct >= cfg.budget.trials:
         return f"budget of {cfg.budget.trials} distinct trial(s) spent"
     if cfg.budget.seconds is not None and time.monotonic() - started >= cfg.budget.seconds:

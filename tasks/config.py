@@ -792,6 +792,11 @@ def _describe(exc: ValidationError, techniques: list[str]) -> tuple[list[str], s
     return loc, message
 
 
+def validation_message(exc: ValidationError) -> str:
+    """A pydantic error as one line: the dotted key the user wrote, and what is wrong there."""
+    return _join(*_describe(exc, []))
+
+
 def _join(location: list[str], message: str) -> str:
     return f"{'.'.join(location)}: {message}" if location else message
 

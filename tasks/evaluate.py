@@ -85,7 +85,7 @@ def evaluate(
     by_model = ByModel(test.x, threads, cache_dir)
     base_dir = variants_dir / BASELINE
     base_record = read_record(base_dir)
-    base_logits, _ = by_model.logits(base_dir)
+    base_logits, base_compressed, _ = by_model.measure(base_dir)
     base_size = model_size(base_dir)
     logits = {BASELINE: base_logits}
     metrics = {
@@ -96,7 +96,7 @@ def evaluate(
             test.y,
             base_size,
             base_size,
-            by_model.compressed_size(base_dir),
+            base_compressed,
         )
     }
     for name in names:
@@ -106,7 +106,7 @@ def evaluate(
             metrics[name] = metrics_row(record, None, base_logits, test.y, None, base_size)
             continue
         try:
-            logits[name], hit = by_model.logits(directory)
+            logits[name], compressed, hit = by_model.measure(directory)
         # a model its own runtime cannot load or run fails its row, not the evaluation
         except (ModelError, RuntimeError, ValueError) as exc:
             failed = replace(record, status="failed", reason=f"{name}: evaluation: {brief(exc)}")
@@ -120,7 +120,7 @@ def evaluate(
             test.y,
             model_size(directory),
             base_size,
-            by_model.compressed_size(directory),
+            compressed,
         )
         seen = " (evaluated before)" if hit else ""
         print(f"evaluate: {name} accuracy {metrics[name].accuracy:.4f}{seen}", flush=True)
@@ -138,9 +138,14 @@ class ByModel:
     threads: int
     directory: Path | None
 
-    def logits(self, variant_dir: Path) -> tuple[np.ndarray, bool]:
-        """The logits, and whether they were kept from an earlier evaluation."""
-        path = self._path(variant_dir, f"logits-{self.threads}-threads.npy")
+    def measure(self, variant_dir: Path) -> tuple[np.ndarray, int, bool]:
+        """The logits, the zstd size, and whether the logits were kept from an earlier run."""
+        entry = self._entry(variant_dir)  # the files hashed once for both
+        logits, kept = self._logits(variant_dir, entry)
+        return logits, self._compressed_size(variant_dir, entry), kept
+
+    def _logits(self, variant_dir: Path, entry: Path | None) -> tuple[np.ndarray, bool]:
+        path = None if entry is None else entry / f"logits-{self.threads}-threads.npy"
         if path is not None and path.is_file():
             kept = np.load(path)
             if kept.shape[0] == len(self.images):
@@ -151,8 +156,8 @@ class ByModel:
                 np.save(tmp, logits)
         return logits, False
 
-    def compressed_size(self, variant_dir: Path) -> int:
-        path = self._path(variant_dir, f"zstd-{ZSTD_LEVEL}.json")
+    def _compressed_size(self, variant_dir: Path, entry: Path | None) -> int:
+        path = None if entry is None else entry / f"zstd-{ZSTD_LEVEL}.json"
         if path is not None and path.is_file():
             return int(read_json(path)["bytes"])
         size = compressed_size(variant_dir)
@@ -160,11 +165,11 @@ class ByModel:
             write_json(path, {"bytes": size})
         return size
 
-    def _path(self, variant_dir: Path, name: str) -> Path | None:
+    def _entry(self, variant_dir: Path) -> Path | None:
         if self.directory is None:
             return None
         files = [*model_files(variant_dir), variant_dir / RECORD_NAME]
-        return self.directory / content_key({p.name: sha256_file(p) for p in files}) / name
+        return self.directory / content_key({p.name: sha256_file(p) for p in files})
 
 
 def model_size(variant_dir: Path) -> int:

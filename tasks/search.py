@@ -23,7 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from tasks.config import GatesConfig, KnobRange, SearchConfig, VariantGates
+from tasks.config import (
+    GatesConfig,
+    KnobRange,
+    SearchConfig,
+    VariantGates,
+    validation_message,
+)
 from tasks.plan import content_key
 from tasks.techniques import Technique, TechniqueConfig
 
@@ -202,10 +208,7 @@ def suggest_plan(
     try:
         variants = plan_variants(chain, knobs, search, table, listed)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in error["loc"]) or "knobs"
-        reason = f"{where}: {error['msg'].removeprefix('Value error, ')}"
-        return TrialPlan(trial.number, tuple(chain), knobs, {}, invalid=reason)
+        return TrialPlan(trial.number, tuple(chain), knobs, {}, invalid=validation_message(exc))
     return TrialPlan(trial.number, tuple(chain), knobs, variants)
 
 
