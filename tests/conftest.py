@@ -21,6 +21,10 @@ os.environ["PREFECT_LOCAL_STORAGE_PATH"] = str(_PREFECT_HOME / "storage")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
 os.environ.pop("PREFECT_API_URL", None)
+# Prefect configures logging once, on import, binding its console handler to sys.stderr as it is
+# then: first imported inside a capsys test, it would keep that test's stream, closed after it, and
+# every later flow run fails logging to it (RecursionError). Import it under the session's capture.
+import prefect.main  # noqa: E402, F401  (prefect itself imports lazily)
 
 # A small but real configuration: digits at 16x16, a narrow CNN, short training.
 TINY_OVERRIDES: dict = {
