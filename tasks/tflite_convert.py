@@ -32,9 +32,11 @@ from tasks.variant import (
 )
 
 MODEL_FILE = LITERT.model_file
-# names onnx2tf keeps as they are: a letter first, then what a TensorFlow scope allows (a
-# leading "/" as torch writes it is fine: onnx2tf strips it); others are renamed first
-_TF_SCOPE = re.compile(r"^/?[A-Za-z][A-Za-z0-9_./>-]*$")
+# names onnx2tf keeps as they are: a letter first, then what a TensorFlow scope allows; others
+# are renamed first. torch's leading "/" too: onnx2tf builds a depthwise conv that follows a
+# channels-last LayerNorm (ConvNeXt) as a Keras layer named after its node, and the float
+# outputs' SavedModel refuses `/blocks/blocks.0/dw/Conv/kernel`
+_TF_SCOPE = re.compile(r"^[A-Za-z][A-Za-z0-9_./>-]*$")
 # what onnx2tf calls each output: `<stem>_<suffix>.tflite`
 Output = Literal["float32", "float16", "dynamic_range_quant", "full_integer_quant"]
 _CONVERT_LOCK = threading.Lock()
@@ -64,8 +66,35 @@ def working_copy(onnx_file: Path, work_dir: Path) -> Path:
     copy = work_dir / "model.onnx"
     shutil.copyfile(onnx_file, copy)
     simplify(copy)
+    constants_as_initializers(copy)
     tf_safe_node_names(copy)
     return copy
+
+
+def constants_as_initializers(onnx_file: Path) -> int:
+    """Turn (in place) every Constant node holding a tensor into an initializer, and return how
+    many: onnxsim keeps a scalar Constant that many nodes share, and onnx2tf's accuracy check
+    of a Mul then builds a Keras model whose output is that bare float and stops (a tanh-GELU
+    after a Linear on NHWC maps: "Output tensors of a Functional model must be the output of a
+    TensorFlow `Layer`"; found on an unseen ConvNeXt-style net). As an initializer it is a
+    weight like any other."""
+    import onnx
+
+    model = onnx.load(str(onnx_file))
+    graph = model.graph
+    moved = 0
+    for node in list(graph.node):
+        if node.op_type != "Constant" or [a.name for a in node.attribute] != ["value"]:
+            continue
+        tensor = onnx.TensorProto()
+        tensor.CopyFrom(node.attribute[0].t)
+        tensor.name = node.output[0]
+        graph.initializer.append(tensor)
+        graph.node.remove(node)
+        moved += 1
+    if moved:
+        onnx.save(model, str(onnx_file))
+    return moved
 
 
 def tf_safe_node_names(onnx_file: Path) -> int:
@@ -80,8 +109,10 @@ def tf_safe_node_names(onnx_file: Path) -> int:
     for index, node in enumerate(model.graph.node):
         if _TF_SCOPE.match(node.name):
             continue
-        name = re.sub(r"[^A-Za-z0-9_.]", "_", node.name).strip("_") or f"node{index}"
-        name = name if name[0].isalpha() else f"n{name}"
+        name = node.name.lstrip("/")  # torch's "/blocks/blocks.0/dw/Conv" keeps its scopes
+        if not _TF_SCOPE.match(name):
+            name = re.sub(r"[^A-Za-z0-9_.]", "_", name).strip("_") or f"node{index}"
+            name = name if name[0].isalpha() else f"n{name}"
         while name in taken:
             name += "_"
         taken.add(name)

@@ -1,6 +1,7 @@
-"""LiteRT conversion of nets shaped the way ModelPress had not met (found trying an unseen
-ShuffleNet-style net from a fresh checkout): nn.Sequential's numeric node names, which made
-onnx2tf exit the whole process, and an exact GELU, which needs TensorFlow's Flex delegate."""
+"""LiteRT conversion of nets shaped the way ModelPress had not met (found trying unseen nets
+from a fresh checkout): a ShuffleNet-style net's numeric node names (nn.Sequential), which made
+onnx2tf exit the whole process; an exact GELU, which needs TensorFlow's Flex delegate; and a
+ConvNeXt-style net, whose shared scalar constants and leading-"/" layer names stopped onnx2tf."""
 
 from __future__ import annotations
 
@@ -63,6 +64,40 @@ def _net(activation: nn.Module, width: int = 16) -> nn.Module:
     ).eval()
 
 
+class _ConvNeXtBlock(nn.Module):
+    """7x7 depthwise conv, LayerNorm over channels-last, Linear-tanh-GELU-Linear, layer scale."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(c, c, 7, padding=3, groups=c)
+        self.norm = nn.LayerNorm(c)
+        self.mlp = nn.Sequential(
+            nn.Linear(c, 4 * c), nn.GELU(approximate="tanh"), nn.Linear(4 * c, c)
+        )
+        self.gamma = nn.Parameter(torch.full((c,), 0.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.mlp(self.norm(self.dw(x).permute(0, 2, 3, 1))) * self.gamma
+        return x + y.permute(0, 3, 1, 2)
+
+
+class _ConvNeXt(nn.Module):
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, width, 4, stride=4)  # patchify
+        self.stem_norm = nn.LayerNorm(width)
+        self.blocks = nn.Sequential(_ConvNeXtBlock(width), _ConvNeXtBlock(width))
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # the stem's channels-last norm between permutes: onnx2tf then builds the next
+        # depthwise conv as a Keras layer named after its ONNX node
+        x = self.stem_norm(self.stem(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.head(self.norm(self.blocks(x).mean((2, 3))))
+
+
 def _fp16(tmp_path: Path, model: nn.Module) -> tuple[Path, np.ndarray]:
     x = np.random.default_rng(0).random((4, 3, 16, 16), dtype=np.float32)
     base = tmp_path / "baseline"
@@ -76,6 +111,14 @@ def _fp16(tmp_path: Path, model: nn.Module) -> tuple[Path, np.ndarray]:
 
 def test_a_sequential_net_s_numeric_node_names_convert(tmp_path: Path) -> None:
     model = _net(nn.Hardswish())
+    variant, x = _fp16(tmp_path, model)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(PREPROCESS.normalize(x))).numpy()
+    np.testing.assert_allclose(load_predictor(variant)(x), expected, atol=2e-2)
+
+
+def test_a_convnext_style_net_converts_and_matches_torch(tmp_path: Path) -> None:
+    model = _ConvNeXt().eval()
     variant, x = _fp16(tmp_path, model)
     with torch.no_grad():
         expected = model(torch.from_numpy(PREPROCESS.normalize(x))).numpy()
