@@ -166,18 +166,26 @@ class _CauseCollector(logging.Handler):
 _CONV = torch.ops.aten.conv2d.default
 _LINEAR = torch.ops.aten.linear.default
 _BATCH_NORM = torch.ops.aten.batch_norm.default
+_LAYER_NORM = torch.ops.aten.layer_norm.default
+_GROUP_NORM = torch.ops.aten.group_norm.default
+_LAYERS = (_CONV, _LINEAR, _BATCH_NORM, _LAYER_NORM, _GROUP_NORM)
+# ops whose parameter operand torch-pruning handles as an "unwrapped parameter" (a layer scale)
+_SCALING = (torch.ops.aten.mul.Tensor, torch.ops.aten.add.Tensor)
 
 
 def modularize(graph_module: torch.fx.GraphModule) -> torch.fx.GraphModule:
-    """Turn functional conv2d/linear/batch_norm calls into nn modules owning their parameters.
+    """Turn functional conv2d/linear/batch_norm/layer_norm/group_norm calls into nn modules
+    owning their parameters.
 
     torch.export programs call aten ops on free-standing parameters; structural pruning needs
-    real layers, so the parameters move into Conv2d/Linear/BatchNorm2d modules. A weighted op
-    of any other kind raises VariantError naming it.
+    real layers, so the parameters move into Conv2d/Linear/BatchNorm2d/LayerNorm/GroupNorm
+    modules. A parameter an elementwise mul/add reads (ConvNeXt's layer scale) stays where it
+    is: torch-pruning prunes such a tensor along with the channels it scales. A weighted op of
+    any other kind raises VariantError naming it.
     """
     graph = graph_module.graph
     for index, node in enumerate(list(graph.nodes)):
-        if node.op != "call_function" or node.target not in (_CONV, _LINEAR, _BATCH_NORM):
+        if node.op != "call_function" or node.target not in _LAYERS:
             continue
         name = f"mp_layer{index}"
         graph_module.add_submodule(name, _module_for(graph_module, node))
@@ -237,6 +245,22 @@ def _module_for(graph_module: torch.fx.GraphModule, node: Any) -> nn.Module:
         linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
         _copy_params(linear, weight=weight, bias=bias)
         return linear
+    if node.target is _LAYER_NORM:
+        norm_weight, norm_bias = _attr(graph_module, args[2]), _attr(graph_module, args[3])
+        layer_norm = nn.LayerNorm(
+            list(args[1]), eps=float(args[4] if args[4] is not None else 1e-5),
+            elementwise_affine=norm_weight is not None, bias=norm_bias is not None,
+        )  # fmt: skip
+        _copy_params(layer_norm, weight=norm_weight, bias=norm_bias)
+        return layer_norm
+    if node.target is _GROUP_NORM:
+        group_weight, group_bias = _attr(graph_module, args[2]), _attr(graph_module, args[3])
+        if group_weight is None or group_bias is None:
+            raise VariantError(f"unsupported layer {node.name}: a GroupNorm without affine")
+        eps = float(args[4] if args[4] is not None else 1e-5)
+        group_norm = nn.GroupNorm(int(args[1]), group_weight.shape[0], eps=eps)
+        _copy_params(group_norm, weight=group_weight, bias=group_bias)
+        return group_norm
     scale, shift = _attr(graph_module, args[1]), _attr(graph_module, args[2])
     mean = _required_attr(graph_module, args[3], node.name)
     var = _required_attr(graph_module, args[4], node.name)
@@ -257,13 +281,14 @@ def _copy_params(module: nn.Module, **tensors: torch.Tensor | None) -> None:
 def _check_parameters_owned(graph_module: torch.fx.GraphModule) -> None:
     """Any parameter still read by a raw op belongs to a layer type we cannot convert."""
     for node in graph_module.graph.nodes:
-        if node.op != "call_function":
+        if node.op != "call_function" or node.target in _SCALING:
             continue
         for arg in node.all_input_nodes:
             if arg.op == "get_attr" and isinstance(_attr(graph_module, arg), nn.Parameter):
                 raise VariantError(
                     f"unsupported layer for structural pruning: {node.target} (node "
-                    f"'{node.name}') holds weights; supported: conv2d, linear, batch_norm"
+                    f"'{node.name}') holds weights; supported: conv2d, linear, batch_norm, "
+                    f"layer_norm, group_norm, and a parameter that scales or shifts a tensor"
                 )
 
 

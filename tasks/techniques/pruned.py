@@ -87,10 +87,12 @@ def prune_channels(
         for m in model.modules()
         if isinstance(m, nn.Linear) and m.out_features == preprocess.num_classes
     ]
-    if scope == "inner":
-        kept += residual_stream_layers(model, example)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch-pruning warns about layers it leaves alone
+        # torch-pruning warns about layers it leaves alone and about every free parameter (a
+        # layer scale) it prunes with its channels, as it should
+        warnings.simplefilter("ignore")
+        if scope == "inner":
+            kept += residual_stream_layers(model, example)
         pruner = tp.pruner.MagnitudePruner(
             model,
             example,
@@ -114,10 +116,11 @@ def residual_stream_layers(model: nn.Module, example: torch.Tensor) -> list[nn.M
     for group in graph.get_all_groups(root_module_types=[nn.Conv2d, nn.Linear]):
         deps = [dep for dep, _ in group]
         modules = {d.target.module for d in deps} | {d.source.module for d in deps}
-        # x + y of two tensors; an add of a constant (a decomposed hard-swish's x + 3) joins nothing
+        # x + y of two tensors; an add of a constant (a decomposed hard-swish's x + 3) joins
+        # nothing, nor does the addmm of a Linear on an NHWC map (ConvNeXt's MLP)
         if any(
             isinstance(m, tp.ops._ElementWiseOp)
-            and "Add" in str(m._grad_fn)
+            and str(m._grad_fn).lstrip("<").startswith("AddBackward")
             and len(graph.module2node[m].inputs) >= 2
             for m in modules
         ):

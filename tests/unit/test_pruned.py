@@ -113,3 +113,70 @@ def test_inner_scope_keeps_every_residual_width(build: Callable[..., nn.Module] 
     assert before_macs / after_macs >= 1.4, (before_macs, after_macs)
     with torch.no_grad():
         assert model.eval()(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+class _ConvNeXtBlock(nn.Module):
+    """7x7 depthwise conv, channels-last LayerNorm, Linear MLP, a free layer-scale parameter."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(c, c, 7, padding=3, groups=c)
+        self.norm = nn.LayerNorm(c)
+        self.up, self.down = nn.Linear(c, 4 * c), nn.Linear(4 * c, c)
+        self.gamma = nn.Parameter(torch.rand(c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm(self.dw(x).permute(0, 2, 3, 1))
+        y = self.down(nn.functional.gelu(self.up(y), approximate="tanh")) * self.gamma
+        return x + y.permute(0, 3, 1, 2)
+
+
+class _ConvNeXt(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 4, stride=4)
+        self.stem_norm = nn.LayerNorm(16)
+        self.blocks = nn.Sequential(_ConvNeXtBlock(16), _ConvNeXtBlock(16))
+        self.down = nn.Conv2d(16, 32, 2, stride=2)
+        self.last = _ConvNeXtBlock(32)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem_norm(self.stem(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.head(self.last(self.down(self.blocks(x))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("scope", ["all", "inner"])
+def test_prunes_a_convnext_style_pt2_program(tmp_path: object, scope: str) -> None:
+    """A user's torch.export program with LayerNorm and layer scale (found on an unseen
+    ConvNeXt-style net: "unsupported layer for structural pruning: aten.layer_norm")."""
+    from pathlib import Path
+
+    from tasks.models import load_pt2, modularize
+
+    torch.manual_seed(0)
+    model = _ConvNeXt().eval()
+    path = Path(str(tmp_path)) / "convnext.pt2"
+    torch.export.save(torch.export.export(model, (torch.zeros(1, 3, 32, 32),)), str(path))
+    layered = modularize(load_pt2(path))
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(layered(x), model(x), atol=1e-5)
+    before_macs, _ = count_macs_params(layered, SMALL.input_shape)
+
+    prune_channels(layered, SMALL, ratio=0.5, round_to=8, scope=scope)
+
+    after_macs, _ = count_macs_params(layered, SMALL.input_shape)
+    assert before_macs is not None and after_macs is not None
+    assert before_macs / after_macs >= 1.3, (before_macs, after_macs)
+    hidden = [m.out_features for m in layered.modules() if isinstance(m, nn.Linear)][:-1:2]
+    assert hidden == [32, 32, 64]  # every MLP's expanded width halved, in either scope
+    gammas = [tuple(p.shape) for n, p in layered.named_parameters() if n.endswith("gamma")]
+    norms = [m.normalized_shape for m in layered.modules() if isinstance(m, nn.LayerNorm)]
+    if scope == "all":  # the residual widths too, each layer scale and norm with its channels
+        assert gammas == [(8,), (8,), (16,)] and norms == [(8,), (8,), (8,), (16,)]
+    else:
+        assert gammas == [(16,), (16,), (32,)] and norms == [(16,), (16,), (16,), (32,)]
+    with torch.no_grad():
+        out = layered.eval()(x)
+    assert out.shape == (2, 10) and torch.isfinite(out).all()

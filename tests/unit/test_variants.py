@@ -432,6 +432,24 @@ def test_pt2_modularize_keeps_outputs(tmp_path: Path) -> None:
     assert count_macs_params(layered, (1, 16, 16))[1] == sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.parametrize(
+    "norm", [nn.GroupNorm(4, 16), nn.LayerNorm([16, 4, 4])], ids=["group_norm", "layer_norm"]
+)
+def test_pt2_modularize_turns_norms_into_layers(tmp_path: Path, norm: nn.Module) -> None:
+    torch.manual_seed(0)
+    with torch.no_grad():  # not the identity they start as
+        for parameter in norm.parameters():
+            parameter.normal_()
+    model = _UserNet(norm=norm).eval()
+    layered = modularize(load_pt2(_save_pt2(model, tmp_path / "m.pt2")))
+    x = torch.randn(4, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(layered(x), model(x), atol=1e-5)
+    (converted,) = [m for m in layered.modules() if isinstance(m, type(norm))]
+    assert converted.weight.shape == norm.weight.shape  # type: ignore[union-attr]
+    assert count_macs_params(layered, (1, 16, 16))[1] == sum(p.numel() for p in model.parameters())
+
+
 def test_pt2_loads_from_several_threads_at_once(tmp_path: Path) -> None:
     """The nightly flow's threads load the baseline in parallel (export, pruned, distilled)."""
     import threading
@@ -460,12 +478,12 @@ def test_pt2_with_unsupported_layer_fails_pruning_naming_it(
     from tasks.errors import VariantError
     from tasks.techniques.pruned import PrunedConfig, prune
 
-    model = _UserNet(norm=nn.GroupNorm(4, 16))
-    graph_module = load_pt2(_save_pt2(model, tmp_path / "gn.pt2"))
+    model = _UserNet(norm=nn.InstanceNorm2d(16, affine=True))
+    graph_module = load_pt2(_save_pt2(model, tmp_path / "in.pt2"))
     data = tiny_workspace / "data"
     split = load_split(data, "val")
     cfg = PrunedConfig(technique="pruned", source="baseline", finetune_epochs=0)
-    with pytest.raises(VariantError, match=r"unsupported layer.*group_norm"):
+    with pytest.raises(VariantError, match=r"unsupported layer.*instance_norm"):
         prune(
             "pruned",
             cfg,
