@@ -415,6 +415,7 @@ def bench_all(
 
     rows = []
     for runner, profile in runners.items():
+        measured: dict[str, BenchmarkRow] = {}
         for name in names:
             record = read_record(variants_dir / name)
             if record.status != "ok":
@@ -432,8 +433,36 @@ def bench_all(
                 name, variants_dir / name, images_file, runner, profile, cfg
             )
             print(f"bench: {runner:<10} {name:<16} {_brief(row)}", flush=True)
+            measured[name] = row
             rows.append(row)
+        references = {"baseline"} | {read_record(variants_dir / n).source for n in measured}
+        for name in list(measured)[:-1]:  # see faster_of
+            if name in references and measured[name].status == "ok":
+                again = measure_in_subprocess(
+                    name, variants_dir / name, images_file, runner, profile, cfg
+                )
+                rows[rows.index(measured[name])] = faster_of(measured[name], again)
     return rows
+
+
+def faster_of(first: BenchmarkRow, again: BenchmarkRow) -> BenchmarkRow:
+    """The less disturbed of two measurements of one variant (nothing runs faster than it can).
+
+    A reference (the baseline, or the source of another variant) is measured once more after the
+    others: a small model's trials last milliseconds, so one busy second (the flow's bookkeeping
+    between two runners) slowed every trial of an unseen net's baseline by 1.45x, and every
+    variant looked that much faster than it is.
+    """
+    if again.status != "ok" or again.p50_ms is None or first.p50_ms is None:
+        return first
+    faster = again if again.p50_ms < first.p50_ms else first
+    if max(first.p50_ms, again.p50_ms) > 1.1 * min(first.p50_ms, again.p50_ms):
+        print(
+            f"benchmark on {first.runner}: {first.variant} measured twice, p50 {first.p50_ms:.3f} "
+            f"then {again.p50_ms:.3f} ms; kept {faster.p50_ms:.3f} (the other was disturbed)",
+            flush=True,
+        )
+    return faster
 
 
 def _brief(row: BenchmarkRow) -> str:
