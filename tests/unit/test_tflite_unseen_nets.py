@@ -118,11 +118,19 @@ def test_a_sequential_net_s_numeric_node_names_convert(tmp_path: Path) -> None:
 
 
 def test_a_convnext_style_net_converts_and_matches_torch(tmp_path: Path) -> None:
+    from tasks.op_profile import litert_ops, profile_variant
+
     model = _ConvNeXt().eval()
     variant, x = _fp16(tmp_path, model)
     with torch.no_grad():
         expected = model(torch.from_numpy(PREPROCESS.normalize(x))).numpy()
     np.testing.assert_allclose(load_predictor(variant)(x), expected, atol=2e-2)
+    # its per-op profile too: a cut after an fp16 weight's DEQUANTIZE cannot run under XNNPACK
+    profile = profile_variant(variant, runs=5)
+    ops = {row.op: row for row in profile.rows}
+    assert ops["DEQUANTIZE"].count > 0 and ops["TANH"].count == 2  # one GELU a block
+    assert sum(row.count for row in profile.rows) == len(litert_ops(variant / "model.tflite"))
+    assert profile.total_ms > 0 and sum(row.percent for row in profile.rows) > 99
 
 
 def test_an_exact_gelu_fails_the_variant_in_one_line_with_the_fix(tmp_path: Path) -> None:
