@@ -19,8 +19,8 @@ from prefect import flow, get_run_logger, task
 
 from tasks.benchmark import (
     BenchmarkRow,
-    faster_of,
     measure_in_subprocess,
+    measure_references_again,
     measurement_context,
     measurement_key,
     reused_row,
@@ -47,9 +47,8 @@ def benchmark_variants(
 ) -> list[BenchmarkRow]:
     """Every variant this runner can run, one at a time, each in a fresh process; with
     `reuse_dir`, a variant measured before on the same inputs (measurement_key) is not again.
-    A reference measured here is measured once more after the others (see faster_of)."""
+    A reference measured here is measured once more after the others (measure_references_again)."""
     records = {name: read_record(directory) for name, directory in variant_dirs.items()}
-    references = {"baseline"} | {r.source for r in records.values() if r.source}
     rows: dict[str, BenchmarkRow] = {}
     kept_files: dict[str, Path] = {}
     # what every measurement here shares, hashed once for the runner rather than per variant
@@ -67,10 +66,11 @@ def benchmark_variants(
                 continue
         rows[name] = measure(name, directory, images_file, runner, profile, cfg)
     measured = [name for name, row in rows.items() if row.measured_at and not row.reused]
-    for name in measured[:-1]:  # the last one measured has nothing after it to be fair to
-        if name in references and rows[name].status == "ok":
-            rows[name] = faster_of(rows[name], measure(name, variant_dirs[name], images_file,
-                                                     runner, profile, cfg))  # fmt: skip
+
+    def again(name: str) -> BenchmarkRow:
+        return measure(name, variant_dirs[name], images_file, runner, profile, cfg)
+
+    measure_references_again(rows, measured, (r.source for r in records.values()), again)
     for name in measured:
         if name in kept_files and rows[name].status == "ok":
             write_json(kept_files[name], asdict(rows[name]))  # atomic: never half a row

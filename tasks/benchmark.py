@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -413,46 +414,63 @@ def bench_all(
     """Benchmark each ready variant on each profile, one at a time (measurements must not overlap)."""
     from tasks.variant import read_record
 
-    rows = []
+    rows: list[BenchmarkRow] = []
     for runner, profile in runners.items():
-        measured: dict[str, BenchmarkRow] = {}
+        runner_rows: dict[str, BenchmarkRow] = {}
+        measured: list[str] = []
+        sources: list[str | None] = []
         for name in names:
             record = read_record(variants_dir / name)
             if record.status != "ok":
-                rows.append(
-                    BenchmarkRow.failed(
-                        name, runner, f"variant is {record.status}: {record.reason}", "skipped"
-                    )
+                runner_rows[name] = BenchmarkRow.failed(
+                    name, runner, f"variant is {record.status}: {record.reason}", "skipped"
                 )
                 continue
             if not runs_on(record.runtime, profile):
                 reason = f"{record.runtime} variants are not measured on {profile.kind} runners"
-                rows.append(BenchmarkRow.failed(name, runner, reason, "skipped"))
+                runner_rows[name] = BenchmarkRow.failed(name, runner, reason, "skipped")
                 continue
             row = measure_in_subprocess(
                 name, variants_dir / name, images_file, runner, profile, cfg
             )
             print(f"bench: {runner:<10} {name:<16} {_brief(row)}", flush=True)
-            measured[name] = row
-            rows.append(row)
-        references = {"baseline"} | {read_record(variants_dir / n).source for n in measured}
-        for name in list(measured)[:-1]:  # see faster_of
-            if name in references and measured[name].status == "ok":
-                again = measure_in_subprocess(
-                    name, variants_dir / name, images_file, runner, profile, cfg
-                )
-                rows[rows.index(measured[name])] = faster_of(measured[name], again)
+            runner_rows[name] = row
+            measured.append(name)
+            sources.append(record.source)
+
+        def again(
+            name: str, runner: str = runner, profile: RunnerProfile = profile
+        ) -> BenchmarkRow:
+            return measure_in_subprocess(
+                name, variants_dir / name, images_file, runner, profile, cfg
+            )
+
+        measure_references_again(runner_rows, measured, sources, again)
+        rows += runner_rows.values()
     return rows
 
 
-def faster_of(first: BenchmarkRow, again: BenchmarkRow) -> BenchmarkRow:
-    """The less disturbed of two measurements of one variant (nothing runs faster than it can).
+def measure_references_again(
+    rows: dict[str, BenchmarkRow],
+    measured: list[str],
+    sources: Iterable[str | None],
+    measure_again: Callable[[str], BenchmarkRow],
+) -> None:
+    """Measure each reference among `measured` (the baseline, or the source of another variant)
+    once more after the others, and keep its faster row in `rows`.
 
-    A reference (the baseline, or the source of another variant) is measured once more after the
-    others: a small model's trials last milliseconds, so one busy second (the flow's bookkeeping
-    between two runners) slowed every trial of an unseen net's baseline by 1.45x, and every
-    variant looked that much faster than it is.
+    Every speed-up is relative to a reference, and a small model's trials last milliseconds: one
+    busy second (the flow's bookkeeping between two runners) slowed every trial of an unseen
+    net's baseline by 1.45x, and every variant looked that much faster than it is.
     """
+    references = {"baseline"} | {source for source in sources if source}
+    for name in measured[:-1]:  # the last one measured has nothing after it to be fair to
+        if name in references and rows[name].status == "ok":
+            rows[name] = faster_of(rows[name], measure_again(name))
+
+
+def faster_of(first: BenchmarkRow, again: BenchmarkRow) -> BenchmarkRow:
+    """The less disturbed of two measurements of one variant: nothing runs faster than it can."""
     if again.status != "ok" or again.p50_ms is None or first.p50_ms is None:
         return first
     faster = again if again.p50_ms < first.p50_ms else first

@@ -8,7 +8,6 @@ technique picks one `Output`, gets that file back, and records it with `litert_r
 from __future__ import annotations
 
 import re
-import shutil
 import threading
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -61,27 +60,28 @@ class Converted:
 
 
 def working_copy(onnx_file: Path, work_dir: Path) -> Path:
-    """A simplified copy of the ONNX file in work_dir, its node names ones TensorFlow takes:
-    onnx2tf rewrites (simplifies) the file it is given, and the source must never change."""
+    """A simplified copy of the ONNX file in work_dir, its constants initializers and its node
+    names ones TensorFlow takes: onnx2tf rewrites (simplifies) the file it is given, and the
+    source must never change. Loaded and saved once, every step on the model in memory."""
+    import onnx
+
+    model = simplified(onnx.load(str(onnx_file)))
+    constants_as_initializers(model.graph)
+    tf_safe_node_names(model.graph)
     copy = work_dir / "model.onnx"
-    shutil.copyfile(onnx_file, copy)
-    simplify(copy)
-    constants_as_initializers(copy)
-    tf_safe_node_names(copy)
+    onnx.save(model, str(copy))
     return copy
 
 
-def constants_as_initializers(onnx_file: Path) -> int:
-    """Turn (in place) every Constant node holding a tensor into an initializer, and return how
-    many: onnxsim keeps a scalar Constant that many nodes share, and onnx2tf's accuracy check
-    of a Mul then builds a Keras model whose output is that bare float and stops (a tanh-GELU
-    after a Linear on NHWC maps: "Output tensors of a Functional model must be the output of a
-    TensorFlow `Layer`"; found on an unseen ConvNeXt-style net). As an initializer it is a
-    weight like any other."""
+def constants_as_initializers(graph: Any) -> int:
+    """Turn every Constant node of an onnx GraphProto holding a tensor into an initializer, and
+    return how many: onnxsim keeps a scalar Constant that many nodes share, and onnx2tf's
+    accuracy check of a Mul then builds a Keras model whose output is that bare float and stops
+    (a tanh-GELU after a Linear on NHWC maps: "Output tensors of a Functional model must be the
+    output of a TensorFlow `Layer`"; found on an unseen ConvNeXt-style net). As an initializer
+    it is a weight like any other."""
     import onnx
 
-    model = onnx.load(str(onnx_file))
-    graph = model.graph
     moved = 0
     for node in list(graph.node):
         if node.op_type != "Constant" or [a.name for a in node.attribute] != ["value"]:
@@ -92,21 +92,16 @@ def constants_as_initializers(onnx_file: Path) -> int:
         graph.initializer.append(tensor)
         graph.node.remove(node)
         moved += 1
-    if moved:
-        onnx.save(model, str(onnx_file))
     return moved
 
 
-def tf_safe_node_names(onnx_file: Path) -> int:
-    """Rename (in place) the nodes whose names TensorFlow refuses as a scope, and return how
-    many: an nn.Sequential exports `/8/body/body.0/Conv`, and onnx2tf then exits with "OP name
-    does not match the pattern" (found on a net it had never seen)."""
-    import onnx
-
-    model = onnx.load(str(onnx_file))
-    taken = {node.name for node in model.graph.node}
+def tf_safe_node_names(graph: Any) -> int:
+    """Rename the nodes of an onnx GraphProto whose names TensorFlow refuses as a scope, and
+    return how many: an nn.Sequential exports `/8/body/body.0/Conv`, and onnx2tf then exits
+    with "OP name does not match the pattern" (found on a net it had never seen)."""
+    taken = {node.name for node in graph.node}
     renamed = 0
-    for index, node in enumerate(model.graph.node):
+    for index, node in enumerate(graph.node):
         if _TF_SCOPE.match(node.name):
             continue
         name = node.name.lstrip("/")  # torch's "/blocks/blocks.0/dw/Conv" keeps its scopes
@@ -118,13 +113,12 @@ def tf_safe_node_names(onnx_file: Path) -> int:
         taken.add(name)
         node.name = name
         renamed += 1
-    if renamed:
-        onnx.save(model, str(onnx_file))
     return renamed
 
 
-def simplify(onnx_file: Path) -> None:
-    """Fold onnx_file's constant subgraphs (in place) with onnxsim, in this process.
+def simplified(model: Any) -> Any:
+    """The onnx ModelProto with its constant subgraphs folded by onnxsim, in this process (the
+    model as given where onnxsim cannot fold it).
 
     onnx2tf simplifies through the `onnxsim` command; where that is not on PATH (the venv's
     `modelpress` run without activating the venv) it silently converts the raw graph, and the
@@ -132,16 +126,13 @@ def simplify(onnx_file: Path) -> None:
     transposed: EfficientNet-Lite's TF-'SAME' pads turned a 48x48 map into 49x47 and the
     conversion failed. Folded here, every Pad is a constant or fused into its Conv.
     """
-    import onnx
     import onnxsim
 
-    model = onnx.load(str(onnx_file))
     try:
-        simplified, checked = onnxsim.simplify(model)
+        folded, checked = onnxsim.simplify(model)
     except Exception:  # onnxsim cannot fold every graph; onnx2tf then gets it as exported
-        return
-    if checked:
-        onnx.save(simplified, str(onnx_file))
+        return model
+    return folded if checked else model
 
 
 def convert(
