@@ -14,10 +14,12 @@ from prefect.futures import PrefectFuture
 
 from flows.runners import builder, gpu_annotation, pin_worker_threads
 from tasks.config import Params, VariantConfig
+from tasks.errors import ModelPressError, brief
+from tasks.io import atomic_dir
 from tasks.lineage import code_sha256
 from tasks.plan import content_key, in_dependency_order
 from tasks.techniques import technique_of
-from tasks.variant import VariantRecord
+from tasks.variant import VariantRecord, write_record
 
 # The expensive tasks: keyed by their inputs and their code. Not by `root`, the params file's
 # folder: it only resolves relative paths, and what they name is in the keys by content (the data
@@ -129,8 +131,46 @@ def build_variants(
                 wait_for=[futures[cfg.source]],
                 return_state=False,
             )
-    results = {name: future.result() for name, future in futures.items()}
-    records = {n: r.record if isinstance(r, Built) else r for n, r in results.items()}
-    builders = {n: r.builder for n, r in results.items() if isinstance(r, Built)}
+    # the baseline's export failing stops the night: there is nothing to compare variants with
+    records: dict[str, VariantRecord] = {"baseline": export.result()}
+    builders: dict[str, str] = {}
+    for name, future in futures.items():
+        if name == "baseline":
+            continue
+        future.wait()
+        if future.state.is_completed():
+            built = future.result()
+            records[name], builders[name] = built.record, built.builder
+            continue
+        cfg = params.variants[name]
+        records[name] = _did_not_finish(name, cfg, future, records)
+        # kept apart from the variant's own directory (its cache): the next run builds it again
+        dirs[name] = str(variants_root / f"{name}-{keys[name]}.unfinished")
+        with atomic_dir(Path(dirs[name])) as staging:
+            write_record(staging, records[name])
     cached = [name for name, future in futures.items() if future.state.name == "Cached"]
     return BuiltVariants(variants_root, records, dirs, cached, builders)
+
+
+def _did_not_finish(
+    name: str, cfg: VariantConfig, future: PrefectFuture[Any], records: dict[str, VariantRecord]
+) -> VariantRecord:
+    """The record of a variant whose build raised or crashed (or whose source did): failed, with
+    why. One variant's crash (a bug in a technique, a worker process the out-of-memory killer
+    ended) fails that variant, not the night. Bad input (a ModelPressError other than the
+    variant-level ones, which the build records itself) still stops the night with its line."""
+    state = future.state
+    if state.is_failed() or state.is_crashed():
+        error = future.result(raise_on_failure=False)
+        if isinstance(error, ModelPressError):
+            raise error
+        reason = f"{name}: build crashed ({type(error).__name__}): {brief(error)}"
+        if not isinstance(error, BaseException):
+            reason = f"{name}: build ended {state.name}: {state.message}"
+        get_run_logger().error("%s (not cached: the next run builds it again)", reason)
+    else:  # NotReady: the source it waited for did not finish
+        source = records.get(cfg.source)
+        reason = f"source '{cfg.source}' is {source.status if source else 'failed'}"
+    return VariantRecord(
+        name=name, technique=cfg.technique, status="failed", source=cfg.source, reason=reason
+    )

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from tasks.config import BenchmarkConfig, RunnerProfile
-from tasks.errors import ModelPressError, brief
+from tasks.errors import ModelPressError, brief, process_ended
 from tasks.runtimes import RUNTIME_PACKAGES, RUNTIMES, runs_on
 
 
@@ -343,7 +343,11 @@ def measure_in_subprocess(
         if done.returncode != 0 or not out.exists():
             lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
             return BenchmarkRow.failed(
-                name, runner, brief(lines[-1]) if lines else f"exit code {done.returncode}"
+                name,
+                runner,
+                brief(lines[-1])
+                if lines and done.returncode >= 0
+                else f"its measuring process {process_ended(done.returncode)}",
             )
         return BenchmarkRow(**json.loads(out.read_text()))
 

@@ -85,3 +85,19 @@ class FetchError(ModelPressError):
 
 class FetchNotFoundError(FetchError):
     """The rev or path does not exist: asking again cannot help (not retried)."""
+
+
+def process_ended(exit_code: int) -> str:
+    """How a child process ended, from its exit code, for the end of a message ("exited with
+    code 3", "was killed by SIGKILL (…)"): a negative code is the signal that ended it."""
+    import signal
+
+    if exit_code >= 0:
+        return f"exited with code {exit_code}"
+    try:
+        how = signal.Signals(-exit_code).name
+    except ValueError:
+        how = f"signal {-exit_code}"
+    if -exit_code == signal.SIGKILL:
+        how += " (the kernel's out-of-memory killer sends SIGKILL: is memory short?)"
+    return f"was killed by {how}"

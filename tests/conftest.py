@@ -65,6 +65,8 @@ TINY_OVERRIDES: dict = {
 # A technique from outside tasks/ (tests/plugins/bf16_weights.py), as params.yaml names one: the
 # tests run it through the config, the dispatch, `dvc repro` and the nightly flow.
 PLUGIN_TECHNIQUE = "tests.plugins.bf16_weights:TECHNIQUE"
+# One whose build crashes (raises, or its build process is killed): tests/plugins/crashing.py.
+CRASHING_TECHNIQUE = "tests.plugins.crashing:TECHNIQUE"
 
 # Tiny models on 16x16 digits: gates low enough that every built variant passes unless forced.
 LENIENT_GATES: dict = {

@@ -27,7 +27,7 @@ import copy
 import tempfile
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -74,48 +74,12 @@ def build(context: BuildContext, config: QatInt8Config) -> VariantRecord:
     a time, so there the build runs in place.
     """
     import multiprocessing
-    import queue
-    from concurrent.futures import ProcessPoolExecutor
+
+    from tasks.child_process import in_child_process
 
     if multiprocessing.current_process().daemon:
         return _build_here(context, config)
-    spawn = multiprocessing.get_context("spawn")
-    lines = spawn.Queue()
-    with ProcessPoolExecutor(
-        1, mp_context=spawn, initializer=_print_to, initargs=(lines,)
-    ) as child:
-        future = child.submit(_build_here, context, config)
-        # the child's progress lines, printed here: in the task's thread they reach its log
-        while True:
-            try:
-                print(lines.get(timeout=0.5))
-            except queue.Empty:
-                if future.done():
-                    break
-        return future.result()
-
-
-class _QueueWriter:
-    """A child's sys.stdout: each whole line goes to the parent through `lines`."""
-
-    def __init__(self, lines: Any) -> None:
-        self.lines, self.partial = lines, ""
-
-    def write(self, text: str) -> int:
-        *whole, self.partial = (self.partial + text).split("\n")
-        for line in whole:
-            if line.strip():
-                self.lines.put(line)
-        return len(text)
-
-    def flush(self) -> None:
-        return None
-
-
-def _print_to(lines: Any) -> None:
-    import sys
-
-    sys.stdout = _QueueWriter(lines)
+    return in_child_process(f"{context.name}'s build", _build_here, context, config)
 
 
 def _build_here(context: BuildContext, config: QatInt8Config) -> VariantRecord:

@@ -19,6 +19,7 @@ import torch
 
 from tests import processes
 from tests.conftest import (
+    CRASHING_TECHNIQUE,
     FAST_BENCHMARK,
     LENIENT_GATES,
     PLUGIN_TECHNIQUE,
@@ -450,3 +451,48 @@ def test_technique_from_outside_the_repo_is_built_evaluated_and_published(
     # the technique's module is part of the compress cache key: an unchanged night reuses it
     again = nightly(**run)
     assert "bf16" in again.cached_tasks and again.status == "unchanged", again
+
+
+def test_a_crashing_build_fails_its_variant_not_the_night(
+    prefect_server: str, tmp_path: Path
+) -> None:
+    """One technique raises (a bug), one's build process is SIGKILLed (as the out-of-memory
+    killer does): each fails its own variant, with why, and so does a variant built from one;
+    the others are built, evaluated and published. A crash is not cached: the next night builds
+    it again (before, the first crash ended the flow and nothing was published)."""
+    import yaml
+
+    from flows.nightly import nightly
+
+    inputs = write_random_inputs(tmp_path)  # every accuracy gate off
+    registry = {"uri": str(tmp_path / "registry"), "model_name": "crashes"}
+    techniques = [PLUGIN_TECHNIQUE, CRASHING_TECHNIQUE]
+    path = write_params(tmp_path, inputs | {"techniques": techniques, "registry": registry})
+    raw = yaml.safe_load(path.read_text())
+    raw["variants"] = {
+        "bf16": {"technique": "bf16_weights", "source": "baseline"},
+        "buggy": {"technique": "crashing", "source": "baseline", "how": "raise"},
+        "killed": {"technique": "crashing", "source": "baseline", "how": "die"},
+        "after_killed": {"technique": "bf16_weights", "source": "killed"},
+    }
+    raw["gates"]["per_variant"] = {}
+    raw["benchmark"] = {**raw["benchmark"], **FAST_BENCHMARK}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+    run = dict(params_file=str(path), approval="auto", workdir=str(tmp_path / "work"))
+    result = nightly(**run)
+    assert result.status == "published" and result.published == ["baseline", "bf16"], result
+    rejected = result.rejected
+    assert "buggy: build crashed (RuntimeError): index 7 is out of bounds" in rejected["buggy"]
+    assert (
+        "killed: build crashed (ChildProcessDied): killed's build process was killed by SIGKILL"
+        in rejected["killed"]
+    ), rejected
+    assert "source 'killed' is failed" in rejected["after_killed"], rejected
+    variants = tmp_path / "work" / "variants"
+    assert not [d.name for d in variants.glob("*/killed-*") if not d.name.endswith(".unfinished")]
+
+    again = nightly(**run)
+    assert again.status == "unchanged" and "bf16" in again.cached_tasks, again
+    assert not {"buggy", "killed", "after_killed"} & set(again.cached_tasks), again.cached_tasks
+    assert "killed's build process was killed by SIGKILL" in again.rejected["killed"]

@@ -39,3 +39,21 @@ def test_an_empty_message_names_the_exception_type() -> None:
 def test_one_word_longer_than_the_limit_is_kept_whole() -> None:
     path = "/very/" + "deep/" * 80 + "model.onnx"
     assert brief(path, limit=50) == path
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "expected"),
+    [
+        (3, "exited with code 3"),
+        (-15, "was killed by SIGTERM"),
+        (
+            -9,
+            "was killed by SIGKILL (the kernel's out-of-memory killer sends SIGKILL: is memory short?)",
+        ),
+        (-200, "was killed by signal 200"),
+    ],
+)
+def test_process_ended_reads_the_exit_code(exit_code: int, expected: str) -> None:
+    from tasks.errors import process_ended
+
+    assert process_ended(exit_code) == expected
