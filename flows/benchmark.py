@@ -19,8 +19,8 @@ from prefect import flow, get_run_logger, task
 
 from tasks.benchmark import (
     BenchmarkRow,
+    measure_again,
     measure_in_subprocess,
-    measure_references_again,
     measurement_context,
     measurement_key,
     reused_row,
@@ -47,7 +47,8 @@ def benchmark_variants(
 ) -> list[BenchmarkRow]:
     """Every variant this runner can run, one at a time, each in a fresh process; with
     `reuse_dir`, a variant measured before on the same inputs (measurement_key) is not again.
-    A reference measured here is measured once more after the others (measure_references_again)."""
+    A reference measured here is measured once more after the others, and so is a variant that
+    measured slow against it (measure_again)."""
     records = {name: read_record(directory) for name, directory in variant_dirs.items()}
     rows: dict[str, BenchmarkRow] = {}
     kept_files: dict[str, Path] = {}
@@ -70,7 +71,8 @@ def benchmark_variants(
     def again(name: str) -> BenchmarkRow:
         return measure(name, variant_dirs[name], images_file, runner, profile, cfg)
 
-    measure_references_again(rows, measured, (r.source for r in records.values()), again)
+    sources = {name: record.source for name, record in records.items()}
+    measure_again(rows, measured, sources, again, cfg.measure_again_below_speedup)
     for name in measured:
         if name in kept_files and rows[name].status == "ok":
             write_json(kept_files[name], asdict(rows[name]))  # atomic: never half a row

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -422,7 +422,7 @@ def bench_all(
     for runner, profile in runners.items():
         runner_rows: dict[str, BenchmarkRow] = {}
         measured: list[str] = []
-        sources: list[str | None] = []
+        sources: dict[str, str | None] = {}
         for name in names:
             record = read_record(variants_dir / name)
             if record.status != "ok":
@@ -440,7 +440,7 @@ def bench_all(
             print(f"bench: {runner:<10} {name:<16} {_brief(row)}", flush=True)
             runner_rows[name] = row
             measured.append(name)
-            sources.append(record.source)
+            sources[name] = record.source
 
         def again(
             name: str, runner: str = runner, profile: RunnerProfile = profile
@@ -449,28 +449,59 @@ def bench_all(
                 name, variants_dir / name, images_file, runner, profile, cfg
             )
 
-        measure_references_again(runner_rows, measured, sources, again)
+        measure_again(runner_rows, measured, sources, again, cfg.measure_again_below_speedup)
         rows += runner_rows.values()
     return rows
 
 
-def measure_references_again(
+def measure_again(
     rows: dict[str, BenchmarkRow],
     measured: list[str],
-    sources: Iterable[str | None],
-    measure_again: Callable[[str], BenchmarkRow],
+    sources: dict[str, str | None],
+    measure: Callable[[str], BenchmarkRow],
+    below_speedup: float | None = None,
 ) -> None:
-    """Measure each reference among `measured` (the baseline, or the source of another variant)
-    once more after the others, and keep its faster row in `rows`.
+    """Measure some of `measured` once more, keeping each one's faster row in `rows`:
 
-    Every speed-up is relative to a reference, and a small model's trials last milliseconds: one
-    busy second (the flow's bookkeeping between two runners) slowed every trial of an unseen
-    net's baseline by 1.45x, and every variant looked that much faster than it is.
+    - each reference (the baseline, or the source of another variant), after the others. Every
+      speed-up is relative to a reference, and a small model's trials last milliseconds: one
+      busy second (the flow's bookkeeping between two runners) slowed every trial of an unseen
+      net's baseline by 1.45x, and every variant looked that much faster than it is;
+    - then each other variant measured less than `below_speedup` times faster than the baseline
+      or its source: a disturbed measurement of a variant is what rejects it (a LiteRT fp16
+      model measured 0.602 ms one night and 0.308 the next, its baseline 0.4), and a variant
+      measured twice is judged as its references are. None: only the references.
+
+    `sources` maps each variant to the variant it was built from.
     """
-    references = {"baseline"} | {source for source in sources if source}
+    references = {"baseline"} | {source for source in sources.values() if source}
     for name in measured[:-1]:  # the last one measured has nothing after it to be fair to
         if name in references and rows[name].status == "ok":
-            rows[name] = faster_of(rows[name], measure_again(name))
+            rows[name] = faster_of(rows[name], measure(name))
+    if below_speedup is None:
+        return
+    for name in measured:
+        if name not in references and _looks_slow(rows, name, sources.get(name), below_speedup):
+            rows[name] = faster_of(rows[name], measure(name))
+
+
+def _looks_slow(
+    rows: dict[str, BenchmarkRow], name: str, source: str | None, below_speedup: float
+) -> bool:
+    """Measured less than `below_speedup` times faster than the baseline or its source."""
+    mine = rows[name].p50_ms if rows[name].status == "ok" else None
+    if mine is None:
+        return False
+    for reference in {"baseline", source or "baseline"}:
+        row = rows.get(reference)
+        if (
+            row is not None
+            and row.status == "ok"
+            and row.p50_ms
+            and row.p50_ms / mine < below_speedup
+        ):
+            return True
+    return False
 
 
 def faster_of(first: BenchmarkRow, again: BenchmarkRow) -> BenchmarkRow:

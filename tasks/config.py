@@ -292,6 +292,9 @@ class BenchmarkConfig(_Strict):
     trials: Annotated[int, Field(ge=1, le=50)] = 5  # independent repeats: the spread of p50
     throughput_batch: PositiveInt = 32
     throughput_seconds: Annotated[float, Field(gt=0)] = 2.0
+    # a variant measured less than this many times faster than the baseline or its source is
+    # measured once more and keeps its faster row (references always are); null: only references
+    measure_again_below_speedup: Annotated[float, Field(ge=1)] | None = 1.25
     # a local runner's row is reused while the variant's files, the images, the runner profile,
     # these settings, the host, the runtime versions and the timing code are all unchanged
     reuse: bool = True
