@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -93,6 +93,18 @@ def prune_channels(
         warnings.simplefilter("ignore")
         if scope == "inner":
             kept += residual_stream_layers(model, example)
+        whole = misread_layers(model, example, kept)
+        whole += breaking_layers(model, example, kept + whole, ratio, round_to)
+        kept += whole
+    if whole:
+        names = {id(module): name for name, module in model.named_modules()}
+        print(
+            "pruned: left whole (pruning their channels would misread or break the model): "
+            + ", ".join(names[id(m)] for m in whole),
+            flush=True,
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         pruner = tp.pruner.MagnitudePruner(
             model,
             example,
@@ -103,6 +115,108 @@ def prune_channels(
         )
         pruner.step()
     return model
+
+
+def breaking_layers(
+    model: nn.Module,
+    example: torch.Tensor,
+    ignored: list[nn.Module],
+    ratio: float,
+    round_to: int | None,
+) -> list[nn.Module]:
+    """The layers whose pruning leaves a model that no longer runs, found by pruning copies of
+    it one group at a time and running each step: a hand-written attention reshapes its tokens
+    with sizes its forward computes from the input's width (`d // heads`, `3 * d`), which
+    torch-pruning cannot see, and a pruned token width broke that reshape. Each pass that breaks
+    leaves the group it broke at whole and starts again from a fresh copy."""
+    import copy
+
+    import torch
+    import torch_pruning as tp
+
+    names = {id(module): name for name, module in model.named_modules()}
+    broken: list[str] = []
+    while True:
+        candidate = copy.deepcopy(model)
+        modules = dict(candidate.named_modules())
+        pruner = tp.pruner.MagnitudePruner(
+            candidate,
+            example,
+            importance=tp.importance.MagnitudeImportance(p=2),
+            pruning_ratio=ratio,
+            ignored_layers=[modules[names[id(m)]] for m in ignored] + [modules[n] for n in broken],
+            round_to=round_to,
+        )
+        candidate_names = {id(module): name for name, module in modules.items()}
+        broke = None
+        for group in pruner.step(interactive=True):
+            group.prune()
+            try:
+                with torch.no_grad():
+                    candidate(example)
+            except Exception:  # any failure to run: this group broke it
+                broke = candidate_names[id(group[0][0].target.module)]
+                break
+        if broke is None:
+            original = dict(model.named_modules())
+            return [original[name] for name in broken]
+        if broke in broken:  # cannot happen for a model that runs unpruned: never loop on it
+            raise VariantError(f"pruning breaks the model at {broke}, even left whole")
+        broken.append(broke)
+
+
+def misread_layers(
+    model: nn.Module, example: torch.Tensor, ignored: list[nn.Module]
+) -> list[nn.Module]:
+    """The layers whose output channels torch-pruning's dependency graph maps onto channels that
+    are not there, left whole: a hand-written attention's qkv Linear (its 3 x heads x head_dim
+    outputs split by a reshape) was coupled with 144 input channels of a projection that has 48,
+    and the pruner stopped with an IndexError. A group is trusted only when every index it
+    would remove exists in the layer it removes it from."""
+    import torch_pruning as tp
+    from torch import nn
+
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    importance = tp.importance.MagnitudeImportance(p=2)
+    misread: list[nn.Module] = []
+    for group in graph.get_all_groups(
+        ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]
+    ):
+        fits = all(_indices_fit(graph, dep, idxs) for dep, idxs in group)
+        if fits:
+            try:
+                importance(group)
+            except (IndexError, RuntimeError):
+                fits = False
+        if not fits:
+            misread += [
+                dep.target.module
+                for dep, _ in group
+                if isinstance(dep.target.module, nn.Conv2d | nn.Linear)
+                and graph.is_out_channel_pruning_fn(dep.handler)
+            ]
+    return misread
+
+
+def _indices_fit(graph: Any, dep: Any, idxs: list[int]) -> bool:
+    """Every channel index `dep` would prune exists in its layer (a Conv2d/Linear/norm)."""
+    from torch import nn
+
+    layer = dep.target.module
+    if not idxs:
+        return True
+    out = graph.is_out_channel_pruning_fn(dep.handler)
+    if isinstance(layer, nn.Conv2d):
+        count = layer.out_channels if out else layer.in_channels
+    elif isinstance(layer, nn.Linear):
+        count = layer.out_features if out else layer.in_features
+    elif isinstance(layer, nn.BatchNorm2d | nn.BatchNorm1d):
+        count = layer.num_features
+    elif isinstance(layer, nn.LayerNorm | nn.GroupNorm):
+        count = layer.weight.shape[0] if layer.weight is not None else max(idxs) + 1
+    else:
+        return True
+    return max(idxs) < count
 
 
 def residual_stream_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:

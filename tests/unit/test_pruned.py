@@ -180,3 +180,71 @@ def test_prunes_a_convnext_style_pt2_program(tmp_path: object, scope: str) -> No
     with torch.no_grad():
         out = layered.eval()(x)
     assert out.shape == (2, 10) and torch.isfinite(out).all()
+
+
+class _Attention(nn.Module):
+    """Hand-written multi-head attention, as MobileViT-style nets write it: the qkv Linear's
+    3 * d outputs split by a reshape whose sizes come from the input's width d."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        attn = (qkv[0] @ qkv[1].transpose(-2, -1)).softmax(dim=-1)
+        return self.proj((attn @ qkv[2]).transpose(1, 2).reshape(b, n, d))
+
+
+class _TinyViTNet(nn.Module):
+    """Conv stem, a MobileViT-style block (tokens from a 1x1 conv, a pre-norm transformer layer
+    with a residual, back to a map and concatenated with its input), pooled linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.SiLU())
+        self.to_tokens = nn.Conv2d(32, 48, 1)
+        self.norm, self.attn = nn.LayerNorm(48), _Attention(48, heads=2)
+        self.mlp = nn.Sequential(nn.Linear(48, 96), nn.SiLU(), nn.Linear(96, 48))
+        self.from_tokens = nn.Conv2d(48, 32, 1)
+        self.fuse = nn.Conv2d(64, 64, 3, 1, 1)
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = self.to_tokens(x)
+        b, d, h, w = y.shape
+        tokens = y.flatten(2).transpose(1, 2)
+        tokens = tokens + self.attn(self.norm(tokens))
+        tokens = tokens + self.mlp(tokens)
+        y = self.from_tokens(tokens.transpose(1, 2).reshape(b, d, h, w))
+        return self.head(self.fuse(torch.cat([x, y], dim=1)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("scope", ["all", "inner"])
+def test_hand_written_attention_is_left_whole_and_the_rest_is_pruned(
+    scope: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """torch-pruning misreads the qkv split (it coupled qkv's 144 outputs with 144 inputs of a
+    48-wide projection and stopped with an IndexError) and cannot see that the forward computes
+    the head width from the token width: those layers stay whole, the model still runs, and
+    every other layer is pruned."""
+    torch.manual_seed(0)
+    model = _TinyViTNet().eval()
+    images = torch.rand(2, 3, 32, 32)
+    _, before_params = count_macs_params(model, SMALL.input_shape)
+
+    prune_channels(model, SMALL, ratio=0.5, round_to=8, scope=scope)
+
+    assert "pruned: left whole" in capsys.readouterr().out
+    assert (model.attn.qkv.in_features, model.attn.qkv.out_features) == (48, 144)
+    assert (model.attn.proj.in_features, model.attn.proj.out_features) == (48, 48)
+    assert model.stem[0].out_channels == 16 and model.mlp[0].out_features == 48
+    assert model.fuse.out_channels == 32 and model.head.out_features == 10
+    _, after_params = count_macs_params(model, SMALL.input_shape)
+    assert before_params / after_params >= 1.5, (before_params, after_params)
+    with torch.no_grad():
+        out = model(images)
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
