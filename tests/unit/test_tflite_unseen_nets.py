@@ -129,6 +129,7 @@ def test_a_convnext_style_net_converts_and_matches_torch(tmp_path: Path) -> None
     profile = profile_variant(variant, runs=5)
     ops = {row.op: row for row in profile.rows}
     assert ops["DEQUANTIZE"].count > 0 and ops["TANH"].count == 2  # one GELU a block
+    assert "SQUARED_DIFFERENCE" not in ops  # see the int8 test below
     assert sum(row.count for row in profile.rows) == len(litert_ops(variant / "model.tflite"))
     assert profile.total_ms > 0 and sum(row.percent for row in profile.rows) > 99
 
@@ -141,3 +142,52 @@ def test_an_exact_gelu_fails_the_variant_in_one_line_with_the_fix(tmp_path: Path
     assert "approximate='tanh'" in message
     assert not (tmp_path / "fp16").exists()  # nothing half-written
     _fp16(tmp_path / "tanh", _net(nn.GELU(approximate="tanh")))  # the fix it names converts
+
+
+def test_layer_norm_converts_to_int8_ops_xnnpack_runs(tmp_path: Path) -> None:
+    """onnx2tf's LayerNorm computed its variance with SQUARED_DIFFERENCE, which has no int8
+    XNNPACK kernel (31% of an unseen MobileViT-style net's int8 time, 19 us each): the variance
+    is now mean((x - m) * (x - m)), SUB and MUL, and the int8 model still follows torch's."""
+    from collections import Counter
+
+    from tasks.data import Split
+    from tasks.op_profile import litert_ops
+    from tasks.techniques.tflite_int8 import TfliteInt8Config, quantize
+
+    model = _ConvNeXt().eval()
+    x = np.random.default_rng(0).random((64, 3, 16, 16), dtype=np.float32)
+    base = tmp_path / "baseline"
+    write_onnx_variant(
+        model, PREPROCESS, x[:4], base, name="baseline", technique="baseline", source=None
+    )
+    cfg = TfliteInt8Config(technique="tflite_int8", source="baseline", calibration_samples=64)
+    calib = Split(x=x, y=np.zeros(len(x), dtype=np.int64))
+    quantize("tflite_int8", cfg, base, calib, PREPROCESS, tmp_path / "int8")
+
+    ops = litert_ops(tmp_path / "int8" / "model.tflite")
+    kinds = Counter(op.op for op in ops)
+    assert "SQUARED_DIFFERENCE" not in kinds, kinds
+    assert kinds["RSQRT"] == 4, kinds  # the four LayerNorms, each normalised once
+    assert [op.op for op in ops if "float32" in op.input_dtypes + op.output_dtypes] == []
+    with torch.no_grad():
+        expected = model(torch.from_numpy(PREPROCESS.normalize(x))).numpy()
+    got = load_predictor(tmp_path / "int8")(x)
+    assert np.corrcoef(got.ravel(), expected.ravel())[0, 1] > 0.95
+
+
+def test_moments_by_mul_equal_tensorflows() -> None:
+    import tensorflow as tf
+
+    from tasks.tflite_convert import _variance_by_mul
+
+    x = tf.constant(np.random.default_rng(1).normal(3.0, 2.0, (2, 5, 7)).astype(np.float32))
+    expected = [t.numpy() for t in tf.nn.moments(x, [2], keepdims=True)]
+    kept = tf.nn.moments
+    with _variance_by_mul():
+        assert tf.nn.moments is not kept
+        same = [t.numpy() for t in tf.nn.moments(x, [2], keepdims=True)]
+        squeezed = [t.numpy() for t in tf.nn.moments(x, [1, 2])]
+    assert tf.nn.moments is kept  # restored
+    for mine, theirs in zip(same, expected, strict=True):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-5)
+    assert squeezed[0].shape == squeezed[1].shape == (2,)
