@@ -173,6 +173,16 @@ _LAYERS = (_CONV, _LINEAR, _BATCH_NORM, _LAYER_NORM, _GROUP_NORM)
 _SCALING = (torch.ops.aten.mul.Tensor, torch.ops.aten.add.Tensor)
 
 
+def with_layers(model: nn.Module) -> nn.Module:
+    """`model`, or for an imported .pt2 program that calls functional ops, its modularized form:
+    real layers for a technique that changes them (pruning, a narrowed student)."""
+    if isinstance(model, torch.fx.GraphModule) and not any(
+        isinstance(m, torch.nn.Conv2d | torch.nn.Linear) for m in model.modules()
+    ):
+        return modularize(model)
+    return model
+
+
 def modularize(graph_module: torch.fx.GraphModule) -> torch.fx.GraphModule:
     """Turn functional conv2d/linear/batch_norm/layer_norm/group_norm calls into nn modules
     owning their parameters.

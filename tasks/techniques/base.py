@@ -87,20 +87,13 @@ class BuildContext:
         imported .pt2 program is modularized); a one-line VariantError where there is none."""
         import copy
 
-        import torch
-
         from tasks.errors import VariantError
-        from tasks.models import modularize
+        from tasks.models import with_layers
 
         source_model = self.source_model()
         if source_model is None:
             raise VariantError(f"{self.name}: {technique} needs its source's torch model")
-        model = copy.deepcopy(source_model).eval()
-        if isinstance(model, torch.fx.GraphModule) and not any(
-            isinstance(m, torch.nn.Conv2d | torch.nn.Linear) for m in model.modules()
-        ):
-            model = modularize(model)
-        return model
+        return with_layers(copy.deepcopy(source_model).eval())
 
     def fine_tune(self, model: nn.Module, epochs: int, batch_size: int, lr: float) -> None:
         """Train `model` for `epochs` on the train split, the val split reported each epoch."""

@@ -1,8 +1,11 @@
 """distilled: a smaller student trained on the teacher's softened logits plus labels, exported to ONNX.
 
 The student is of the baseline's family by default: a pretrained baseline's architecture
-(EfficientNet-Lite0, MobileNetV2) at `width_multiplier`, else the default CNN at `width` (a
-trained-here baseline, and imported ones whose family is unknown). `student` names one instead.
+(EfficientNet-Lite0, MobileNetV2) at `width_multiplier`; the default CNN at `width` for a baseline
+trained here; for an imported one (a factory or a .pt2, whose family ModelPress cannot build),
+the teacher's own architecture narrowed to `width_multiplier` of its channels (by channel
+pruning, as `pruned` does) with its weights re-initialised. `student` names one instead. A
+student no smaller than the teacher is refused before any training.
 
 torch is imported where it is used: the technique table is read where torch is not installed.
 """
@@ -25,8 +28,9 @@ if TYPE_CHECKING:
     from torch import nn
 
 
-# "same": the baseline's family; "cnn": tasks.models' default CNN; or a pretrained architecture
-StudentChoice = Literal["same", "cnn", PretrainedArch]
+# "same": the baseline's family; "cnn": tasks.models' default CNN; "teacher": the teacher's own
+# architecture, narrowed; or a pretrained architecture
+StudentChoice = Literal["same", "cnn", "teacher", PretrainedArch]
 PRETRAINED_FACTORY_PREFIX = "tasks.pretrained:"
 
 
@@ -34,8 +38,8 @@ class DistilledConfig(TechniqueConfig):
     technique: Literal["distilled"]
     student: StudentChoice = "same"
     width: PositiveInt = 12  # a CNN student's channels
-    # a pretrained-family student's width multiplier; it starts untrained (ImageNet weights
-    # exist only at 1.0, the teacher's own size)
+    # a pretrained-family or narrowed-teacher student's width multiplier; it starts untrained
+    # (ImageNet weights exist only at 1.0, the teacher's own size)
     width_multiplier: Annotated[float, Field(gt=0, le=2)] = 0.5
     epochs: PositiveInt = 12
     temperature: Annotated[float, Field(gt=0)] = 4.0
@@ -73,22 +77,36 @@ def _baseline_factory(context: BuildContext) -> str | None:
 
 
 def student_arch(choice: str, baseline_factory: str | None) -> str:
-    """The student's family: 'cnn' or a pretrained architecture; "same" follows the baseline."""
+    """The student's family: 'cnn', 'teacher' or a pretrained architecture; "same" follows the
+    baseline (an imported one: its own architecture, narrowed)."""
+    from tasks.models import DEFAULT_FACTORY
+
     if choice != "same":
         return choice
     if baseline_factory and baseline_factory.startswith(PRETRAINED_FACTORY_PREFIX):
         return baseline_factory.removeprefix(PRETRAINED_FACTORY_PREFIX)
-    return "cnn"
+    return "cnn" if baseline_factory == DEFAULT_FACTORY else "teacher"
 
 
 def build_student(
-    cfg: DistilledConfig, baseline_factory: str | None, preprocess: Preprocess
+    cfg: DistilledConfig,
+    baseline_factory: str | None,
+    preprocess: Preprocess,
+    teacher: nn.Module | None = None,
 ) -> tuple[nn.Module, dict[str, object]]:
     """The untrained student and what variant.json's `extra` records about it."""
     from tasks.models import DEFAULT_FACTORY, build_from_factory
     from tasks.train import default_kwargs
 
     arch = student_arch(cfg.student, baseline_factory)
+    if arch == "teacher":
+        if teacher is None:
+            raise ValueError("a narrowed-teacher student needs the teacher")
+        return narrowed(teacher, preprocess, cfg.width_multiplier), {
+            "student": "teacher",
+            "student_arch": baseline_factory or "the baseline's .pt2",
+            "student_width": cfg.width_multiplier,
+        }
     if arch == "cnn":
         kwargs = default_kwargs(preprocess, cfg.width)
         return build_from_factory(DEFAULT_FACTORY, kwargs), {
@@ -107,6 +125,27 @@ def build_student(
         "student_arch": arch,
         "student_width": cfg.width_multiplier,
     }
+
+
+def narrowed(teacher: nn.Module, preprocess: Preprocess, width: float) -> nn.Module:
+    """A copy of `teacher` with `width` of each prunable layer's channels (the classifier's
+    outputs kept), every layer's weights re-initialised: the same architecture, smaller."""
+    import copy
+
+    from tasks.models import with_layers
+    from tasks.techniques.pruned import prune_channels
+
+    student = with_layers(copy.deepcopy(teacher).eval())
+    if width < 1:
+        student = prune_channels(student, preprocess, ratio=1 - width, round_to=None)
+    for module in student.modules():
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset):
+            reset()
+        statistics = getattr(module, "reset_running_stats", None)
+        if callable(statistics):
+            statistics()
+    return student.train()
 
 
 def distillation_loss(
@@ -150,14 +189,22 @@ def distill(
     from tasks.train import FitSettings, fit
 
     torch.manual_seed(seed)
-    student, about_student = build_student(cfg, baseline_factory, preprocess)
+    student, about_student = build_student(cfg, baseline_factory, preprocess, teacher)
     teacher.eval()
     macs, params = count_macs_params(student, preprocess.input_shape)
+    about = f"student {about_student['student']} width {about_student['student_width']}"
     print(
-        f"{name}: student {about_student['student']} width {about_student['student_width']}: "
-        f"params {params:,}, MACs {'unknown' if macs is None else f'{macs / 1e6:.1f}M'}",
+        f"{name}: {about}: params {params:,}, "
+        f"MACs {'unknown' if macs is None else f'{macs / 1e6:.1f}M'}",
         flush=True,
     )
+    teacher_macs, teacher_params = count_macs_params(teacher, preprocess.input_shape)
+    if params >= teacher_params and (macs is None or teacher_macs is None or macs >= teacher_macs):
+        raise VariantError(
+            f"{name}: the {about} is no smaller than the baseline (params {params:,} vs "
+            f"{teacher_params:,}, MACs {_millions(macs)} vs {_millions(teacher_macs)}): "
+            f"set variants.{name}.width_multiplier (or width, student) lower"
+        )
 
     def loss_fn(logits: torch.Tensor, labels: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -181,6 +228,10 @@ def distill(
     )
 
 
+def _millions(macs: int | None) -> str:
+    return "unknown" if macs is None else f"{macs / 1e6:.1f}M"
+
+
 TECHNIQUE = Technique(
     name="distilled",
     config=DistilledConfig,
@@ -188,5 +239,12 @@ TECHNIQUE = Technique(
     runtime="onnxruntime",
     produces_onnx=True,
     build=build,
-    uses=("tasks.export", "tasks.models", "tasks.pretrained", "tasks.train"),
+    # pruned: its channel pruning narrows an imported teacher into its student
+    uses=(
+        "tasks.export",
+        "tasks.models",
+        "tasks.pretrained",
+        "tasks.train",
+        "tasks.techniques.pruned",
+    ),
 )
