@@ -416,30 +416,35 @@ def test_fetch_through_an_s3_dvc_remote_with_a_custom_endpoint(
     assert fetched.sha256 == hashlib.sha256(payload).hexdigest()
 
 
+def _plugin_run(
+    tmp_path: Path, techniques: list[str], variants: dict, registry: dict
+) -> dict[str, str]:
+    """The nightly's arguments for random inputs (every accuracy gate off), the plugin
+    `techniques` and only `variants`."""
+    import yaml
+
+    inputs = write_random_inputs(tmp_path)
+    path = write_params(tmp_path, inputs | {"techniques": techniques, "registry": registry})
+    raw = yaml.safe_load(path.read_text())
+    raw["variants"], raw["gates"]["per_variant"] = variants, {}
+    raw["benchmark"] = {**raw["benchmark"], **FAST_BENCHMARK}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return dict(params_file=str(path), approval="auto", workdir=str(tmp_path / "work"))
+
+
 def test_technique_from_outside_the_repo_is_built_evaluated_and_published(
     prefect_server: str, tmp_path: Path
 ) -> None:
     """tests/plugins/bf16_weights.py, named in params.yaml, goes through the whole flow as the
     built-in techniques do: built (and cached), evaluated, benchmarked, gated, published."""
-    import yaml
 
     from flows.nightly import nightly
     from tasks.config import RegistryConfig
     from tasks.registry import open_registry
 
-    inputs = write_random_inputs(tmp_path)  # every accuracy gate off
     registry = {"uri": str(tmp_path / "registry"), "model_name": "plugin"}
-    path = write_params(
-        tmp_path,
-        inputs | {"techniques": [PLUGIN_TECHNIQUE], "registry": registry},
-    )
-    raw = yaml.safe_load(path.read_text())
-    raw["variants"] = {"bf16": {"technique": "bf16_weights", "source": "baseline"}}
-    raw["gates"]["per_variant"] = {}
-    raw["benchmark"] = {**raw["benchmark"], **FAST_BENCHMARK}
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-
-    run = dict(params_file=str(path), approval="auto", workdir=str(tmp_path / "work"))
+    variants = {"bf16": {"technique": "bf16_weights", "source": "baseline"}}
+    run = _plugin_run(tmp_path, [PLUGIN_TECHNIQUE], variants, registry)
     result = nightly(**run)
     # every gate is off here: the baseline passes too and is published beside it
     assert result.status == "published" and result.published == ["baseline", "bf16"], result
@@ -460,26 +465,17 @@ def test_a_crashing_build_fails_its_variant_not_the_night(
     killer does): each fails its own variant, with why, and so does a variant built from one;
     the others are built, evaluated and published. A crash is not cached: the next night builds
     it again (before, the first crash ended the flow and nothing was published)."""
-    import yaml
 
     from flows.nightly import nightly
 
-    inputs = write_random_inputs(tmp_path)  # every accuracy gate off
     registry = {"uri": str(tmp_path / "registry"), "model_name": "crashes"}
-    techniques = [PLUGIN_TECHNIQUE, CRASHING_TECHNIQUE]
-    path = write_params(tmp_path, inputs | {"techniques": techniques, "registry": registry})
-    raw = yaml.safe_load(path.read_text())
-    raw["variants"] = {
+    variants = {
         "bf16": {"technique": "bf16_weights", "source": "baseline"},
         "buggy": {"technique": "crashing", "source": "baseline", "how": "raise"},
         "killed": {"technique": "crashing", "source": "baseline", "how": "die"},
         "after_killed": {"technique": "bf16_weights", "source": "killed"},
     }
-    raw["gates"]["per_variant"] = {}
-    raw["benchmark"] = {**raw["benchmark"], **FAST_BENCHMARK}
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-
-    run = dict(params_file=str(path), approval="auto", workdir=str(tmp_path / "work"))
+    run = _plugin_run(tmp_path, [PLUGIN_TECHNIQUE, CRASHING_TECHNIQUE], variants, registry)
     result = nightly(**run)
     assert result.status == "published" and result.published == ["baseline", "bf16"], result
     rejected = result.rejected
