@@ -99,7 +99,7 @@ def prune_channels(
     if whole:
         names = {id(module): name for name, module in model.named_modules()}
         print(
-            "pruned: left whole (pruning their channels would misread or break the model): "
+            "channel pruning: left whole (pruning their channels would misread or break the model): "
             + ", ".join(names[id(m)] for m in whole),
             flush=True,
         )

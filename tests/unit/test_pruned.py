@@ -238,7 +238,7 @@ def test_hand_written_attention_is_left_whole_and_the_rest_is_pruned(
 
     prune_channels(model, SMALL, ratio=0.5, round_to=8, scope=scope)
 
-    assert "pruned: left whole" in capsys.readouterr().out
+    assert "channel pruning: left whole" in capsys.readouterr().out
     assert (model.attn.qkv.in_features, model.attn.qkv.out_features) == (48, 144)
     assert (model.attn.proj.in_features, model.attn.proj.out_features) == (48, 48)
     assert model.stem[0].out_channels == 16 and model.mlp[0].out_features == 48
