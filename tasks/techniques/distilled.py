@@ -4,8 +4,8 @@ The student is of the baseline's family by default: a pretrained baseline's arch
 (EfficientNet-Lite0, MobileNetV2) at `width_multiplier`; the default CNN at `width` for a baseline
 trained here; for an imported one (a factory or a .pt2, whose family ModelPress cannot build),
 the teacher's own architecture narrowed to `width_multiplier` of its channels (by channel
-pruning, as `pruned` does) with its weights re-initialised. `student` names one instead. A
-student no smaller than the teacher is refused before any training.
+pruning, as `pruned` does) with its weights re-initialised, or the default CNN where that is no
+smaller. `student` names one instead. A student no smaller than the teacher is warned about.
 
 torch is imported where it is used: the technique table is read where torch is not installed.
 """
@@ -189,21 +189,29 @@ def distill(
     from tasks.train import FitSettings, fit
 
     torch.manual_seed(seed)
-    student, about_student = build_student(cfg, baseline_factory, preprocess, teacher)
     teacher.eval()
-    macs, params = count_macs_params(student, preprocess.input_shape)
+    teacher_size = count_macs_params(teacher, preprocess.input_shape)
+    student, about_student = build_student(cfg, baseline_factory, preprocess, teacher)
+    size = count_macs_params(student, preprocess.input_shape)
+    narrowed_in_vain = about_student["student"] == "teacher" and not _smaller(size, teacher_size)
+    if cfg.student == "same" and narrowed_in_vain:  # nothing to narrow (a single Linear, say)
+        print(
+            f"{name}: the baseline's architecture narrowed is no smaller than it "
+            f"({_sizes(size, teacher_size)}): the default CNN at width {cfg.width} instead",
+            flush=True,
+        )
+        torch.manual_seed(seed)
+        cnn = cfg.model_copy(update={"student": "cnn"})
+        student, about_student = build_student(cnn, baseline_factory, preprocess)
+        size = count_macs_params(student, preprocess.input_shape)
     about = f"student {about_student['student']} width {about_student['student_width']}"
-    print(
-        f"{name}: {about}: params {params:,}, "
-        f"MACs {'unknown' if macs is None else f'{macs / 1e6:.1f}M'}",
-        flush=True,
-    )
-    teacher_macs, teacher_params = count_macs_params(teacher, preprocess.input_shape)
-    if params >= teacher_params and (macs is None or teacher_macs is None or macs >= teacher_macs):
-        raise VariantError(
-            f"{name}: the {about} is no smaller than the baseline (params {params:,} vs "
-            f"{teacher_params:,}, MACs {_millions(macs)} vs {_millions(teacher_macs)}): "
-            f"set variants.{name}.width_multiplier (or width, student) lower"
+    print(f"{name}: {about}: params {size[1]:,}, MACs {_millions(size[0])}", flush=True)
+    if not _smaller(size, teacher_size):  # trained all the same: the gates judge what it gains
+        print(
+            f"{name}: warning: the {about} is no smaller than the baseline "
+            f"({_sizes(size, teacher_size)}): set variants.{name}.width_multiplier (or width, "
+            "student) lower",
+            flush=True,
         )
 
     def loss_fn(logits: torch.Tensor, labels: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
@@ -230,6 +238,18 @@ def distill(
 
 def _millions(macs: int | None) -> str:
     return "unknown" if macs is None else f"{macs / 1e6:.1f}M"
+
+
+def _smaller(size: tuple[int | None, int], than: tuple[int | None, int]) -> bool:
+    """Fewer parameters, or fewer MACs (where both are known)."""
+    (macs, params), (their_macs, their_params) = size, than
+    return params < their_params or (
+        macs is not None and their_macs is not None and macs < their_macs
+    )
+
+
+def _sizes(size: tuple[int | None, int], than: tuple[int | None, int]) -> str:
+    return f"params {size[1]:,} vs {than[1]:,}, MACs {_millions(size[0])} vs {_millions(than[0])}"
 
 
 TECHNIQUE = Technique(

@@ -141,18 +141,45 @@ def test_an_imported_teacher_s_student_is_its_architecture_narrowed_and_untraine
     assert macs < 0.4 * teacher_macs and params < 0.4 * teacher_params
 
 
-def test_a_student_no_smaller_than_its_teacher_is_refused_before_training(
-    tmp_path: Path,
+def test_a_student_no_smaller_than_its_teacher_is_named_in_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from tasks.data import Split
-    from tasks.errors import VariantError
     from tasks.techniques.distilled import distill
 
     teacher = _imported_teacher()
-    cfg = DistilledConfig(technique="distilled", source="baseline", width_multiplier=1.0)
+    cfg = DistilledConfig(
+        technique="distilled", source="baseline", student="teacher", width_multiplier=1.0, epochs=1
+    )
     split = Split(x=np.zeros((4, 1, 32, 32), np.float32), y=np.zeros(4, np.int64))
-    with pytest.raises(VariantError, match=r"^distilled: the student teacher width 1.0 is no "):
-        distill(
-            "distilled", cfg, teacher, None, split, split, split, DIGITS, None, 0, tmp_path / "d"
-        )
-    assert not (tmp_path / "d").exists()
+    distill("distilled", cfg, teacher, None, split, split, split, DIGITS, None, 0, tmp_path / "d")
+    out = capsys.readouterr().out
+    assert (
+        "distilled: warning: the student teacher width 1.0 is no smaller than the baseline" in out
+    )
+
+
+def test_a_teacher_with_nothing_to_narrow_gets_the_default_cnn(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A single Linear (the classifier, kept) cannot be narrowed: `student: same` falls back to
+    the default CNN at `width`, which is smaller, and trains it."""
+    from torch import nn
+
+    from tasks.data import Split
+    from tasks.techniques.distilled import distill
+
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Flatten(), nn.Linear(32 * 32, 10)).eval()
+    cfg = DistilledConfig(technique="distilled", source="baseline", width=4, epochs=1)
+    rng = np.random.default_rng(0)
+    split = Split(x=rng.random((20, 1, 32, 32), np.float32), y=np.arange(20) % 10)
+
+    record = distill(
+        "distilled", cfg, teacher, None, split, split, split, DIGITS, None, 0, tmp_path / "d"
+    )
+
+    assert "the default CNN at width 4 instead" in capsys.readouterr().out
+    assert record.status == "ok"
+    assert (record.extra["student"], record.extra["student_width"]) == (DEFAULT_FACTORY, 4)
+    assert record.params is not None and record.params < 32 * 32 * 10 + 10
