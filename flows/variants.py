@@ -164,8 +164,9 @@ def _did_not_finish(
         error = future.result(raise_on_failure=False)
         if isinstance(error, ModelPressError):
             raise error
-        reason = f"{name}: build crashed ({type(error).__name__}): {brief(error)}"
-        if not isinstance(error, BaseException):
+        if isinstance(error, BaseException):
+            reason = f"{name}: build crashed ({type(error).__name__}): {brief(error)}"
+        else:
             reason = f"{name}: build ended {state.name}: {state.message}"
         get_run_logger().error("%s (not cached: the next run builds it again)", reason)
     else:  # NotReady: the source it waited for did not finish
