@@ -6,6 +6,8 @@ torch is imported where it is used: the technique table is read where torch is n
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -87,7 +89,7 @@ def prune_channels(
         for m in model.modules()
         if isinstance(m, nn.Linear) and m.out_features == preprocess.num_classes
     ]
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _unmapped_reshapes_tolerated():
         # torch-pruning warns about layers it leaves alone and about every free parameter (a
         # layer scale) it prunes with its channels, as it should
         warnings.simplefilter("ignore")
@@ -103,7 +105,7 @@ def prune_channels(
             + ", ".join(names[id(m)] for m in whole),
             flush=True,
         )
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _unmapped_reshapes_tolerated():
         warnings.simplefilter("ignore")
         pruner = tp.pruner.MagnitudePruner(
             model,
@@ -179,10 +181,13 @@ def misread_layers(
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
     importance = tp.importance.MagnitudeImportance(p=2)
     misread: list[nn.Module] = []
-    for group in graph.get_all_groups(
-        ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]
-    ):
-        fits = all(_indices_fit(graph, dep, idxs) for dep, idxs in group)
+    for root, group in _groups(graph, ignored + misread):
+        if group is None:  # its indices could not even be followed: the root stays whole
+            misread.append(root)
+            continue
+        fits = all(_indices_fit(graph, dep, idxs) for dep, idxs in group) and not any(
+            _regroups_channels(dep.source) or _regroups_channels(dep.target) for dep, _ in group
+        )
         if fits:
             try:
                 importance(group)
@@ -196,6 +201,75 @@ def misread_layers(
                 and graph.is_out_channel_pruning_fn(dep.handler)
             ]
     return misread
+
+
+def _groups(graph: Any, ignored: list[nn.Module]) -> Iterator[tuple[nn.Module, Any]]:
+    """Each Conv2d/Linear root's pruning group, as `DependencyGraph.get_all_groups` forms them,
+    with None where forming it fails: its index mappings past an unmapped reshape can point
+    beyond a split's sizes (IndexError), and one such root must not stop the others."""
+    from torch import nn
+
+    visited: set[int] = set()
+    for module in list(graph.module2node):
+        if module in ignored or not isinstance(module, nn.Conv2d | nn.Linear):
+            continue
+        pruner = graph.get_pruner_of_module(module)
+        if pruner is None or pruner.get_out_channels(module) is None or id(module) in visited:
+            continue
+        try:
+            group = graph.get_pruning_group(
+                module, pruner.prune_out_channels, list(range(pruner.get_out_channels(module)))
+            )
+        except IndexError:
+            visited.add(id(module))
+            yield module, None
+            continue
+        targets = [
+            dep.target.module for dep, _ in group if graph.is_out_channel_pruning_fn(dep.handler)
+        ]
+        visited.update(id(m) for m in targets)
+        if not any(m in ignored for m in targets):
+            yield module, group
+
+
+@contextmanager
+def _unmapped_reshapes_tolerated() -> Iterator[None]:
+    """torch-pruning builds its dependency graph with a division by the channels it infers on
+    each side of a reshape, and stops (ZeroDivisionError) where it infers none: torchvision's
+    ShuffleNetV2 shuffles channels with a view to (b, 2, c/2, h, w), a transpose and a view
+    back. Such a reshape is marked instead, and `misread_layers` leaves every group that passes
+    through it, or through a transpose of a reshaped map (the shuffle itself), whole."""
+    from torch_pruning.dependency import index_mapping
+
+    mapped = index_mapping.update_reshape_index_mapping
+
+    def tolerant(graph: Any, node: Any) -> None:
+        try:
+            mapped(graph, node)
+        except ZeroDivisionError:
+            node.modelpress_unmapped = True
+
+    index_mapping.update_reshape_index_mapping = tolerant
+    try:
+        yield
+    finally:
+        index_mapping.update_reshape_index_mapping = mapped
+
+
+def _regroups_channels(node: Any) -> bool:
+    """A reshape torch-pruning could not map, or a transpose/permute of a reshaped map: the
+    channels after it are the ones before it in an order its index mapping does not follow."""
+    if getattr(node, "modelpress_unmapped", False):
+        return True
+    grad_fn = str(getattr(node, "grad_fn", "")).lstrip("<")
+    if not grad_fn.startswith(("TransposeBackward", "PermuteBackward")):
+        return False
+    return any(
+        str(getattr(n, "grad_fn", ""))
+        .lstrip("<")
+        .startswith(("ViewBackward", "ReshapeAliasBackward", "UnsafeViewBackward"))
+        for n in node.inputs
+    )
 
 
 def _indices_fit(graph: Any, dep: Any, idxs: list[int]) -> bool:

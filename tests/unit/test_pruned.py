@@ -248,3 +248,33 @@ def test_hand_written_attention_is_left_whole_and_the_rest_is_pruned(
     with torch.no_grad():
         out = model(images)
     assert out.shape == (2, 10) and torch.isfinite(out).all()
+
+
+def test_a_shufflenet_v2_style_net_prunes_inside_its_branches(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """torchvision's ShuffleNetV2 stopped torch-pruning's dependency graph (ZeroDivisionError in
+    its reshape index mapping), and where the graph did build, it follows a channel shuffle's
+    transpose as if it kept the order. The channels that pass through a shuffle stay whole; the
+    inner width of every unit's branch (1x1, depthwise) is pruned, and the model runs."""
+    from tests.unit.test_tflite_unseen_nets import shufflenet_v2_style
+
+    model = shufflenet_v2_style(width=16)
+    images = torch.rand(2, 3, 32, 32)
+    _, before_params = count_macs_params(model, SMALL.input_shape)
+
+    prune_channels(model, SMALL, ratio=0.5, round_to=8)
+
+    assert "channel pruning: left whole" in capsys.readouterr().out
+    for stage, half in ((model[3:6], 16), (model[6:9], 32)):
+        for unit in stage[1:]:  # the stride-1 units: split, branch, concat, shuffle
+            first, depthwise, last = unit.branch[0], unit.branch[3], unit.branch[5]
+            assert (first.in_channels, last.out_channels) == (half, half)  # shuffled: whole
+            assert first.out_channels == depthwise.out_channels == last.in_channels == half // 2
+            assert depthwise.groups == depthwise.in_channels
+    assert model[9].in_channels == 64 and model[-1].out_features == 4
+    _, after_params = count_macs_params(model, SMALL.input_shape)
+    assert after_params < before_params
+    with torch.no_grad():
+        out = model.eval()(images)
+    assert out.shape == (2, 4) and torch.isfinite(out).all()
