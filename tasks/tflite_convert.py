@@ -68,11 +68,136 @@ def working_copy(onnx_file: Path, work_dir: Path) -> Path:
     import onnx
 
     model = simplified(onnx.load(str(onnx_file)))
+    channel_shuffles_as_gather(model)
     constants_as_initializers(model.graph)
     tf_safe_node_names(model.graph)
     copy = work_dir / "model.onnx"
     onnx.save(model, str(copy))
     return copy
+
+
+def channel_shuffles_as_gather(model: Any) -> int:
+    """Rewrite each channel shuffle of an onnx ModelProto (Reshape of an NCHW map to
+    (N, g, C/g, H, W), Transpose (0, 2, 1, 3, 4), Reshape back to (N, C, H, W)) as the fixed
+    permutation it is, a Gather of channels, and return how many: onnx2tf carries an NHWC
+    layout through 4-D ops but not through the 5-D reshape, so the shuffled map reached the next
+    Concat as NCHW beside an NHWC branch, and torchvision's ShuffleNetV2 failed every LiteRT
+    conversion ("Dimension 1 in both shapes must be equal, but are 6 and 24")."""
+    rewritten = 0
+    # one at a time, shapes inferred again after each: a reshape to a computed shape hides the
+    # sizes of every map after it, until it is a Gather
+    while _one_shuffle_as_gather(model):
+        rewritten += 1
+    if rewritten:
+        _drop_unread(model.graph)
+    return rewritten
+
+
+def _one_shuffle_as_gather(model: Any) -> bool:
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    bare = onnx.ModelProto()
+    bare.CopyFrom(model)
+    del bare.graph.value_info[:]  # onnxsim's sizes, unknown after a computed reshape
+    inferred = onnx.shape_inference.infer_shapes(bare)
+    shapes = {
+        value.name: [
+            d.dim_value if d.HasField("dim_value") else None
+            for d in value.type.tensor_type.shape.dim
+        ]
+        for value in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+    }
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {value.name for value in graph.output}
+
+    def only_consumer(name: str, op_type: str) -> Any:
+        found = consumers.get(name, [])
+        if len(found) == 1 and found[0].op_type == op_type and name not in outputs:
+            return found[0]
+        return None
+
+    for split in [node for node in graph.node if node.op_type == "Reshape"]:
+        transpose = only_consumer(split.output[0], "Transpose")
+        merge = transpose and only_consumer(transpose.output[0], "Reshape")
+        if merge is None:
+            continue
+        perm = [list(a.ints) for a in transpose.attribute if a.name == "perm"]
+        source = shapes.get(split.input[0])
+        grouped = _target_shape(graph, split.input[1])
+        if perm != [[0, 2, 1, 3, 4]] or source is None or len(source) != 4 or None in source[1:]:
+            continue
+        channels, height, width = source[1:]
+        if grouped is None or len(grouped) != 5 or grouped[3:] != [height, width]:
+            continue
+        groups, per_group = grouped[1], grouped[2]
+        merged = _target_shape(graph, merge.input[1])
+        if groups is None or per_group is None or groups * per_group != channels or merged is None:
+            continue
+        if len(merged) != 4 or merged[2:] != [height, width] or merged[1] not in (channels, -1):
+            continue
+        order = np.array(
+            [g * per_group + j for j in range(per_group) for g in range(groups)], dtype=np.int64
+        )
+        indices = numpy_helper.from_array(order, f"{merge.output[0]}_shuffle_order")
+        graph.initializer.append(indices)
+        at = list(graph.node).index(split)
+        for node in (split, transpose, merge):
+            graph.node.remove(node)
+        gather = helper.make_node(
+            "Gather",
+            [split.input[0], indices.name],
+            [merge.output[0]],
+            axis=1,
+            name=f"{merge.name or merge.output[0]}_shuffle",
+        )
+        graph.node.insert(at, gather)
+        return True
+    return False
+
+
+def _target_shape(graph: Any, name: str) -> list[int | None] | None:
+    """A Reshape's target shape where it is a constant, or a Concat of one-element parts some of
+    which are constants (torch computes the batch size from Shape): None for a part computed."""
+    from onnx import numpy_helper
+
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and [a.name for a in node.attribute] == ["value"]:
+            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    if name in constants:
+        return [int(v) for v in constants[name].ravel()]
+    producer = next((n for n in graph.node if name in n.output), None)
+    if producer is None or producer.op_type != "Concat":
+        return None
+    parts: list[int | None] = []
+    for part in producer.input:
+        if part in constants:
+            parts += [int(v) for v in constants[part].ravel()]
+        else:
+            parts.append(None)  # one element: a batch size torch computed
+    return parts
+
+
+def _drop_unread(graph: Any) -> None:
+    """Remove the nodes and initializers nothing reads any more (a rewritten reshape's shape,
+    computed from Shape or stored as a constant)."""
+    outputs = {value.name for value in graph.output}
+    while True:
+        read = {name for node in graph.node for name in node.input} | outputs
+        dead = [node for node in graph.node if not any(out in read for out in node.output)]
+        if not dead:
+            break
+        for node in dead:
+            graph.node.remove(node)
+    read = {name for node in graph.node for name in node.input}
+    for tensor in [t for t in graph.initializer if t.name not in read]:
+        graph.initializer.remove(tensor)
 
 
 def constants_as_initializers(graph: Any) -> int:

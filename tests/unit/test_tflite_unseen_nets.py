@@ -98,6 +98,78 @@ class _ConvNeXt(nn.Module):
         return self.head(self.norm(self.blocks(x).mean((2, 3))))
 
 
+def _shuffle_by_two(x: torch.Tensor) -> torch.Tensor:
+    batch, channels, height, width = x.size()  # torchvision's channel_shuffle, groups 2
+    x = x.view(batch, 2, channels // 2, height, width)
+    return torch.transpose(x, 1, 2).contiguous().view(batch, channels, height, width)
+
+
+def _v2_branch(c_in: int, c: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c, 1, bias=False),
+        nn.BatchNorm2d(c),
+        nn.ReLU(),
+        nn.Conv2d(c, c, 3, stride=stride, padding=1, groups=c, bias=False),
+        nn.BatchNorm2d(c),
+        nn.Conv2d(c, c, 1, bias=False),
+        nn.BatchNorm2d(c),
+        nn.ReLU(),
+    )
+
+
+class _V2Unit(nn.Module):
+    """torchvision's ShuffleNetV2 unit. Stride 1: half the channels pass, half go through 1x1,
+    3x3 depthwise, 1x1; stride 2: both halves are the whole input, one through a depthwise
+    3x3 and a 1x1. Concatenated, then shuffled."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        half = c_out // 2
+        self.stride = stride
+        self.shortcut = (
+            nn.Sequential(
+                nn.Conv2d(c_in, c_in, 3, stride=2, padding=1, groups=c_in, bias=False),
+                nn.BatchNorm2d(c_in),
+                nn.Conv2d(c_in, half, 1, bias=False),
+                nn.BatchNorm2d(half),
+                nn.ReLU(),
+            )
+            if stride == 2
+            else nn.Identity()
+        )
+        self.branch = _v2_branch(c_in if stride == 2 else half, half, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            kept, worked = x.chunk(2, dim=1)
+            out = torch.cat((kept, self.branch(worked)), dim=1)
+        else:
+            out = torch.cat((self.shortcut(x), self.branch(x)), dim=1)
+        return _shuffle_by_two(out)
+
+
+def shufflenet_v2_style(width: int = 16) -> nn.Module:
+    """A stem, then two stages of torchvision's ShuffleNetV2, each a stride-2 unit and two
+    stride-1 units (with one, torch-pruning's graph builds; with two it stopped)."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, width, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        _V2Unit(width, 2 * width, 2),
+        _V2Unit(2 * width, 2 * width, 1),
+        _V2Unit(2 * width, 2 * width, 1),
+        _V2Unit(2 * width, 4 * width, 2),
+        _V2Unit(4 * width, 4 * width, 1),
+        _V2Unit(4 * width, 4 * width, 1),
+        nn.Conv2d(4 * width, 8 * width, 1, bias=False),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8 * width, 4),
+    ).eval()
+
+
 def _fp16(tmp_path: Path, model: nn.Module) -> tuple[Path, np.ndarray]:
     x = np.random.default_rng(0).random((4, 3, 16, 16), dtype=np.float32)
     base = tmp_path / "baseline"
@@ -132,6 +204,52 @@ def test_a_convnext_style_net_converts_and_matches_torch(tmp_path: Path) -> None
     assert "SQUARED_DIFFERENCE" not in ops  # see the int8 test below
     assert sum(row.count for row in profile.rows) == len(litert_ops(variant / "model.tflite"))
     assert profile.total_ms > 0 and sum(row.percent for row in profile.rows) > 99
+
+
+def test_channel_shuffles_become_gathers_onnx_runtime_agrees_on(tmp_path: Path) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    from tasks.tflite_convert import channel_shuffles_as_gather, simplified
+
+    x = np.random.default_rng(0).random((4, 3, 16, 16), dtype=np.float32)
+    write_onnx_variant(
+        shufflenet_v2_style(), PREPROCESS, x, tmp_path, name="b", technique="baseline", source=None
+    )
+    exported = onnx.load(str(tmp_path / "model.onnx"))
+    model = simplified(exported)
+    assert channel_shuffles_as_gather(model) == 6
+    ops = [node.op_type for node in model.graph.node]
+    assert "Transpose" not in ops and "Reshape" not in ops and ops.count("Gather") == 6
+    onnx.checker.check_model(model)
+    feed = {exported.graph.input[0].name: PREPROCESS.normalize(x)}
+    before = ort.InferenceSession(exported.SerializeToString()).run(None, feed)[0]
+    after = ort.InferenceSession(model.SerializeToString()).run(None, feed)[0]
+    np.testing.assert_array_equal(after, before)  # the same permutation, not an approximation
+    # a transpose of other axes, or one whose map is read elsewhere too, is no shuffle: kept
+    assert channel_shuffles_as_gather(simplified(onnx.load(str(tmp_path / "model.onnx")))) == 6
+    assert channel_shuffles_as_gather(model) == 0
+
+
+def test_a_shufflenet_v2_style_net_converts_to_litert(tmp_path: Path) -> None:
+    """torchvision's ShuffleNetV2 stopped every LiteRT conversion: the shuffled map reached the
+    next unit's Concat in NCHW beside an NHWC branch (found on the real torchvision model)."""
+    from tasks.data import Split
+    from tasks.op_profile import litert_ops
+    from tasks.techniques.tflite_int8 import TfliteInt8Config, quantize
+
+    model = shufflenet_v2_style()
+    variant, x = _fp16(tmp_path, model)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(PREPROCESS.normalize(x))).numpy()
+    np.testing.assert_allclose(load_predictor(variant)(x), expected, atol=2e-2)
+    assert [op.op for op in litert_ops(variant / "model.tflite")].count("GATHER") == 6
+    images = np.random.default_rng(1).random((32, 3, 16, 16), dtype=np.float32)
+    calib = Split(x=images, y=np.zeros(len(images), dtype=np.int64))
+    cfg = TfliteInt8Config(technique="tflite_int8", source="baseline", calibration_samples=32)
+    quantize("tflite_int8", cfg, tmp_path / "baseline", calib, PREPROCESS, tmp_path / "int8")
+    got = load_predictor(tmp_path / "int8")(x)
+    assert np.corrcoef(got.ravel(), expected.ravel())[0, 1] > 0.95
 
 
 def test_an_exact_gelu_fails_the_variant_in_one_line_with_the_fix(tmp_path: Path) -> None:
