@@ -245,7 +245,8 @@ def qat_finetune(
         train,
         val,
         preprocess,
-        FitSettings(cfg.epochs, cfg.batch_size, cfg.lr),
+        # its batch norms are frozen on schedule (freeze_bn_after), part of what QAT trains
+        FitSettings(cfg.epochs, cfg.batch_size, cfg.lr, recalibrate_norms=False),
         seed,
         label,
         loss_fn=loss_fn,
