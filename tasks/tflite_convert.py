@@ -99,6 +99,9 @@ def _one_shuffle_as_gather(model: Any) -> bool:
     from onnx import helper, numpy_helper
 
     graph = model.graph
+    perms = [list(a.ints) for n in graph.node if n.op_type == "Transpose" for a in n.attribute]
+    if [0, 2, 1, 3, 4] not in perms:  # no shuffle: no copy of the model to infer shapes on
+        return False
     bare = onnx.ModelProto()
     bare.CopyFrom(model)
     del bare.graph.value_info[:]  # onnxsim's sizes, unknown after a computed reshape
@@ -166,19 +169,19 @@ def _target_shape(graph: Any, name: str) -> list[int | None] | None:
     which are constants (torch computes the batch size from Shape): None for a part computed."""
     from onnx import numpy_helper
 
-    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    tensors = {t.name: t for t in graph.initializer}  # read only where asked: weights are large
     for node in graph.node:
         if node.op_type == "Constant" and [a.name for a in node.attribute] == ["value"]:
-            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    if name in constants:
-        return [int(v) for v in constants[name].ravel()]
+            tensors[node.output[0]] = node.attribute[0].t
+    if name in tensors:
+        return [int(v) for v in numpy_helper.to_array(tensors[name]).ravel()]
     producer = next((n for n in graph.node if name in n.output), None)
     if producer is None or producer.op_type != "Concat":
         return None
     parts: list[int | None] = []
     for part in producer.input:
-        if part in constants:
-            parts += [int(v) for v in constants[part].ravel()]
+        if part in tensors:
+            parts += [int(v) for v in numpy_helper.to_array(tensors[part]).ravel()]
         else:
             parts.append(None)  # one element: a batch size torch computed
     return parts
