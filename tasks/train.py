@@ -42,7 +42,7 @@ class FitSettings:
     head_prefix: str | None = None
     max_steps: int | None = None  # ... and an epoch stops after this many steps (None: all)
     # after the last epoch, batch-norm statistics are measured again on training images (off
-    # where they are part of what is trained: QAT freezes them)
+    # where they are part of what is trained: QAT freezes them; and after frozen epochs)
     recalibrate_norms: bool = True
 
 
@@ -90,7 +90,7 @@ def fit(
     loss_fn = loss_fn or (
         lambda logits, labels, _inputs: nn.functional.cross_entropy(logits, labels)
     )
-    frozen, val_acc = False, None
+    val_acc: float | None = None
     for epoch in range(1, settings.epochs + 1):
         started = time.perf_counter()
         frozen = _freeze_backbone(model, settings, epoch)
@@ -124,7 +124,8 @@ def fit(
             + (" backbone frozen" if frozen else ""),
             flush=True,
         )
-    if settings.recalibrate_norms and val_acc is not None and not frozen:
+    # a head trained on a frozen backbone learnt on its (ImageNet) statistics: those stay
+    if settings.recalibrate_norms and val_acc is not None and settings.freeze_epochs == 0:
         recalibrated = recalibrate_norms(model, x_train, rng, settings.batch_size)
         if recalibrated:
             after = accuracy(predict(model, preprocess.normalize(val.x)), val.y)
