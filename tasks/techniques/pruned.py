@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -89,7 +88,8 @@ def prune_channels(
         for m in model.modules()
         if isinstance(m, nn.Linear) and m.out_features == preprocess.num_classes
     ]
-    with warnings.catch_warnings(), _unmapped_reshapes_tolerated():
+    _tolerate_unmapped_reshapes()
+    with warnings.catch_warnings():
         # torch-pruning warns about layers it leaves alone and about every free parameter (a
         # layer scale) it prunes with its channels, as it should
         warnings.simplefilter("ignore")
@@ -105,7 +105,7 @@ def prune_channels(
             + ", ".join(names[id(m)] for m in whole),
             flush=True,
         )
-    with warnings.catch_warnings(), _unmapped_reshapes_tolerated():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pruner = tp.pruner.MagnitudePruner(
             model,
@@ -232,16 +232,18 @@ def _groups(graph: Any, ignored: list[nn.Module]) -> Iterator[tuple[nn.Module, A
             yield module, group
 
 
-@contextmanager
-def _unmapped_reshapes_tolerated() -> Iterator[None]:
+def _tolerate_unmapped_reshapes() -> None:
     """torch-pruning builds its dependency graph with a division by the channels it infers on
     each side of a reshape, and stops (ZeroDivisionError) where it infers none: torchvision's
     ShuffleNetV2 shuffles channels with a view to (b, 2, c/2, h, w), a transpose and a view
     back. Such a reshape is marked instead, and `misread_layers` leaves every group that passes
-    through it, or through a transpose of a reshaped map (the shuffle itself), whole."""
+    through it, or through a transpose of a reshaped map (the shuffle itself), whole. Installed
+    once for the process, not around each prune: pruned and distilled prune in threads at once."""
     from torch_pruning.dependency import index_mapping
 
     mapped = index_mapping.update_reshape_index_mapping
+    if getattr(mapped, "modelpress_tolerant", False):
+        return
 
     def tolerant(graph: Any, node: Any) -> None:
         try:
@@ -249,11 +251,8 @@ def _unmapped_reshapes_tolerated() -> Iterator[None]:
         except ZeroDivisionError:
             node.modelpress_unmapped = True
 
+    tolerant.modelpress_tolerant = True  # type: ignore[attr-defined]
     index_mapping.update_reshape_index_mapping = tolerant
-    try:
-        yield
-    finally:
-        index_mapping.update_reshape_index_mapping = mapped
 
 
 def _regroups_channels(node: Any) -> bool:
