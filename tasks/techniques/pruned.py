@@ -181,7 +181,7 @@ def misread_layers(
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
     importance = tp.importance.MagnitudeImportance(p=2)
     misread: list[nn.Module] = []
-    for root, group in _groups(graph, ignored + misread):
+    for root, group in _groups(graph, ignored):
         if group is None:  # its indices could not even be followed: the root stays whole
             misread.append(root)
             continue
