@@ -29,7 +29,6 @@ from tasks.benchmark import BenchmarkRow
 from tasks.config import (
     BaselineConfig,
     DataConfig,
-    DataGates,
     GatesConfig,
     Params,
     TrainConfig,
@@ -84,11 +83,12 @@ def prepare_task(cfg: DataConfig, seed: int, data_key: str, root: str, out_dir: 
 
 
 @task(name="check-data")
-def check_data_task(data_dir: str, gates: DataGates, docs_dir: str) -> bool:
-    """Great Expectations data suite; raises before any compression when it fails."""
+def check_data_task(data_dir: str, gates: GatesConfig, variants: list[str], docs_dir: str) -> bool:
+    """Great Expectations data suite, with the test-split sizes the variants' gates need;
+    raises before any compression when it fails."""
     from tasks.validate import check_prepared_data
 
-    return check_prepared_data(Path(data_dir), gates, Path(docs_dir)).success
+    return check_prepared_data(Path(data_dir), gates, variants, Path(docs_dir)).success
 
 
 @task(name="train", cache_policy=CACHED)
@@ -296,7 +296,8 @@ def prepare_inputs(
     data_dir = rerun_if_gone(prepare_task, work / "data" / data_key)(
         params.data, params.seed, data_key, str(root), str(work / "data" / data_key)
     )
-    check_data_task(data_dir, params.gates.data, str(run_dir / "data-docs" / "data"))
+    docs = str(run_dir / "data-docs" / "data")
+    check_data_task(data_dir, params.gates, list(params.variants), docs)
 
     # a trained baseline is fixed by the data, train params, seed and the training code
     input_hashes = {k: v for k, v in inputs.items() if k.endswith("_sha256")}

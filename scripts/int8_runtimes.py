@@ -29,7 +29,7 @@ from tasks.data import load_split
 from tasks.evaluate import evaluate
 from tasks.io import write_json
 from tasks.runtimes import runs_on
-from tasks.validate import paired_drop_interval
+from tasks.statistics import paired_drop_interval
 from tasks.variant import BASELINE, EVALUATION_SPLIT
 
 

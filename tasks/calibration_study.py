@@ -71,7 +71,7 @@ def calibration_study(
 ) -> CalibrationStudy:
     """int8 accuracy for each calibration size; `calib` and `eval_x` normalised NHWC float32."""
     from tasks import sensitivity
-    from tasks.validate import clopper_pearson, paired_drop_interval
+    from tasks.statistics import clopper_pearson, paired_drop_interval
 
     reference = sensitivity.predict(sensitivity.float_model(saved_model), eval_x)
     points = []

@@ -375,7 +375,7 @@ def outcome_of(
     confidence: float,
 ) -> TrialOutcome:
     """The trial's numbers, its objective and how far it fell short of each gate."""
-    from tasks.validate import paired_drop_interval
+    from tasks.statistics import paired_drop_interval
 
     name = plan.variant
     row = metrics[name]

@@ -271,7 +271,7 @@ def rank_layers(
     confidence: float = 0.95,
 ) -> Ranking:
     """The `top` layers with the largest own error, each kept alone in float and evaluated."""
-    from tasks.validate import paired_drop_interval
+    from tasks.statistics import paired_drop_interval
 
     calibrated = calibrated_model(saved_model, calib)
     layers = layer_errors(calibrated, calib, per_channel)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,11 @@ from tasks.config import DataGates, GatesConfig, VariantGates
 from tasks.data import SPLITS, Preprocess, Split
 from tasks.errors import DataError, DataValidationError
 from tasks.review import GateVerdict
+from tasks.statistics import (
+    paired_drop_interval,
+    smallest_certifying_size,
+    worst_class_drop_bound,
+)
 from tasks.variant import BASELINE
 
 if TYPE_CHECKING:
@@ -39,6 +45,7 @@ if TYPE_CHECKING:
 DATA_SUITE = "data"
 DOCS_SITE = "modelpress"
 STATUS_CHECK = "status == ok"
+PAIRED_COLUMNS = ("drop_upper", "worst_class_drop_upper")  # bounds of a drop against the baseline
 
 Number = float | int
 
@@ -107,6 +114,7 @@ class _Rule:
     threshold: Number | None
     kwargs: dict[str, Any] = field(default_factory=dict)
     explanation: str | None = None
+    detail: str = ""
 
 
 def _at_least(name: str, column: str, threshold: Number) -> _Rule:
@@ -212,6 +220,7 @@ def _to_check(result: Any, rule: _Rule) -> Check:
         success=bool(result.success),
         observed=_plain_number(raw),
         threshold=rule.threshold,
+        detail=rule.detail,
         explanation=rule.explanation,
     )
 
@@ -234,14 +243,49 @@ def _suite_result(suite: str, checks: list[Check]) -> SuiteResult:
 # ---- data suite --------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class SizeNeed:
+    """How many test images a variant gate needs before it can pass at all."""
+
+    column: str  # test_samples (the drop gate) or test_min_class_count (the worst-class gate)
+    samples: int
+    gate: str  # e.g. "max_accuracy_drop 1 point of tflite_int8 at 95 % confidence"
+
+
+def evidence_needs(gates: GatesConfig, variants: Iterable[str]) -> list[SizeNeed]:
+    """The test-split sizes the tightest drop gate and worst-class gate of `variants` need: on
+    fewer images, even a variant that agrees with the baseline on every one cannot pass."""
+    needs = []
+    for column, field_name, what in (
+        ("test_samples", "max_accuracy_drop", "test split"),
+        ("test_min_class_count", "max_worst_class_drop", "smallest test class"),
+    ):
+        limits = {name: getattr(gates.for_variant(name), field_name) for name in variants}
+        limits = {name: limit for name, limit in limits.items() if limit is not None}
+        if not limits:
+            continue
+        tightest = min(limits, key=lambda name: (limits[name], name))
+        samples = smallest_certifying_size(limits[tightest], gates.confidence)
+        gate = (
+            f"{what}: {field_name} {limits[tightest]:g} point(s) of {tightest} at "
+            f"{gates.confidence:.0%} confidence needs at least {samples} images even if "
+            "the variant agrees with the baseline on every one"
+        )
+        needs.append(SizeNeed(column, samples, gate))
+    return needs
+
+
 def check_data(
     splits: dict[str, Split],
     preprocess: Preprocess,
     gates: DataGates,
     docs_dir: Path | None = None,
+    needs: Sequence[SizeNeed] = (),
 ) -> SuiteResult:
     """Run the data suite on every split; failures are reported, not raised (see assert_data_valid).
 
+    `needs` (see evidence_needs) are the test-split sizes the variant gates need: a split too
+    small to certify them fails here, before any work, instead of rejecting every variant later.
     With `docs_dir`, GX writes an HTML Data Docs site there (index.html). The folder belongs to
     this one call: GX's index builder removes pages of results it does not hold in memory, so
     give check_data and gate_variants separate folders.
@@ -249,15 +293,22 @@ def check_data(
     _check_splits(splits)
     runner = _GxRunner(docs_dir)
     checks = runner.run(f"{DATA_SUITE}.samples", sample_frame(splits), _sample_rules(preprocess))
+    size_rules = [_size_rule(need) for need in needs if "test" in splits]
     class_checks = runner.run(
         f"{DATA_SUITE}.classes",
         class_frame(splits, preprocess.num_classes),
-        _class_rules(gates, list(splits)),
+        _class_rules(gates, list(splits)) + size_rules,
     )
     counts = class_counts(splits["train"].y, preprocess.num_classes)
     checks += [_name_classes(check, counts, preprocess.class_names) for check in class_checks]
     runner.build_docs()
     return _suite_result(DATA_SUITE, checks)
+
+
+def _size_rule(need: SizeNeed) -> _Rule:
+    name = f"{need.column} >= {need.samples} (what the gates can certify)"
+    needed = f"{need.gate}; add test images or loosen that gate"
+    return replace(_at_least(name, need.column, need.samples), detail=needed)
 
 
 def assert_data_valid(result: SuiteResult) -> None:
@@ -350,6 +401,9 @@ def class_frame(splits: dict[str, Split], num_classes: int) -> pd.DataFrame:
         "train_class_imbalance": largest / max(smallest, 1),
     }
     row |= {f"{name}_samples": len(split) for name, split in splits.items()}
+    if "test" in splits:  # the per-class evidence the worst-class gate rests on
+        present = class_counts(splits["test"].y, num_classes)
+        row["test_min_class_count"] = int(present[present > 0].min()) if present.any() else 0
     return pd.DataFrame([row])
 
 
@@ -396,88 +450,6 @@ def _equal(value: Number) -> dict[str, Number]:
     return {"min_value": value, "max_value": value}
 
 
-# ---- statistics --------------------------------------------------------------------------------
-
-
-def paired_drop_interval(
-    labels: np.ndarray,
-    base_pred: np.ndarray,
-    variant_pred: np.ndarray,
-    confidence: float = 0.95,
-) -> tuple[float, float, float]:
-    """Accuracy drop (baseline minus variant) in points: (point, lower, upper).
-
-    Exact conditional McNemar: only discordant samples carry information about the drop.
-    b = baseline right and variant wrong, c = baseline wrong and variant right, n = samples.
-    The drop is (b - c) / n; given b + c discordant samples, b is Binomial(b + c, p), so a
-    Clopper-Pearson interval for p maps to the drop as (2p - 1)(b + c) / n.
-
-    Gating on the upper bound rather than the point estimate means a small test set cannot
-    pass a real regression by luck: with few samples the interval is wide and the gate stays
-    closed until the evidence says the drop is below the limit. No discordant samples: (0, 0, 0).
-    """
-    labels, base_pred, variant_pred = _paired_arrays(labels, base_pred, variant_pred)
-    base_right, variant_right = base_pred == labels, variant_pred == labels
-    b = int(np.sum(base_right & ~variant_right))
-    c = int(np.sum(~base_right & variant_right))
-    discordant, n = b + c, len(labels)
-    if discordant == 0:
-        return 0.0, 0.0, 0.0
-    p_low, p_high = clopper_pearson(b, discordant, confidence)
-
-    def to_points(p: float) -> float:
-        return 100.0 * (2.0 * p - 1.0) * discordant / n
-
-    return 100.0 * (b - c) / n, to_points(p_low), to_points(p_high)
-
-
-def clopper_pearson(successes: int, trials: int, confidence: float) -> tuple[float, float]:
-    """Exact two-sided binomial interval for successes / trials."""
-    from scipy.stats import beta
-
-    alpha = 1.0 - confidence
-    low = 0.0 if successes == 0 else float(beta.ppf(alpha / 2, successes, trials - successes + 1))
-    high = (
-        1.0
-        if successes == trials
-        else float(beta.ppf(1 - alpha / 2, successes + 1, trials - successes))
-    )
-    return low, high
-
-
-def worst_class_drop(
-    labels: np.ndarray, base_pred: np.ndarray, variant_pred: np.ndarray
-) -> tuple[int, float]:
-    """The class whose accuracy drops most (baseline minus variant), and that drop in points.
-
-    Only classes present in `labels` count; ties go to the lowest class index.
-    """
-    labels, base_pred, variant_pred = _paired_arrays(labels, base_pred, variant_pred)
-    classes = np.unique(labels)
-    drops = [
-        100.0
-        * float(np.mean(base_pred[labels == k] == k) - np.mean(variant_pred[labels == k] == k))
-        for k in classes
-    ]
-    worst = int(np.argmax(drops))
-    return int(classes[worst]), drops[worst]
-
-
-def _paired_arrays(
-    labels: np.ndarray, base_pred: np.ndarray, variant_pred: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    labels, base_pred, variant_pred = (
-        np.asarray(a).reshape(-1) for a in (labels, base_pred, variant_pred)
-    )
-    sizes = [len(labels), len(base_pred), len(variant_pred)]
-    if len(set(sizes)) != 1 or sizes[0] == 0:
-        raise DataError(
-            f"predictions: labels/baseline/variant have {sizes} samples; "
-            "expected the same non-zero number"
-        )
-    return labels, base_pred, variant_pred
-
-
 # ---- variant gates -----------------------------------------------------------------------------
 
 
@@ -518,6 +490,8 @@ def gate_variants(
         )
         limits = gates.for_variant(name)
         rules = _variant_rules(limits, has_latency=bool(p50s))
+        if name == BASELINE:  # compared with itself: no drop to bound
+            rules = [rule for rule in rules if rule.column not in PAIRED_COLUMNS]
         for column, gain, rule in _improvement_rules(name, metrics, latency_p50_ms, limits):
             frame[column] = gain
             rules.append(rule)
@@ -541,11 +515,11 @@ def variant_frame(
     import pandas as pd
 
     _, _, drop_upper = paired_drop_interval(labels, base_pred, pred, confidence)
-    _, worst = worst_class_drop(labels, base_pred, pred)
+    _, _, worst_upper = worst_class_drop_bound(labels, base_pred, pred, confidence)
     values = {
         "accuracy": row.get("accuracy"),
         "drop_upper": drop_upper,
-        "worst_class_drop": worst,
+        "worst_class_drop_upper": worst_upper,
         "agreement": row.get("agreement"),
         "size_bytes": row.get("size_bytes"),
         "p50_ms": p50_ms,
@@ -558,8 +532,8 @@ def _variant_rules(gates: VariantGates, has_latency: bool) -> list[_Rule]:
         ("accuracy >= min_accuracy", "accuracy", gates.min_accuracy, _at_least),
         ("drop_upper <= max_accuracy_drop", "drop_upper", gates.max_accuracy_drop, _at_most),
         (
-            "worst_class_drop <= max_worst_class_drop",
-            "worst_class_drop",
+            "worst_class_drop_upper <= max_worst_class_drop",
+            "worst_class_drop_upper",
             gates.max_worst_class_drop,
             _at_most,
         ),
@@ -733,12 +707,16 @@ def _prediction(predictions: dict[str, np.ndarray], key: str) -> np.ndarray:
     return np.asarray(predictions[key])
 
 
-def check_prepared_data(data_dir: Path, gates: DataGates, docs_dir: Path) -> SuiteResult:
-    """The data suite on a prepared data directory; raises DataValidationError when it fails."""
+def check_prepared_data(
+    data_dir: Path, gates: GatesConfig, variants: Iterable[str], docs_dir: Path
+) -> SuiteResult:
+    """The data suite on a prepared data directory, with the test-split sizes the gates of
+    `variants` need; raises DataValidationError when it fails."""
     from tasks.data import load_preprocess, load_split
 
     splits = {name: load_split(data_dir, name) for name in SPLITS}
-    result = check_data(splits, load_preprocess(data_dir), gates, docs_dir=docs_dir)
+    needs = evidence_needs(gates, variants)
+    result = check_data(splits, load_preprocess(data_dir), gates.data, docs_dir, needs)
     assert_data_valid(result)
     return result
 
@@ -768,7 +746,7 @@ def judge_variants(
             gates.confidence,
         )[2]
         for name in results
-        if f"pred__{name}" in predictions and metrics[name]["status"] == "ok"
+        if name != BASELINE and f"pred__{name}" in predictions and metrics[name]["status"] == "ok"
     }
     return {
         name: _verdict(result, metrics[name], uppers.get(name)) for name, result in results.items()

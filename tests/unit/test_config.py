@@ -59,7 +59,7 @@ def test_repo_params_load_with_their_values() -> None:
     assert params.data.channels == 1
     assert params.data.num_classes is None
     splits = params.data.splits
-    assert (splits.train, splits.calib, splits.val, splits.test) == (0.6, 0.1, 0.1, 0.2)
+    assert (splits.train, splits.calib, splits.val, splits.test) == (0.4, 0.1, 0.1, 0.4)
     assert params.baseline.source == "train"
     assert params.train.width == 32
     assert params.train.lr == pytest.approx(0.003)
@@ -203,7 +203,7 @@ def test_bad_value_names_the_key(
 
 
 def test_split_fractions_must_sum_to_one(repo_raw: dict[str, Any]) -> None:
-    raw = _merged(repo_raw, {"data": {"splits": {"train": 0.5}}})
+    raw = _merged(repo_raw, {"data": {"splits": {"train": 0.3}}})
     message = _error(raw)
     assert message == "params.yaml: data.splits: split fractions must add up to 1.0, got 0.900"
 

@@ -271,7 +271,8 @@ def test_a_trial_says_how_far_it_fell_short_of_each_gate(params_file: Path) -> N
     metrics = {name: _metrics_row(0.96, 5000)}
     short = outcome_of(plan, metrics, predictions, bench, suites, "p50", "edge-cpu", 0.95)
     assert not short.feasible and short.objective == 0.8 and short.drop == 2.0
-    assert short.drop_upper is not None and 2.0 < short.drop_upper < 6.0  # exact McNemar bound
+    # Tango's bound on 4 lost and 2 gained of 100: wider than the 5.5 McNemar gave given 6 discordant
+    assert short.drop_upper is not None and 6.0 < short.drop_upper < 10.0
     assert short.shortfalls == [
         "drop_upper <= max_accuracy_drop: 9.8 vs 1 (short by 8.8)",
         "agreement >= min_agreement: 0.95 vs 0.97 (short by 0.02)",

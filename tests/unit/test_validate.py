@@ -11,6 +11,7 @@ import pytest
 from tasks.config import DataConfig, DataGates, GatesConfig
 from tasks.data import PreparedData, Split, prepare
 from tasks.errors import DataError
+from tasks.statistics import critical_value, paired_drop_interval, worst_class_drop_bound
 from tasks.validate import (
     STATUS_CHECK,
     Check,
@@ -18,9 +19,8 @@ from tasks.validate import (
     SuiteResult,
     assert_data_valid,
     check_data,
+    evidence_needs,
     gate_variants,
-    paired_drop_interval,
-    worst_class_drop,
 )
 
 NUM_CLASSES = 10
@@ -158,20 +158,28 @@ def _pairs(b: int, c: int, n: int = 300) -> tuple[np.ndarray, np.ndarray, np.nda
     return labels, base, variant
 
 
-def test_identical_predictions_give_zero_interval() -> None:
+def test_identical_predictions_still_leave_a_drop_possible() -> None:
+    # b = c = 0: Tango's bound has the closed form z^2 / (n + z^2): 300 images that agree
+    # everywhere cannot rule out a drop of 1.26 points (the old conditional bound said 0)
     labels = _labels()
     pred = _wrong_at(labels, [0, 5, 40])
-    assert paired_drop_interval(labels, pred, pred) == (0.0, 0.0, 0.0)
+    point, lower, upper = paired_drop_interval(labels, pred, pred)
+    z2 = critical_value(0.95) ** 2
+    assert point == 0.0
+    assert upper == pytest.approx(100.0 * z2 / (300 + z2), rel=1e-9)
+    assert lower == pytest.approx(-upper, rel=1e-9)
 
 
-def test_three_losses_no_gains_by_hand() -> None:
-    # b=3, c=0: p_hat = 1, so the upper bound is p=1 → drop = (b+c)/n = 1 point; the lower
-    # bound is the Clopper-Pearson p_L = (alpha/2)^(1/b) mapped through (2p-1)(b+c)/n.
+def test_three_losses_no_gains_bound_sits_where_the_score_crosses() -> None:
     point, lower, upper = paired_drop_interval(*_pairs(b=3, c=0))
     assert point == pytest.approx(1.0)
-    assert upper == pytest.approx(100.0 * 3 / 300)
-    assert lower == pytest.approx(100.0 * (2 * 0.025 ** (1 / 3) - 1) * 3 / 300)
-    assert lower == pytest.approx(-0.41519645, abs=1e-6)
+    # above the old conditional bound, (b + c) / n = 1 point, which took b + c as known
+    assert lower < point < 1.0 + 0.5 < upper < 3.0
+    # at the bound, Tango's score (b - c - n d) / sqrt(n (2 q + d (1 - d))) equals -z, q the
+    # constrained estimate of the c-type rate: with c = 0 it is 0 above d = 0
+    d = upper / 100.0
+    score = (3 - 300 * d) / np.sqrt(300 * d * (1 - d))
+    assert score == pytest.approx(-critical_value(0.95), rel=1e-6)
 
 
 def test_large_real_regression_excludes_zero() -> None:
@@ -197,17 +205,55 @@ def test_worst_class_drop_picks_the_class() -> None:
     class_7 = np.flatnonzero(labels == 7)[:6]
     class_2 = np.flatnonzero(labels == 2)[:3]
     variant = _wrong_at(labels, [*class_7, *class_2])  # class 0 improves by one sample
-    worst, drop = worst_class_drop(labels, base, variant)
+    worst, drop, upper = worst_class_drop_bound(labels, base, variant)
     assert worst == 7
     assert drop == pytest.approx(100.0 * 6 / 30)
+    assert upper > drop
+
+
+def test_worst_class_bound_reflects_the_class_size() -> None:
+    # one image lost in a class of 30 bounds that class's drop far above 1/30
+    labels = _labels()
+    variant = _wrong_at(labels, [np.flatnonzero(labels == 4)[0]])
+    worst, drop, upper = worst_class_drop_bound(labels, labels, variant)
+    assert (worst, drop) == (4, pytest.approx(100.0 / 30))
+    assert upper > 15.0
 
 
 def test_worst_class_drop_is_negative_when_every_class_improves() -> None:
     labels = _labels()
     base = _wrong_at(labels, np.flatnonzero(labels % 2 == 0)[::10])
-    worst, drop = worst_class_drop(labels, base, labels)
+    worst, drop, _ = worst_class_drop_bound(labels, base, labels)
     assert drop <= 0.0
     assert worst in range(NUM_CLASSES)
+
+
+def test_a_test_split_too_small_for_the_gates_fails_the_data_suite(digits: PreparedData) -> None:
+    gates = GatesConfig.model_validate(
+        {
+            "defaults": {"max_accuracy_drop": 1.0, "max_worst_class_drop": 6.0},
+            "per_variant": {"loose": {"max_accuracy_drop": 3.0}},
+        }
+    )
+    needs = evidence_needs(gates, ["loose", "tight"])
+    assert [(n.column, n.samples) for n in needs] == [
+        ("test_samples", 381),
+        ("test_min_class_count", 61),
+    ]
+    assert "max_accuracy_drop 1 point(s) of tight" in needs[0].gate
+    result = check_data(digits.splits, digits.preprocess, DataGates(), needs=needs)
+    test = digits.splits["test"]
+    assert len(test) < 381
+    assert not result.success
+    failed = {check.column: check for check in result.failures}
+    assert failed["test_samples"].observed == len(test)
+    assert "needs at least 381 images" in result.describe()
+    assert "smallest test class" in result.describe()
+    # a gate the split can certify passes
+    only_loose = evidence_needs(gates, ["loose"])[:1]
+    assert only_loose[0].samples < len(test)
+    ok = check_data(digits.splits, digits.preprocess, DataGates(), needs=only_loose)
+    assert ok.success, ok.describe()
 
 
 # ---- variant gates -----------------------------------------------------------------------------
@@ -242,8 +288,17 @@ def _baseline_pred() -> np.ndarray:
 NO_BEAT = {"min_speedup": None, "min_size_reduction": None, "max_slowdown": None}
 
 
+# 300 test images (30 a class) can certify a 1.5-point drop and a 12-point class drop at best
+ROOMY = {"max_accuracy_drop": 1.5, "max_worst_class_drop": 12.0}
+
+
+def _roomy() -> GatesConfig:
+    """The default gates, with the drop bounds 300 images can certify."""
+    return GatesConfig.model_validate({"defaults": ROOMY})
+
+
 def _gates(**defaults: object) -> GatesConfig:
-    return GatesConfig.model_validate({"defaults": NO_BEAT | defaults})
+    return GatesConfig.model_validate({"defaults": NO_BEAT | ROOMY | defaults})
 
 
 def test_variant_equal_to_baseline_passes() -> None:
@@ -256,11 +311,14 @@ def test_variant_equal_to_baseline_passes() -> None:
     assert names == [
         "accuracy >= min_accuracy",
         "drop_upper <= max_accuracy_drop",
-        "worst_class_drop <= max_worst_class_drop",
+        "worst_class_drop_upper <= max_worst_class_drop",
         "agreement >= min_agreement",
     ]  # size and latency have no threshold by default; p50 unknown
     drop = {c.name: c for c in results["same"].checks}["drop_upper <= max_accuracy_drop"]
-    assert drop.observed == 0.0
+    assert drop.observed == pytest.approx(100 * critical_value(0.95) ** 2 / 303.84, rel=1e-3)
+    # the baseline is compared with itself: no drop bound is judged
+    assert "drop_upper <= max_accuracy_drop" not in _failing_names(results["baseline"])
+    assert all(c.column not in ("drop_upper",) for c in results["baseline"].checks)
 
 
 def test_variant_below_accuracy_floor_is_rejected() -> None:
@@ -285,8 +343,9 @@ def test_drop_upper_rejects_when_point_estimate_is_under_the_max() -> None:
     metrics, predictions = _inputs({"lucky": variant})
     assert metrics["lucky"]["accuracy_drop"] == pytest.approx(200 / 300)
     point, _, upper = paired_drop_interval(labels, base, variant)
-    assert point < 1.0 < upper
-    result = gate_variants(metrics, predictions, {}, _gates())["lucky"]
+    assert point < 1.5 < upper
+    # one image lost in a class of 30: the class gate is not the subject here
+    result = gate_variants(metrics, predictions, {}, _gates(max_worst_class_drop=None))["lucky"]
     assert _failing_names(result) == ["drop_upper <= max_accuracy_drop"]
     assert result.failures[0].observed == pytest.approx(upper)
     assert "max_accuracy_drop" in result.describe()
@@ -297,7 +356,7 @@ def test_per_variant_override_applies() -> None:
     metrics, predictions = _inputs({"big": same, "roomy": same, "loose": same})
     gates = GatesConfig.model_validate(
         {
-            "defaults": NO_BEAT | {"max_size_bytes": 500},
+            "defaults": NO_BEAT | ROOMY | {"max_size_bytes": 500},
             "per_variant": {"roomy": {"max_size_bytes": 5000}, "loose": {"min_accuracy": None}},
         }
     )
@@ -366,7 +425,7 @@ def test_slower_everywhere_and_barely_smaller_is_rejected_with_the_reason() -> N
     metrics, predictions, p50 = _beat_inputs(
         {"int8": 935}, {"int8": {"edge-cpu": 1.07, "cloud-cpu": 0.90}}
     )
-    results = gate_variants(metrics, predictions, p50, GatesConfig())
+    results = gate_variants(metrics, predictions, p50, _roomy())
     result = results["int8"]
     assert _failing_names(result) == [
         "not slower than baseline (max_slowdown)",
@@ -389,7 +448,7 @@ def test_faster_on_one_runner_passes() -> None:
     metrics, predictions, p50 = _beat_inputs(
         {"fast": 1000}, {"fast": {"edge-cpu": 0.40, "cloud-cpu": 0.33}}
     )
-    result = gate_variants(metrics, predictions, p50, GatesConfig())["fast"]
+    result = gate_variants(metrics, predictions, p50, _roomy())["fast"]
     assert result.success, result.describe()
     assert _beat_check(result).observed == pytest.approx((0.48 / 0.40) / 1.1)
     assert _beat_check(result).explanation.startswith("1.20x faster than baseline on edge-cpu")
@@ -401,13 +460,13 @@ def test_smaller_but_much_slower_is_rejected_unless_max_slowdown_allows_it() -> 
     metrics, predictions, p50 = _beat_inputs(
         {"small": 250}, {"small": {"edge-cpu": 1.07, "cloud-cpu": 0.30}}
     )
-    result = gate_variants(metrics, predictions, p50, GatesConfig())["small"]
+    result = gate_variants(metrics, predictions, p50, _roomy())["small"]
     assert _failing_names(result) == ["not slower than baseline (max_slowdown)"]
     assert "2.2x slower than baseline on edge-cpu (1.07 vs 0.48 ms p50), allowed 1.25x" in (
         result.describe()
     )
     assert _beat_check(result).success and "and 4.0x smaller" in _beat_check(result).explanation
-    slow_ok = GatesConfig.model_validate({"defaults": {"max_slowdown": None}})
+    slow_ok = GatesConfig.model_validate({"defaults": ROOMY | {"max_slowdown": None}})
     result = gate_variants(metrics, predictions, p50, slow_ok)["small"]
     assert result.success, result.describe()
 
@@ -416,13 +475,13 @@ def test_slightly_slower_within_max_slowdown_passes_on_size() -> None:
     metrics, predictions, p50 = _beat_inputs(
         {"small": 250}, {"small": {"edge-cpu": 0.55, "cloud-cpu": 0.30}}
     )
-    result = gate_variants(metrics, predictions, p50, GatesConfig())["small"]
+    result = gate_variants(metrics, predictions, p50, _roomy())["small"]
     assert result.success, result.describe()  # 1.15x slower on edge-cpu: within 1.25x
 
 
 def test_unbenchmarked_variant_is_judged_on_size_and_says_so() -> None:
     metrics, predictions, p50 = _beat_inputs({"small": 250, "same": 1000}, {})
-    results = gate_variants(metrics, predictions, p50, GatesConfig())
+    results = gate_variants(metrics, predictions, p50, _roomy())
     assert results["small"].success, results["small"].describe()
     assert not results["same"].success
     assert (
@@ -438,6 +497,7 @@ def test_beat_thresholds_per_variant_and_null_disables() -> None:
     )
     gates = GatesConfig.model_validate(
         {
+            "defaults": ROOMY,
             "per_variant": {
                 "lenient": {"min_speedup": None, "min_size_reduction": 1.05, "max_slowdown": None},
                 "off": NO_BEAT,
@@ -459,7 +519,7 @@ def test_combination_must_also_beat_its_source() -> None:
     )
     metrics["pruned"]["source"] = "baseline"
     metrics["pruned_int8"]["source"] = "pruned"
-    results = gate_variants(metrics, predictions, p50, GatesConfig())
+    results = gate_variants(metrics, predictions, p50, _roomy())
     assert results["pruned"].success, results["pruned"].describe()
     result = results["pruned_int8"]
     assert _beat_check(result).success  # 1.79x smaller than the baseline
