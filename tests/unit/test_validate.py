@@ -501,7 +501,7 @@ def test_beat_thresholds_per_variant_and_null_disables() -> None:
             "per_variant": {
                 "lenient": {"min_speedup": None, "min_size_reduction": 1.05, "max_slowdown": None},
                 "off": NO_BEAT,
-            }
+            },
         }
     )
     results = gate_variants(metrics, predictions, p50, gates)
