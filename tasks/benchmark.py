@@ -30,6 +30,7 @@ import numpy as np
 from tasks.config import BenchmarkConfig, RunnerProfile
 from tasks.errors import ModelPressError, brief, process_ended
 from tasks.runtimes import RUNTIME_PACKAGES, RUNTIMES, runs_on
+from tasks.speed import SpeedRatio, t_quantile_975
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,17 @@ class BenchmarkRow:
     host: dict[str, Any] = field(default_factory=dict)
     measured_at: str | None = None  # UTC, ISO 8601
     reused: bool = False  # taken from an earlier measurement of the same inputs (measured_at)
+    # reference (the baseline, the source) → this variant's speed against it, timed interleaved
+    # in one session: what every faster/slower judgment reads (tasks/speed.py)
+    versus: dict[str, SpeedRatio] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # rows travel as JSON (runners, the store, kept measurements): ratios come back as dicts
+        ratios = {
+            reference: ratio if isinstance(ratio, SpeedRatio) else SpeedRatio(**ratio)
+            for reference, ratio in self.versus.items()
+        }
+        object.__setattr__(self, "versus", ratios)
 
     @classmethod
     def failed(cls, variant: str, runner: str, reason: str, status: str = "failed") -> BenchmarkRow:
@@ -101,7 +113,7 @@ def measure(
     ]
     for i in range(cfg.warmup):
         predictor.infer(prepared[i % len(prepared)])
-    trials = [_latency_trial(predictor.infer, prepared, cfg) for _ in range(cfg.trials)]
+    trials = [latency_trial(predictor.infer, prepared, cfg) for _ in range(cfg.trials)]
     p50s = [float(np.percentile(t, 50)) for t in trials]
     every = np.concatenate(trials)
     return BenchmarkRow(
@@ -135,7 +147,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _latency_trial(infer: Any, prepared: list[np.ndarray], cfg: BenchmarkConfig) -> np.ndarray:
+def latency_trial(infer: Any, prepared: list[np.ndarray], cfg: BenchmarkConfig) -> np.ndarray:
     """Batch-1 timings (ms) over real test images, until iterations or max_seconds."""
     timings: list[float] = []
     deadline = time.perf_counter() + cfg.max_seconds
@@ -157,16 +169,11 @@ def _throughput(predictor: Any, images: np.ndarray, cfg: BenchmarkConfig) -> flo
     return done / (time.perf_counter() - started)
 
 
-# Two-sided 97.5% quantiles of Student's t for 1..10 degrees of freedom (no scipy on edge runners).
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
-
-
 def _t_interval(values: list[float]) -> list[float] | None:
     """95% confidence interval of the mean of the trials' p50s."""
     if len(values) < 2:
         return None
-    df = len(values) - 1
-    quantile = _T975[df - 1] if df <= len(_T975) else 2.0  # df > 10: within 5% of the exact value
+    quantile = t_quantile_975(len(values) - 1)
     mean = float(np.mean(values))
     half = quantile * float(np.std(values, ddof=1)) / len(values) ** 0.5
     return [_r(mean - half), _r(mean + half)]
@@ -271,7 +278,7 @@ def reused_row(measured: Path, name: str) -> BenchmarkRow:
     return BenchmarkRow(**(row | {"variant": name, "reused": True}))
 
 
-def _images_for_measuring(images_file: Path, cfg: BenchmarkConfig, work: Path) -> Path:
+def images_for_measuring(images_file: Path, cfg: BenchmarkConfig, work: Path) -> Path:
     """The test images a measurement uses, in a file of their own: the measuring process runs
     under the runner's memory cap, and a real test set does not fit it (10,000 RGB images at
     96 px are 1 GiB as float32; edge-cpu's cap is 2 GiB of address space)."""
@@ -313,7 +320,7 @@ def measure_in_subprocess(
     """Run `measure` in a fresh Python process; a crash or timeout becomes a failed row."""
     with tempfile.TemporaryDirectory(prefix="mp-bench-") as work:
         out = Path(work) / "row.json"
-        images_file = _images_for_measuring(images_file, cfg, Path(work))
+        images_file = images_for_measuring(images_file, cfg, Path(work))
         command = [
             sys.executable,
             "-m",

@@ -116,7 +116,12 @@ def publish_entries(
                 "compressed_with": {"codec": "zstd", "level": ZSTD_LEVEL},
                 "benchmarks": [asdict(b) for b in bench if b.variant == name],
             },
-            gates={"passed": verdicts[name].passed, "reason": verdicts[name].reason},
+            gates={
+                "passed": verdicts[name].passed,
+                "reason": verdicts[name].reason,
+                # measured speed against the baseline/source, said even when it passed on size
+                "speed": verdicts[name].speed,
+            },
             approval=approval.as_json(),
             output=asdict(record.output) if record.output else {},
             data=record.data or {},

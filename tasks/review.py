@@ -19,6 +19,9 @@ class GateVerdict:
     # upper bound of the accuracy drop's confidence interval, in points: what the drop gate
     # judges (the point estimate alone would let a small test set pass a regression by luck)
     drop_upper: float | None = None
+    # the same-session speed evidence against each reference, in words: "on edge-cpu 1.12x
+    # slower than baseline (1.10-1.14x, ...)", shown even when the variant passed on size
+    speed: str = ""
 
 
 def review_rows(
@@ -46,11 +49,19 @@ def review_rows(
                     "p50_ms": _fmt(timed.p50_ms if timed else None, "{:.3f}"),
                     "p90_ms": _fmt(timed.p90_ms if timed else None, "{:.3f}"),
                     "p99_ms": _fmt(timed.p99_ms if timed else None, "{:.3f}"),
+                    # against each reference, timed interleaved in one session (tasks/speed.py)
+                    "speed": _speed_cell(timed),
                     "gate": "pass" if verdict.passed else "REJECTED",
                     "reason": "; ".join(part for part in (verdict.reason, _bench_note(b)) if part),
                 }
             )
     return rows
+
+
+def _speed_cell(row: BenchmarkRow | None) -> str:
+    if row is None or not row.versus:
+        return "-"
+    return "; ".join(f"vs {ref}: {ratio.short()}" for ref, ratio in row.versus.items())
 
 
 def _bench_note(row: BenchmarkRow | None) -> str:

@@ -354,14 +354,11 @@ def judge_trials(
 ) -> dict[str, SuiteResult]:
     """The nightly's metrics suites (tasks.validate.gate_variants), kept whole: the search needs
     each check's observed value and threshold, not only pass or fail."""
-    from tasks.validate import gate_variants
+    from tasks.validate import gate_variants, speed_evidence
 
     rows = {name: asdict(row) for name, row in metrics.items()}
-    p50: dict[str, dict[str, float]] = {}
-    for row in bench:
-        if row.status == "ok" and row.p50_ms is not None:
-            p50.setdefault(row.variant, {})[row.runner] = row.p50_ms
-    return gate_variants(rows, predictions, p50, gates, docs_dir=docs_dir)
+    p50, ratios = speed_evidence(bench)
+    return gate_variants(rows, predictions, p50, gates, docs_dir, ratios)
 
 
 def outcome_of(

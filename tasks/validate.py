@@ -30,6 +30,7 @@ from tasks.config import DataGates, GatesConfig, VariantGates
 from tasks.data import SPLITS, Preprocess, Split
 from tasks.errors import DataError, DataValidationError
 from tasks.review import GateVerdict
+from tasks.speed import SpeedRatio
 from tasks.statistics import (
     paired_drop_interval,
     smallest_certifying_size,
@@ -459,13 +460,15 @@ def gate_variants(
     latency_p50_ms: dict[str, dict[str, float]],
     gates: GatesConfig,
     docs_dir: Path | None = None,
+    ratios: Ratios | None = None,
 ) -> dict[str, SuiteResult]:
     """One GX suite per evaluated variant (baseline included) against its gates.
 
     `metrics` are rows of metrics/variants.json; `predictions` holds "labels" and
     "pred__<variant>"; `latency_p50_ms` is variant → runner → p50 of the runners that measured
-    it. `max_p50_ms` judges the slowest runner (a budget must hold everywhere it runs); variants
-    no runner measured skip it, and can beat what they came from only by size.
+    it. `max_p50_ms` judges the slowest runner (a budget must hold everywhere it runs).
+    `ratios` (speed_evidence) hold each variant's same-session speed against its references:
+    a variant timed with none of them can beat what it came from only by size.
     Variants whose status is not "ok" fail a "status == ok" check without running GX.
     With `docs_dir`, the suites' results become an HTML Data Docs site there (index.html);
     the folder belongs to this call (see check_data).
@@ -492,7 +495,7 @@ def gate_variants(
         rules = _variant_rules(limits, has_latency=bool(p50s))
         if name == BASELINE:  # compared with itself: no drop to bound
             rules = [rule for rule in rules if rule.column not in PAIRED_COLUMNS]
-        for column, gain, rule in _improvement_rules(name, metrics, latency_p50_ms, limits):
+        for column, gain, rule in _improvement_rules(name, metrics, ratios or {}, limits):
             frame[column] = gain
             rules.append(rule)
         results[name] = _suite_result(
@@ -546,16 +549,32 @@ def _variant_rules(gates: VariantGates, has_latency: bool) -> list[_Rule]:
     ]
 
 
+Ratios = dict[str, dict[str, dict[str, SpeedRatio]]]  # variant → runner → reference → ratio
+
+
+def speed_evidence(bench: list[BenchmarkRow]) -> tuple[dict[str, dict[str, float]], Ratios]:
+    """From benchmark rows: variant → runner → p50 (for p50 budgets), and variant → runner →
+    reference → its same-session speed ratio (for every faster/slower judgment)."""
+    p50: dict[str, dict[str, float]] = {}
+    ratios: Ratios = {}
+    for row in bench:
+        if row.status == "ok" and row.p50_ms is not None:
+            p50.setdefault(row.variant, {})[row.runner] = row.p50_ms
+        if row.status == "ok" and row.versus:
+            ratios.setdefault(row.variant, {})[row.runner] = dict(row.versus)
+    return p50, ratios
+
+
 def _improvement_rules(
-    name: str,
-    metrics: dict[str, dict],
-    latency_p50_ms: dict[str, dict[str, float]],
-    gates: VariantGates,
+    name: str, metrics: dict[str, dict], ratios: Ratios, gates: VariantGates
 ) -> list[tuple[str, float, _Rule]]:
     """(column, value, rule) for each variant `name` must beat: the baseline, and for a
     combination its source as well (pruned_int8 must beat pruned, not only the baseline):
-    a gain (min_speedup or min_size_reduction) and no slowdown past max_slowdown.
+    a gain (min_speedup or min_size_reduction) and not measurably slower than max_slowdown.
 
+    Speed is judged only on the two models timed interleaved in one session (tasks/speed.py):
+    "faster" on the slow end of the ratio's interval, "slower" on its fast end. Timings taken
+    apart are no evidence either way; such a variant is judged on size, and the reason says so.
     The baseline is exempt, and so is a source that was not built (nothing to compare with).
     """
     if name == BASELINE:
@@ -566,24 +585,23 @@ def _improvement_rules(
         references.append((source, "vs_source", f"its source {source}"))
     rules = []
     for reference, suffix, label in references:
-        p50, reference_p50 = latency_p50_ms.get(name, {}), latency_p50_ms.get(reference, {})
-        slowdown = worst_slowdown(p50, reference_p50)
+        timed = {
+            runner: by_reference[reference]
+            for runner, by_reference in ratios.get(name, {}).items()
+            if reference in by_reference
+        }
+        slowdown = measured_slowdown(timed)
         if gates.max_slowdown is not None and slowdown is not None:
             runner, ratio = slowdown
-            text = (
-                f"{_times(ratio)} slower than {reference} on {runner} "
-                f"({p50[runner]:.3g} vs {reference_p50[runner]:.3g} ms p50), "
-                f"allowed {gates.max_slowdown:g}x"
-            )
-            check = f"not slower than {label} (max_slowdown)"
+            text = f"{ratio.describe(runner)}, allowed {gates.max_slowdown:g}x"
+            check = f"not measurably slower than {label} (max_slowdown)"
             rule = _at_most(check, f"slowdown_{suffix}", gates.max_slowdown)
-            rules.append((f"slowdown_{suffix}", ratio, replace(rule, explanation=text)))
+            rules.append((f"slowdown_{suffix}", ratio.low, replace(rule, explanation=text)))
         if gates.min_speedup is None and gates.min_size_reduction is None:
             continue
         gain, detail = improvement(
             reference,
-            p50,
-            reference_p50,
+            timed,
             metrics[name].get("size_bytes"),
             metrics[reference].get("size_bytes"),
             gates,
@@ -596,22 +614,18 @@ def _improvement_rules(
     return rules
 
 
-def worst_slowdown(
-    p50: dict[str, float], reference_p50: dict[str, float]
-) -> tuple[str, float] | None:
-    """(runner, p50 / reference p50) on the runner, of those both ran on, where the variant
-    loses most to `reference`; None without a runner in common."""
-    shared = {r: p50[r] / reference_p50[r] for r in p50 if reference_p50.get(r)}
-    if not shared:
+def measured_slowdown(timed: dict[str, SpeedRatio]) -> tuple[str, SpeedRatio] | None:
+    """(runner, ratio) where the variant is most surely slower: the highest fast end of the
+    ratio's interval (above 1: measurably slower there); None when timed on no runner."""
+    if not timed:
         return None
-    runner = max(shared, key=lambda r: shared[r])
-    return runner, shared[runner]
+    runner = max(timed, key=lambda r: (timed[r].low, r))
+    return runner, timed[runner]
 
 
 def improvement(
     reference: str,
-    p50: dict[str, float],
-    reference_p50: dict[str, float],
+    timed: dict[str, SpeedRatio],
     size: int | None,
     reference_size: int | None,
     gates: VariantGates,
@@ -620,23 +634,23 @@ def improvement(
 ) -> tuple[float, str]:
     """How far a variant beats `reference`: (gain, what was found), gain >= 1 meaning it does.
 
-    gain is the better of (best speedup on a runner both ran on / min_speedup) and
-    (size reduction / min_size_reduction); a threshold set to null, a size not known or no
-    runner in common leave that side out (0 when neither side can be judged). The size
-    reduction is the better of the files' and their zstd-compressed sizes': weight sharing
-    (clustering, Deep Compression) keeps the file as large and shrinks what a device downloads.
+    gain is the better of (the slow end of the speedup's interval on the runner where it is
+    highest / min_speedup) and (size reduction / min_size_reduction); a threshold set to null, a
+    size not known or no same-session timing leave that side out (0 when neither side can be
+    judged). The size reduction is the better of the files' and their zstd-compressed sizes':
+    weight sharing (clustering, Deep Compression) keeps the file as large and shrinks what a
+    device downloads.
     """
     gains, parts = [0.0], []
     if gates.min_speedup is not None:
-        shared = {r: (p50[r], reference_p50[r]) for r in p50 if r in reference_p50 and p50[r] > 0}
-        if shared:
-            runner = max(shared, key=lambda r: shared[r][1] / shared[r][0])
-            mine, theirs = shared[runner]
-            speedup = theirs / mine
-            gains.append(speedup / gates.min_speedup)
-            parts.append(_speed_text(reference, runner, mine, theirs, gates.min_speedup, shared))
+        if timed:
+            runner = max(timed, key=lambda r: (timed[r].speedup[1], r))
+            surely = timed[runner].speedup[1]
+            gains.append(surely / gates.min_speedup)
+            needs = "" if surely >= gates.min_speedup else f", needs {gates.min_speedup:g}x"
+            parts.append(timed[runner].describe(runner) + needs)
         else:
-            parts.append(f"no benchmark on a runner shared with {reference} (judged on size only)")
+            parts.append(f"not timed together with {reference} on any runner (judged on size only)")
     if gates.min_size_reduction is not None:
         if size and reference_size:
             reduction, over_the_air = reference_size / size, ""
@@ -651,24 +665,6 @@ def improvement(
         else:
             parts.append("size unknown")
     return max(gains), " and ".join(parts)
-
-
-def _speed_text(
-    reference: str,
-    runner: str,
-    mine: float,
-    theirs: float,
-    needed: float,
-    shared: dict[str, tuple[float, float]],
-) -> str:
-    where = f"on {runner}" + (", its best runner" if len(shared) > 1 else "")
-    times = f"({mine:.3g} vs {theirs:.3g} ms p50)"
-    speedup = theirs / mine
-    if speedup < 1:
-        return f"{_times(1 / speedup)} slower than {reference} {where} {times}"
-    if speedup < needed:
-        return f"only {_times(speedup)} faster than {reference} {where} {times}, needs {needed:g}x"
-    return f"{_times(speedup)} faster than {reference} {where} {times}"
 
 
 def _size_text(reduction: float, needed: float) -> str:
@@ -733,11 +729,8 @@ def judge_variants(
     metrics = {name: asdict(row) for name, row in table.items()}  # rows as variants.json has them
     with np.load(predictions_file) as saved:
         predictions = {key: saved[key] for key in saved.files}
-    p50: dict[str, dict[str, float]] = {}  # variant → runner → p50
-    for row in bench:
-        if row.status == "ok" and row.p50_ms is not None:
-            p50.setdefault(row.variant, {})[row.runner] = row.p50_ms
-    results = gate_variants(metrics, predictions, p50, gates, docs_dir=docs_dir)
+    p50, ratios = speed_evidence(bench)
+    results = gate_variants(metrics, predictions, p50, gates, docs_dir, ratios)
     uppers = {  # the bound the drop gate judges, shown to the reviewer
         name: paired_drop_interval(
             predictions["labels"],
@@ -749,11 +742,24 @@ def judge_variants(
         if name != BASELINE and f"pred__{name}" in predictions and metrics[name]["status"] == "ok"
     }
     return {
-        name: _verdict(result, metrics[name], uppers.get(name)) for name, result in results.items()
+        name: _verdict(result, metrics[name], uppers.get(name), speed_words(ratios.get(name, {})))
+        for name, result in results.items()
     }
 
 
-def _verdict(result: SuiteResult, row: dict[str, Any], drop_upper: float | None) -> GateVerdict:
+def speed_words(by_runner: dict[str, dict[str, SpeedRatio]]) -> str:
+    """Every same-session speed claim of a variant, one clause per runner and reference."""
+    return "; ".join(
+        ratio.describe(runner)
+        for runner, by_reference in sorted(by_runner.items())
+        for ratio in by_reference.values()
+    )
+
+
+def _verdict(
+    result: SuiteResult, row: dict[str, Any], drop_upper: float | None, speed: str
+) -> GateVerdict:
     if row["status"] != "ok":  # skipped/failed variants: their own reason says more than the gate
         return GateVerdict(False, f"{row['status']}: {row.get('reason')}")
-    return GateVerdict(result.success, "" if result.success else result.describe(), drop_upper)
+    reason = "" if result.success else result.describe()
+    return GateVerdict(result.success, reason, drop_upper, speed)

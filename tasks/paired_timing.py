@@ -1,0 +1,150 @@
+"""paired_timing: two models timed in one process, their latency trials interleaved.
+
+The only evidence a speed claim rests on (tasks/speed.py says what it can claim). Like the
+benchmark harness, it runs in a fresh process under the runner's profile (threads, CPU affinity,
+memory cap) and needs only numpy and the light runtimes: it runs on edge runners as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from tasks.benchmark import (
+    LATENCY_IMAGES,
+    apply_profile,
+    images_for_measuring,
+    latency_trial,
+)
+from tasks.config import BenchmarkConfig, RunnerProfile
+from tasks.errors import brief, process_ended
+from tasks.speed import SpeedRatio, ratio_interval
+
+
+def compare(
+    variant_dir: Path,
+    reference_dir: Path,
+    reference: str,
+    images: np.ndarray,
+    profile: RunnerProfile,
+    cfg: BenchmarkConfig,
+) -> SpeedRatio:
+    """In this process (apply_profile is applied here): both models loaded and warmed, then
+    `cfg.compare_rounds` rounds of one latency trial each, the order alternating per round so
+    neither model always runs first."""
+    from tasks.runtimes import load_predictor
+
+    threads, _ = apply_profile(profile)
+    models = [load_predictor(d, threads=threads) for d in (variant_dir, reference_dir)]
+    count = min(len(images), LATENCY_IMAGES)
+    prepared = [[m.prepare(images[i : i + 1]) for i in range(count)] for m in models]
+    for model, inputs in zip(models, prepared, strict=True):
+        for i in range(cfg.warmup):
+            model.infer(inputs[i % len(inputs)])
+    p50s: list[list[float]] = [[], []]
+    for round_number in range(cfg.compare_rounds):
+        order = (0, 1) if round_number % 2 == 0 else (1, 0)
+        for which in order:
+            timings = latency_trial(models[which].infer, prepared[which], cfg)
+            p50s[which].append(float(np.percentile(timings, 50)))
+    ratio, low, high = ratio_interval(p50s[0], p50s[1])
+    return SpeedRatio(
+        reference=reference,
+        ratio=round(ratio, 4),
+        low=round(low, 4),
+        high=round(high, 4),
+        rounds=cfg.compare_rounds,
+        variant_p50_ms=round(float(np.median(p50s[0])), 4),
+        reference_p50_ms=round(float(np.median(p50s[1])), 4),
+        measured_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+
+
+def compare_in_subprocess(
+    variant_dir: Path,
+    reference_dir: Path,
+    reference: str,
+    images_file: Path,
+    profile: RunnerProfile,
+    cfg: BenchmarkConfig,
+    timeout_s: float = 600,
+) -> SpeedRatio | str:
+    """`compare` in a fresh Python process: the ratio, or why there is none (one line)."""
+    with tempfile.TemporaryDirectory(prefix="mp-paired-") as work:
+        out = Path(work) / "ratio.json"
+        images = images_for_measuring(images_file, cfg, Path(work))
+        command = [
+            sys.executable,
+            "-m",
+            "tasks.paired_timing",
+            "--variant",
+            str(variant_dir),
+            "--reference",
+            str(reference_dir),
+            "--reference-name",
+            reference,
+            "--images",
+            str(images),
+            "--profile",
+            profile.model_dump_json(),
+            "--config",
+            cfg.model_dump_json(),
+            "--out",
+            str(out),
+        ]
+        try:
+            done = subprocess.run(
+                command, capture_output=True, text=True, timeout=timeout_s, check=False
+            )
+        except subprocess.TimeoutExpired:
+            return f"timed out after {timeout_s:.0f}s"
+        if done.returncode != 0 or not out.exists():
+            lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+            if lines and done.returncode >= 0:
+                return brief(lines[-1])
+            return f"its measuring process {process_ended(done.returncode)}"
+        return SpeedRatio(**json.loads(out.read_text()))
+
+
+def main(argv: list[str] | None = None) -> None:
+    from tasks.io import write_json
+
+    parser = argparse.ArgumentParser(
+        description="time two models interleaved (the harness's child)"
+    )
+    for flag in (
+        "--variant",
+        "--reference",
+        "--reference-name",
+        "--images",
+        "--profile",
+        "--config",
+        "--out",
+    ):
+        parser.add_argument(flag, required=True)
+    args = parser.parse_args(argv)
+    with np.load(args.images) as archive:
+        images = archive["x"].astype(np.float32)
+    ratio = compare(
+        Path(args.variant),
+        Path(args.reference),
+        args.reference_name,
+        images,
+        RunnerProfile.model_validate_json(args.profile),
+        BenchmarkConfig.model_validate_json(args.config),
+    )
+    write_json(Path(args.out), asdict(ratio))
+
+
+if __name__ == "__main__":
+    from tasks.cli_support import run_main
+
+    run_main(main)
