@@ -320,7 +320,8 @@ def nightly_main(argv: list[str] | None = None) -> None:
         from tasks.errors import ServerAuthError
 
         # a bad params file is one line now, not after Prefect's temporary server has started
-        load_params(args.params, _runner_overrides(args))
+        params = load_params(args.params, _runner_overrides(args))
+        refuse_ui_without_server(args.approval or params.review.approval)
         try:
             result = nightly(
                 params_file=args.params,
@@ -355,16 +356,29 @@ def search_main(argv: list[str] | None = None) -> None:
     parser = _run_parser("modelpress search", search.description)
     parser.add_argument(
         "--trials",
-        type=int,
-        help="budget: distinct trials in the study (search.budget; repeats are free)",
+        type=_positive(int),
+        help="budget: distinct trials in the study, at least 1 (search.budget; repeats are free)",
     )
-    parser.add_argument("--seconds", type=float, help="budget: wall seconds of this run")
+    parser.add_argument(
+        "--seconds",
+        type=_positive(float),
+        help="budget: wall seconds of this run; no trial starts after it (search.budget)",
+    )
+    parser.add_argument(
+        "--objective",
+        choices=["p50", "size", "compressed_size"],
+        help="what to minimise (search.objective.minimize)",
+    )
+    parser.add_argument(
+        "--objective-runner", help="the runner p50 is measured on (search.objective.runner)"
+    )
     parser.add_argument(
         "--constraint",
         action="append",
         default=[],
         metavar="GATE=VALUE",
-        help="a goal of this run, e.g. max_accuracy_drop=0.5 (search.constraints; repeatable)",
+        help="a goal of this run, e.g. max_accuracy_drop=0.5 (search.constraints; repeatable); "
+        f"GATE is one of: {', '.join(_gate_names())}",
     )
     parser.add_argument(
         "--chain",
@@ -380,8 +394,17 @@ def search_main(argv: list[str] | None = None) -> None:
 
         show_converter_output()
     say_user_errors_once()
-    budget = {k: v for k, v in (("trials", args.trials), ("seconds", args.seconds)) if v}
+    budget = {
+        k: v for k, v in (("trials", args.trials), ("seconds", args.seconds)) if v is not None
+    }
     section: dict[str, Any] = {"budget": budget} if budget else {}
+    objective = {
+        k: v
+        for k, v in (("minimize", args.objective), ("runner", args.objective_runner))
+        if v is not None
+    }
+    if objective:
+        section["objective"] = objective
     if args.constraint:
         section["constraints"] = _constraints(args.constraint, parser)
     if args.chain:
@@ -392,9 +415,9 @@ def search_main(argv: list[str] | None = None) -> None:
     def run() -> None:
         from tasks.config import load_params
 
-        load_params(
-            args.params, overrides
-        )  # a bad search: section is one line, before Prefect starts
+        # a bad search: section is one line, before Prefect starts
+        params = load_params(args.params, overrides)
+        refuse_ui_without_server(args.approval or params.review.approval)
         try:
             result = search(
                 params_file=args.params,
@@ -426,8 +449,51 @@ def _constraints(pairs: list[str], parser: argparse.ArgumentParser) -> dict[str,
         gate, sep, value = pair.partition("=")
         if not sep or not gate or not value:
             parser.error(f"--constraint {pair!r}: expected GATE=VALUE, e.g. max_accuracy_drop=0.5")
+        if gate.strip() not in _gate_names():
+            parser.error(
+                f"--constraint {pair!r}: unknown gate {gate.strip()!r}; "
+                f"expected one of {', '.join(_gate_names())}"
+            )
         constraints[gate.strip()] = yaml.safe_load(value)
     return constraints
+
+
+def refuse_ui_without_server(approval: str) -> None:
+    """Approval in the UI needs a Prefect server a reviewer can open: without PREFECT_API_URL
+    the run would start a temporary server, which serves no UI, and pause on it until its
+    timeout with nobody able to resume it."""
+    from prefect.settings import PREFECT_API_URL
+
+    from tasks.errors import ConfigError
+
+    if approval == "ui" and not PREFECT_API_URL.value():
+        raise ConfigError(
+            "review.approval: ui needs a Prefect server with its UI, and PREFECT_API_URL is not "
+            "set (a temporary server has no UI to approve on): start one (make stack; then "
+            'eval "$(infra/stack.sh env)") or pass --approval auto'
+        )
+
+
+def _gate_names() -> list[str]:
+    from tasks.config import VariantGates
+
+    return list(VariantGates.model_fields)
+
+
+def _positive(kind: type[int] | type[float]) -> Any:
+    """An argparse type: a number above 0 (a budget of 0 would be a search that never runs)."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a number above 0")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def _runner_overrides(args: argparse.Namespace) -> dict[str, Any] | None:

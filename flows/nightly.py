@@ -44,7 +44,7 @@ from tasks.results import BaselineSummary, metrics_json
 from tasks.review import GateVerdict
 from tasks.runtimes import RUNTIME_MODULES
 from tasks.store import ArtifactStore
-from tasks.variant import VariantRecord
+from tasks.variant import EVALUATION_SPLIT, VariantRecord
 
 RUNNER: TaskRunner[Any] = ThreadPoolTaskRunner(max_workers=2)  # variants two at a time
 
@@ -118,12 +118,14 @@ def evaluate_task(
     data_dir: str,
     out_dir: str,
     by_model: str,
+    split: str = EVALUATION_SPLIT,
 ) -> dict[str, VariantMetrics]:
-    """Every variant in its own runtime on the test split; metrics and per-sample predictions
-    (a model evaluated before on this data by this code is taken from `by_model`)."""
+    """Every variant in its own runtime on `split` (test; the search selects on val); metrics
+    and per-sample predictions (a model evaluated before on this data by this code is taken
+    from `by_model`)."""
     from tasks.results import evaluate_variant_dirs
 
-    return evaluate_variant_dirs(variant_dirs, Path(data_dir), Path(out_dir), Path(by_model))
+    return evaluate_variant_dirs(variant_dirs, Path(data_dir), Path(out_dir), Path(by_model), split)
 
 
 @task(name="validate")
@@ -318,16 +320,19 @@ def evaluate_variants(
     data_key: str,
     data_dir: str,
     work: Path,
+    split: str = EVALUATION_SPLIT,
 ) -> tuple[dict[str, VariantMetrics], Path]:
-    """Every variant on the test split, cached by the models' hashes, the data and the code."""
+    """Every variant on `split` (the test split; the search selects on val), cached by the
+    models' hashes, the data, the split and the code."""
     # the same models on other data (or by other evaluation code) give other metrics
     variant_hashes = {n: record.model_sha256 or record.status for n, record in records.items()}
     code = code_sha256("tasks.evaluate", *RUNTIME_MODULES)
-    eval_dir = work / "evaluations" / content_key(variant_hashes, data_key, code)
+    on = () if split == EVALUATION_SPLIT else (split,)  # test's keys as before: caches hold
+    eval_dir = work / "evaluations" / content_key(variant_hashes, data_key, code, *on)
     # one model's logits, kept across runs: a run that rebuilt one variant runs only that one
-    by_model = work / "evaluations" / "by-model" / content_key(data_key, code)
+    by_model = work / "evaluations" / "by-model" / content_key(data_key, code, *on)
     evaluate = rerun_if_gone(evaluate_task, eval_dir / "metrics" / "variants.json")
-    return evaluate(variant_hashes, dirs, data_dir, str(eval_dir), str(by_model)), eval_dir
+    return evaluate(variant_hashes, dirs, data_dir, str(eval_dir), str(by_model), split), eval_dir
 
 
 def _best(published: Any, metrics: dict[str, VariantMetrics]) -> str | None:

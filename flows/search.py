@@ -45,11 +45,14 @@ from tasks.search import (
     OUTCOME,
     TrialOutcome,
     TrialPlan,
+    beats_incumbent,
     best_attempt,
     best_feasible,
+    best_published,
     chain_label,
     distinct_trials,
     finished_trials,
+    incumbent_label,
     known_good,
     open_study,
     outcome_of,
@@ -65,6 +68,7 @@ from tasks.search import (
 )
 from tasks.techniques import technique_table
 from tasks.validate import SuiteResult
+from tasks.variant import SELECTION_SPLIT
 
 SearchStatus = Literal["found", "infeasible"]
 # a sampler that proposes only measured configurations this many times in a row has nothing new
@@ -139,11 +143,13 @@ def search(
 
     trials = _Trials(params, prepared, gates, runner, run_dir, work)
     started, ran, repeats, size = time.monotonic(), 0, 0, space_size(cfg)
+    last_batch_s = 0.0
     while True:
         distinct = distinct_trials(study)
-        stopped = _stop_reason(cfg, distinct, size, started, repeats)
+        stopped = _stop_reason(cfg, distinct, size, started, repeats, last_batch_s)
         if stopped is not None:
             break
+        batch_started = time.monotonic()
         room = cfg.budget.trials - distinct if cfg.budget.trials else cfg.batch
         asked = [study.ask() for _ in range(min(cfg.batch, room))]
         plans = [suggest_plan(trial, cfg, table, params.variants) for trial in asked]
@@ -155,6 +161,7 @@ def search(
             logger.info("trial %d %s: %s", measured.number, measured.variant, _line(measured))
         ran += len(asked)
         repeats = 0 if distinct_trials(study) > distinct else repeats + len(asked)
+        last_batch_s = time.monotonic() - batch_started
     logger.info("search stopped: %s", stopped)
 
     outcomes = _outcomes(study)
@@ -302,8 +309,10 @@ class _Trials:
             batch_params, p.baseline.sha256, p.base_key, p.baseline_dir, p.data_dir, work
         )
         self.count(variants, built.cached)
+        # trials are ranked on the selection split; only the pick is evaluated on test (_offer),
+        # so the accuracy the review and the registry show was not what chose it
         metrics, eval_dir = evaluate_variants(
-            built.records, built.dirs, p.data_key, p.data_dir, work
+            built.records, built.dirs, p.data_key, p.data_dir, work, SELECTION_SPLIT
         )
         predictions_file = eval_dir / "metrics" / "predictions.npz"
         images = load_split(Path(p.data_dir), "test").x
@@ -342,16 +351,86 @@ class _Trials:
         ]
 
 
+def _against_published(
+    params: Params,
+    registry: RegistryConfig,
+    pick_name: str,
+    pick_dir: str,
+    row: VariantMetrics,
+    images: np.ndarray,
+    run_dir: Path,
+) -> tuple[bool, str]:
+    """Whether the pick is distinguishably better, by the search's objective, than the best
+    variant of the model's latest published version (True when nothing is published yet):
+    p50 by timing the two interleaved in this session on the objective's runner."""
+    from tasks.paired_timing import compare_in_subprocess
+    from tasks.registry import open_registry
+
+    cfg = params.search
+    store = open_registry(registry)
+    model = params.registry.model_name
+    versions = store.list_versions(model)
+    if not versions:
+        return True, "nothing published yet"
+    incumbent = best_published(
+        store.read_manifest(model, versions[-1]), cfg.objective.minimize, _runner_of(params)
+    )
+    if incumbent is None:
+        return True, f"version {versions[-1]} holds no variant to compare with"
+    if incumbent.variant == pick_name:
+        # the same configuration (search variants are named by their knobs): the publish step
+        # says whether its files changed
+        return True, f"the pick is {incumbent_label(incumbent)} itself"
+    size = row.size_bytes
+    if cfg.objective.minimize == "compressed_size":
+        size = row.compressed_size_bytes or row.size_bytes
+    timed = None
+    if cfg.objective.minimize == "p50":
+        profile = params.runners[_runner_of(params)]
+        if profile.work_pool:
+            return False, f"runner {_runner_of(params)} is a work pool: not timed here"
+        published = store.pull(model, incumbent.version, incumbent.variant, run_dir / "incumbent")
+        images_file = run_dir / "incumbent-images.npz"
+        np.savez(images_file, x=images)
+        timed = compare_in_subprocess(
+            Path(pick_dir),
+            published,
+            incumbent_label(incumbent),
+            images_file,
+            profile,
+            params.benchmark,
+        )
+    return beats_incumbent(
+        cfg.objective.minimize, float(size) if size else None, incumbent, _runner_of(params), timed
+    )
+
+
+def _runner_of(params: Params) -> str:
+    return params.search.objective.runner or params.benchmark.runners[0]
+
+
 def _stop_reason(
-    cfg: SearchConfig, distinct: int, size: int | None, started: float, repeats: int
+    cfg: SearchConfig,
+    distinct: int,
+    size: int | None,
+    started: float,
+    repeats: int,
+    last_batch_s: float = 0.0,
 ) -> str | None:
     """Why the search ends now (None: it goes on) with `distinct` trials measured: its budget
-    spent, its space of `size` configurations (None: not finite) measured whole, or a sampler
-    that keeps proposing what the study holds (repeats are free)."""
+    spent (or a batch as long as the last would end past it), its space of `size`
+    configurations (None: not finite) measured whole, or a sampler that keeps proposing what
+    the study holds (repeats are free)."""
     if cfg.budget.trials is not None and distinct >= cfg.budget.trials:
         return f"budget of {cfg.budget.trials} distinct trial(s) spent"
-    if cfg.budget.seconds is not None and time.monotonic() - started >= cfg.budget.seconds:
+    elapsed = time.monotonic() - started
+    if cfg.budget.seconds is not None and elapsed >= cfg.budget.seconds:
         return f"budget of {cfg.budget.seconds:g} s spent"
+    if cfg.budget.seconds is not None and elapsed + last_batch_s > cfg.budget.seconds:
+        return (
+            f"budget of {cfg.budget.seconds:g} s: {elapsed:.0f} s used, and the next batch "
+            f"would end past it (the last took {last_batch_s:.0f} s)"
+        )
     if size is not None and distinct >= size:
         return f"every one of the space's {size} configuration(s) measured"
     if repeats >= MAX_REPEATS:
@@ -476,12 +555,36 @@ def _offer(
     everyone = Candidates.of(metrics, verdicts, built.dirs, bench)
     passing = [n for n in everyone.passing if n == pick.variant]
     rejected = {n: r for n, r in everyone.rejected.items() if n == pick.variant}
+    confirmed = metrics[pick.variant]
+    get_run_logger().info(
+        "the pick %s, selected on %s (accuracy %s), on %s: accuracy %s, drop bound %s pts, %s",
+        pick.variant,
+        pick.split,
+        pick.accuracy,
+        confirmed.split,
+        confirmed.accuracy,
+        verdicts[pick.variant].drop_upper,
+        "passed every gate" if passing else "rejected",
+    )
     if not passing:
         get_run_logger().warning(
-            "the pick %s failed the gates when measured again: %s", pick.variant, rejected
+            "the pick %s failed the gates on the test split: %s", pick.variant, rejected
         )
         tag_run("nothing-passed")
         return RunOutcome(status="nothing-passed"), rejected
+    better, found = _against_published(
+        params,
+        registry,
+        pick.variant,
+        built.dirs[pick.variant],
+        metrics[pick.variant],
+        images,
+        run_dir,
+    )
+    if not better:
+        get_run_logger().warning("the pick %s is not offered: %s", pick.variant, found)
+        tag_run("not-better-than-published")
+        return RunOutcome(status="not-better-than-published"), {pick.variant: found}
     candidates = Candidates(
         passing, rejected, everyone.dirs, everyone.metrics, everyone.verdicts, everyone.bench
     )

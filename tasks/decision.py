@@ -8,7 +8,14 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 Outcome = Literal["approved", "unchanged", "nothing-approved", "refused", "timed-out"]
-Status = Literal["published", "unchanged", "nothing-approved", "nothing-passed", "review-timed-out"]
+Status = Literal[
+    "published",
+    "unchanged",
+    "nothing-approved",
+    "nothing-passed",
+    "review-timed-out",
+    "not-better-than-published",  # a search pick no better than the published incumbent
+]
 AUTO_REVIEWER = "auto-approved by policy"
 AUTO_IDENTITY = "auto-approval policy"
 

@@ -78,10 +78,11 @@ def evaluate(
     test: Split,
     threads: int = 1,
     cache_dir: Path | None = None,
+    split: str = EVALUATION_SPLIT,
 ) -> Evaluation:
-    """Metrics for the baseline and each named variant; predictions kept per sample. With a
-    cache_dir (one per test split and evaluation code), a model evaluated before on them is
-    not run again."""
+    """Metrics for the baseline and each named variant on `test` (the split named `split`:
+    the search selects on val); predictions kept per sample. With a cache_dir (one per split
+    and evaluation code), a model evaluated before on them is not run again."""
     by_model = ByModel(test.x, threads, cache_dir)
     base_dir = variants_dir / BASELINE
     base_record = read_record(base_dir)
@@ -124,6 +125,7 @@ def evaluate(
         )
         seen = " (evaluated before)" if hit else ""
         print(f"evaluate: {name} accuracy {metrics[name].accuracy:.4f}{seen}", flush=True)
+    metrics = {name: replace(row, split=split) for name, row in metrics.items()}
     return Evaluation(metrics=metrics, logits=logits, labels=test.y)
 
 

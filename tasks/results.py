@@ -12,6 +12,7 @@ from typing import Any
 
 from tasks.evaluate import VariantMetrics
 from tasks.io import read_json
+from tasks.variant import EVALUATION_SPLIT
 
 
 @dataclass(frozen=True)
@@ -45,10 +46,15 @@ def metrics_json(metrics: Mapping[str, VariantMetrics]) -> dict[str, dict[str, A
 
 
 def evaluate_variant_dirs(
-    variant_dirs: dict[str, str], data_dir: Path, out_dir: Path, by_model: Path | None = None
+    variant_dirs: dict[str, str],
+    data_dir: Path,
+    out_dir: Path,
+    by_model: Path | None = None,
+    split: str = EVALUATION_SPLIT,
 ) -> dict[str, VariantMetrics]:
-    """Evaluate the variants (baseline first) and return the rows of metrics/variants.json;
-    by_model keeps each model's results for later runs (see tasks.evaluate.ByModel)."""
+    """Evaluate the variants (baseline first) on `split` and return the rows of
+    metrics/variants.json; by_model keeps each model's results for later runs (see
+    tasks.evaluate.ByModel): one folder per split."""
     from tasks.data import load_split
     from tasks.evaluate import evaluate, write_evaluation
 
@@ -59,6 +65,8 @@ def evaluate_variant_dirs(
     for name, directory in variant_dirs.items():
         (staging / name).symlink_to(Path(directory).resolve(), target_is_directory=True)
     names = [n for n in variant_dirs if n != "baseline"]
-    evaluation = evaluate(staging, names, load_split(data_dir, "test"), cache_dir=by_model)
+    evaluation = evaluate(
+        staging, names, load_split(data_dir, split), cache_dir=by_model, split=split
+    )
     write_evaluation(evaluation, out_dir / "metrics", out_dir / "plots" / "accuracy_vs_size.json")
     return read_metrics(out_dir / "metrics" / "variants.json")  # as every later reader sees them

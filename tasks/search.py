@@ -31,6 +31,7 @@ from tasks.config import (
     validation_message,
 )
 from tasks.plan import content_key
+from tasks.speed import SpeedRatio
 from tasks.techniques import Technique, TechniqueConfig
 
 if TYPE_CHECKING:
@@ -336,6 +337,9 @@ class TrialOutcome:
     violation: float = 0.0  # summed relative shortfall: 0 when feasible
     shortfalls: list[str] = field(default_factory=list)
     reason: str | None = None
+    # the split its accuracy was measured on: val, where trials are ranked (studies from before
+    # the search selected on val ranked on test)
+    split: str = "test"
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -352,13 +356,14 @@ def judge_trials(
     gates: GatesConfig,
     docs_dir: Path | None,
 ) -> dict[str, SuiteResult]:
-    """The nightly's metrics suites (tasks.validate.gate_variants), kept whole: the search needs
+    """The nightly's metrics suites (tasks.validate.gate_variants) on the selection split, the
+    drops as point estimates (only the pick is certified, on test), kept whole: the search needs
     each check's observed value and threshold, not only pass or fail."""
     from tasks.validate import gate_variants, speed_evidence
 
     rows = {name: asdict(row) for name, row in metrics.items()}
     p50, ratios = speed_evidence(bench)
-    return gate_variants(rows, predictions, p50, gates, docs_dir, ratios)
+    return gate_variants(rows, predictions, p50, gates, docs_dir, ratios, selection=True)
 
 
 def outcome_of(
@@ -411,6 +416,7 @@ def outcome_of(
         violation=round(sum(_relative_shortfall(check) for check in failures), 6),
         shortfalls=[_shortfall_text(check) for check in failures],
         reason=None if objective is not None else f"no p50 measured on {runner}",
+        split=row.split,
     )
 
 
@@ -508,14 +514,14 @@ def _knobs(knobs: dict[str, Any]) -> str:
 def outcomes_table(outcomes: list[TrialOutcome], unit: str = "") -> str:
     """Markdown: one row per trial with its numbers and, when infeasible, what it missed."""
     lines = [
-        f"| trial | chain | knobs | accuracy | drop (upper) pts | p50 ms | size bytes | objective{unit} | feasible | short of |",
+        f"| trial | chain | knobs | accuracy (split) | drop (upper) pts | p50 ms | size bytes | objective{unit} | feasible | short of |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for o in sorted(outcomes, key=lambda o: o.number):
         missed = "; ".join(o.shortfalls) or (o.reason or "") if not o.feasible else ""
         drop = f"{_fmt(o.drop, 3)} ({_fmt(o.drop_upper, 3)})" if o.drop is not None else "-"
         lines.append(
-            f"| {o.number} | {o.chain} | {_knobs(o.knobs)} | {_fmt(o.accuracy)} | {drop} | "
+            f"| {o.number} | {o.chain} | {_knobs(o.knobs)} | {_fmt(o.accuracy)} ({o.split}) | {drop} | "
             f"{_fmt(o.p50_ms)} | {_fmt(o.size_bytes)} | {_fmt(o.objective)} | "
             f"{'yes' if o.feasible else 'no'} | {missed.replace('|', '/')} |"
         )
@@ -549,8 +555,10 @@ def report_markdown(
         first = min(o.number for o in outcomes if o.feasible)
         head.append(
             f"**Pick:** trial {pick.number}, `{pick.variant}` ({pick.chain}; {_knobs(pick.knobs)}): "
-            f"{minimize} {_fmt(pick.objective)}{unit}, accuracy {_fmt(pick.accuracy)}, drop upper "
-            f"bound {_fmt(pick.drop_upper, 3)} pts. First feasible trial: {first}."
+            f"{minimize} {_fmt(pick.objective)}{unit}, accuracy {_fmt(pick.accuracy)} on "
+            f"{pick.split}, where trials are ranked (drops as point estimates there; the pick "
+            f"alone is then judged by every gate on test, the bound included). "
+            f"First feasible trial: {first}."
         )
     else:
         head.append("**No trial met the goal.**")
@@ -606,3 +614,73 @@ def pareto_plot(outcomes: list[TrialOutcome], path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+# ---- the pick against what is already published -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Incumbent:
+    """The best variant of the model's latest published version by the search's objective."""
+
+    version: str
+    variant: str
+    objective: float  # ms p50 on the runner as recorded then, or bytes
+
+
+def best_published(manifest: dict[str, Any], minimize: str, runner: str) -> Incumbent | None:
+    """The latest version's best non-baseline variant by `minimize` (p50 on `runner` as its
+    manifest recorded it; size; compressed size), or None when it holds no such variant."""
+    found: list[Incumbent] = []
+    for name, entry in manifest.get("variants", {}).items():
+        if name == "baseline":
+            continue
+        metrics = entry.get("metrics", {})
+        if minimize == "p50":
+            value = next(
+                (
+                    b.get("p50_ms")
+                    for b in metrics.get("benchmarks", [])
+                    if b.get("runner") == runner and b.get("status") == "ok"
+                ),
+                None,
+            )
+        elif minimize == "size":
+            value = metrics.get("size_bytes")
+        else:
+            value = metrics.get("compressed_size_bytes") or metrics.get("size_bytes")
+        if isinstance(value, int | float):
+            found.append(Incumbent(str(manifest.get("version")), name, float(value)))
+    return min(found, key=lambda i: (i.objective, i.variant), default=None)
+
+
+def beats_incumbent(
+    minimize: str,
+    pick_value: float | None,
+    incumbent: Incumbent,
+    runner: str,
+    timed: SpeedRatio | str | None = None,
+) -> tuple[bool, str]:
+    """Whether the pick is distinguishably better than the incumbent, and what was found.
+
+    Sizes are exact: smaller is better. p50 is judged only on the two timed interleaved in
+    this session (`timed`, its reference named as incumbent_label; a string: why they were
+    not): faster only when the ratio's whole interval is.
+    """
+    if minimize != "p50":
+        if pick_value is None:
+            return False, f"its {minimize} is unknown"
+        better = pick_value < incumbent.objective
+        word = "smaller than" if better else "not smaller than"
+        return better, (
+            f"{int(pick_value):,} bytes, {word} {incumbent_label(incumbent)} "
+            f"({int(incumbent.objective):,})"
+        )
+    if not isinstance(timed, SpeedRatio):
+        why = f": {timed}" if timed else ""
+        return False, f"not timed together with {incumbent_label(incumbent)}{why}"
+    return timed.verdict() == "faster", timed.describe(runner)
+
+
+def incumbent_label(incumbent: Incumbent) -> str:
+    return f"the published {incumbent.variant} (version {incumbent.version})"

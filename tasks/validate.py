@@ -461,6 +461,7 @@ def gate_variants(
     gates: GatesConfig,
     docs_dir: Path | None = None,
     ratios: Ratios | None = None,
+    selection: bool = False,
 ) -> dict[str, SuiteResult]:
     """One GX suite per evaluated variant (baseline included) against its gates.
 
@@ -469,6 +470,8 @@ def gate_variants(
     it. `max_p50_ms` judges the slowest runner (a budget must hold everywhere it runs).
     `ratios` (speed_evidence) hold each variant's same-session speed against its references:
     a variant timed with none of them can beat what it came from only by size.
+    `selection`: the drop gates read point estimates (variant_frame), for ranking a search's
+    trials on its selection split; every gate a published variant passes reads the bounds.
     Variants whose status is not "ok" fail a "status == ok" check without running GX.
     With `docs_dir`, the suites' results become an HTML Data Docs site there (index.html);
     the folder belongs to this call (see check_data).
@@ -490,9 +493,12 @@ def gate_variants(
             _prediction(predictions, f"pred__{name}"),
             max(p50s.values()) if p50s else None,
             gates.confidence,
+            selection,
         )
         limits = gates.for_variant(name)
         rules = _variant_rules(limits, has_latency=bool(p50s))
+        if selection:
+            rules = [_as_point_estimate(rule) for rule in rules]
         if name == BASELINE:  # compared with itself: no drop to bound
             rules = [rule for rule in rules if rule.column not in PAIRED_COLUMNS]
         for column, gain, rule in _improvement_rules(name, metrics, ratios or {}, limits):
@@ -513,12 +519,18 @@ def variant_frame(
     pred: np.ndarray,
     p50_ms: float | None,
     confidence: float,
+    selection: bool = False,
 ) -> pd.DataFrame:
-    """The one-row dataframe a variant suite validates; a missing metric becomes NaN (fails)."""
+    """The one-row dataframe a variant suite validates; a missing metric becomes NaN (fails).
+
+    `selection`: the drops are point estimates, not upper bounds. A search ranks its trials on
+    the selection split (val) this way and certifies only its pick, on the test split."""
     import pandas as pd
 
-    _, _, drop_upper = paired_drop_interval(labels, base_pred, pred, confidence)
-    _, _, worst_upper = worst_class_drop_bound(labels, base_pred, pred, confidence)
+    point, _, drop_upper = paired_drop_interval(labels, base_pred, pred, confidence)
+    _, worst_point, worst_upper = worst_class_drop_bound(labels, base_pred, pred, confidence)
+    if selection:
+        drop_upper, worst_upper = point, worst_point
     values = {
         "accuracy": row.get("accuracy"),
         "drop_upper": drop_upper,
@@ -547,6 +559,13 @@ def _variant_rules(gates: VariantGates, has_latency: bool) -> list[_Rule]:
     return [
         make(name, column, limit) for name, column, limit, make in candidates if limit is not None
     ]
+
+
+def _as_point_estimate(rule: _Rule) -> _Rule:
+    if rule.column not in PAIRED_COLUMNS:
+        return rule
+    point = rule.name.replace("_upper", "").replace(" <=", " (point estimate) <=")
+    return replace(rule, name=point)
 
 
 Ratios = dict[str, dict[str, dict[str, SpeedRatio]]]  # variant → runner → reference → ratio

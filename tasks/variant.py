@@ -19,6 +19,9 @@ RECORD_NAME = "variant.json"
 TORCH_FILE = "model_torch.pt"
 BASELINE = "baseline"  # the fp32 reference variant every other one is compared with
 EVALUATION_SPLIT = "test"  # the split tasks.evaluate measures every variant's accuracy on
+SELECTION_SPLIT = (
+    "val"  # the split a search ranks its trials on (its pick is then confirmed on test)
+)
 
 
 @dataclass(frozen=True)

@@ -363,3 +363,54 @@ def test_nightly_refuses_a_bad_params_file_before_starting_prefect(tmp_path: Pat
     assert "unknown key" in line
     assert "temporary server" not in run.stdout + run.stderr
     assert not (tmp_path / "w").exists()
+
+
+# ---- modelpress search: its flags -------------------------------------------------------------
+
+
+def _search(tmp_path: Path, *args: str) -> Run:
+    env = _env()
+    env.pop("PREFECT_API_URL", None)
+    done = processes.run(
+        [sys.executable, "-m", "flows.cli", "search", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    return Run(done.returncode, done.stdout, done.stderr)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--trials", "0"), ("--seconds", "0"), ("--trials", "-3")]
+)
+def test_a_search_budget_of_nothing_is_refused_not_replaced(
+    tmp_path: Path, flag: str, value: str
+) -> None:
+    run = _search(tmp_path, flag, value)
+    assert run.returncode == EXIT_USER_ERROR
+    assert f"argument {flag}: '{value}': expected a number above 0" in run.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unknown_gate_is_blamed_on_the_flag_and_help_lists_the_gates(tmp_path: Path) -> None:
+    run = _search(tmp_path, "--constraint", "max_acuracy_drop=0.5")
+    assert run.returncode == EXIT_USER_ERROR
+    assert "--constraint 'max_acuracy_drop=0.5': unknown gate 'max_acuracy_drop'" in run.stderr
+    assert "params.yaml" not in run.stderr
+    shown = _search(tmp_path, "--help")
+    assert shown.returncode == 0
+    flat = " ".join(shown.stdout.split())
+    for gate in ("max_accuracy_drop", "max_worst_class_drop", "min_speedup", "max_slowdown"):
+        assert gate in flat
+    assert "--objective {p50,size,compressed_size}" in flat
+
+
+def test_ui_approval_without_a_server_is_refused_before_any_work(tmp_path: Path) -> None:
+    params = write_params(tmp_path)
+    run = _search(tmp_path, "--params", str(params), "--approval", "ui", "--workdir", "w")
+    line = _assert_user_error(run, "review.approval", "PREFECT_API_URL", "--approval auto")
+    assert "temporary server" in line
+    assert not (tmp_path / "w").exists()

@@ -419,3 +419,69 @@ def test_a_sampled_combination_no_technique_accepts_is_a_failed_trial_not_a_cras
     assert (refused.status, refused.feasible) == ("invalid", False)
     assert refused.knobs.items() >= knobs.items()  # with the pruning knobs sampled for it
     assert refused.reason == plan.invalid
+
+
+# ---- the pick against what is already published -------------------------------------------------
+
+
+def _manifest(**variants: dict) -> dict:
+    return {
+        "version": "3",
+        "variants": {"baseline": {"metrics": {"size_bytes": 9000}}}
+        | {name: {"metrics": metrics} for name, metrics in variants.items()},
+    }
+
+
+def test_the_incumbent_is_the_latest_versions_best_by_the_objective() -> None:
+    from tasks.search import best_published
+
+    fast = {
+        "size_bytes": 900,
+        "benchmarks": [{"runner": "edge-cpu", "status": "ok", "p50_ms": 0.2}],
+    }
+    small = {
+        "size_bytes": 500,
+        "compressed_size_bytes": 450,
+        "benchmarks": [
+            {"runner": "edge-cpu", "status": "ok", "p50_ms": 0.3},
+            {"runner": "cloud-cpu", "status": "ok", "p50_ms": 0.1},
+        ],
+    }
+    manifest = _manifest(fast=fast, small=small)
+    assert best_published(manifest, "p50", "edge-cpu").variant == "fast"
+    assert best_published(manifest, "p50", "cloud-cpu").variant == "small"
+    assert best_published(manifest, "size", "edge-cpu").objective == 500
+    assert best_published(manifest, "compressed_size", "edge-cpu").objective == 450
+    assert best_published(_manifest(), "p50", "edge-cpu") is None  # the baseline does not count
+
+
+def test_a_pick_must_be_distinguishably_better_than_the_incumbent() -> None:
+    from tasks.search import Incumbent, beats_incumbent
+    from tasks.speed import SpeedRatio
+
+    incumbent = Incumbent("3", "tflite_int8_a1", 0.0316)
+    label = "the published tflite_int8_a1 (version 3)"
+    # the pick: 1 % faster on its row, indistinguishable when timed together
+    noise = SpeedRatio(label, 0.99, 0.96, 1.02, 6, 0.0313, 0.0316)
+    better, found = beats_incumbent("p50", 0.0313, incumbent, "edge-cpu", noise)
+    assert not better and "not distinguishable in speed from the published tflite_int8_a1" in found
+    faster = SpeedRatio(label, 0.8, 0.78, 0.82, 6, 0.025, 0.0316)
+    assert beats_incumbent("p50", 0.025, incumbent, "edge-cpu", faster)[0]
+    untimed = beats_incumbent("p50", 0.02, incumbent, "edge-cpu", "timed out after 600s")
+    assert untimed == (False, f"not timed together with {label}: timed out after 600s")
+    by_size = Incumbent("3", "pruned_b2", 1000)
+    assert beats_incumbent("size", 999, by_size, "edge-cpu")[0]
+    assert not beats_incumbent("size", 1000, by_size, "edge-cpu")[0]
+
+
+def test_no_batch_starts_that_would_end_past_the_seconds_budget() -> None:
+    import time
+
+    from flows.search import _stop_reason
+    from tasks.config import SearchConfig
+
+    cfg = SearchConfig.model_validate({"budget": {"trials": None, "seconds": 30}})
+    started = time.monotonic() - 10
+    assert _stop_reason(cfg, 1, None, started, 0, last_batch_s=5) is None
+    reason = _stop_reason(cfg, 1, None, started, 0, last_batch_s=40)
+    assert reason is not None and "the next batch would end past it (the last took 40 s)" in reason
