@@ -22,7 +22,7 @@ from tasks.decision import (
     decision_record,
 )
 from tasks.evaluate import VariantMetrics
-from tasks.lineage import unchanged_since
+from tasks.lineage import unchanged_in
 from tasks.registry import PublishEntry
 from tasks.review import GateVerdict
 
@@ -98,7 +98,7 @@ def approve_and_publish(
     each_held: bool = False,
 ) -> RunOutcome:
     """Ask for approval (every decision, and every refused submission, is recorded in the
-    registry beside the versions), then publish what was approved; nothing when the last
+    registry beside the versions), then publish what was approved; nothing when a published
     version holds the approved files already (all of them and no others, or with each_held,
     each of them among others: see unchanged_since)."""
     logger = get_run_logger()
@@ -138,11 +138,10 @@ def approve_and_publish(
         )
         return RunOutcome(status="nothing-approved", approval=decision, decision_uri=uri)
     dirs = {name: Path(candidates.dirs[name]) for name in approved}
-    same_as = (
-        None
-        if publish_unchanged
-        else unchanged_since(origin.previous, origin.inputs, dirs, each_held=each_held)
-    )
+    same_as = None
+    if not publish_unchanged:
+        published = publishing.published_manifests(registry, model)
+        same_as = unchanged_in(published, origin.inputs, dirs, each_held)
     if same_as is not None:
         reason = f"the approved files and inputs equal version {same_as}'s"
         uri = record("unchanged", decision.because(reason))

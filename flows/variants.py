@@ -88,7 +88,6 @@ def compress_task(
     """Build one variant (source_key: content hash of everything it starts from)."""
     from tasks.compress import build_variant
 
-    pin_worker_threads()
     dirs = (Path(data_dir), Path(baseline_dir), Path(source_dir), Path(out_dir))
     record = build_variant(name, cfg, seed, *dirs)
     get_run_logger().info("variant %s: %s, built by %s", name, record.status, builder())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import queue
+import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -31,8 +32,10 @@ def in_child_process(what: str, step: Callable[..., Result], *args: Any) -> Resu
     task's thread that is the task's log."""
     spawn = multiprocessing.get_context("spawn")
     lines = spawn.Queue()
+    # the child computes with as many torch threads as this process: the same bytes either way
+    threads = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
     with ProcessPoolExecutor(
-        1, mp_context=spawn, initializer=_print_to, initargs=(lines,)
+        1, mp_context=spawn, initializer=_print_to, initargs=(lines, threads)
     ) as child:
         future = child.submit(step, *args)
         # the pool's own process table, private but the only place the child's exit code is
@@ -77,7 +80,9 @@ class _QueueWriter:
         return None
 
 
-def _print_to(lines: Any) -> None:
-    import sys
-
+def _print_to(lines: Any, threads: int | None = None) -> None:
     sys.stdout = _QueueWriter(lines)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)

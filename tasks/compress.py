@@ -40,7 +40,13 @@ def build_variant(
     source_dir: Path,
     out_dir: Path,
 ) -> VariantRecord:
-    """Dispatch one variant to its technique's module (found in the technique table)."""
+    """Dispatch one variant to its technique's module (found in the technique table), torch
+    on BUILD_THREADS threads wherever it runs: the same inputs build the same bytes."""
+    import torch
+
+    from tasks.train import BUILD_THREADS
+
+    torch.set_num_threads(BUILD_THREADS)
     technique = technique_of(cfg)
     source = read_record(source_dir)
     if source.status != "ok":

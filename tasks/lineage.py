@@ -169,6 +169,25 @@ def unchanged_since(
     return str(previous["version"])
 
 
+def unchanged_in(
+    manifests: list[dict[str, Any]],
+    inputs: dict[str, Any],
+    variant_dirs: dict[str, Path],
+    each_held: bool = False,
+) -> str | None:
+    """The first of `manifests` (newest first: every published version) that holds these files
+    from these inputs (unchanged_since); a version older than the latest counts too, so files
+    that flip back to version 1's are not published again as version 3."""
+    return next(
+        (
+            version
+            for manifest in manifests
+            if (version := unchanged_since(manifest, inputs, variant_dirs, each_held))
+        ),
+        None,
+    )
+
+
 def _input_hashes(inputs: dict[str, Any]) -> dict[str, Any]:
     """The content fields of a lineage's inputs (revs and paths may name the same bytes)."""
     return {key: value for key, value in inputs.items() if key.endswith("_sha256")}

@@ -157,6 +157,21 @@ def check_registry(cfg: RegistryConfig, model: str, version: str | None) -> dict
     return registry.read_manifest(model, versions[-1]) if versions else None
 
 
+def published_manifests(cfg: RegistryConfig, model: str) -> list[dict[str, Any]]:
+    """Every published version's manifest, newest first; a version whose manifest cannot be
+    read is left out (`modelpress registry verify` names it)."""
+    from tasks.registry import RegistryError, open_registry
+
+    registry = open_registry(cfg)
+    manifests = []
+    for number in reversed(registry.list_versions(model)):
+        try:
+            manifests.append(registry.read_manifest(model, number))
+        except RegistryError:
+            continue
+    return manifests
+
+
 def last_published(
     cfg: RegistryConfig, model: str, variants: list[str]
 ) -> dict[str, dict[str, Any]]:

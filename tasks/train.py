@@ -29,6 +29,14 @@ from tasks.models import (
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
+# torch's own default on this machine (its physical cores), read before any build pinned the
+# process to BUILD_THREADS: the baseline's training uses it unless train.threads is set
+MACHINE_THREADS = torch.get_num_threads()
+# every variant build runs torch with this many threads, whichever runner builds it (a thread
+# of the flow, a Dask worker, a spawned child): float reductions split over another number of
+# threads add up in another order, and the same inputs gave other bytes under Dask
+BUILD_THREADS = 1
+
 
 @dataclass(frozen=True)
 class FitSettings:
@@ -229,8 +237,9 @@ def make_baseline(
 ) -> BaselineResult:
     """Train the default model, or load and check the user's model."""
     preprocess = load_preprocess(data_dir)
-    if train_cfg.threads:
-        torch.set_num_threads(train_cfg.threads)
+    # set every time: a build earlier in this process (a fleet runs many nightlies in one)
+    # pinned torch to BUILD_THREADS, and a thread count changes the trained bytes
+    torch.set_num_threads(train_cfg.threads or MACHINE_THREADS)
     factory: str | None = None
     kwargs: dict[str, Any] = {}
     pretrained_sha256: str | None = None

@@ -17,6 +17,7 @@ from tasks.lineage import (
     data_lineage,
     model_lineage,
     sha256_tree,
+    unchanged_in,
     unchanged_since,
 )
 
@@ -114,6 +115,26 @@ def test_unchanged_needs_the_same_variants_files_and_input_hashes(tmp_path: Path
     assert unchanged_since(previous, inputs, {"pruned": variant, "baseline": variant}) is None
     (variant / "model.onnx").write_bytes(b"onnY")
     assert unchanged_since(previous, inputs, {"pruned": variant}) is None
+
+
+def test_files_equal_to_an_older_version_are_not_published_again(tmp_path: Path) -> None:
+    """The issue's byte-identical tflite_int8 republished as version 3: version 2 held other
+    files, and only the latest was compared."""
+    variant = tmp_path / "pruned"
+    variant.mkdir()
+    (variant / "model.onnx").write_bytes(b"onnx")
+    (variant / "variant.json").write_text(json.dumps({"name": "pruned"}))
+    inputs = {"data_sha256": "d" * 64, "model_sha256": "m" * 64}
+    first = _manifest(variant, inputs) | {"version": "1"}
+    (variant / "model.onnx").write_bytes(b"onnY")
+    second = _manifest(variant, inputs) | {"version": "2"}
+    (variant / "model.onnx").write_bytes(b"onnx")  # tonight's build: version 1's bytes again
+    newest_first = [second, first]
+    assert unchanged_since(second, inputs, {"pruned": variant}) is None  # the old comparison
+    assert unchanged_in(newest_first, inputs, {"pruned": variant}) == "1"
+    (variant / "model.onnx").write_bytes(b"onnZ")
+    assert unchanged_in(newest_first, inputs, {"pruned": variant}) is None
+    assert unchanged_in([], inputs, {"pruned": variant}) is None
 
 
 def test_a_variant_held_among_others_is_unchanged_only_when_asked(tmp_path: Path) -> None:
