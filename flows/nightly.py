@@ -45,6 +45,7 @@ from tasks.review import GateVerdict
 from tasks.runtimes import RUNTIME_MODULES
 from tasks.store import ArtifactStore
 from tasks.variant import EVALUATION_SPLIT, VariantRecord
+from tasks.workspace import write_pointer
 
 RUNNER: TaskRunner[Any] = ThreadPoolTaskRunner(max_workers=2)  # variants two at a time
 
@@ -183,6 +184,7 @@ def nightly(
     logger.info("built by: %s", ", ".join(f"{n}={b}" for n, b in variants.builders.items()))
 
     metrics, eval_dir = evaluate_variants(records, dirs, data_key, data_dir, work)
+    write_pointer(run_dir, Path(params_file).resolve(), data_dir, dirs)  # for the study tools
     run = MergedEngines(records, dirs, metrics, eval_dir / "metrics" / "predictions.npz")
 
     # benchmark on every runner; engines are built on the CUDA runner that will run them

@@ -3,12 +3,13 @@
 One SavedModel conversion, then for each size the first n samples of the calib split (as the
 variant itself takes them) calibrate the model, which is quantized and evaluated on the
 evaluation split with the gates' own statistics: a Clopper-Pearson band on the accuracy and the
-paired (McNemar) interval on the drop from fp32 that the accuracy-drop gate uses.
+paired (Tango) interval on the drop from fp32 that the accuracy-drop gate uses.
 
-    python -m tasks.calibration_study --params params.yaml --name tflite_int8 --data data \\
-        --variants variants [--sizes 32 64 128 256 512 1000] [--samples 500]
+    python -m tasks.calibration_study --name tflite_int8 [--sizes 32 64 128 256 512 1000]
 
-prints the table and writes `<variants>/<name>.calibration.{json,png}`.
+reads the newest nightly's workspace (`--workdir .modelpress`, after `make run`) or a `dvc repro`
+layout (`--data data --variants variants`); prints the table and its conclusion and writes
+`<dir>.calibration.{json,md,png}` beside the variant's directory (the review attaches them).
 """
 
 from __future__ import annotations
@@ -70,16 +71,14 @@ def calibration_study(
     confidence: float = 0.95,
 ) -> CalibrationStudy:
     """int8 accuracy for each calibration size; `calib` and `eval_x` normalised NHWC float32."""
-    from tasks import sensitivity
+    from tasks import litert_debugger as debugger
     from tasks.statistics import clopper_pearson, paired_drop_interval
 
-    reference = sensitivity.predict(sensitivity.float_model(saved_model), eval_x)
+    reference = debugger.predict(debugger.float_model(saved_model), eval_x)
     points = []
     for size in study_sizes(sizes, len(calib)):
-        calibrated = sensitivity.calibrated_model(saved_model, calib[:size])
-        int8 = sensitivity.predict(
-            sensitivity.quantized_model(calibrated, per_channel, int8_io), eval_x
-        )
+        calibrated = debugger.calibrated_model(saved_model, calib[:size])
+        int8 = debugger.predict(debugger.quantized_model(calibrated, per_channel, int8_io), eval_x)
         right = int(np.sum(int8 == eval_y))
         low, high = clopper_pearson(right, len(eval_y), confidence)
         drop, drop_low, drop_high = paired_drop_interval(eval_y, reference, int8, confidence)
@@ -122,7 +121,7 @@ def study_table(study: CalibrationStudy) -> str:
             f"{100 * p.accuracy_high:.2f}% | {p.drop_points:+.2f} | "
             f"{p.drop_lower:+.2f} … {p.drop_upper:+.2f} | {100 * p.agreement:.2f}% |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, "", f"**Conclusion:** {conclusion(study)}"]) + "\n"
 
 
 def study_plot(study: CalibrationStudy, path: Path) -> Path:
@@ -155,19 +154,44 @@ def study_plot(study: CalibrationStudy, path: Path) -> Path:
 
 
 def write_study(study: CalibrationStudy, prefix: Path) -> dict[str, Path]:
-    """`<prefix>.calibration.json/.png`."""
-    paths = {"json": prefix.with_name(f"{prefix.name}.calibration.json")}
+    """`<prefix>.calibration.json/.md/.png`."""
+    paths = {ext: prefix.with_name(f"{prefix.name}.calibration.{ext}") for ext in ("json", "md")}
     write_json(paths["json"], asdict(study))
+    paths["md"].write_text(study_table(study))
     paths["png"] = study_plot(study, prefix.with_name(f"{prefix.name}.calibration.png"))
     return paths
 
 
+def conclusion(study: CalibrationStudy) -> str:
+    """The fewest samples whose accuracy the largest size cannot tell apart from its own (their
+    accuracy bands overlap), in one sentence a user can act on."""
+    if not study.points:
+        return "the calib split holds no sample: nothing to calibrate with."
+    largest = study.points[-1]
+    if len(study.points) == 1:
+        return f"only {largest.size} sample(s) were tried: add sizes to compare."
+    enough = next(
+        p
+        for p in study.points
+        if p.accuracy_high >= largest.accuracy_low and largest.accuracy_high >= p.accuracy_low
+    )
+    if enough is largest:
+        return (
+            f"{largest.size} samples are the fewest that reach this accuracy: every smaller "
+            "size is distinguishably worse; more calibration data may help further."
+        )
+    return (
+        f"{enough.size} samples are enough: larger sizes (up to {largest.size}) are within "
+        f"noise of it on {study.samples} images (set calibration_samples: {enough.size})."
+    )
+
+
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    from tasks.sensitivity import add_workspace_arguments
+
     parser = argparse.ArgumentParser(prog="python -m tasks.calibration_study", description=__doc__)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--name", required=True, help="a tflite_int8 variant in params.yaml")
-    parser.add_argument("--data", type=Path, default=Path("data"))
-    parser.add_argument("--variants", type=Path, default=Path("variants"))
+    add_workspace_arguments(parser)
+    parser.add_argument("--name", default="tflite_int8", help="a tflite_int8 variant")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--samples", type=int, default=None, help="test samples (default: all)")
     return parser.parse_args(argv)
@@ -181,15 +205,19 @@ def main(argv: list[str] | None = None) -> None:
 
 def _main(args: argparse.Namespace) -> None:
     from tasks.data import load_split
-    from tasks.sensitivity import int8_setup, nhwc
+    from tasks.litert_debugger import nhwc
+    from tasks.sensitivity import int8_setup, source_dir
     from tasks.techniques.tflite_int8 import saved_model
     from tasks.variant import EVALUATION_SPLIT
+    from tasks.workspace import study_inputs
 
-    cfg, calib, preprocess = int8_setup(args.params, args.name, args.data)
-    test = load_split(args.data, EVALUATION_SPLIT)
+    where = study_inputs(args.params, args.data, args.variants, args.workdir)
+    cfg, calib, preprocess = int8_setup(where.params_file, args.name, where.data_dir)
+    test = load_split(where.data_dir, EVALUATION_SPLIT)
     n = len(test.y) if args.samples is None else args.samples
+    source = source_dir(where.variant_dirs, cfg.source, args.name)
     with tempfile.TemporaryDirectory(prefix="mp-calibration-") as work:
-        model_dir = saved_model(args.variants / cfg.source, cfg, calib, preprocess, Path(work))
+        model_dir = saved_model(source, cfg, calib, preprocess, Path(work))
         study = calibration_study(
             args.name,
             model_dir,
@@ -201,7 +229,7 @@ def _main(args: argparse.Namespace) -> None:
             cfg.int8_io,
             split=EVALUATION_SPLIT,
         )
-    paths = write_study(study, args.variants / args.name)
+    paths = write_study(study, where.variant_dirs.get(args.name, where.out_dir / args.name))
     print(study_table(study))
     print(f"written: {', '.join(str(p) for p in paths.values())}")
 

@@ -1,31 +1,21 @@
-"""Per-layer int8 sensitivity and mixed precision on LiteRT, with TensorFlow's quantization debugger.
+"""sensitivity: which int8 layers cost accuracy on LiteRT, and what keeping each in float costs.
 
-One calibration of the float SavedModel (what onnx2tf converts the ONNX model into) serves every
-question: the debugger's per-layer error of the all-int8 model (each quantized op fed the same
-quantized input as its float twin, so the error is that layer's own), and any number of
-mixed-precision models quantized from it with some layers denylisted (kept in float).
+The study on top of tasks.litert_debugger: each of the `top` layers with the largest own error
+is kept alone in float, evaluated end to end on the val split (accuracy recovered, the drop's
+bound) and timed interleaved with the all-int8 model (its latency cost). It ends with what to
+set: the `float_fallback` names that recover the most, or that no layer needs float.
 
-A layer is named `<op>_<k>`, e.g. `conv_2d_3`: the k-th op of that kind in graph order of the
-quantized model. The names are stable for a given model and short enough for params.yaml; the
-TensorFlow tensor name each stands for is in the ranking's JSON.
+    python -m tasks.sensitivity --name tflite_int8 [--top 8] [--samples 500]
 
-    python -m tasks.sensitivity --params params.yaml --name tflite_int8 --data data \\
-        --variants variants [--top 8] [--samples 500]
-
-writes `<variants>/<name>.sensitivity.{json,md,png}` beside the variant directory (the directory
-itself holds only the model and variant.json); the nightly review attaches them when present.
+reads the newest nightly's workspace (`--workdir .modelpress`, after `make run`) or a `dvc repro`
+layout (`--data data --variants variants`), and writes `<dir>.sensitivity.{json,md,png}` beside
+the variant's directory, where the nightly's review attaches them.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import math
 import tempfile
-import warnings
-from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,21 +24,18 @@ import numpy as np
 
 from tasks.errors import ConfigError
 from tasks.io import write_json
-
-# ops that only move or pad int8 values (error far below a quantization step): no candidates
-_EXACT = 1e-3
-
-
-@dataclass(frozen=True)
-class LayerError:
-    """One quantized layer's own error on the calibration data, from the debugger."""
-
-    name: str  # <op>_<k>
-    op: str
-    tensor: str  # TensorFlow's name of the op's output tensor (what the quantizer denylists)
-    rmse: float
-    nrmse: float  # rmse in units of the output's quantization step (scale)
-    max_abs_error: float
+from tasks.litert_debugger import (
+    EXACT_ERROR,
+    LayerError,
+    by_error,
+    calibrated_model,
+    float_model,
+    interleaved_ratio,
+    layer_errors,
+    nhwc,
+    predict,
+    quantized_model,
+)
 
 
 @dataclass(frozen=True)
@@ -63,6 +50,14 @@ class LayerSensitivity:
     drop_upper: float  # upper bound of the paired confidence interval of that drop
     recovered_points: float  # this model's accuracy minus the all-int8 model's
     agreement: float  # top-1 agreement with fp32
+    error_rank: int  # its place by own error (1: largest): `float_fallback: k` keeps ranks 1..k
+    # lower bound of the points recovered (paired interval against the all-int8 model): above 0,
+    # the recovery is real on these images, not one or two images' noise
+    recovered_low: float = 0.0
+    # its p50 over the all-int8 model's, timed interleaved (1.43: keeping it float costs +43 %)
+    latency_ratio: float | None = None
+    latency_low: float | None = None
+    latency_high: float | None = None
 
 
 @dataclass(frozen=True)
@@ -79,182 +74,6 @@ class Ranking:
     layers: list[LayerError]  # every quantized layer, graph order
 
 
-# ── quantizing a SavedModel, whole or with float layers ──
-
-
-def calibrated_model(saved_model: Path, calib: np.ndarray) -> bytes:
-    """The float model with calibration statistics, not yet quantized.
-
-    `calib` is normalised NHWC float32, one sample per representative step, as onnx2tf feeds it.
-    TFLITE_BUILTINS is allowed next to the int8 set so that denylisted layers keep float kernels.
-    """
-    import tensorflow as tf
-
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.target_spec.supported_ops = [
-        tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
-        tf.lite.OpsSet.TFLITE_BUILTINS,
-    ]
-    converter.representative_dataset = _samples(calib)
-    # what QuantizationDebugger sets: calibrate only, quantize later with chosen denylists
-    converter.experimental_mlir_quantizer = True
-    converter._experimental_calibrate_only = True
-    return bytes(converter.convert())
-
-
-def float_model(saved_model: Path) -> bytes:
-    """The same SavedModel converted to a float32 .tflite: the reference for agreement."""
-    import tensorflow as tf
-
-    return bytes(tf.lite.TFLiteConverter.from_saved_model(str(saved_model)).convert())
-
-
-def quantized_model(
-    calibrated: bytes,
-    per_channel: bool,
-    int8_io: bool,
-    float_tensors: Sequence[str] = (),
-) -> bytes:
-    """Full-integer int8 from a calibrated model; the ops writing `float_tensors` stay float."""
-    import tensorflow as tf
-    from tensorflow.lite.python import convert
-
-    io_type = tf.int8 if int8_io else tf.float32
-    return bytes(
-        convert.mlir_quantize(
-            calibrated,
-            disable_per_channel=not per_channel,
-            fully_quantize=True,
-            input_data_type=io_type,
-            output_data_type=io_type,
-            denylisted_nodes=list(float_tensors) or None,
-        )
-    )
-
-
-def layer_errors(calibrated: bytes, calib: np.ndarray, per_channel: bool) -> list[LayerError]:
-    """Every quantized layer's own output error on `calib`, in graph order."""
-    import tensorflow as tf
-    from tensorflow.lite.python import convert
-
-    debug_model = convert.mlir_quantize(
-        calibrated, disable_per_channel=not per_channel, enable_numeric_verify=True
-    )
-    with warnings.catch_warnings():
-        # the debugger runs tf.lite.Interpreter inside, which warns that it is deprecated
-        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
-        debugger = tf.lite.experimental.QuantizationDebugger(
-            quant_debug_model_content=debug_model, debug_dataset=_samples(calib)
-        )
-        debugger.run()
-    dump = io.StringIO()
-    debugger.layer_statistics_dump(dump)  # adds op name, scale and tensor name to each row
-    counts: Counter[str] = Counter()
-    layers = []
-    for row in csv.DictReader(io.StringIO(dump.getvalue())):
-        op = row["op_name"]
-        name = f"{op.lower()}_{counts[op]}"
-        counts[op] += 1
-        rmse = math.sqrt(max(float(row["mean_squared_error"]), 0.0))
-        scale = float(row["scale"])
-        layers.append(
-            LayerError(
-                name=name,
-                op=op,
-                tensor=row["tensor_name"],
-                rmse=rmse,
-                nrmse=rmse / scale if scale > 0 else 0.0,
-                max_abs_error=float(row["max_abs_error"]),
-            )
-        )
-    return layers
-
-
-def by_error(layers: list[LayerError]) -> list[LayerError]:
-    """Layers with a quantization error, largest error (in quantization steps) first."""
-    return sorted((lay for lay in layers if lay.nrmse > _EXACT), key=lambda lay: -lay.nrmse)
-
-
-def float_layers(
-    requested: int | Sequence[str], layers: list[LayerError], field: str
-) -> list[LayerError]:
-    """The layers `float_fallback` keeps in float: the k with the largest error, or by name."""
-    if isinstance(requested, int):
-        candidates = by_error(layers)
-        if requested > len(candidates):
-            raise ConfigError(
-                f"{field}: {requested} layers asked for, this model has {len(candidates)} "
-                f"quantized layers with an error"
-            )
-        return candidates[:requested]
-    known = {lay.name: lay for lay in layers} | {lay.tensor: lay for lay in layers}
-    for name in requested:
-        if name not in known:
-            listed = ", ".join(lay.name for lay in by_error(layers)[:5])
-            raise ConfigError(
-                f"{field}: unknown layer {name!r}; layers of this model include {listed} "
-                f"({len(layers)} in all, `python -m tasks.sensitivity` lists them)"
-            )
-    return [known[name] for name in dict.fromkeys(requested)]
-
-
-def float_ops(content: bytes) -> list[str]:
-    """Ops of a .tflite that compute in float (QUANTIZE/DEQUANTIZE excluded)."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_content=content)
-    found = []
-    for op in interpreter._get_ops_details():
-        if op["op_name"] in ("QUANTIZE", "DEQUANTIZE") or not len(op["outputs"]):
-            continue
-        dtype = interpreter._get_tensor_details(op["outputs"][0], 0)["dtype"]
-        if dtype == np.float32:
-            found.append(str(op["op_name"]))
-    return found
-
-
-def _samples(x: np.ndarray) -> Callable[[], Iterator[list[np.ndarray]]]:
-    def generate() -> Iterator[list[np.ndarray]]:
-        for i in range(len(x)):
-            yield [x[i : i + 1]]
-
-    return generate
-
-
-# ── running a .tflite on a split ──
-
-
-def predict(content: bytes, x: np.ndarray, batch: int = 64) -> np.ndarray:
-    """Top-1 predictions of a .tflite on normalised NHWC float32 `x`."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_content=content, num_threads=1)
-    source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    predictions = []
-    shape = None
-    for start in range(0, len(x), batch):
-        chunk = x[start : start + batch]
-        if chunk.shape != shape:
-            interpreter.resize_tensor_input(source["index"], list(chunk.shape))
-            interpreter.allocate_tensors()
-            shape = chunk.shape
-        if source["dtype"] == np.int8:
-            scale, zero = source["quantization"]
-            chunk = np.clip(np.round(chunk / scale + zero), -128, 127).astype(np.int8)
-        interpreter.set_tensor(source["index"], chunk.astype(source["dtype"]))
-        interpreter.invoke()
-        predictions.append(interpreter.get_tensor(target["index"]).argmax(axis=1))
-    return np.concatenate(predictions)
-
-
-def nhwc(x: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """[0, 1] NCHW pixels → the normalised NHWC float32 input of an onnx2tf model."""
-    m = np.asarray(mean, dtype=np.float32).reshape(1, 1, 1, -1)
-    s = np.asarray(std, dtype=np.float32).reshape(1, 1, 1, -1)
-    return ((x.transpose(0, 2, 3, 1).astype(np.float32) - m) / s).astype(np.float32)
-
-
 # ── the ranking ──
 
 
@@ -269,18 +88,26 @@ def rank_layers(
     top: int,
     split: str = "val",
     confidence: float = 0.95,
+    timed: bool = True,
 ) -> Ranking:
-    """The `top` layers with the largest own error, each kept alone in float and evaluated."""
+    """The `top` layers with the largest own error, each kept alone in float, evaluated and
+    (`timed`) timed against the all-int8 model; ranked by the accuracy float recovers."""
     from tasks.statistics import paired_drop_interval
 
     calibrated = calibrated_model(saved_model, calib)
     layers = layer_errors(calibrated, calib, per_channel)
     reference = predict(float_model(saved_model), eval_x)
-    int8 = predict(quantized_model(calibrated, per_channel, int8_io), eval_x)
+    int8_model = quantized_model(calibrated, per_channel, int8_io)
+    int8 = predict(int8_model, eval_x)
     rows = []
-    for layer in by_error(layers)[:top]:
-        mixed = predict(quantized_model(calibrated, per_channel, int8_io, [layer.tensor]), eval_x)
+    for error_rank, layer in enumerate(by_error(layers)[:top], 1):
+        mixed_model = quantized_model(calibrated, per_channel, int8_io, [layer.tensor])
+        mixed = predict(mixed_model, eval_x)
         drop, _, upper = paired_drop_interval(eval_y, reference, mixed, confidence)
+        ratio, low, high = (
+            interleaved_ratio(mixed_model, int8_model, eval_x) if timed else (None, None, None)
+        )
+        _, _, still_lost = paired_drop_interval(eval_y, int8, mixed, confidence)
         rows.append(
             LayerSensitivity(
                 name=layer.name,
@@ -291,6 +118,11 @@ def rank_layers(
                 drop_upper=upper,
                 recovered_points=100.0 * float(np.mean(mixed == eval_y) - np.mean(int8 == eval_y)),
                 agreement=float(np.mean(mixed == reference)),
+                error_rank=error_rank,
+                recovered_low=-still_lost,
+                latency_ratio=ratio,
+                latency_low=low,
+                latency_high=high,
             )
         )
     # most sensitive: keeping it float recovers the most; then agreement; then its own error
@@ -317,36 +149,91 @@ def ranking_markdown(ranking: Ranking) -> str:
         f"{ranking.split} split, {ranking.samples} samples: fp32 "
         f"{100 * ranking.fp32_accuracy:.2f}%, all-int8 {100 * ranking.int8_accuracy:.2f}% "
         f"(drop upper bound {ranking.int8_drop_upper:.2f} pt, agreement "
-        f"{100 * ranking.int8_agreement:.2f}%). Each row: only that layer kept in float.",
+        f"{100 * ranking.int8_agreement:.2f}%). Each row: only that layer kept in float; rows "
+        "ranked by the points it recovers. *Error rank* is its place by own error, the order "
+        "`float_fallback: k` keeps layers in (ranks 1..k); *p50 cost* is its p50 over the "
+        "all-int8 model's, timed interleaved on one thread.",
         "",
-        "| rank | layer | op | own error (steps) | accuracy | drop (pt) | drop upper (pt) "
-        "| recovered (pt) | agreement |",
-        "|---:|---|---|---:|---:|---:|---:|---:|---:|",
+        "| rank | layer | op | error rank | own error (steps) | accuracy | drop (pt) "
+        "| drop upper (pt) | recovered (pt) | recovered, lower bound | agreement | p50 cost |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for rank, row in enumerate(ranking.rows, 1):
         lines.append(
-            f"| {rank} | `{row.name}` | {row.op} | {row.nrmse:.3f} | {100 * row.accuracy:.2f}% "
-            f"| {row.drop_points:+.2f} | {row.drop_upper:+.2f} | {row.recovered_points:+.2f} "
-            f"| {100 * row.agreement:.2f}% |"
+            f"| {rank} | `{row.name}` | {row.op} | {row.error_rank} | {row.nrmse:.3f} "
+            f"| {100 * row.accuracy:.2f}% | {row.drop_points:+.2f} | {row.drop_upper:+.2f} "
+            f"| {row.recovered_points:+.2f} | {row.recovered_low:+.2f} "
+            f"| {100 * row.agreement:.2f}% | {_cost(row)} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, "", f"**Conclusion:** {conclusion(ranking)}"]) + "\n"
+
+
+def _cost(row: LayerSensitivity) -> str:
+    if row.latency_ratio is None or row.latency_low is None or row.latency_high is None:
+        return "-"
+    return (
+        f"{100 * (row.latency_ratio - 1):+.0f}% ({100 * (row.latency_low - 1):+.0f}"
+        f"…{100 * (row.latency_high - 1):+.0f}%)"
+    )
+
+
+def conclusion(ranking: Ranking) -> str:
+    """What to set, in one sentence a user can act on."""
+    real = [row for row in ranking.rows if row.recovered_low > 0]
+    if not ranking.rows:
+        return "no quantized layer has an error: nothing to keep in float."
+    if not real:
+        best = max(row.recovered_points for row in ranking.rows)
+        return (
+            f"no layer needs float: keeping any one of the {len(ranking.rows)} layers with the "
+            f"largest error in float recovers at most {best:+.2f} pt, not distinguishable from "
+            f"nothing on {ranking.samples} images (leave float_fallback at 0)."
+        )
+    names = [row.name for row in real]
+    costs = [_cost(row) for row in real]
+    by_error = [row.name for row in sorted(ranking.rows, key=lambda r: r.error_rank)][: len(real)]
+    same = set(by_error) == set(names)
+    order = (
+        f"`float_fallback: {len(real)}` keeps the same layers"
+        if same
+        else f"`float_fallback: {len(real)}` would keep {', '.join(by_error)} (by own error), "
+        "not these: name them"
+    )
+    return (
+        f"keep {', '.join(names)} in float (`float_fallback: [{', '.join(names)}]`): each alone "
+        f"recovers accuracy beyond noise, at p50 cost {', '.join(costs)}; {order}."
+    )
 
 
 def ranking_plot(ranking: Ranking, path: Path) -> Path:
-    """Every layer's own error (bars) and, for the evaluated ones, the points recovered."""
+    """Every layer's own error (bars) and, for the evaluated layers only, the points recovered
+    (a layer left out of the evaluation has no bar, not a bar of 0)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     recovered = {row.name: row.recovered_points for row in ranking.rows}
-    layers = [lay for lay in ranking.layers if lay.nrmse > _EXACT]
+    layers = [lay for lay in ranking.layers if lay.nrmse > EXACT_ERROR]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6.0, 0.35 * len(layers)), 6), sharex=True)
     names = [lay.name for lay in layers]
     top.bar(names, [lay.nrmse for lay in layers], color="tab:blue")
     top.set_ylabel("own error (quant. steps)")
     top.set_title(f"{ranking.variant}: per-layer int8 sensitivity")
-    bottom.bar(names, [recovered.get(n, 0.0) for n in names], color="tab:orange")
+    evaluated = [n for n in names if n in recovered]
+    bottom.bar(evaluated, [recovered[n] for n in evaluated], color="tab:orange")
+    for name in names:
+        if name not in recovered:
+            bottom.annotate(
+                "not run",
+                (names.index(name), 0),
+                rotation=90,
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                color="gray",
+            )
+    bottom.axhline(0, color="gray", linewidth=0.5)
     bottom.set_ylabel("pt recovered in float")
     bottom.tick_params(axis="x", rotation=90)
     fig.tight_layout()
@@ -369,13 +256,22 @@ def write_ranking(ranking: Ranking, prefix: Path) -> dict[str, Path]:
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tasks.sensitivity", description=__doc__)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--name", required=True, help="a tflite_int8 variant in params.yaml")
-    parser.add_argument("--data", type=Path, default=Path("data"))
-    parser.add_argument("--variants", type=Path, default=Path("variants"))
+    add_workspace_arguments(parser)
+    parser.add_argument("--name", default="tflite_int8", help="a tflite_int8 variant")
     parser.add_argument("--top", type=int, default=8, help="layers evaluated end to end")
     parser.add_argument("--samples", type=int, default=None, help="val samples (default: all)")
+    parser.add_argument(
+        "--no-timing", action="store_true", help="skip each layer's p50 cost (faster)"
+    )
     return parser.parse_args(argv)
+
+
+def add_workspace_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the data and variants are: the nightly's workspace or dvc repro's folders."""
+    parser.add_argument("--params", type=Path, default=None, help="default: the run's own")
+    parser.add_argument("--workdir", type=Path, default=Path(".modelpress"))
+    parser.add_argument("--data", type=Path, default=None, help="dvc repro's data folder")
+    parser.add_argument("--variants", type=Path, default=None, help="dvc repro's variants")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -386,11 +282,14 @@ def main(argv: list[str] | None = None) -> None:
 
 def _main(args: argparse.Namespace) -> None:
     from tasks.techniques.tflite_int8 import saved_model
+    from tasks.workspace import study_inputs
 
-    cfg, calib, preprocess = int8_setup(args.params, args.name, args.data)
-    val = _split(args.data, "val", args.samples)
+    where = study_inputs(args.params, args.data, args.variants, args.workdir)
+    cfg, calib, preprocess = int8_setup(where.params_file, args.name, where.data_dir)
+    val = _split(where.data_dir, "val", args.samples)
+    source = source_dir(where.variant_dirs, cfg.source, args.name)
     with tempfile.TemporaryDirectory(prefix="mp-sensitivity-") as work:
-        model_dir = saved_model(args.variants / cfg.source, cfg, calib, preprocess, Path(work))
+        model_dir = saved_model(source, cfg, calib, preprocess, Path(work))
         ranking = rank_layers(
             args.name,
             model_dir,
@@ -400,10 +299,22 @@ def _main(args: argparse.Namespace) -> None:
             cfg.per_channel,
             cfg.int8_io,
             args.top,
+            timed=not args.no_timing,
         )
-    paths = write_ranking(ranking, args.variants / args.name)
+    # beside the variant's own directory, where the nightly's review attaches it
+    paths = write_ranking(ranking, where.variant_dirs.get(args.name, where.out_dir / args.name))
     print(ranking_markdown(ranking))
     print(f"written: {', '.join(str(p) for p in paths.values())}")
+
+
+def source_dir(variant_dirs: dict[str, Path], source: str, name: str) -> Path:
+    """The directory of the variant `name` is built from; one line when it was not built."""
+    if source not in variant_dirs:
+        raise ConfigError(
+            f"variants.{name}.source: {source!r} has no built variant here (found "
+            f"{', '.join(sorted(variant_dirs)) or 'none'}); run the pipeline first"
+        )
+    return variant_dirs[source]
 
 
 def int8_setup(params_file: Path, name: str, data_dir: Path) -> tuple[Any, Any, Any]:

@@ -101,7 +101,7 @@ def test_builtin_table_in_its_order_with_what_each_declares() -> None:
     assert table["tflite_int8"].uses == (
         "tasks.int8_friendly",
         "tasks.tflite_convert",
-        "tasks.sensitivity",  # float_fallback's ranking and requantization
+        "tasks.litert_debugger",  # float_fallback's layer errors and requantization
     )
     assert table["tflite_fp16"].uses == table["tflite_dynamic"].uses == ("tasks.tflite_convert",)
     for name, technique in table.items():
