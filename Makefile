@@ -37,7 +37,7 @@ repro: $(STAMP)  ## run the same steps as a DVC pipeline (dvc repro) and print t
 
 bench: $(STAMP)  ## benchmark every variant on the local runner profiles: table, per-op profiles, benchmarks/latest.json, latency.png
 	$(BIN)/dvc repro
-	$(BIN)/python -m tasks.benchmark all --params params.yaml --variants variants --data data --out benchmarks --ops
+	$(BIN)/python -m tasks.bench_all --params params.yaml --variants variants --data data --out benchmarks --ops
 
 test: $(STAMP) weights  ## run the test suite (offline, CPU-only, slow tests included)
 	$(BIN)/pytest

@@ -8,10 +8,9 @@ never disappears from the review.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +29,13 @@ from tasks.config import BenchmarkConfig, RunnerProfile
 from tasks.engines import BuiltEngine, EngineRequest
 from tasks.errors import brief
 from tasks.io import write_json
-from tasks.paired_timing import compare_in_subprocess
-from tasks.plan import content_key
+from tasks.paired_timing import compare_in_subprocess, compare_with_references
 from tasks.runtimes import runs_on
 from tasks.speed import SpeedRatio
 from tasks.store import ArtifactStore
-from tasks.variant import BASELINE, read_record
+from tasks.variant import read_record
 
 FLOW_NAME = "benchmark"
-FAILED = BenchmarkRow.failed("", "", "not measured")
 
 
 def benchmark_variants(
@@ -97,51 +94,6 @@ def benchmark_variants(
             context,
         )
     return list(rows.values())
-
-
-def compare_with_references(
-    rows: dict[str, BenchmarkRow],
-    variant_dirs: dict[str, Path],
-    sources: dict[str, str | None],
-    images_file: Path,
-    runner: str,
-    profile: RunnerProfile,
-    cfg: BenchmarkConfig,
-    compare: Callable[..., SpeedRatio | str],
-    reuse_dir: Path | None,
-    context: str,
-) -> None:
-    """Each measured variant timed interleaved with the baseline and with its source, in one
-    process each (tasks/paired_timing.py): the speed evidence the gates and the review read.
-    With `reuse_dir`, a pair timed before on the same files and context is not timed again (the
-    claim is still same-session: both were measured together, and the row says when)."""
-    for name, row in list(rows.items()):
-        if name == BASELINE or row.status != "ok":
-            continue
-        references = [BASELINE, *([sources.get(name)] if sources.get(name) else [])]
-        versus: dict[str, SpeedRatio] = {}
-        for reference in dict.fromkeys(references):  # once each, the baseline first
-            if reference is None or rows.get(reference, FAILED).status != "ok":
-                continue
-            kept = None
-            if reuse_dir is not None:
-                pair = [measurement_key(variant_dirs[n], context) for n in (name, reference)]
-                kept = reuse_dir / f"pair-{content_key(pair)}.json"
-                if kept.exists():
-                    versus[reference] = replace(
-                        SpeedRatio(**json.loads(kept.read_text())), reference=reference, reused=True
-                    )
-                    continue
-            ratio = compare(
-                variant_dirs[name], variant_dirs[reference], reference, images_file, profile, cfg
-            )
-            if isinstance(ratio, str):
-                print(f"benchmark on {runner}: {name} vs {reference} not timed together: {ratio}")
-                continue
-            versus[reference] = ratio
-            if kept is not None:
-                write_json(kept, asdict(ratio))
-        rows[name] = replace(row, versus=versus)
 
 
 @flow(name=FLOW_NAME, log_prints=True)

@@ -12,7 +12,8 @@ import json
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,13 +21,20 @@ import numpy as np
 
 from tasks.benchmark import (
     LATENCY_IMAGES,
+    BenchmarkRow,
     apply_profile,
     images_for_measuring,
     latency_trial,
+    measurement_key,
 )
 from tasks.config import BenchmarkConfig, RunnerProfile
 from tasks.errors import brief, process_ended
+from tasks.io import write_json
+from tasks.plan import content_key
 from tasks.speed import SpeedRatio, ratio_interval
+from tasks.variant import BASELINE
+
+NOT_MEASURED = BenchmarkRow.failed("", "", "not measured")
 
 
 def compare(
@@ -114,9 +122,52 @@ def compare_in_subprocess(
         return SpeedRatio(**json.loads(out.read_text()))
 
 
-def main(argv: list[str] | None = None) -> None:
-    from tasks.io import write_json
+def compare_with_references(
+    rows: dict[str, BenchmarkRow],
+    variant_dirs: dict[str, Path],
+    sources: dict[str, str | None],
+    images_file: Path,
+    runner: str,
+    profile: RunnerProfile,
+    cfg: BenchmarkConfig,
+    compare: Callable[..., SpeedRatio | str],
+    reuse_dir: Path | None,
+    context: str,
+) -> None:
+    """Each measured variant timed interleaved with the baseline and with its source, in one
+    process each (tasks/paired_timing.py): the speed evidence the gates and the review read.
+    With `reuse_dir`, a pair timed before on the same files and context is not timed again (the
+    claim is still same-session: both were measured together, and the row says when)."""
+    for name, row in list(rows.items()):
+        if name == BASELINE or row.status != "ok":
+            continue
+        references = [BASELINE, *([sources.get(name)] if sources.get(name) else [])]
+        versus: dict[str, SpeedRatio] = {}
+        for reference in dict.fromkeys(references):  # once each, the baseline first
+            if reference is None or rows.get(reference, NOT_MEASURED).status != "ok":
+                continue
+            kept = None
+            if reuse_dir is not None:
+                pair = [measurement_key(variant_dirs[n], context) for n in (name, reference)]
+                kept = reuse_dir / f"pair-{content_key(pair)}.json"
+                if kept.exists():
+                    versus[reference] = replace(
+                        SpeedRatio(**json.loads(kept.read_text())), reference=reference, reused=True
+                    )
+                    continue
+            ratio = compare(
+                variant_dirs[name], variant_dirs[reference], reference, images_file, profile, cfg
+            )
+            if isinstance(ratio, str):
+                print(f"benchmark on {runner}: {name} vs {reference} not timed together: {ratio}")
+                continue
+            versus[reference] = ratio
+            if kept is not None:
+                write_json(kept, asdict(ratio))
+        rows[name] = replace(row, versus=versus)
 
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description="time two models interleaved (the harness's child)"
     )

@@ -46,7 +46,7 @@ def review_rows(
                     # the same file(s) zstd-compressed (tasks.evaluate.ZSTD_LEVEL): the download
                     "zstd_kib": _fmt(_kib(row.get("compressed_size_bytes")), "{:.0f}"),
                     "ratio": _fmt(row.get("size_ratio"), "{:.2f}x"),
-                    "p50_ms": _fmt(timed.p50_ms if timed else None, "{:.3f}"),
+                    "p50_ms": _fmt(timed.p50_ms if timed else None, "{:.3f}") + _reused(timed),
                     "p90_ms": _fmt(timed.p90_ms if timed else None, "{:.3f}"),
                     "p99_ms": _fmt(timed.p99_ms if timed else None, "{:.3f}"),
                     # against each reference, timed interleaved in one session (tasks/speed.py)
@@ -56,6 +56,11 @@ def review_rows(
                 }
             )
     return rows
+
+
+def _reused(row: BenchmarkRow | None) -> str:
+    """A row measured in an earlier session says when: its p50 is not this night's."""
+    return f" (reused, {row.measured_at})" if row is not None and row.reused else ""
 
 
 def _speed_cell(row: BenchmarkRow | None) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.benchmark import LATENCY_IMAGES, _images_for_measuring, _leading_images
+from tasks.benchmark import LATENCY_IMAGES, _leading_images, images_for_measuring
 from tasks.config import BenchmarkConfig
 
 
@@ -29,23 +29,23 @@ def test_measuring_file_holds_only_what_latency_and_throughput_use(tmp_path: Pat
     work = tmp_path / "work"
     work.mkdir()
     cfg = BenchmarkConfig(throughput_batch=100)
-    with np.load(_images_for_measuring(tmp_path / "test.npz", cfg, work)) as trimmed:
+    with np.load(images_for_measuring(tmp_path / "test.npz", cfg, work)) as trimmed:
         assert np.array_equal(trimmed["x"], x[:100])
-    with np.load(_images_for_measuring(tmp_path / "test.npz", BenchmarkConfig(), work)) as trimmed:
+    with np.load(images_for_measuring(tmp_path / "test.npz", BenchmarkConfig(), work)) as trimmed:
         assert len(trimmed["x"]) == max(LATENCY_IMAGES, BenchmarkConfig().throughput_batch)
 
 
 def test_make_bench_writes_a_per_op_profile_of_each_variant(
     tiny_workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`make bench` (benchmark all --ops): the latency table, then where each variant's time
-    goes per operator, in its own runtime."""
+    """`make bench` (tasks.bench_all --ops): the latency table, each variant's speed against
+    the baseline timed in one session, then where each variant's time goes per operator."""
     import json
     import shutil
 
     import yaml
 
-    from tasks.benchmark import main
+    from tasks.bench_all import main
     from tasks.data import load_preprocess, load_split
     from tasks.techniques.tflite_int8 import TfliteInt8Config, quantize
 
@@ -68,7 +68,6 @@ def test_make_bench_writes_a_per_op_profile_of_each_variant(
     out = tmp_path / "bench"
     main(
         [
-            "all",
             *("--params", str(tmp_path / "params.yaml"), "--variants", str(variants)),
             *("--data", str(data), "--out", str(out), "--ops"),
         ]
@@ -83,3 +82,7 @@ def test_make_bench_writes_a_per_op_profile_of_each_variant(
         assert sum(row["percent"] for row in profile["rows"]) == pytest.approx(100, abs=1)
     printed = capsys.readouterr().out
     assert "baseline: onnxruntime" in printed and "int8: litert" in printed
+    latest = json.loads((out / "latest.json").read_text())
+    int8_rows = [row for row in latest["rows"] if row["variant"] == "int8"]
+    assert int8_rows and all("baseline" in row["versus"] for row in int8_rows)
+    assert "vs baseline (same session)" in printed
