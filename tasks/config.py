@@ -548,6 +548,7 @@ class Params(_Strict):
         table = context.get("techniques") or technique_table(tuple(self.techniques))
         for name, variant in self.variants.items():
             _check_variant_source(name, variant, self.variants, table)
+        _check_no_cycle(self.variants)
         for name in self.gates.per_variant:
             if name not in self.variants and name != "baseline":
                 raise ValueError(f"gates.per_variant.{name}: not a variant in 'variants'")
@@ -561,12 +562,33 @@ class Params(_Strict):
         return self
 
 
+# ASCII only and bounded: a variant's name becomes folder and file names (the registry's rule is
+# wider; any name this accepts, it accepts, so a run is never refused at publish for its name)
+_VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_]{0,63}")
+
+
+def _check_no_cycle(variants: dict[str, Any]) -> None:
+    """Every chain of `source:` ends at the baseline: a cycle would leave nothing ready to build."""
+    for start in variants:
+        chain, name = [start], variants[start].source
+        while name != "baseline" and name in variants:
+            if name in chain:
+                loop = " -> ".join([*chain[chain.index(name) :], name])
+                raise ValueError(
+                    f"variants.{start}.source: the sources form a cycle ({loop}); every chain "
+                    "of sources must end at baseline"
+                )
+            chain.append(name)
+            name = variants[name].source
+
+
 def _check_variant_source(
     name: str, variant: Any, variants: dict[str, Any], table: dict[str, Technique]
 ) -> None:
-    if not name.replace("_", "").isalnum() or name == "baseline":
+    if not _VARIANT_NAME.fullmatch(name) or name == "baseline":
         raise ValueError(
-            f"variants.{name}: use letters, digits and '_' in variant names, not 'baseline'"
+            f"variants.{name}: use 1-64 ASCII letters, digits and '_' in variant names "
+            "(starting with a letter or digit), not 'baseline'"
         )
     source = variant.source
     if source == "baseline":
@@ -720,7 +742,7 @@ def load_params(path: Path | str, overrides: dict[str, Any] | None = None) -> Pa
     path = Path(path)
     try:
         text = path.read_text()
-        raw = yaml.safe_load(text) or {}
+        raw = yaml.safe_load(text)
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -729,6 +751,12 @@ def load_params(path: Path | str, overrides: dict[str, Any] | None = None) -> Pa
         ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(_yaml_error(path, exc)) from None
+    if raw is None or raw == {}:
+        # all defaults would be a run with no variant that waits a day for a reviewer
+        raise ConfigError(
+            f"{path}: the file is empty (or only comments); expected at least a `variants:` "
+            "section (copy the repository's params.yaml and edit it)"
+        )
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     _importable(path.resolve().parent)

@@ -27,6 +27,8 @@ def in_dependency_order(variants: dict[str, VariantConfig]) -> list[tuple[str, V
     pending = dict(variants)
     while pending:
         ready = [name for name, cfg in pending.items() if cfg.source in placed]
+        if not ready:  # params validation refuses cycles; never spin on what slipped past it
+            raise ValueError(f"variants {sorted(pending)}: their sources never reach baseline")
         for name in ready:
             ordered.append((name, pending.pop(name)))
             placed.add(name)

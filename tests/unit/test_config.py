@@ -94,13 +94,66 @@ def test_params_are_frozen() -> None:
         params.data.image_size = 64  # type: ignore[misc]
 
 
-def test_empty_file_gives_the_defaults(tmp_path: Path) -> None:
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "---\n", "{}\n"])
+def test_an_empty_file_is_refused_not_taken_as_all_defaults(tmp_path: Path, text: str) -> None:
+    """All defaults were no variants, UI approval and a registry beside the file: a run that
+    waited a day for a reviewer with nothing to review."""
     path = tmp_path / "params.yaml"
-    path.write_text("")
-    params = load_params(path)
-    assert params.variants == {}
-    assert params.data.source == "digits"
-    assert params.baseline.source == "train"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_params(path)
+    assert str(info.value).startswith(f"{path}: the file is empty (or only comments)")
+    assert "variants:" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("variants", "loop"),
+    [
+        ({"a": {"source": "b"}, "b": {"source": "a"}}, "a -> b -> a"),
+        ({"a": {"source": "a"}}, "a -> a"),
+        (
+            {
+                "x": {"source": "baseline"},
+                "a": {"source": "b"},
+                "b": {"source": "c"},
+                "c": {"source": "b"},
+            },
+            "b -> c -> b",
+        ),
+    ],
+)
+def test_a_cycle_of_sources_is_refused_naming_it(
+    repo_raw: dict[str, Any], variants: dict[str, Any], loop: str
+) -> None:
+    """It used to pass, and the night spun at full CPU in in_dependency_order for ever."""
+    raw = dict(repo_raw)
+    raw["variants"] = {name: {"technique": "pruned", **spec} for name, spec in variants.items()}
+    raw["gates"] = {**raw["gates"], "per_variant": {}}
+    raw["search"] = {}
+    message = _error(raw)
+    assert f"the sources form a cycle ({loop})" in message
+    assert "must end at baseline" in message
+
+
+def test_the_planner_never_spins_on_a_cycle() -> None:
+    from types import SimpleNamespace
+
+    from tasks.plan import in_dependency_order
+
+    cycle = {"a": SimpleNamespace(source="b"), "b": SimpleNamespace(source="a")}
+    with pytest.raises(ValueError, match="never reach baseline"):
+        in_dependency_order(cycle)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["int8_é", "x" * 65, "-int8", "int8.v2"])
+def test_a_variant_name_the_registry_or_a_file_system_would_refuse_is_refused_at_load(
+    repo_raw: dict[str, Any], name: str
+) -> None:
+    raw = dict(repo_raw)
+    raw["variants"] = {name: {"technique": "tflite_int8", "source": "baseline"}}
+    raw["gates"] = {**raw["gates"], "per_variant": {}}
+    raw["search"] = {}
+    assert "use 1-64 ASCII letters, digits and '_'" in _error(raw)
 
 
 @pytest.mark.parametrize(
@@ -358,8 +411,8 @@ def test_variant_may_not_be_called_baseline(repo_raw: dict[str, Any]) -> None:
         repo_raw, {"variants": {"baseline": {"technique": "tflite_int8", "source": "baseline"}}}
     )
     assert (
-        "variants.baseline: use letters, digits and '_' in variant names, not 'baseline'"
-        in _error(raw)
+        "variants.baseline: use 1-64 ASCII letters, digits and '_' in variant names "
+        "(starting with a letter or digit), not 'baseline'" in _error(raw)
     )
 
 
