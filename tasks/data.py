@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -297,15 +298,33 @@ def _load_imagefolder(path: Path, cfg: DataConfig) -> tuple[np.ndarray, np.ndarr
         for file in files:
             try:
                 with Image.open(file) as img:
-                    resized = img.convert(mode).resize(
-                        (cfg.image_size, cfg.image_size), Image.Resampling.BILINEAR
-                    )
+                    images.append(_image_pixels(img, mode, cfg.image_size, file))
             except (UnidentifiedImageError, OSError) as exc:
                 raise DataError(f"{file}: not a readable image ({type(exc).__name__})") from None
-            array = np.asarray(resized, dtype=np.float32) / 255.0
-            images.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
             labels.append(label)
     return np.stack(images), np.asarray(labels, dtype=np.int64), [d.name for d in class_dirs]
+
+
+def _image_pixels(img: Any, mode: str, size: int, file: Path) -> np.ndarray:
+    """One image as (C, H, W) float32 in [0, 1], resized. A 16-bit image is scaled by its own
+    range (65535), not converted to 8 bits: Pillow's convert("L") clips every value above 255,
+    and a 16-bit grey PNG became 99.7 % white."""
+    from PIL import Image
+
+    if img.mode.startswith("I;16") or img.mode == "I":
+        grey = np.asarray(img, dtype=np.float32) / 65535.0
+        if grey.max(initial=0.0) > 1.0:
+            raise DataError(f"{file}: 32-bit integer pixels above 65535; expected 8 or 16 bits")
+        plane = np.asarray(
+            Image.fromarray(grey, mode="F").resize((size, size), Image.Resampling.BILINEAR)
+        )
+        channels = 1 if mode == "L" else 3
+        return np.repeat(np.clip(plane, 0.0, 1.0)[None], channels, axis=0).astype(np.float32)
+    if img.mode == "F":
+        raise DataError(f"{file}: floating-point pixels; expected 8- or 16-bit integer images")
+    resized = img.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
+    array = np.asarray(resized, dtype=np.float32) / 255.0
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
 def _resize(x: np.ndarray, size: int) -> np.ndarray:

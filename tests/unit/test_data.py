@@ -337,6 +337,30 @@ def test_imagefolder_in_rgb(tmp_path: Path) -> None:
     assert len(prepared.preprocess.mean) == 3
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_16_bit_png_is_scaled_by_its_own_range_not_clipped(tmp_path: Path, channels: int) -> None:
+    """Pillow's convert("L") clipped every 16-bit value above 255: 99.7 % of pixels became 1.0
+    and the run published a model trained on white squares."""
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    levels = {"dark": 10_000, "light": 50_000}  # of 65535
+    for name, value in levels.items():
+        (root / name).mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(np.full((9, 9), value + i, dtype=np.uint16)).save(
+                root / name / f"{i}.png"
+            )
+    assert Image.open(root / "dark" / "0.png").mode == "I;16"
+    cfg = DataConfig(source="imagefolder", path="imgs", image_size=8, channels=channels)
+    prepared = prepare(cfg, seed=0, root=tmp_path)
+    for split in prepared.splits.values():
+        assert split.x.shape[1] == channels
+        for image, label in zip(split.x, split.y, strict=True):
+            value = levels[prepared.preprocess.class_names[int(label)]]
+            np.testing.assert_allclose(image, value / 65535, atol=20 / 65535)
+
+
 # ---- errors: one line, naming the file or field -----------------------------------------------
 
 
