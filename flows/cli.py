@@ -15,9 +15,13 @@ if TYPE_CHECKING:
 
 
 def _table(args: argparse.Namespace) -> None:
-    from tasks.report import format_table, load_metrics
+    """metrics/variants.json (dvc repro, the nightly's evaluation) or a nightly's review.json."""
+    from tasks.report import format_review, format_table, load_metrics
 
     metrics = load_metrics(args.metrics)
+    if isinstance(metrics, list):
+        print(format_review(metrics, args.metrics, markdown=args.markdown))
+        return
     print(format_table(metrics, markdown=args.markdown))
 
 
@@ -45,7 +49,24 @@ def _registry_list(args: argparse.Namespace) -> None:
         print(f"no published models in {registry.uri}")
     for model in models:
         versions = registry.list_versions(model)
-        print(f"{model}  {len(versions)} version(s), latest {versions[-1]}")
+        bad = _bad_versions(registry, model, versions)
+        good = [v for v in versions if v not in bad]
+        latest = f"latest {good[-1]}" if good else "none readable"
+        flagged = f"; {len(bad)} with a bad manifest ({', '.join(bad)}): run verify" if bad else ""
+        print(f"{model}  {len(good)} version(s), {latest}{flagged}")
+
+
+def _bad_versions(registry: Any, model: str, versions: list[str]) -> dict[str, str]:
+    """Versions whose manifest cannot be read (truncated, {}, unreadable), with why."""
+    from tasks.errors import RegistryError
+
+    bad = {}
+    for version in versions:
+        try:
+            registry.read_manifest(model, version)
+        except RegistryError as exc:
+            bad[version] = str(exc)
+    return bad
 
 
 def _registry_show(args: argparse.Namespace) -> None:
@@ -54,7 +75,9 @@ def _registry_show(args: argparse.Namespace) -> None:
     registry = open_registry(_registry_config(args))
     if args.version is None:
         versions = registry.list_versions(args.model)
-        print("\n".join(versions) or f"no published versions of {args.model} in {registry.uri}")
+        bad = _bad_versions(registry, args.model, versions)
+        lines = [f"{v}  (bad manifest: {bad[v]})" if v in bad else v for v in versions]
+        print("\n".join(lines) or f"no published versions of {args.model} in {registry.uri}")
         return
     print(_format_manifest(registry.read_manifest(args.model, args.version)))
 
@@ -114,7 +137,7 @@ def _registry_decisions(args: argparse.Namespace) -> None:
     if not decisions:
         print(f"no review decisions recorded for {args.model} in {registry.uri}")
     for d in decisions:
-        print(_format_decision(d))
+        print(f"{d['record']}  bad: {d['bad']}" if "bad" in d else _format_decision(d))
 
 
 def _format_decision(d: dict[str, Any]) -> str:
@@ -135,7 +158,13 @@ def _registry_verify(args: argparse.Namespace) -> None:
     """Check every published file; exit 1 if anything is corrupt, missing or unreadable."""
     from tasks.registry import open_registry
 
+    from tasks.errors import RegistryError
+    from tasks.registry.local import LocalRegistry
+
     registry = open_registry(_registry_config(args))
+    if isinstance(registry, LocalRegistry) and not registry.root.is_dir():
+        # "OK: 0 versions" would pass a check of the wrong place
+        raise RegistryError(f"{registry.root}: no such registry directory; pass --uri")
     report = registry.verify()
     print(_format_report(registry.uri, report))
     if not report.ok:
@@ -228,7 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
         "fleet", help="run one nightly per model of a fleet.yaml, a few at a time"
     )
     fleet.add_argument("fleet_file", nargs="?", default="fleet.yaml")
-    fleet.add_argument("--concurrency", type=int, help="nightlies at a time (fleet.yaml's)")
+    fleet.add_argument(
+        "--concurrency", type=_positive(int), help="nightlies at a time (fleet.yaml's)"
+    )
     fleet.add_argument(
         "--mode",
         choices=["deployment", "local"],

@@ -44,6 +44,7 @@ from tasks.results import BaselineSummary, metrics_json
 from tasks.review import GateVerdict
 from tasks.runtimes import RUNTIME_MODULES
 from tasks.store import ArtifactStore
+from tasks.validate import speed_evidence
 from tasks.variant import EVALUATION_SPLIT, VariantRecord
 from tasks.workspace import write_pointer
 
@@ -250,7 +251,11 @@ def nightly(
         manifest_uri=outcome.manifest_uri,
         cached_tasks=variants.cached,
         decision_uri=outcome.decision_uri,
-        table=format_table(metrics_json(run.metrics)),
+        table=format_table(
+            metrics_json(run.metrics),
+            p50_ms=speed_evidence(bench)[0],
+            gates={n: "pass" if v.passed else f"rejected: {v.reason}" for n, v in verdicts.items()},
+        ),
         unchanged_since=outcome.unchanged_since,
         hints=hints,
         search=searched,

@@ -307,6 +307,11 @@ class BenchmarkConfig(_Strict):
     )
     store_endpoint_url: str | None = None  # S3-compatible endpoint of the store; null: AWS
 
+    @field_validator("store_endpoint_url")
+    @classmethod
+    def _store_endpoint_is_a_url(cls, value: str | None) -> str | None:
+        return endpoint_url(value)
+
 
 class ReviewConfig(_Strict):
     approval: Literal["ui", "auto"] = "ui"
@@ -327,6 +332,19 @@ class ReviewConfig(_Strict):
         return names
 
 
+def endpoint_url(value: str | None) -> str | None:
+    """An S3 endpoint is an http(s) URL with a host: botocore refuses anything else only when
+    the first request is made, with a traceback."""
+    if value is None:
+        return None
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value!r} is not an http(s) URL with a host, e.g. http://127.0.0.1:9000")
+    return value
+
+
 class RegistryConfig(_Strict):
     uri: str = "./registry"  # a local directory, or s3://bucket/prefix
     model_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")] = (
@@ -334,6 +352,11 @@ class RegistryConfig(_Strict):
     )
     endpoint_url: str | None = None  # S3-compatible endpoint (MinIO, moto); null: AWS
     region: str = "us-east-1"
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint_is_a_url(cls, value: str | None) -> str | None:
+        return endpoint_url(value)
 
     @field_validator("model_name")
     @classmethod

@@ -25,10 +25,63 @@ COLUMNS = (
 )
 
 
-def load_metrics(path: Path) -> dict[str, dict[str, Any]]:
+def load_metrics(path: Path) -> dict[str, dict[str, Any]] | list[dict[str, Any]]:
+    """metrics/variants.json (an object of variant rows) or a nightly's review.json (a list of
+    variant-and-runner rows); anything else is one line naming the file."""
+    import json
+
     if not path.exists():
         raise ModelPressError(f"{path}: not found; run the pipeline first (make run / dvc repro)")
-    return read_json(path)
+    try:
+        loaded = read_json(path)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelPressError(f"{path}: not readable as JSON ({exc})") from None
+    expected = (
+        "expected metrics/variants.json (an object of variant rows with a status) or a "
+        "nightly's runs/<time>/review.json (a list of rows with a variant)"
+    )
+    if isinstance(loaded, dict) and all(
+        isinstance(row, dict) and "status" in row for row in loaded.values()
+    ):
+        return loaded
+    if isinstance(loaded, list) and all(
+        isinstance(row, dict) and "variant" in row for row in loaded
+    ):
+        return loaded
+    raise ModelPressError(f"{path}: {expected}")
+
+
+REVIEW_COLUMNS = (
+    "variant",
+    "runner",
+    "accuracy",
+    "drop_pts",
+    "drop_upper_pts",
+    "zstd_kib",
+    "p50_ms",
+    "speed",
+    "gate",
+    "reason",
+)
+
+
+def format_review(rows: list[dict[str, Any]], path: Path, markdown: bool = False) -> str:
+    """A nightly's review rows (one per variant and runner): accuracy, the drop and its bound,
+    p50 on each runner, the same-session speed, the gate and why."""
+    header = tuple(c for c in REVIEW_COLUMNS if any(c in row for row in rows))
+    table = [header, *(tuple(str(row.get(c, "-")) for c in header) for row in rows)]
+    return _render(table, markdown) + f"\n({len(rows)} rows from {path})"
+
+
+def _render(rows: list[tuple[str, ...]], markdown: bool) -> str:
+    if markdown:
+        lines = ["| " + " | ".join(cell.replace("|", "/") for cell in r) + " |" for r in rows]
+        lines.insert(1, "|" + "|".join("---" for _ in rows[0]) + "|")
+        return "\n".join(lines)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
 
 
 def table_rows(metrics: dict[str, dict[str, Any]]) -> list[tuple[str, ...]]:
@@ -56,16 +109,28 @@ def table_rows(metrics: dict[str, dict[str, Any]]) -> list[tuple[str, ...]]:
     return rows
 
 
-def format_table(metrics: dict[str, dict[str, Any]], markdown: bool = False) -> str:
-    rows = [COLUMNS, *table_rows(metrics)]
-    if markdown:
-        lines = ["| " + " | ".join(r) + " |" for r in rows]
-        lines.insert(1, "|" + "|".join("---" for _ in COLUMNS) + "|")
-        return "\n".join(lines)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
+def format_table(
+    metrics: dict[str, dict[str, Any]],
+    markdown: bool = False,
+    p50_ms: dict[str, dict[str, float]] | None = None,
+    gates: dict[str, str] | None = None,
+) -> str:
+    """The variants table; with `p50_ms` (variant → runner → p50) a column per runner, with
+    `gates` (variant → "pass" or the reason it was rejected) the verdict."""
+    runners = sorted({runner for by_runner in (p50_ms or {}).values() for runner in by_runner})
+    header = (
+        *COLUMNS[:-1],
+        *(f"{runner} p50 ms" for runner in runners),
+        *(("gate",) if gates is not None else ()),
+        COLUMNS[-1],
     )
+    rows: list[tuple[str, ...]] = [header]
+    for name, row in zip(metrics, table_rows(metrics), strict=True):
+        timed = (p50_ms or {}).get(name, {})
+        latency = tuple(f"{timed[r]:.3f}" if r in timed else "-" for r in runners)
+        verdict = ((gates or {}).get(name, "-"),) if gates is not None else ()
+        rows.append((*row[:-1], *latency, *verdict, row[-1]))
+    return _render(rows, markdown)
 
 
 def plot_accuracy_vs_size(metrics: dict[str, dict[str, Any]], path: Path) -> None:
@@ -113,6 +178,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="reports directory")
     args = parser.parse_args(argv)
     metrics = load_metrics(args.metrics)
+    if isinstance(metrics, list):
+        raise ModelPressError(
+            f"{args.metrics}: a review.json; the report reads metrics/variants.json"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     plot_accuracy_vs_size(metrics, args.out / "accuracy_vs_size.png")
     summary = args.out / "summary.md"

@@ -8,13 +8,16 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from tasks.errors import RegistryError
 from tasks.io import atomic_file, sha256_file
 from tasks.registry.base import CHUNK
+from tasks.registry.manifest import STALE_RESERVATION
 from tasks.registry.protocol import Registry
+from tasks.registry.verify import Problem, VerifyReport
 
 
 class LocalRegistry(Registry):
@@ -28,6 +31,16 @@ class LocalRegistry(Registry):
     @property
     def uri(self) -> str:
         return str(self.root)
+
+    def verify(self, *, stale_after: timedelta = STALE_RESERVATION) -> VerifyReport:
+        """The protocol's checks, plus every link under the root: none is followed, and each
+        is reported (a link to /etc read as "1,075 files but no manifest.json")."""
+        report = super().verify(stale_after=stale_after)
+        for link in links_in(self.root) if self.root.is_dir() else []:
+            report.problems.append(
+                Problem("link", link, "a link (never followed); a registry holds plain files")
+            )
+        return report
 
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*key.split("/")) if key else self.root
@@ -93,13 +106,18 @@ class LocalRegistry(Registry):
         with self._errors(key):
             if not folder.is_dir():
                 return []
-            return [p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+            # a link is never followed: a registry holds files, and a link to /etc is not a model
+            return [
+                p.name
+                for p in folder.iterdir()
+                if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
+            ]
 
     def _files(self, key: str) -> dict[str, int]:
         folder = self._path(key)
         found: dict[str, int] = {}
         with self._errors(key):
-            for path in folder.rglob("*"):
+            for path in _walk(folder):
                 with contextlib.suppress(FileNotFoundError):  # a writer's temp file may go
                     if path.is_file():
                         found[path.relative_to(folder).as_posix()] = path.stat().st_size
@@ -124,6 +142,27 @@ class LocalRegistry(Registry):
                 f"{self._uri_of(key)}: {reason}; check that the {self.what} "
                 f"{self.root} is writable and its disk has room"
             ) from None
+
+
+def _walk(folder: Path) -> Iterator[Path]:
+    """Every file under `folder`, links left out and never followed."""
+    for parent, dirs, files in os.walk(folder, followlinks=False):
+        base = Path(parent)
+        dirs[:] = [d for d in dirs if not (base / d).is_symlink()]
+        for name in files:
+            if not (base / name).is_symlink():
+                yield base / name
+
+
+def links_in(root: Path) -> list[str]:
+    """Links anywhere under `root`, relative: verify reports each (nothing follows them)."""
+    found = []
+    for parent, dirs, files in os.walk(root, followlinks=False):
+        base = Path(parent)
+        for name in [*dirs, *files]:
+            if (base / name).is_symlink():
+                found.append((base / name).relative_to(root).as_posix())
+    return sorted(found)
 
 
 def _copy_hashing(source: Path | bytes, handle: Any) -> str:

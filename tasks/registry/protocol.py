@@ -143,8 +143,16 @@ class Registry(Storage):
         decisions = []
         for name in natural_sorted(names):
             body = self._read(join(folder, name))
-            if body is not None:
-                decisions.append({**json.loads(body), "record": name})
+            if body is None:
+                continue
+            try:
+                decision = json.loads(body)
+                if not isinstance(decision, dict):
+                    raise ValueError(f"a JSON {type(decision).__name__}, not an object")
+            except ValueError as exc:  # one bad record is listed as bad; the others are shown
+                decisions.append({"record": name, "bad": f"not a decision record ({exc})"})
+                continue
+            decisions.append({**decision, "record": name})
         return decisions
 
     def verify(self, *, stale_after: timedelta = STALE_RESERVATION) -> VerifyReport:

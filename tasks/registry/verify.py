@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from tasks.errors import RegistryError
 from tasks.registry.base import Storage, join
 from tasks.registry.manifest import (
     MANIFEST_NAME,
@@ -16,7 +17,7 @@ from tasks.registry.manifest import (
     parse_manifest,
 )
 
-ProblemKind = Literal["corrupt", "missing", "orphaned", "bad-manifest"]
+ProblemKind = Literal["corrupt", "missing", "orphaned", "bad-manifest", "link", "unreadable"]
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,11 @@ def verify_version(
     root = join(model, version)
     stored = storage._files(root)
     data = {rel: size for rel, size in stored.items() if rel not in MARKERS | {MANIFEST_NAME}}
-    body = storage._read(join(root, MANIFEST_NAME)) if MANIFEST_NAME in stored else None
+    try:
+        body = storage._read(join(root, MANIFEST_NAME)) if MANIFEST_NAME in stored else None
+    except RegistryError as exc:  # unreadable (permissions): listed, the others still checked
+        report.problems.append(Problem("unreadable", join(root, MANIFEST_NAME), str(exc)))
+        return
     if body is None:
         report.problems.extend(_unpublished_problems(storage, root, data, stored, stale_after))
         return
@@ -62,7 +67,10 @@ def verify_version(
     listed = listed_files(manifest)
     for relative, expected in listed.items():
         report.checked_files += 1
-        problem = _check_file(storage, join(root, relative), data.get(relative), expected)
+        try:
+            problem = _check_file(storage, join(root, relative), data.get(relative), expected)
+        except RegistryError as exc:
+            problem = Problem("unreadable", join(root, relative), str(exc))
         if problem is not None:
             report.problems.append(problem)
     for relative in natural_sorted(list(set(data) - set(listed))):

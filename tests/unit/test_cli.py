@@ -414,3 +414,85 @@ def test_ui_approval_without_a_server_is_refused_before_any_work(tmp_path: Path)
     line = _assert_user_error(run, "review.approval", "PREFECT_API_URL", "--approval auto")
     assert "temporary server" in line
     assert not (tmp_path / "w").exists()
+
+
+# ---- the registry and table commands on bad input ----------------------------------------------
+
+
+def _bad_registry(root: Path) -> Path:
+    """A registry with a truncated manifest, an empty one, a bad decision record beside a good
+    one, and a link to /etc."""
+    registry = root / "reg"
+    for version, body in (("1", "{bad"), ("2", "{}")):
+        (registry / "m" / version).mkdir(parents=True)
+        (registry / "m" / version / "manifest.json").write_text(body)
+    decisions = registry / "m" / "decisions"
+    decisions.mkdir()
+    (decisions / "a.json").write_text("{bad")
+    (decisions / "b.json").write_text(
+        '{"outcome": "approved", "approved": ["int8"], "reviewer": "ann"}'
+    )
+    (registry / "evil").symlink_to("/etc", target_is_directory=True)
+    return registry
+
+
+def test_registry_commands_list_what_is_bad_and_show_the_rest(tmp_path: Path) -> None:
+    registry = str(_bad_registry(tmp_path))
+    decisions = _run(tmp_path, "flows.cli", "registry", "decisions", "m", "--uri", registry)
+    assert decisions.returncode == 0, decisions.stderr
+    assert "a.json  bad: not a decision record" in decisions.stdout
+    assert "approved  approved: int8" in decisions.stdout and "by ann" in decisions.stdout
+    listed = _run(tmp_path, "flows.cli", "registry", "list", "--uri", registry)
+    assert (
+        "m  0 version(s), none readable; 2 with a bad manifest (1, 2): run verify" in listed.stdout
+    )
+    shown = _run(tmp_path, "flows.cli", "registry", "show", "m", "--uri", registry)
+    assert "1  (bad manifest:" in shown.stdout and "2  (bad manifest:" in shown.stdout
+    verified = _run(tmp_path, "flows.cli", "registry", "verify", "--uri", registry)
+    assert verified.returncode == 1
+    assert "link  evil: a link (never followed)" in verified.stdout
+    assert "PackageKit" not in verified.stdout and "orphaned  evil/" not in verified.stdout
+    assert "2 bad-manifest" in verified.stdout
+    assert verified.stdout.count("\n  bad-manifest  m/") == 2
+
+
+def test_verify_without_a_registry_says_so(tmp_path: Path) -> None:
+    run = _run(tmp_path, "flows.cli", "registry", "verify")
+    _assert_user_error(run, "registry", "--uri")
+    assert "OK" not in run.stdout
+
+
+def test_an_endpoint_that_is_not_a_url_is_one_line(tmp_path: Path) -> None:
+    run = _run(
+        tmp_path, "flows.cli", "registry", "list", "--uri", "s3://b/p", "--endpoint-url", "nope"
+    )
+    _assert_user_error(run, "endpoint_url", "'nope'", "http(s) URL")
+
+
+@pytest.mark.parametrize(
+    ("body", "culprit"),
+    [("{bad", "not readable as JSON"), ('{"a": 1}', "expected metrics/variants.json")],
+)
+def test_table_on_a_file_that_is_not_a_table_is_one_line(
+    tmp_path: Path, body: str, culprit: str
+) -> None:
+    (tmp_path / "x.json").write_text(body)
+    _assert_user_error(_run(tmp_path, "flows.cli", "table", "x.json"), "x.json", culprit)
+
+
+def test_table_reads_a_nightlys_review(tmp_path: Path) -> None:
+    rows = [
+        {
+            "variant": "int8",
+            "runner": "edge-cpu",
+            "accuracy": "0.98",
+            "p50_ms": "0.26",
+            "speed": "vs baseline: 3.2x faster (3.18-3.20)",
+            "gate": "REJECTED",
+            "reason": "drop",
+        },
+    ]
+    (tmp_path / "review.json").write_text(__import__("json").dumps(rows))
+    run = _run(tmp_path, "flows.cli", "table", "review.json")
+    assert run.returncode == 0, run.stderr
+    assert "p50_ms" in run.stdout and "3.2x faster" in run.stdout and "REJECTED" in run.stdout

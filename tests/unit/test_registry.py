@@ -712,3 +712,27 @@ def test_cli_verify_reads_the_registry_from_params(
 
     assert exit_info.value.code == 1
     assert "  missing  digits/v1/tflite_int8/variant.json: listed in" in capsys.readouterr().out
+
+
+def test_an_unreadable_file_is_one_problem_not_the_end_of_verify(tmp_path: Path) -> None:
+    """A manifest or file the process may not read stopped verify with exit 2; it is listed as
+    unreadable and the other versions are still checked. Permissions cannot make a file
+    unreadable here (the tests run as root), so this registry's reads of one file fail as the
+    OS would refuse them."""
+    from tasks.errors import RegistryError
+    from tasks.registry.local import LocalRegistry
+
+    class Refusing(LocalRegistry):
+        def _read(self, key: str) -> bytes | None:
+            if key == "m/1/manifest.json":
+                raise RegistryError(f"{self._uri_of(key)}: Permission denied")
+            return super()._read(key)
+
+    for version, body in (("1", "{}"), ("2", "{}")):
+        (tmp_path / "m" / version).mkdir(parents=True)
+        (tmp_path / "m" / version / "manifest.json").write_text(body)
+    report = Refusing(tmp_path).verify()
+    kinds = {(p.kind, p.key) for p in report.problems}
+    assert ("unreadable", "m/1/manifest.json") in kinds
+    assert ("bad-manifest", "m/2/manifest.json") in kinds
+    assert not report.ok
