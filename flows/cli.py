@@ -156,9 +156,8 @@ def _format_decision(d: dict[str, Any]) -> str:
 
 def _registry_verify(args: argparse.Namespace) -> None:
     """Check every published file; exit 1 if anything is corrupt, missing or unreadable."""
-    from tasks.registry import open_registry
-
     from tasks.errors import RegistryError
+    from tasks.registry import open_registry
     from tasks.registry.local import LocalRegistry
 
     registry = open_registry(_registry_config(args))
