@@ -352,6 +352,7 @@ def nightly_main(argv: list[str] | None = None) -> None:
         # a bad params file is one line now, not after Prefect's temporary server has started
         params = load_params(args.params, _runner_overrides(args))
         refuse_ui_without_server(args.approval or params.review.approval)
+        check_before_work(params, args.workdir)
         try:
             result = nightly(
                 params_file=args.params,
@@ -448,6 +449,7 @@ def search_main(argv: list[str] | None = None) -> None:
         # a bad search: section is one line, before Prefect starts
         params = load_params(args.params, overrides)
         refuse_ui_without_server(args.approval or params.review.approval)
+        check_before_work(params, args.workdir)
         try:
             result = search(
                 params_file=args.params,
@@ -486,6 +488,20 @@ def _constraints(pairs: list[str], parser: argparse.ArgumentParser) -> dict[str,
             )
         constraints[gate.strip()] = yaml.safe_load(value)
     return constraints
+
+
+def check_before_work(params: Any, workdir: str) -> None:
+    """What would otherwise fail after minutes of work, or with a traceback: a --workdir that
+    is a file, a Dask scheduler that does not answer."""
+    from tasks.errors import ConfigError
+
+    where = Path(workdir)
+    if where.exists() and not where.is_dir():
+        raise ConfigError(f"--workdir {workdir}: a file; expected a directory (created if missing)")
+    if params.task_runner.address is not None:
+        from flows.runners import scheduler_answers
+
+        scheduler_answers(params.task_runner.address)
 
 
 def refuse_ui_without_server(approval: str) -> None:

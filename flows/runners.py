@@ -27,6 +27,7 @@ def make_task_runner(cfg: TaskRunnerConfig) -> TaskRunner[Any]:
     from prefect_dask import DaskTaskRunner
 
     if cfg.address is not None:
+        scheduler_answers(cfg.address)
         # workers on GPU nodes are started with `--resources GPU=1` (infra/README.md)
         return DaskTaskRunner(address=cfg.address)
     # every local worker declares the GPU resource: local TensorRT builds never wait forever (a
@@ -40,6 +41,25 @@ def make_task_runner(cfg: TaskRunnerConfig) -> TaskRunner[Any]:
             "dashboard_address": None,
         }
     )
+
+
+def scheduler_answers(address: str, timeout_s: float = 5.0) -> None:
+    """One TCP connection to the scheduler before any work: nothing listening took Dask 30 s
+    and six tracebacks to say; this says it in one line."""
+    from urllib.parse import urlsplit
+
+    from tasks.errors import ConfigError
+
+    parts = urlsplit(address)
+    try:
+        with socket.create_connection((parts.hostname or "", parts.port or 0), timeout_s):
+            return
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(
+            f"task_runner.address {address}: no Dask scheduler answers ({reason}); start one "
+            "(dask scheduler) or leave the address out for a LocalCluster"
+        ) from None
 
 
 @contextlib.contextmanager

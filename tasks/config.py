@@ -476,6 +476,9 @@ class SearchConfig(_Strict):
     run_in_nightly: bool = False  # the nightly flow runs this search after its own variants
 
 
+_SCHEDULER = re.compile(r"(tcp|tls)://[A-Za-z0-9.\-\[\]:]+:\d{1,5}")
+
+
 class TaskRunnerConfig(_Strict):
     """Where the nightly's compression fan-out runs: threads of the flow's process (default),
     a Dask LocalCluster of process workers, or an existing Dask scheduler."""
@@ -484,6 +487,16 @@ class TaskRunnerConfig(_Strict):
     max_workers: Annotated[int, Field(ge=1)] = 2  # threads: variants built at a time
     n_workers: Annotated[int, Field(ge=1)] = 2  # dask LocalCluster: worker processes, 1 thread each
     address: str | None = None  # dask: an existing scheduler (tcp://host:8786); no LocalCluster
+
+    @field_validator("address")
+    @classmethod
+    def _address_is_a_scheduler_url(cls, value: str | None) -> str | None:
+        if value is not None and not _SCHEDULER.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a Dask scheduler address; expected tcp://host:port "
+                "(e.g. tcp://127.0.0.1:8786)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _address_needs_dask(self) -> TaskRunnerConfig:

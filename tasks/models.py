@@ -74,10 +74,22 @@ def build_from_factory(factory: str, kwargs: dict[str, Any]) -> nn.Module:
         fn = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise ModelError(f"baseline.factory: cannot import {factory!r} ({exc})") from None
+    except SyntaxError as exc:  # the user's module: where, not a traceback
+        where = f"{exc.filename}:{exc.lineno}" if exc.filename else module_name
+        raise ModelError(f"baseline.factory: {where}: {exc.msg} (importing {factory!r})") from None
+    except Exception as exc:  # the module's own code failed while it was imported
+        raise ModelError(
+            f"baseline.factory: importing {module_name!r} raised {type(exc).__name__}: {brief(exc)}"
+        ) from None
     try:
         model = fn(**kwargs)
     except TypeError as exc:
         raise ModelError(f"baseline.factory_kwargs: {factory} rejected them ({exc})") from None
+    except Exception as exc:  # the factory's own code: one line naming it and what it raised
+        raise ModelError(
+            f"baseline.factory: {factory}({', '.join(kwargs)}) raised "
+            f"{type(exc).__name__}: {brief(exc)}"
+        ) from None
     if not isinstance(model, nn.Module):
         raise ModelError(
             f"baseline.factory: {factory} returned {type(model).__name__}, not nn.Module"

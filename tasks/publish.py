@@ -148,6 +148,7 @@ def check_registry(cfg: RegistryConfig, model: str, version: str | None) -> dict
     if version is not None:
         check_name("version", version)  # the registry's own naming rule
     registry = open_registry(cfg)
+    _check_writable_directory(registry)
     versions = registry.list_versions(model)
     if version in versions:  # versions are immutable: publishing would fail after all the work
         raise RegistryError(
@@ -155,6 +156,24 @@ def check_registry(cfg: RegistryConfig, model: str, version: str | None) -> dict
             f"versions are immutable: choose another, or leave --version out for the next number"
         )
     return registry.read_manifest(model, versions[-1]) if versions else None
+
+
+def _check_writable_directory(registry: Any) -> None:
+    """A local registry must be a directory this process can create and write: found only at
+    publish, after the whole pipeline, it cost a night's work."""
+    import os
+
+    from tasks.registry import RegistryError
+    from tasks.registry.local import LocalRegistry
+
+    if not isinstance(registry, LocalRegistry):
+        return  # S3: the first read (list_versions) says whether the bucket answers
+    root = registry.root
+    if root.exists() and not root.is_dir():
+        raise RegistryError(f"registry.uri {root}: a file; expected a directory (or none yet)")
+    existing = next(p for p in (root, *root.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise RegistryError(f"registry.uri {root}: {existing} is not a directory this user can write")
 
 
 def published_manifests(cfg: RegistryConfig, model: str) -> list[dict[str, Any]]:

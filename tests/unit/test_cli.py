@@ -496,3 +496,92 @@ def test_table_reads_a_nightlys_review(tmp_path: Path) -> None:
     run = _run(tmp_path, "flows.cli", "table", "review.json")
     assert run.returncode == 0, run.stderr
     assert "p50_ms" in run.stdout and "3.2x faster" in run.stdout and "REJECTED" in run.stdout
+
+
+# ---- failures found before any work ----------------------------------------------------------
+
+
+def test_a_workdir_that_is_a_file_is_one_line_before_prefect(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("not a folder")
+    params = write_params(tmp_path)
+    run = _run(
+        tmp_path,
+        "flows.cli",
+        "nightly",
+        "--params",
+        str(params),
+        "--approval",
+        "auto",
+        "--workdir",
+        "afile",
+    )
+    _assert_user_error(run, "--workdir afile: a file")
+    assert "temporary server" not in run.stdout + run.stderr
+
+
+@pytest.mark.parametrize(
+    ("address", "culprit"),
+    [
+        ("notaurl", "not a Dask scheduler address"),
+        ("tcp://127.0.0.1:1", "no Dask scheduler answers"),
+    ],
+)
+def test_a_dask_address_that_is_wrong_or_silent_is_one_line(
+    tmp_path: Path, address: str, culprit: str
+) -> None:
+    params = write_params(tmp_path)
+    run = _run(
+        tmp_path,
+        "flows.cli",
+        "nightly",
+        "--params",
+        str(params),
+        "--approval",
+        "auto",
+        "--workdir",
+        "w",
+        "--dask-address",
+        address,
+    )
+    _assert_user_error(run, culprit)
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_registry_that_is_a_file_is_refused_before_the_pipeline(tmp_path: Path) -> None:
+    from tasks.config import RegistryConfig
+    from tasks.errors import RegistryError
+    from tasks.publish import check_registry
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(RegistryError, match="a file; expected a directory"):
+        check_registry(RegistryConfig(uri=str(tmp_path / "afile")), "m", None)
+    with pytest.raises(RegistryError, match="is not a directory this user can write"):
+        check_registry(RegistryConfig(uri=str(tmp_path / "afile" / "sub")), "m", None)
+    assert check_registry(RegistryConfig(uri=str(tmp_path / "new" / "reg")), "m", None) is None
+
+
+@pytest.mark.parametrize(
+    ("source", "culprit"),
+    [
+        ("def build(:\n", "badnet.py:1: invalid syntax (importing 'badnet:build')"),
+        ("import nonexistent_package_xyz\ndef build(): pass\n", "cannot import 'badnet:build'"),
+        ("raise RuntimeError('at import')\n", "importing 'badnet' raised RuntimeError: at import"),
+        (
+            "def build():\n    raise RuntimeError('boom')\n",
+            "badnet:build() raised RuntimeError: boom",
+        ),
+    ],
+)
+def test_a_factory_that_fails_is_one_line_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str, culprit: str
+) -> None:
+    from tasks.errors import ModelError
+    from tasks.models import build_from_factory
+
+    (tmp_path / "badnet.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("badnet", None)
+    with pytest.raises(ModelError) as error:
+        build_from_factory("badnet:build", {})
+    assert culprit in str(error.value) and "\n" not in str(error.value)
+    sys.modules.pop("badnet", None)
