@@ -23,6 +23,7 @@ from tasks.fleet import (
     FleetModel,
     FleetResult,
     ModelOutcome,
+    entry_errors,
     latest_published,
     load_fleet,
     nightly_parameters,
@@ -146,6 +147,26 @@ def _run_models(
     return [future.result() for future in futures]
 
 
+def _check_deployment(name: str) -> None:
+    """mode deployment needs the deployment on this server: without it every model failed
+    with `ObjectNotFound: None`."""
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL
+
+    from tasks.errors import ConfigError
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            where = PREFECT_API_URL.value() or "a temporary server (PREFECT_API_URL is not set)"
+            raise ConfigError(
+                f"deployment {name!r}: not found on {where}; deploy it (make deploy) or run "
+                "the fleet with --mode local"
+            ) from None
+
+
 @flow(name="fleet", log_prints=True)
 def fleet(
     fleet_file: str = "fleet.yaml",
@@ -165,9 +186,19 @@ def fleet(
     runner: TaskRunner[Any] = ThreadPoolTaskRunner(max_workers=limit)
     if (mode or cfg.mode) == "local":
         _register_nightly()
-    outcomes = _run_models.with_options(task_runner=runner)(
-        list(cfg.models), str(Path(fleet_file).resolve()), mode or cfg.mode, cfg.deployment, extra
+    if (mode or cfg.mode) == "deployment":
+        _check_deployment(cfg.deployment)
+    invalid = entry_errors(cfg, fleet_file)
+    for name, error in invalid.items():
+        print(f"fleet: {name} not started: {error}")
+    runnable = [m for m in cfg.models if m.name not in invalid]
+    ran = _run_models.with_options(task_runner=runner)(
+        runnable, str(Path(fleet_file).resolve()), mode or cfg.mode, cfg.deployment, extra
     )
+    by_name = {o.name: o for o in ran} | {
+        name: ModelOutcome(name, "failed", error=error) for name, error in invalid.items()
+    }
+    outcomes = [by_name[m.name] for m in cfg.models]
     result = FleetResult(outcomes, time.monotonic() - started)
     markdown = summary_markdown(result)
     create_markdown_artifact(markdown, key="fleet-summary", description="ModelPress fleet")

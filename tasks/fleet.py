@@ -33,7 +33,9 @@ from tasks.errors import ConfigError
 class FleetModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: Annotated[str, Field(min_length=1)]  # registry name: overrides registry.model_name
+    # registry name (overrides registry.model_name): the registry's own rule, so '../evil' and
+    # a 300-character name fail here, not in a child run after the others started
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     params: str = "params.yaml"
     repo: str | None = None  # a git + DVC repo: fetch.repo of the params file, overridden
     model_path: str | None = None
@@ -73,11 +75,31 @@ def load_fleet(path: Path | str) -> FleetConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with a `models:` list")
     try:
-        return FleetConfig.model_validate(raw)
+        fleet = FleetConfig.model_validate(raw)
     except ValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(str(part) for part in error["loc"]) or "fleet"
         raise ConfigError(f"{path}: {where}: {error['msg']}") from None
+    for index, model in enumerate(fleet.models):
+        if ".." in model.name:
+            raise ConfigError(f"{path}: models.{index}.name: '..' is not allowed in a registry name")
+    return fleet
+
+
+def entry_errors(fleet: FleetConfig, path: Path | str) -> dict[str, str]:
+    """Entry name → why its params cannot run (file missing, invalid, ...), found before any
+    nightly starts: such an entry fails with that line and the others run. It used to fail
+    inside its child run with a traceback, and the summary said "see the error line"."""
+    from tasks.config import load_params
+
+    errors = {}
+    for index, model in enumerate(fleet.models):
+        parameters = nightly_parameters(model, path)
+        try:
+            load_params(parameters["params_file"], parameters["overrides"])
+        except ConfigError as exc:
+            errors[model.name] = f"models.{index}: {exc}"
+    return errors
 
 
 def nightly_parameters(model: FleetModel, fleet_file: Path | str) -> dict[str, Any]:

@@ -68,3 +68,50 @@ def test_summary_has_a_row_per_model() -> None:
     assert text.startswith("**2 models, 1 failed**, 12 s")
     assert "| a | published | v3 | tflite_int8 | [run](http://ui/runs/flow-run/1) |" in text
     assert "| b | failed: b.yaml: variants.x: unknown / technique | - | - | - |" in text
+
+
+def test_each_entrys_params_are_checked_before_any_nightly_starts(tmp_path: Path) -> None:
+    """A bad entry failed inside its child run with a traceback, and the summary said "see the
+    error line"; now it fails with its own line, found before anything starts, and the valid
+    entries run."""
+    from tasks.fleet import entry_errors, load_fleet
+    from tests.conftest import write_params
+
+    write_params(tmp_path)
+    (tmp_path / "broken.yaml").write_text(
+        "variants:\n  x:\n    technique: nope\n    source: baseline\n"
+    )
+    (tmp_path / "fleet.yaml").write_text(
+        "models:\n"
+        "  - {name: good, params: params.yaml}\n"
+        "  - {name: missing, params: nowhere.yaml}\n"
+        "  - {name: broken, params: broken.yaml}\n"
+    )
+    fleet = load_fleet(tmp_path / "fleet.yaml")
+    errors = entry_errors(fleet, tmp_path / "fleet.yaml")
+    assert set(errors) == {"missing", "broken"}
+    assert (
+        errors["missing"].startswith("models.1: ")
+        and "nowhere.yaml: file not found" in errors["missing"]
+    )
+    assert "models.2: " in errors["broken"] and "nope" in errors["broken"]
+    assert all("\n" not in line for line in errors.values())
+
+
+@pytest.mark.parametrize(
+    ("entry", "culprit"),
+    [
+        ("{name: ../evil, params: params.yaml}", "models.0.name"),
+        ("{name: " + "x" * 300 + ", params: params.yaml}", "models.0.name"),
+        ("{name: a, params: [a.yaml, b.yaml]}", "models.0.params"),
+    ],
+)
+def test_an_entry_the_registry_or_a_loader_would_refuse_fails_the_file(
+    tmp_path: Path, entry: str, culprit: str
+) -> None:
+    from tasks.errors import ConfigError
+    from tasks.fleet import load_fleet
+
+    (tmp_path / "fleet.yaml").write_text(f"models:\n  - {entry}\n")
+    with pytest.raises(ConfigError, match=culprit):
+        load_fleet(tmp_path / "fleet.yaml")
