@@ -88,7 +88,12 @@ def result_text(result: NightlyResult) -> str:
             "  note:      no compressed variant passed its gates: this version holds only the "
             "fp32 baseline (see rejected below)"
         )
-    if result.unchanged_since:
+    if result.unchanged_since and result.unchanged_since.startswith("flow run "):
+        lines.append(
+            f"  unchanged: {result.unchanged_since} is publishing the same files and inputs "
+            "right now (--publish-unchanged publishes anyway)"
+        )
+    elif result.unchanged_since:
         lines.append(
             f"  unchanged since version {result.unchanged_since}: the approved files and inputs "
             "are those it holds (--publish-unchanged publishes anyway)"

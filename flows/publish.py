@@ -22,7 +22,7 @@ from tasks.decision import (
     decision_record,
 )
 from tasks.evaluate import VariantMetrics
-from tasks.lineage import unchanged_in
+from tasks.lineage import content_of, unchanged_in
 from tasks.registry import PublishEntry
 from tasks.review import GateVerdict
 
@@ -87,6 +87,28 @@ def publish_task(
     return open_registry(cfg).publish(model, version, entries, lineage.as_json()).uri
 
 
+CLAIMED = "flow run "  # unchanged_since while another run is publishing the same files
+
+
+def _claimed_by_another(
+    registry: RegistryConfig,
+    model: str,
+    origin: Origin,
+    dirs: dict[str, Path],
+    each_held: bool,
+    run: Any,
+) -> str | None:
+    """Claim this content in the registry (create-only): None when this run publishes it.
+    Otherwise another run claimed the same files first: the version it published by now, or
+    "run <id>" while it is still publishing. Two identical concurrent runs both published."""
+    content = content_of(origin.inputs, dirs)
+    other = publishing.claim_content(registry, model, content, str(run.flow_run_id))
+    if other is None:
+        return None
+    published = publishing.published_manifests(registry, model)
+    return unchanged_in(published, origin.inputs, dirs, each_held) or f"{CLAIMED}{other.get('run')}"
+
+
 def approve_and_publish(
     params: Params,
     registry: RegistryConfig,
@@ -142,8 +164,14 @@ def approve_and_publish(
     if not publish_unchanged:
         published = publishing.published_manifests(registry, model)
         same_as = unchanged_in(published, origin.inputs, dirs, each_held)
+        if same_as is None:
+            same_as = _claimed_by_another(registry, model, origin, dirs, each_held, run)
     if same_as is not None:
-        reason = f"the approved files and inputs equal version {same_as}'s"
+        reason = (
+            f"the same files and inputs are being published by {same_as}"
+            if same_as.startswith(CLAIMED)
+            else f"the approved files and inputs equal version {same_as}'s"
+        )
         uri = record("unchanged", decision.because(reason))
         logger.info(
             "unchanged since version %s: nothing published (decision recorded: %s)", same_as, uri

@@ -82,7 +82,9 @@ def load_fleet(path: Path | str) -> FleetConfig:
         raise ConfigError(f"{path}: {where}: {error['msg']}") from None
     for index, model in enumerate(fleet.models):
         if ".." in model.name:
-            raise ConfigError(f"{path}: models.{index}.name: '..' is not allowed in a registry name")
+            raise ConfigError(
+                f"{path}: models.{index}.name: '..' is not allowed in a registry name"
+            )
     return fleet
 
 

@@ -173,7 +173,18 @@ def _check_writable_directory(registry: Any) -> None:
         raise RegistryError(f"registry.uri {root}: a file; expected a directory (or none yet)")
     existing = next(p for p in (root, *root.parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise RegistryError(f"registry.uri {root}: {existing} is not a directory this user can write")
+        raise RegistryError(
+            f"registry.uri {root}: {existing} is not a directory this user can write"
+        )
+
+
+def claim_content(
+    cfg: RegistryConfig, model: str, content: str, run_id: str
+) -> dict[str, Any] | None:
+    """None when this run may publish this content; else the claim of the run that is."""
+    from tasks.registry import open_registry
+
+    return open_registry(cfg).claim_content(model, content, run_id)
 
 
 def published_manifests(cfg: RegistryConfig, model: str) -> list[dict[str, Any]]:

@@ -117,6 +117,31 @@ class Registry(Storage):
             f"are all taken by other runs; try again"
         )
 
+    def claim_content(self, model: str, content: str, run_id: str) -> dict[str, Any] | None:
+        """Claim the right to publish files whose content key is `content` (create-only
+        `<model>/decisions/.content-<key>.json`): None when this call holds the claim, else
+        the other run's claim ({run, claimed_at}). Two identical runs at once both found
+        nothing published and both published; the second now stops here. A claim older than
+        STALE_RESERVATION whose run never published is taken over (that run died)."""
+        check_name("model", model)
+        check_name("content key", content)
+        key = join(model, DECISIONS_DIR, f".content-{content}.json")
+        body = encode_json({"run": run_id, "claimed_at": now()})
+        if self._create(key, body, hashlib.sha256(body).hexdigest()):
+            return None
+        stored = self._read(key)
+        try:
+            claim = json.loads(stored) if stored is not None else {}
+            claimed_at = datetime.fromisoformat(str(claim.get("claimed_at")))
+        except ValueError:
+            claim, claimed_at = {}, None
+        if claim.get("run") == run_id:
+            return None  # our own claim, read back after a retry
+        if claimed_at is None or datetime.now(UTC) - claimed_at > STALE_RESERVATION:
+            self._replace(key, body)
+            return None
+        return dict(claim)
+
     def record_decision(self, model: str, run_id: str, record: dict[str, Any]) -> str:
         """Store one review decision, create-only, beside the versions; returns its address.
 

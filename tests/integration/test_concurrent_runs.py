@@ -1,9 +1,11 @@
 """Two nightly runs publishing the same model at the same time, as two real processes against the
 session's Prefect server and one S3 registry on a loopback endpoint.
 
-Without a version, each run allocates one by a conditional write: both publish, under distinct
-versions. With the same explicit version, exactly one publishes and the other is refused in one
-line. Either way `registry verify` finds every manifest and checksum whole afterwards.
+Two runs with different files (other seeds): without a version, each allocates one by a
+conditional write and both publish, under distinct versions; with the same explicit version,
+exactly one publishes and the other is refused in one line. Two identical runs: exactly one
+publishes, the other ends unchanged (a create-only claim of the content; both used to publish
+byte-identical versions). Every time `registry verify` finds every manifest and checksum whole.
 """
 
 from __future__ import annotations
@@ -44,16 +46,21 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     raw["gates"]["per_variant"] = {}
     raw["benchmark"] |= {"runners": ["cloud-cpu"], "trials": 1, "iterations": 10}
     params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    for name, seed in (("a", 1), ("b", 2)):  # other seeds: other files
+        (root / f"params-{name}.yaml").write_text(yaml.safe_dump(raw | {"seed": seed}))
     return root
 
 
 def _start(
     started: Processes, root: Path, name: str, api_url: str, prefix: str, *extra: str
 ) -> Any:
+    params = root / (
+        f"params-{name}.yaml" if (root / f"params-{name}.yaml").exists() else "params.yaml"
+    )
     return started.popen(
         [
             sys.executable,
-            *("-m", "flows.cli", "nightly", "--params", str(root / "params.yaml")),
+            *("-m", "flows.cli", "nightly", "--params", str(params)),
             *("--approval", "auto", "--workdir", str(root / f"work-{name}")),
             *("--registry-uri", f"s3://{BUCKET}/{prefix}", *extra),
         ],
@@ -66,14 +73,20 @@ def _start(
 
 
 def _run_both(
-    workspace: Path, api_url: str, endpoint: str, prefix: str, *extra: str
+    workspace: Path,
+    api_url: str,
+    endpoint: str,
+    prefix: str,
+    *extra: str,
+    names: tuple[str, str] = ("a", "b"),
 ) -> list[subprocess.CompletedProcess[str]]:
-    raw = yaml.safe_load((workspace / "params.yaml").read_text())
-    raw["registry"]["endpoint_url"] = endpoint
-    (workspace / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    for params in workspace.glob("params*.yaml"):
+        raw = yaml.safe_load(params.read_text())
+        raw["registry"]["endpoint_url"] = endpoint
+        params.write_text(yaml.safe_dump(raw, sort_keys=False))
     done = []
     with Processes() as started:  # both stopped, with what they started, on any path
-        runs = [_start(started, workspace, n, api_url, prefix, *extra) for n in ("a", "b")]
+        runs = [_start(started, workspace, n, api_url, prefix, *extra) for n in names]
         for run in runs:
             out, err = run.communicate(timeout=600)
             done.append(subprocess.CompletedProcess(run.args, run.returncode, out, err))
@@ -147,3 +160,27 @@ def test_two_runs_for_one_version_one_publishes_one_is_refused(
     assert registry.list_versions(MODEL) == ["7"]
     report = registry.verify()
     assert report.problems == [] and report.checked_versions == 1
+
+
+@pytest.mark.slow
+def test_two_identical_runs_at_once_publish_once(
+    workspace: Path,
+    prefect_server: str,
+    s3_endpoint: str,
+    bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same params and inputs in two processes at once: both found nothing published and
+    both published, byte-identical, as versions 2 and 3. Now the content is claimed."""
+    done = _run_both(
+        workspace, prefect_server, s3_endpoint, "identical", names=("same-1", "same-2")
+    )
+    for run in done:
+        assert run.returncode == 0, run.stderr[-3000:]
+    published = [run for run in done if "nightly: published" in run.stdout]
+    assert len(published) == 1, [r.stdout[-800:] for r in done]
+    other = next(run for run in done if run is not published[0])
+    assert "nightly: unchanged" in other.stdout, other.stdout[-1500:]
+    registry = _registry(s3_endpoint, "identical", monkeypatch)
+    assert registry.list_versions(MODEL) == ["1"]
+    assert registry.verify().problems == []

@@ -736,3 +736,22 @@ def test_an_unreadable_file_is_one_problem_not_the_end_of_verify(tmp_path: Path)
     assert ("unreadable", "m/1/manifest.json") in kinds
     assert ("bad-manifest", "m/2/manifest.json") in kinds
     assert not report.ok
+
+
+def test_content_is_claimed_once_and_a_stale_claim_is_taken_over(tmp_path: Path) -> None:
+    from tasks.registry.local import LocalRegistry
+
+    registry = LocalRegistry(tmp_path)
+    assert registry.claim_content("m", "abc123", "run-1") is None
+    other = registry.claim_content("m", "abc123", "run-2")
+    assert other is not None and other["run"] == "run-1"
+    assert registry.claim_content("m", "abc123", "run-1") is None  # its own, read back
+    assert registry.claim_content("m", "def456", "run-2") is None  # other content: free
+    claim = tmp_path / "m" / "decisions" / ".content-abc123.json"
+    stale = (datetime.now(UTC) - timedelta(hours=2)).isoformat()
+    claim.write_text(json.dumps({"run": "run-1", "claimed_at": stale}))
+    assert registry.claim_content("m", "abc123", "run-3") is None  # run-1 died: taken over
+    assert json.loads(claim.read_text())["run"] == "run-3"
+    # claims are not decisions, nor versions
+    assert registry.list_decisions("m") == [] and registry.list_versions("m") == []
+    assert registry.verify().problems == []
