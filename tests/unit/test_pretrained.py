@@ -24,6 +24,11 @@ from tasks.train import load_baseline, make_baseline, save_baseline
 
 LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# Debian's package where it is installed, else the copy `make test` unpacked from its .deb
+FASHION_MNIST = next(
+    (p for p in (DEBIAN_FASHION_MNIST, REPO_ROOT / ".weights" / "fashion-mnist") if p.is_dir()),
+    DEBIAN_FASHION_MNIST,  # neither: the error names the package to install
+)
 FASHION = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -35,7 +40,7 @@ def fashion_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """100 real training and 100 real test images at 32 px, 3 channels, ImageNet mean/std."""
     cfg = DataConfig(
         source="idx",
-        path=str(DEBIAN_FASHION_MNIST),
+        path=str(FASHION_MNIST),
         image_size=32,
         channels=3,
         max_samples=100,
