@@ -278,3 +278,26 @@ def test_a_shufflenet_v2_style_net_prunes_inside_its_branches(
     with torch.no_grad():
         out = model.eval()(images)
     assert out.shape == (2, 4) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("round_to", [None, 8, 4])
+@pytest.mark.parametrize("net", ["squeeze", "densenet"])
+def test_a_conv_classifier_keeps_every_class(net: str, round_to: int | None) -> None:
+    """A SqueezeNet-style 1x1-conv classifier had its output channels pruned: 10 classes became
+    6 (round_to null), and distilled's student then crashed in fine-tuning."""
+    import importlib
+
+    from tasks.techniques.pruned import output_layers
+
+    torch.manual_seed(0)
+    model = importlib.import_module(f"tests.nets.{net}").build(num_classes=10, in_channels=1)
+    gray = Preprocess(image_size=32, channels=1, num_classes=10, mean=[0.0], std=[1.0])
+    (head,) = output_layers(model, torch.zeros(1, 1, 32, 32))
+    assert isinstance(head, nn.Conv2d) and head.out_channels == 10
+    before_macs, _ = count_macs_params(model, gray.input_shape)
+    prune_channels(model, gray, ratio=0.4, round_to=round_to)
+    after_macs, _ = count_macs_params(model, gray.input_shape)
+    assert head.out_channels == 10
+    assert before_macs is not None and after_macs is not None and after_macs < before_macs
+    with torch.no_grad():
+        assert model.eval()(torch.rand(2, 1, 32, 32)).shape == (2, 10)
