@@ -13,7 +13,7 @@ torch is imported where it is used: the technique table is read where torch is n
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal, cast
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 from pydantic import Field
 
@@ -86,9 +86,11 @@ def _weight(layer: nn.Module) -> torch.Tensor:
 
 
 def fold_batch_norm(model: nn.Module, name: str, input_shape: tuple[int, ...]) -> nn.Module:
-    """Fuse, in place, each BatchNorm2d into the Conv2d registered just before it (eval
-    statistics), then check on a random batch that the outputs did not change: a BN that does
-    not follow its conv in the graph is refused, not folded wrongly."""
+    """Fuse, in place, each BatchNorm2d into the Conv2d whose output it reads (eval statistics;
+    found by running the model, not by registration order), each fold kept only where the
+    outputs on a random batch do not change. A batch norm that reads no conv's output (pre-activation, BN ->
+    ReLU -> Conv, as in DenseNet) is left as it is, named: it scales activations, not the
+    shared weights, and no export can fold it into a conv either."""
     import torch
     from torch import nn
     from torch.nn.utils.fusion import fuse_conv_bn_eval
@@ -97,28 +99,95 @@ def fold_batch_norm(model: nn.Module, name: str, input_shape: tuple[int, ...]) -
     probe = torch.randn(4, *input_shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = model(probe)
-    previous: tuple[str, nn.Module] | None = None
-    for module_name, module in list(model.named_modules()):
-        if isinstance(module, nn.BatchNorm2d):
-            conv = previous[1] if previous else None
-            if not (isinstance(conv, nn.Conv2d) and conv.out_channels == module.num_features):
-                raise VariantError(
-                    f"{name}: batch norm {module_name} does not follow a conv; its per-channel "
-                    "scale would undo the weight sharing in the exported model"
-                )
-            assert previous is not None
-            _replace(model, previous[0], fuse_conv_bn_eval(conv, module))
-            _replace(model, module_name, nn.Identity())
-        if not list(module.children()):
-            previous = (module_name, module)
-    with torch.no_grad():
-        diff = float((model(probe) - expected).abs().max())
-    if diff > 1e-3 * max(1.0, float(expected.abs().max())):
+    candidates, alone = _conv_bn_pairs(model, probe)
+    pairs = []
+    for conv_name, bn_name in candidates:
+        conv = cast("nn.Conv2d", model.get_submodule(conv_name))
+        bn = cast("nn.BatchNorm2d", model.get_submodule(bn_name))
+        _replace(model, conv_name, fuse_conv_bn_eval(conv, bn))
+        _replace(model, bn_name, nn.Identity())
+        if _changed(model, probe, expected):  # the conv's output is read elsewhere too (a
+            _replace(model, conv_name, conv)  # DenseNet concatenates it): leave the pair
+            _replace(model, bn_name, bn)
+            alone.append(bn_name)
+        else:
+            pairs.append((conv_name, bn_name))
+    if alone:
+        print(
+            f"{name}: batch norm left unfolded (it reads no conv's output: pre-activation): "
+            + ", ".join(alone),
+            flush=True,
+        )
+    if _changed(model, probe, expected):
+        with torch.no_grad():
+            diff = float((model(probe) - expected).abs().max())
         raise VariantError(
             f"{name}: folding batch norm into the convs changed the outputs by {diff:.3g}; "
-            "a batch norm here does not directly follow the conv registered before it"
+            f"folded: {', '.join(f'{b} into {c}' for c, b in pairs)}"
         )
     return model
+
+
+def _changed(model: nn.Module, probe: torch.Tensor, expected: torch.Tensor) -> bool:
+    import torch
+
+    with torch.no_grad():
+        diff = float((model(probe) - expected).abs().max())
+    return diff > 1e-3 * max(1.0, float(expected.abs().max()))
+
+
+def _conv_bn_pairs(
+    model: nn.Module, probe: torch.Tensor
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """(conv, batch norm) module paths where the batch norm's input is the conv's output tensor
+    itself, each conv used once, and the batch norms that read anything else."""
+    import torch
+    from torch import nn
+
+    produced: dict[int, str] = {}  # id of a conv's output tensor → the conv's path
+    pairs: list[tuple[str, str]] = []
+    alone: list[str] = []
+    touched: set[int] = set()  # outputs an in-place module changed after the conv
+    alive: list[torch.Tensor] = []  # the outputs themselves: a freed tensor's id is reused
+    handles = []
+
+    def after_conv(path: str) -> Any:
+        def hook(_: nn.Module, __: Any, output: torch.Tensor) -> None:
+            alive.append(output)
+            produced[id(output)] = path
+
+        return hook
+
+    def before_bn(path: str) -> Any:
+        def hook(_: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            source = produced.get(id(inputs[0]))
+            if source is not None and id(inputs[0]) not in touched:
+                pairs.append((source, path))
+                produced.pop(id(inputs[0]))
+            else:
+                alone.append(path)
+
+        return hook
+
+    def after_other(_: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        if inputs and isinstance(inputs[0], torch.Tensor) and output is inputs[0]:
+            alive.append(output)
+            touched.add(id(output))  # an in-place op (ReLU(inplace=True)) changed it
+
+    for path, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            handles.append(module.register_forward_hook(after_conv(path)))
+        elif isinstance(module, nn.BatchNorm2d):
+            handles.append(module.register_forward_pre_hook(before_bn(path)))
+        elif not list(module.children()):
+            handles.append(module.register_forward_hook(after_other))
+    try:
+        with torch.no_grad():
+            model(probe)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return pairs, alone
 
 
 def _replace(model: nn.Module, dotted: str, new: nn.Module) -> None:

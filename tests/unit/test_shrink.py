@@ -144,3 +144,36 @@ def test_deep_compression_chain_resolves_and_builds(tiny_workspace: Path, tmp_pa
     assert base_z / final_z >= 10, (base_z, final_z)
     assert _accuracy(tmp_path / "deep_compression", tiny_workspace) >= 0.5
     assert np.isfinite(final_z)
+
+
+def test_pre_activation_batch_norm_is_left_unfolded_and_named(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """DenseNet's BN -> ReLU -> Conv: clustered refused it ("does not follow a conv") and named
+    it mp_layer175. Now each BN is folded only into the conv whose output it reads, and only
+    where that keeps the outputs (a DenseNet also concatenates that output); the others stay,
+    named by the model's own module paths."""
+    import torch
+    from torch import nn
+
+    from tasks.techniques.clustered import fold_batch_norm
+    from tests.nets.densenet import build
+
+    torch.manual_seed(0)
+    model = build(num_classes=10, in_channels=1)
+    for module in model.modules():  # trained-like statistics: a fold is not a no-op
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+            module.weight.data.uniform_(0.5, 1.5)
+    probe = torch.randn(3, 1, 32, 32)
+    with torch.no_grad():
+        expected = model.eval()(probe)
+    fold_batch_norm(model, "clustered", (1, 32, 32))
+    with torch.no_grad():
+        assert torch.allclose(model(probe), expected, atol=1e-4)
+    said = capsys.readouterr().out
+    assert "batch norm left unfolded" in said
+    for path in ("features.1.0.norm1", "features.1.1.norm1", "features.2"):
+        assert path in said
+    assert isinstance(model.get_submodule("features.1.0.norm1"), nn.BatchNorm2d)
