@@ -13,6 +13,8 @@ and in processes that never build a variant.
 
 from __future__ import annotations
 
+import logging
+import re
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
@@ -158,6 +160,8 @@ def _quantize_static(
         "percentile": CalibrationMethod.Percentile,
     }
     activation = QuantType.QInt8 if cfg.activation_type == "int8" else QuantType.QUInt8
+    per_tensor = _PerTensorWeights()
+    logging.getLogger().addFilter(per_tensor)
     try:
         quantize_static(
             str(model),
@@ -173,6 +177,34 @@ def _quantize_static(
         raise VariantError(
             f"{name}: ONNX Runtime cannot quantize {model.name} ({brief(exc)})"
         ) from None
+    finally:
+        logging.getLogger().removeFilter(per_tensor)
+    if per_tensor.weights:
+        shown = ", ".join(per_tensor.weights[:3])
+        more = f" and {len(per_tensor.weights) - 3} more" if len(per_tensor.weights) > 3 else ""
+        print(
+            f"{name}: {len(per_tensor.weights)} one-dimensional weight(s) quantized per tensor "
+            f"(no channel axis to quantize per channel: a batch norm left unfolded): {shown}{more}",
+            flush=True,
+        )
+
+
+class _PerTensorWeights(logging.Filter):
+    """ORT logs one root-logger WARNING per 1-D weight it cannot quantize per channel (15 lines
+    for a DenseNet's pre-activation batch norms): gathered here, said once."""
+
+    _PATTERN = re.compile(r"Axis \d+ is out-of-range for weight '([^']+)'")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weights: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        found = self._PATTERN.search(record.getMessage())
+        if found is None:
+            return True
+        self.weights.append(found.group(1))
+        return False
 
 
 def _op_counts(onnx_file: Path) -> Counter[str]:

@@ -335,3 +335,49 @@ def test_all_techniques_file_is_params_yaml_plus_every_other_technique() -> None
     assert yaml.safe_load((REPO_ROOT / "params.yaml").read_text())["variants"].keys() == (
         default.variants.keys()
     )
+
+
+def test_onnx_int8_says_once_which_weights_it_quantized_per_tensor(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A DenseNet-style net's pre-activation batch norms survive the export as 1-D weights: ORT
+    logged a WARNING per weight ("Axis 1 is out-of-range for weight ... with rank 1"), 15 lines
+    on one net. One line now, naming them."""
+    import logging
+
+    import numpy as np
+    import torch
+
+    from tasks.data import Preprocess, Split
+    from tasks.export import write_onnx_variant
+    from tasks.techniques.onnx_int8 import OnnxInt8Config, quantize
+    from tests.nets.densenet import build
+
+    torch.manual_seed(0)
+    preprocess = Preprocess(image_size=32, channels=1, num_classes=10, mean=[0.5], std=[0.25])
+    x = np.random.default_rng(0).random((40, 1, 32, 32), dtype=np.float32)
+    source = tmp_path / "baseline"
+    write_onnx_variant(
+        build().eval(),
+        preprocess,
+        preprocess.normalize(x),
+        source,
+        name="baseline",
+        technique="baseline",
+        source=None,
+        parent_sha256="0" * 64,
+    )
+    cfg = OnnxInt8Config(technique="onnx_int8", source="baseline", calibration_samples=32)
+    with caplog.at_level(logging.WARNING):
+        record = quantize(
+            "int8",
+            cfg,
+            source,
+            Split(x=x, y=np.zeros(40, dtype=np.int64)),
+            preprocess,
+            tmp_path / "int8",
+        )
+    assert record.status == "ok"
+    assert not [r for r in caplog.records if "out-of-range for weight" in r.getMessage()]
+    said = [line for line in capsys.readouterr().out.splitlines() if "per tensor" in line]
+    assert len(said) == 1 and "one-dimensional weight(s) quantized per tensor" in said[0]
