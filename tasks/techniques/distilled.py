@@ -99,6 +99,7 @@ def build_student(
     from tasks.train import default_kwargs
 
     arch = student_arch(cfg.student, baseline_factory)
+    _say_ignored(cfg, arch)
     if arch == "teacher":
         if teacher is None:
             raise ValueError("a narrowed-teacher student needs the teacher")
@@ -125,6 +126,20 @@ def build_student(
         "student_arch": arch,
         "student_width": cfg.width_multiplier,
     }
+
+
+def _say_ignored(cfg: DistilledConfig, arch: str) -> None:
+    """A knob this student does not read, set in params.yaml, is said once: it used to be
+    dropped in silence (and still recorded in the manifest's settings, as if it had counted)."""
+    unread = "width_multiplier" if arch == "cnn" else "width"
+    if unread in cfg.model_fields_set:
+        read = "width" if arch == "cnn" else "width_multiplier"
+        student = {"cnn": "the default CNN", "teacher": "the teacher narrowed"}.get(arch, arch)
+        print(
+            f"distilled: {unread}: {getattr(cfg, unread)} is not read by this student "
+            f"({student}); it takes {read}: {getattr(cfg, read)}",
+            flush=True,
+        )
 
 
 def narrowed(teacher: nn.Module, preprocess: Preprocess, width: float) -> nn.Module:

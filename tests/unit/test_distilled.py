@@ -183,3 +183,19 @@ def test_a_teacher_with_nothing_to_narrow_gets_the_default_cnn(
     assert record.status == "ok"
     assert (record.extra["student"], record.extra["student_width"]) == (DEFAULT_FACTORY, 4)
     assert record.params is not None and record.params < 32 * 32 * 10 + 10
+
+
+def test_a_knob_the_student_does_not_read_is_said_once(capsys: pytest.CaptureFixture[str]) -> None:
+    from tasks.data import Preprocess
+    from tasks.techniques.distilled import DistilledConfig, build_student
+
+    preprocess = Preprocess(image_size=16, channels=1, num_classes=10, mean=[0.5], std=[0.25])
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 10))
+    cfg = DistilledConfig(technique="distilled", source="baseline", width=12)
+    build_student(cfg, None, preprocess, teacher)  # a .pt2 teacher: the student narrows it
+    said = capsys.readouterr().out
+    assert "distilled: width: 12 is not read by this student (the teacher narrowed)" in said
+    build_student(
+        DistilledConfig(technique="distilled", source="baseline"), None, preprocess, teacher
+    )
+    assert "is not read" not in capsys.readouterr().out  # defaults: nothing to say
