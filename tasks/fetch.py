@@ -45,9 +45,11 @@ def resolve_rev(repo: str, rev: str, field: str) -> str:
         ["git", "ls-remote", repo, rev], capture_output=True, text=True, check=False
     )
     if done.returncode != 0:
-        raise FetchError(
-            f"fetch.repo: cannot reach {repo} ({done.stderr.strip().splitlines()[-1:]})"
-        )
+        # git's own first "fatal:" line says why; its last line is advice ("and the repository
+        # exists."), which printed as a Python list said nothing
+        lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+        why = next((line for line in lines if line.startswith("fatal:")), lines[0] if lines else "")
+        raise FetchError(f"fetch.repo: cannot reach {repo} ({why.removeprefix('fatal: ')})")
     if not done.stdout.strip():
         if len(rev) >= 7 and all(ch in "0123456789abcdef" for ch in rev.lower()):
             return rev  # a commit hash: ls-remote lists only refs

@@ -232,14 +232,15 @@ def _describe_s3_error(exc: Exception, where: str, registry: S3Registry) -> str:
         PartialCredentialsError,
     )
 
-    endpoint = registry.endpoint_url or "the AWS default endpoint"
+    endpoint = registry.endpoint_url or "AWS S3 (no endpoint URL set)"
     bucket = registry.bucket
     uri_setting, endpoint_setting = registry.settings
     code = _error_code(exc)
     if isinstance(exc, NoCredentialsError | PartialCredentialsError):
         return f"no S3 credentials for bucket {bucket!r}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
     if isinstance(exc, ConnectionError | HTTPClientError):
-        return f"cannot reach the S3 endpoint {endpoint} for bucket {bucket!r}: check {endpoint_setting} and that the server is up"
+        where = f"the S3 endpoint {endpoint}" if registry.endpoint_url else endpoint
+        return f"cannot reach {where} for bucket {bucket!r}: check {endpoint_setting} and that the server is up"
     if code in _CREDENTIAL_CODES:
         return f"S3 at {endpoint} rejected the credentials for bucket {bucket!r} ({code}): check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
     if code in ("AccessDenied", "403"):

@@ -57,3 +57,16 @@ def test_process_ended_reads_the_exit_code(exit_code: int, expected: str) -> Non
     from tasks.errors import process_ended
 
     assert process_ended(exit_code) == expected
+
+
+def test_an_unreachable_repo_says_gits_reason_not_its_advice() -> None:
+    """It printed `(['and the repository exists.'])`: git's last line, as a Python list."""
+    from tasks.errors import FetchError
+    from tasks.fetch import resolve_rev
+
+    with pytest.raises(FetchError) as error:
+        resolve_rev("ssh://127.0.0.1:1/nowhere.git", "main", "fetch.model_rev")
+    message = str(error.value)
+    assert message.startswith("fetch.repo: cannot reach ssh://127.0.0.1:1/nowhere.git (")
+    assert "[" not in message and "and the repository exists" not in message
+    assert "\n" not in message
