@@ -249,9 +249,9 @@ class Registry(Storage):
         not exist or be an empty directory.
         """
         check_name("variant", variant)
-        files = variant_files(self.read_manifest(model, version), model, version, variant)
         dest = Path(dest).absolute()
         _check_dest(dest)
+        files = variant_files(self.read_manifest(model, version), model, version, variant)
         with atomic_dir(dest) as staging:
             for relative, expected in files.items():
                 target = staging / safe_relative(relative)
@@ -332,6 +332,13 @@ def _check_dest(dest: Path) -> None:
         raise RegistryError(
             f"{dest}: already exists and is not an empty directory; pull into a new path"
         )
+    existing = next(p for p in dest.parents if p.exists())
+    if not existing.is_dir():
+        raise RegistryError(f"{dest}: {existing} is a file, not a directory; pull into a new path")
+    try:  # the folders it needs, made now: an OS error is one line, not a traceback
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RegistryError(f"{dest}: cannot create {dest.parent} ({exc.strerror})") from None
 
 
 def _verify(path: Path, relative: str, expected: dict[str, Any]) -> None:

@@ -585,3 +585,13 @@ def test_a_factory_that_fails_is_one_line_naming_it(
         build_from_factory("badnet:build", {})
     assert culprit in str(error.value) and "\n" not in str(error.value)
     sys.modules.pop("badnet", None)
+
+
+def test_pull_under_a_regular_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "plain").write_text("a file")
+    registry = tmp_path / "reg"
+    (registry / "m").mkdir(parents=True)
+    run = _run(
+        tmp_path, "flows.cli", "registry", "pull", "m", "1", "v", "plain/sub", "--uri", str(registry)
+    )
+    _assert_user_error(run, "plain is a file, not a directory")
