@@ -52,7 +52,7 @@ from tasks.registry.manifest import (
     same_publish,
     variant_files,
 )
-from tasks.registry.verify import VerifyReport, verify_version
+from tasks.registry.verify import Problem, VerifyReport, verify_version
 
 _ALLOCATE_ATTEMPTS = 100  # candidates tried past the highest version seen before giving up
 
@@ -192,7 +192,31 @@ class Registry(Storage):
             versions = [n for n in self._children(model) if is_name(n) and n != DECISIONS_DIR]
             for version in natural_sorted(versions):
                 verify_version(self, model, version, report, stale_after)
+            self._gaps(model, versions, report)
         return report
+
+    def _gaps(self, model: str, versions: list[str], report: VerifyReport) -> None:
+        """A reserved number below the newest published one, never published, however recent:
+        a version burnt by a run that stopped (the next publish took the number after it)."""
+        published = [
+            v for v in versions if v.isdigit() and self._exists(join(model, v, MANIFEST_NAME))
+        ]
+        newest = max((int(v) for v in published), default=0)
+        flagged = {p.key for p in report.problems}
+        for version in versions:
+            root = join(model, version)
+            if not version.isdigit() or int(version) >= newest or version in published:
+                continue
+            if root in flagged or not self._exists(join(root, RESERVATION_NAME)):
+                continue
+            report.problems.append(
+                Problem(
+                    "orphaned",
+                    root,
+                    f"reserved but never published, below version {newest}: a gap in the "
+                    "version numbers (the run that reserved it stopped); remove the directory",
+                )
+            )
 
     def list_models(self) -> list[str]:
         """Models with at least one published version, sorted."""

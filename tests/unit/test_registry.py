@@ -755,3 +755,24 @@ def test_content_is_claimed_once_and_a_stale_claim_is_taken_over(tmp_path: Path)
     # claims are not decisions, nor versions
     assert registry.list_decisions("m") == [] and registry.list_versions("m") == []
     assert registry.verify().problems == []
+
+
+def test_verify_reports_a_version_number_burnt_below_the_newest(tmp_path: Path) -> None:
+    """A run stopped after reserving version 2; the next publish became 3, and verify said
+    nothing about the gap while the reservation was fresh."""
+    from tasks.registry.local import LocalRegistry
+
+    for version in ("1", "3"):
+        (tmp_path / "m" / version).mkdir(parents=True)
+        (tmp_path / "m" / version / "manifest.json").write_text("{}")
+    (tmp_path / "m" / "2").mkdir()
+    (tmp_path / "m" / "2" / ".reserved").write_text(
+        json.dumps({"created_at": datetime.now(UTC).isoformat(), "nonce": "x"})
+    )
+    (tmp_path / "m" / "4").mkdir()  # reserved above the newest: a publish may be on its way
+    (tmp_path / "m" / "4" / ".reserved").write_text(
+        json.dumps({"created_at": datetime.now(UTC).isoformat(), "nonce": "y"})
+    )
+    problems = {p.key: p for p in LocalRegistry(tmp_path).verify().problems}
+    assert "a gap in the version numbers" in problems["m/2"].detail
+    assert "m/4" not in problems
