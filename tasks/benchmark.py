@@ -341,22 +341,51 @@ def measure_in_subprocess(
             "--out",
             str(out),
         ]
+        answer = run_measuring_child(command, out, timeout_s)
+        if isinstance(answer, str):
+            return BenchmarkRow.failed(name, runner, answer)
+        return BenchmarkRow(**answer)
+
+
+def run_measuring_child(command: list[str], out: Path, timeout_s: float) -> dict[str, Any] | str:
+    """Run a measuring child in its own process group; its JSON answer from `out`, or why there
+    is none in one line (its last stderr line, how it ended, or the timeout). On a timeout the
+    whole group is killed, so nothing it started keeps measuring beside the next one."""
+    child = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        _, stderr = child.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        _kill_group(child)
+        return f"timed out after {timeout_s:.0f}s"
+    except BaseException:  # an interrupt: the child and what it started go with this process
+        _kill_group(child)
+        raise
+    if child.returncode != 0 or not out.exists():
+        lines = [line for line in stderr.strip().splitlines() if line.strip()]
+        if lines and child.returncode >= 0:
+            return brief(lines[-1])
+        return f"its measuring process {process_ended(child.returncode)}"
+    answer: dict[str, Any] = json.loads(out.read_text())
+    return answer
+
+
+def _kill_group(child: subprocess.Popen[str]) -> None:
+    """SIGTERM to the child's process group, SIGKILL after 5 s, then reap it."""
+    import signal
+
+    for sig, wait_s in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
         try:
-            done = subprocess.run(
-                command, capture_output=True, text=True, timeout=timeout_s, check=False
-            )
+            os.killpg(child.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            child.wait(timeout=wait_s)
+            break
         except subprocess.TimeoutExpired:
-            return BenchmarkRow.failed(name, runner, f"timed out after {timeout_s:.0f}s")
-        if done.returncode != 0 or not out.exists():
-            lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
-            return BenchmarkRow.failed(
-                name,
-                runner,
-                brief(lines[-1])
-                if lines and done.returncode >= 0
-                else f"its measuring process {process_ended(done.returncode)}",
-            )
-        return BenchmarkRow(**json.loads(out.read_text()))
+            continue
+    child.communicate()
 
 
 def _one(args: argparse.Namespace) -> None:

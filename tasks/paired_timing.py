@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -26,9 +25,9 @@ from tasks.benchmark import (
     images_for_measuring,
     latency_trial,
     measurement_key,
+    run_measuring_child,
 )
 from tasks.config import BenchmarkConfig, RunnerProfile
-from tasks.errors import brief, process_ended
 from tasks.io import write_json
 from tasks.plan import content_key
 from tasks.speed import SpeedRatio, ratio_interval
@@ -108,18 +107,8 @@ def compare_in_subprocess(
             "--out",
             str(out),
         ]
-        try:
-            done = subprocess.run(
-                command, capture_output=True, text=True, timeout=timeout_s, check=False
-            )
-        except subprocess.TimeoutExpired:
-            return f"timed out after {timeout_s:.0f}s"
-        if done.returncode != 0 or not out.exists():
-            lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
-            if lines and done.returncode >= 0:
-                return brief(lines[-1])
-            return f"its measuring process {process_ended(done.returncode)}"
-        return SpeedRatio(**json.loads(out.read_text()))
+        answer = run_measuring_child(command, out, timeout_s)
+        return answer if isinstance(answer, str) else SpeedRatio(**answer)
 
 
 def compare_with_references(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -50,3 +51,36 @@ def test_a_killed_child_says_by_what() -> None:
 def test_a_child_that_exits_says_its_code() -> None:
     with pytest.raises(ChildProcessDied, match=r"^pruned's build process exited with code 3$"):
         in_child_process("pruned's build", _exits)
+
+
+def test_a_measuring_child_that_overruns_is_killed_with_what_it_started(tmp_path: Path) -> None:
+    """subprocess.run's timeout kills the child alone: a grandchild it started kept measuring
+    beside the next variant. The whole process group goes now."""
+    import os
+    import sys
+    import time
+
+    from tasks.benchmark import run_measuring_child
+
+    pid_file = tmp_path / "grandchild.pid"
+    script = (
+        "import subprocess, sys, time\n"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+        "time.sleep(60)\n"
+    )
+    started = time.monotonic()
+    answer = run_measuring_child([sys.executable, "-c", script], tmp_path / "out.json", 3)
+    assert answer == "timed out after 3s"
+    assert time.monotonic() - started < 30
+    grandchild = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(grandchild, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(grandchild, 9)
+        raise AssertionError("the grandchild outlived the timeout")

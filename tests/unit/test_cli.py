@@ -592,6 +592,15 @@ def test_pull_under_a_regular_file_is_one_line(tmp_path: Path) -> None:
     registry = tmp_path / "reg"
     (registry / "m").mkdir(parents=True)
     run = _run(
-        tmp_path, "flows.cli", "registry", "pull", "m", "1", "v", "plain/sub", "--uri", str(registry)
+        tmp_path,
+        "flows.cli",
+        "registry",
+        "pull",
+        "m",
+        "1",
+        "v",
+        "plain/sub",
+        "--uri",
+        str(registry),
     )
     _assert_user_error(run, "plain is a file, not a directory")
