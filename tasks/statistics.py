@@ -149,6 +149,9 @@ def worst_class_drop_bound(
     )
 
 
+UNCERTIFIABLE = 2**62  # what smallest_certifying_size answers for a gate of 0 points
+
+
 def smallest_certifying_size(max_drop_points: float, confidence: float) -> int:
     """The fewest images on which a drop gate of `max_drop_points` can pass at all: even with
     baseline and variant agreeing on every image, fewer leave a larger drop possible.
@@ -157,8 +160,8 @@ def smallest_certifying_size(max_drop_points: float, confidence: float) -> int:
     """
     if max_drop_points >= 100.0:
         return 1
-    if max_drop_points <= 0.0:
-        raise ValueError(f"max_drop_points: got {max_drop_points}; expected > 0")
+    if max_drop_points <= 0.0:  # no finite number of images rules out every drop above 0
+        return UNCERTIFIABLE
     z = critical_value(confidence)
     gate = max_drop_points / 100.0
     return max(1, math.ceil(z * z * (1.0 - gate) / gate - 1e-9))

@@ -32,6 +32,7 @@ from tasks.errors import DataError, DataValidationError
 from tasks.review import GateVerdict
 from tasks.speed import SpeedRatio
 from tasks.statistics import (
+    UNCERTIFIABLE,
     paired_drop_interval,
     smallest_certifying_size,
     worst_class_drop_bound,
@@ -267,10 +268,15 @@ def evidence_needs(gates: GatesConfig, variants: Iterable[str]) -> list[SizeNeed
             continue
         tightest = min(limits, key=lambda name: (limits[name], name))
         samples = smallest_certifying_size(limits[tightest], gates.confidence)
+        takes = (
+            "cannot be met by any number of images (a drop of exactly 0 is never certain)"
+            if samples == UNCERTIFIABLE
+            else f"needs at least {samples} images even if the variant agrees with the "
+            "baseline on every one"
+        )
         gate = (
             f"{what}: {field_name} {limits[tightest]:g} point(s) of {tightest} at "
-            f"{gates.confidence:.0%} confidence needs at least {samples} images even if "
-            "the variant agrees with the baseline on every one"
+            f"{gates.confidence:.0%} confidence {takes}"
         )
         needs.append(SizeNeed(column, samples, gate))
     return needs
@@ -307,7 +313,8 @@ def check_data(
 
 
 def _size_rule(need: SizeNeed) -> _Rule:
-    name = f"{need.column} >= {need.samples} (what the gates can certify)"
+    enough = "any number" if need.samples == UNCERTIFIABLE else need.samples
+    name = f"{need.column} >= {enough} (what the gates can certify)"
     needed = f"{need.gate}; add test images or loosen that gate"
     return replace(_at_least(name, need.column, need.samples), detail=needed)
 

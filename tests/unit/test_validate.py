@@ -639,3 +639,13 @@ def test_weight_sharing_beats_its_source_on_what_a_device_downloads() -> None:
     assert gain == pytest.approx(2.0) and "compressed" not in detail
     gain, _ = improvement("baseline", same_speed, 1000, 1000, gates)
     assert gain == pytest.approx(1 / 1.03 / 1.1)  # the slow end of the same speed
+
+
+def test_a_drop_gate_of_zero_points_is_refused_before_any_work(digits: PreparedData) -> None:
+    gates = GatesConfig.model_validate(
+        {"defaults": {"max_accuracy_drop": 0.0, "max_worst_class_drop": None}}
+    )
+    needs = evidence_needs(gates, ["int8"])
+    result = check_data(digits.splits, digits.preprocess, DataGates(), needs=needs)
+    assert not result.success
+    assert "cannot be met by any number of images" in result.describe()
