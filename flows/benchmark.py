@@ -29,9 +29,8 @@ from tasks.config import BenchmarkConfig, RunnerProfile
 from tasks.engines import BuiltEngine, EngineRequest
 from tasks.errors import brief
 from tasks.io import write_json
-from tasks.paired_timing import compare_in_subprocess, compare_with_references
+from tasks.paired_timing import Compare, compare_in_subprocess, compare_with_references
 from tasks.runtimes import runs_on
-from tasks.speed import SpeedRatio
 from tasks.store import ArtifactStore
 from tasks.variant import read_record
 
@@ -46,7 +45,7 @@ def benchmark_variants(
     images_file: Path,
     reuse_dir: Path | None = None,
     measure: Callable[..., BenchmarkRow] = measure_in_subprocess,
-    compare: Callable[..., SpeedRatio | str] | None = compare_in_subprocess,
+    compare: Compare | None = compare_in_subprocess,
 ) -> list[BenchmarkRow]:
     """Every variant this runner can run, one at a time, each in a fresh process; with
     `reuse_dir`, a variant measured before on the same inputs (measurement_key) is not again.

@@ -363,7 +363,7 @@ def _against_published(
     """Whether the pick is distinguishably better, by the search's objective, than the best
     variant of the model's latest published version (True when nothing is published yet):
     p50 by timing the two interleaved in this session on the objective's runner."""
-    from tasks.paired_timing import compare_in_subprocess
+    from tasks.paired_timing import Pair, compare_in_subprocess
     from tasks.registry import open_registry
 
     cfg = params.search
@@ -392,14 +392,9 @@ def _against_published(
         published = store.pull(model, incumbent.version, incumbent.variant, run_dir / "incumbent")
         images_file = run_dir / "incumbent-images.npz"
         np.savez(images_file, x=images)
-        timed = compare_in_subprocess(
-            Path(pick_dir),
-            published,
-            incumbent_label(incumbent),
-            images_file,
-            profile,
-            params.benchmark,
-        )
+        label = incumbent_label(incumbent)
+        pair = Pair(pick_name, pick_dir, label, str(published))
+        timed = compare_in_subprocess([pair], images_file, profile, params.benchmark)[0]
     return beats_incumbent(
         cfg.objective.minimize, float(size) if size else None, incumbent, _runner_of(params), timed
     )

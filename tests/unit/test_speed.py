@@ -13,7 +13,7 @@ import pytest
 from flows.benchmark import benchmark_variants
 from tasks.config import BenchmarkConfig, RunnerProfile
 from tasks.data import load_split
-from tasks.paired_timing import compare_in_subprocess
+from tasks.paired_timing import Pair, compare_in_subprocess
 from tasks.speed import SpeedRatio, ratio_interval, t_quantile_975
 
 QUICK = BenchmarkConfig(
@@ -86,8 +86,15 @@ def test_two_real_models_timed_interleaved_in_one_process(
     two_models: tuple[Path, Path, Path],
 ) -> None:
     baseline, derived, images = two_models
-    ratio = compare_in_subprocess(derived, baseline, "baseline", images, PROFILE, QUICK)
-    assert isinstance(ratio, SpeedRatio), ratio
+    pairs = [
+        Pair("derived", str(derived), "baseline", str(baseline)),
+        Pair("baseline", str(baseline), "derived", str(derived)),
+    ]
+    both = compare_in_subprocess(pairs, images, PROFILE, QUICK)  # one process for both
+    ratio, back = both[0], both[1]
+    assert isinstance(ratio, SpeedRatio) and isinstance(back, SpeedRatio), both
+    # each way round, the same two files: the ratios are reciprocal within the noise
+    assert 0.5 < ratio.ratio * back.ratio < 2.0
     assert ratio.rounds == 4 and ratio.reference == "baseline" and ratio.measured_at
     assert ratio.low <= ratio.ratio <= ratio.high
     assert ratio.variant_p50_ms > 0 and ratio.reference_p50_ms > 0
@@ -99,9 +106,16 @@ def test_an_unloadable_model_gives_a_reason_not_a_ratio(
     two_models: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
     baseline, derived, images = two_models
-    (derived / "model.onnx").write_bytes(b"not a model")
-    reason = compare_in_subprocess(derived, baseline, "baseline", images, PROFILE, QUICK)
-    assert isinstance(reason, str) and reason
+    broken = tmp_path / "broken"
+    shutil.copytree(derived, broken)
+    (broken / "model.onnx").write_bytes(b"not a model")
+    pairs = [
+        Pair("broken", str(broken), "baseline", str(baseline)),
+        Pair("derived", str(derived), "baseline", str(baseline)),
+    ]
+    found = compare_in_subprocess(pairs, images, PROFILE, QUICK)
+    assert isinstance(found[0], str) and found[0]  # its own pair fails, with why
+    assert isinstance(found[1], SpeedRatio)  # the other pair is still timed
 
 
 def test_the_harness_times_each_variant_with_its_references_and_reuses_the_pair(
