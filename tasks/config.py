@@ -241,10 +241,12 @@ class VariantGates(_Strict):
     min_speedup: Annotated[float, Field(gt=0)] | None = 1.1
     min_size_reduction: Annotated[float, Field(gt=0)] | None = 1.5
     # ... and must not be measurably slower than it by more than this on any runner: judged on
-    # the fast end of the interval of the two timed interleaved in one session (tasks/speed.py),
-    # so 1.0 rejects what is surely slower at all and no margin for noise is needed. A 4x smaller
-    # int8 model that runs 2.2x slower on the edge device is no improvement to ship.
-    max_slowdown: Annotated[float, Field(ge=1)] | None = 1.0
+    # the fast end of the interval of the two timed interleaved in one session (tasks/speed.py):
+    # 1.05 rejects what is surely more than 5% slower. No margin for timing noise is needed (the
+    # interval carries it); the 5% is what counts as the same speed, so that two models of one
+    # architecture 1-2% apart (cache layout) do not flip nightly. A 4x smaller int8 model that
+    # runs 2.2x slower on the edge device is no improvement to ship.
+    max_slowdown: Annotated[float, Field(ge=1)] | None = 1.05
 
 
 class GatesConfig(_Strict):
