@@ -209,7 +209,7 @@ def modularize(graph_module: torch.fx.GraphModule) -> torch.fx.GraphModule:
     for index, node in enumerate(list(graph.nodes)):
         if node.op != "call_function" or node.target not in _LAYERS:
             continue
-        name = f"mp_layer{index}"
+        name = _layer_name(graph_module, node, index)
         graph_module.add_submodule(name, _module_for(graph_module, node))
         with graph.inserting_before(node):
             replacement = graph.call_module(name, (node.args[0],))
@@ -219,6 +219,18 @@ def modularize(graph_module: torch.fx.GraphModule) -> torch.fx.GraphModule:
     plain = torch.fx.GraphModule(graph_module, graph)
     _check_parameters_owned(plain)
     return plain.eval()
+
+
+def _layer_name(graph_module: torch.fx.GraphModule, node: Any, index: int) -> str:
+    """The layer's own module path, as its weight names it (features.denselayer1.norm1.weight
+    → features_denselayer1_norm1): messages name the user's layer, not mp_layer175."""
+    weight = node.args[1] if len(node.args) > 1 else None
+    target = getattr(weight, "target", None) if getattr(weight, "op", None) == "get_attr" else None
+    if not isinstance(target, str):
+        return f"mp_layer{index}"
+    name = target.removesuffix(".weight").replace(".", "_")
+    taken = dict(graph_module.named_children())
+    return name if name.isidentifier() and name not in taken else f"{name}_{index}"
 
 
 def _attr(graph_module: torch.fx.GraphModule, node: Any) -> torch.Tensor | None:

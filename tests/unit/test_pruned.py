@@ -301,3 +301,16 @@ def test_a_conv_classifier_keeps_every_class(net: str, round_to: int | None) -> 
     assert before_macs is not None and after_macs is not None and after_macs < before_macs
     with torch.no_grad():
         assert model.eval()(torch.rand(2, 1, 32, 32)).shape == (2, 10)
+
+
+def test_layers_of_an_imported_program_keep_the_users_module_paths() -> None:
+    """A .pt2's functional layers became real ones named mp_layer175; every message about them
+    (left whole, not folded) now names the user's own path."""
+    from tasks.models import modularize
+    from tests.nets.densenet import build
+
+    program = torch.export.export(build().eval(), (torch.zeros(1, 1, 32, 32),))
+    graph_module = torch.fx.GraphModule(program.module(), program.module().graph)
+    names = [name for name, _ in modularize(graph_module).named_children()]
+    assert {"features_0", "features_1_0_norm1", "features_1_1_conv1", "features_2"} <= set(names)
+    assert not [name for name in names if name.startswith("mp_layer")]
