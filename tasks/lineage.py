@@ -191,14 +191,17 @@ def unchanged_in(
 def content_of(inputs: dict[str, Any], variant_dirs: dict[str, Path]) -> str:
     """A key of what a publish would hold: the inputs' hashes and every variant's files, by
     name (what unchanged_since compares), for claiming it against a concurrent identical run."""
-    from tasks.plan import content_key
+    import hashlib
+    import json
+
     from tasks.variant import published_files
 
     files = {
         name: {rel: meta["sha256"] for rel, meta in published_files(directory).items()}
         for name, directory in sorted(variant_dirs.items())
     }
-    return content_key(_input_hashes(inputs), files)
+    text = json.dumps([_input_hashes(inputs), files], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def _input_hashes(inputs: dict[str, Any]) -> dict[str, Any]:
