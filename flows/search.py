@@ -271,7 +271,16 @@ class _Trials:
         self.runner, self.run_dir, self.work = runner, run_dir, work
         self.built: list[str] = []
         self.cached: list[str] = []
+        self.started = time.monotonic()
         self._baseline_rows: list[BenchmarkRow] | None = None
+
+    def seconds_left(self) -> float | None:
+        """What the seconds budget leaves for the batch about to run (a build past it is
+        stopped, its trial failed with why); None without a seconds budget."""
+        budget = self.params.search.budget.seconds
+        if budget is None:
+            return None
+        return max(1.0, budget - (time.monotonic() - self.started))
 
     def count(self, variants: dict[str, Any], cached: list[str]) -> None:
         """Which of these variants were built, and which came from the cache (once each)."""
@@ -306,7 +315,13 @@ class _Trials:
         batch_params = self.params.model_copy(update={"variants": variants})
         work = self.work
         built = build_variants(
-            batch_params, p.baseline.sha256, p.base_key, p.baseline_dir, p.data_dir, work
+            batch_params,
+            p.baseline.sha256,
+            p.base_key,
+            p.baseline_dir,
+            p.data_dir,
+            work,
+            self.seconds_left(),
         )
         self.count(variants, built.cached)
         # trials are ranked on the selection split; only the pick is evaluated on test (_offer),

@@ -102,9 +102,12 @@ def build_variants(
     baseline_dir: str,
     data_dir: str,
     work: Path,
+    build_timeout_s: float | None = None,
 ) -> BuiltVariants:
     """Export the baseline, then build every variant (in dependency order, in parallel on the
-    task runner the caller gives this subflow: `with_options(task_runner=...)`)."""
+    task runner the caller gives this subflow: `with_options(task_runner=...)`). With
+    `build_timeout_s`, a build running longer is stopped and its variant fails, saying so (a
+    search's seconds budget bounds the batch in flight)."""
     export_key = content_key(base_key, code_sha256("tasks.export"))
     variants_root = work / "variants" / export_key
     dirs = {"baseline": str(variants_root / "baseline")}
@@ -117,8 +120,11 @@ def build_variants(
         technique_code = code_sha256("tasks.compress", *technique_of(cfg).modules)
         keys[name] = content_key(keys[cfg.source], name, cfg, technique_code)
         dirs[name] = str(variants_root / f"{name}-{keys[name]}")
+        compress = rerun_if_gone(compress_task, dirs[name])
+        if build_timeout_s is not None:
+            compress = compress.with_options(timeout_seconds=build_timeout_s)
         with gpu_annotation(params.task_runner, technique_of(cfg).build_on):
-            futures[name] = rerun_if_gone(compress_task, dirs[name]).submit(
+            futures[name] = compress.submit(
                 name,
                 cfg,
                 params.seed,
@@ -163,7 +169,9 @@ def _did_not_finish(
         error = future.result(raise_on_failure=False)
         if isinstance(error, ModelPressError):
             raise error
-        if isinstance(error, BaseException):
+        if isinstance(error, TimeoutError):
+            reason = f"{name}: build stopped at its time bound ({brief(error)})"
+        elif isinstance(error, BaseException):
             reason = f"{name}: build crashed ({type(error).__name__}): {brief(error)}"
         else:
             reason = f"{name}: build ended {state.name}: {state.message}"

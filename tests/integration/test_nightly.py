@@ -492,3 +492,39 @@ def test_a_crashing_build_fails_its_variant_not_the_night(
     assert again.status == "unchanged" and "bf16" in again.cached_tasks, again
     assert not {"buggy", "killed", "after_killed"} & set(again.cached_tasks), again.cached_tasks
     assert "killed's build process was killed by SIGKILL" in again.rejected["killed"]
+
+
+def test_a_build_past_its_time_bound_is_stopped_and_fails_its_variant(
+    prefect_server: str, tiny_workspace: Path
+) -> None:
+    """A search's --seconds budget bounds the batch in flight: a build still running at the
+    bound is stopped and its variant fails saying so, instead of the search overrunning by
+    minutes. (Prefect's task timeout; the hang is in Python, as a training loop is.)"""
+    import time
+
+    from flows.variants import build_variants
+    from tasks.config import parse_params
+    from tasks.io import read_json
+
+    params = parse_params(
+        {
+            "techniques": [CRASHING_TECHNIQUE],
+            "variants": {"slow": {"technique": "crashing", "source": "baseline", "how": "hang"}},
+        }
+    )
+    baseline = tiny_workspace / "models" / "baseline"
+    sha = read_json(baseline / "baseline.json")["sha256"]
+    started = time.monotonic()
+    built = build_variants(
+        params,
+        sha,
+        "bound-test",
+        str(baseline),
+        str(tiny_workspace / "data"),
+        tiny_workspace / "work-bound",
+        3.0,
+    )
+    assert time.monotonic() - started < 60
+    record = built.records["slow"]
+    assert record.status == "failed"
+    assert "slow: build stopped at its time bound" in (record.reason or ""), record.reason

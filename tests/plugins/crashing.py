@@ -1,5 +1,5 @@
 """crashing: a technique whose build crashes, as a buggy plugin or a killed worker does: `how:
-raise` raises a RuntimeError (a bug); `how: die` builds in a child process that SIGKILLs itself
+raise` raises a RuntimeError (a bug); `how: hang` runs for two minutes; `how: die` builds in a child process that SIGKILLs itself
 (what the kernel's out-of-memory killer does to a big build). Used to check that one variant's
 crash fails that variant, not the night."""
 
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from typing import Literal
 
 from tasks.child_process import in_child_process
@@ -17,7 +18,7 @@ from tasks.variant import VariantRecord
 
 class CrashingConfig(TechniqueConfig):
     technique: Literal["crashing"]
-    how: Literal["raise", "die"] = "raise"
+    how: Literal["raise", "die", "hang"] = "raise"
 
 
 def _die() -> None:
@@ -26,6 +27,10 @@ def _die() -> None:
 
 
 def build(context: BuildContext, config: CrashingConfig) -> VariantRecord:
+    if config.how == "hang":  # a build far longer than its bound, in Python (as training is)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
     if config.how == "die":
         in_child_process(f"{context.name}'s build", _die)
     raise RuntimeError("index 7 is out of bounds for axis 0 with size 7")
