@@ -22,9 +22,9 @@ from prefect import flow, get_run_logger, task
 
 from flows.approval import who_may_approve
 from flows.benchmark import benchmark_on_runners
-from flows.nightly import RUNNER, Prepared, evaluate_variants, prepare_inputs, validate_task
 from flows.publish import Candidates, Origin, ReviewForm, approve_and_publish
 from flows.review import artifact_key, review_task, tag_run
+from flows.stages import RUNNER, Prepared, evaluate_variants, prepare_inputs, validate_task
 from flows.variants import build_variants
 from tasks import publish as publishing
 from tasks.benchmark import BenchmarkRow

@@ -412,6 +412,27 @@ def import_hints(params: Params, test_accuracy: float, data_dir: Path) -> list[s
     return [hint] if hint else []
 
 
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float,
+    alpha: float,
+) -> torch.Tensor:
+    """Hinton et al.: alpha·T²·KL(teacher_T ‖ student_T) + (1 − alpha)·CE(student, labels).
+    Here, below the techniques: distilled trains with it, pruned fine-tunes with it."""
+    from torch.nn import functional as F
+
+    soft = F.kl_div(
+        F.log_softmax(student_logits / temperature, dim=1),
+        F.log_softmax(teacher_logits / temperature, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    hard = F.cross_entropy(student_logits, labels)
+    return alpha * temperature**2 * soft + (1.0 - alpha) * hard
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="train: make the baseline model")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))

@@ -163,26 +163,6 @@ def narrowed(teacher: nn.Module, preprocess: Preprocess, width: float) -> nn.Mod
     return student.train()
 
 
-def distillation_loss(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    labels: torch.Tensor,
-    temperature: float,
-    alpha: float,
-) -> torch.Tensor:
-    """Hinton et al.: alpha·T²·KL(teacher_T ‖ student_T) + (1 − alpha)·CE(student, labels)."""
-    from torch.nn import functional as F
-
-    soft = F.kl_div(
-        F.log_softmax(student_logits / temperature, dim=1),
-        F.log_softmax(teacher_logits / temperature, dim=1),
-        reduction="batchmean",
-        log_target=True,
-    )
-    hard = F.cross_entropy(student_logits, labels)
-    return alpha * temperature**2 * soft + (1.0 - alpha) * hard
-
-
 def distill(
     name: str,
     cfg: DistilledConfig,
@@ -201,7 +181,7 @@ def distill(
 
     from tasks.export import write_onnx_variant
     from tasks.models import count_macs_params
-    from tasks.train import FitSettings, fit
+    from tasks.train import FitSettings, distillation_loss, fit
 
     torch.manual_seed(seed)
     teacher.eval()

@@ -460,7 +460,7 @@ def _loss(cfg: PrunedConfig, teacher: nn.Module) -> LossFn | None:
         return None
     import torch
 
-    from tasks.techniques.distilled import distillation_loss
+    from tasks.train import distillation_loss
 
     teacher.eval()
 

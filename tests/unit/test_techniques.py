@@ -327,3 +327,22 @@ def test_build_context_away_from_the_data_reads_the_source_record(tiny_workspace
     assert here.preprocess().mean == expected.mean and here.preprocess().std == expected.std
     with pytest.raises(Exception, match="split 'test' asked for where no data was prepared"):
         here.split("test")
+
+
+def test_dvc_rebuilds_a_variant_when_any_module_its_technique_uses_changes() -> None:
+    """dvc.yaml's compress stage lists its code by hand: editing tasks/sensitivity.py (which
+    tflite_int8 declared in `uses`) rebuilt nothing under `dvc repro`. Every module a built-in
+    technique declares must be a dep of the stage (itself, or a folder above it)."""
+    import yaml
+
+    from tests.conftest import REPO_ROOT
+
+    stage = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]["compress"]["do"]
+    deps = [str(dep).rstrip("/") for dep in stage["deps"]]
+    declared = {m for t in technique_table(()).values() for m in t.modules}
+    missing = []
+    for module in sorted(declared):
+        path = module.replace(".", "/") + ".py"
+        if not any(path == dep or path.startswith(dep + "/") for dep in deps):
+            missing.append(path)
+    assert missing == [], f"dvc.yaml compress deps lack {missing}"

@@ -18,8 +18,7 @@ from tasks.errors import ModelError
 from tasks.evaluate import evaluate, mean_kl, model_size, run_variant, write_evaluation
 from tasks.models import count_macs_params, load_pt2, modularize
 from tasks.runtimes import load_predictor
-from tasks.techniques.distilled import distillation_loss
-from tasks.train import accuracy, load_baseline, predict
+from tasks.train import accuracy, distillation_loss, load_baseline, predict
 from tasks.variant import read_record
 from tests.conftest import write_params
 
