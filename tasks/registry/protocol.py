@@ -63,6 +63,9 @@ class PublishResult:
     manifest: dict[str, Any]  # exactly what read_manifest returns
 
 
+CLAIMS_DIR = ".claims"  # content claims beside the versions (tasks.lineage.content_of)
+
+
 class Registry(Storage):
     """Publish/list/pull/verify, the same for every backend; a backend only moves bytes under keys."""
 
@@ -119,13 +122,13 @@ class Registry(Storage):
 
     def claim_content(self, model: str, content: str, run_id: str) -> dict[str, Any] | None:
         """Claim the right to publish files whose content key is `content` (create-only
-        `<model>/decisions/.content-<key>.json`): None when this call holds the claim, else
+        `<model>/.claims/<key>.json`: a dot name, which no version or decision listing reads): None when this call holds the claim, else
         the other run's claim ({run, claimed_at}). Two identical runs at once both found
         nothing published and both published; the second now stops here. A claim older than
         STALE_RESERVATION whose run never published is taken over (that run died)."""
         check_name("model", model)
         check_name("content key", content)
-        key = join(model, DECISIONS_DIR, f".content-{content}.json")
+        key = join(model, CLAIMS_DIR, f"{content}.json")
         body = encode_json({"run": run_id, "claimed_at": now()})
         if self._create(key, body, hashlib.sha256(body).hexdigest()):
             return None
@@ -213,8 +216,9 @@ class Registry(Storage):
                 Problem(
                     "orphaned",
                     root,
-                    f"reserved but never published, below version {newest}: a gap in the "
-                    "version numbers (the run that reserved it stopped); remove the directory",
+                    f"reserved, not published, below version {newest}: a gap in the version "
+                    "numbers (a publish still on its way, or a run that stopped after reserving "
+                    "it: then remove the directory)",
                 )
             )
 
