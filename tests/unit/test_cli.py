@@ -501,20 +501,17 @@ def test_table_reads_a_nightlys_review(tmp_path: Path) -> None:
 # ---- failures found before any work ----------------------------------------------------------
 
 
+def _nightly_auto(tmp_path: Path, *extra: str) -> Run:
+    """`modelpress nightly` on the tiny params with auto-approval and `extra` flags."""
+    params = write_params(tmp_path)
+    return _run(
+        tmp_path, "flows.cli", "nightly", "--params", str(params), "--approval", "auto", *extra
+    )
+
+
 def test_a_workdir_that_is_a_file_is_one_line_before_prefect(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("not a folder")
-    params = write_params(tmp_path)
-    run = _run(
-        tmp_path,
-        "flows.cli",
-        "nightly",
-        "--params",
-        str(params),
-        "--approval",
-        "auto",
-        "--workdir",
-        "afile",
-    )
+    run = _nightly_auto(tmp_path, "--workdir", "afile")
     _assert_user_error(run, "--workdir afile: a file")
     assert "temporary server" not in run.stdout + run.stderr
 
@@ -529,20 +526,7 @@ def test_a_workdir_that_is_a_file_is_one_line_before_prefect(tmp_path: Path) -> 
 def test_a_dask_address_that_is_wrong_or_silent_is_one_line(
     tmp_path: Path, address: str, culprit: str
 ) -> None:
-    params = write_params(tmp_path)
-    run = _run(
-        tmp_path,
-        "flows.cli",
-        "nightly",
-        "--params",
-        str(params),
-        "--approval",
-        "auto",
-        "--workdir",
-        "w",
-        "--dask-address",
-        address,
-    )
+    run = _nightly_auto(tmp_path, "--workdir", "w", "--dask-address", address)
     _assert_user_error(run, culprit)
     assert not (tmp_path / "w").exists()
 
