@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 
-from flows.nightly import baseline_task, prepare_task
+from flows.stages import baseline_task, prepare_task
 from flows.variants import CACHED_INPUTS
 
 
