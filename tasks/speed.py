@@ -97,10 +97,6 @@ class SpeedRatio:
             text = f"~ ({1 / self.high:.2f}-{1 / self.low:.2f}x)"
         return f"{text}, reused" if self.reused else text
 
-    @classmethod
-    def from_dict(cls, raw: dict[str, object]) -> SpeedRatio:
-        return cls(**raw)  # type: ignore[arg-type]
-
 
 def ratio_interval(
     variant_p50s: list[float], reference_p50s: list[float]
