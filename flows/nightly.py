@@ -9,12 +9,14 @@ evaluation.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, get_type_hints
 
 from prefect import flow, get_run_logger
+from prefect.utilities.timeout import timeout
 
 from flows.approval import who_may_approve
 from flows.benchmark import benchmark_on_runners
@@ -40,6 +42,7 @@ from tasks.evaluate import VariantMetrics
 from tasks.report import format_table
 from tasks.results import BaselineSummary, metrics_json
 from tasks.store import ArtifactStore
+from tasks.timeouts import NightTimedOut, describe_bound, night_bound_s
 from tasks.validate import speed_evidence
 from tasks.workspace import write_pointer
 
@@ -82,8 +85,53 @@ def nightly(
     publish_unchanged: bool = False,
 ) -> NightlyResult:
     """Compress, validate, review and publish one model. Parameters override params.yaml."""
-    logger = get_run_logger()
     params = load_params(params_file, overrides)
+    bound = night_bound_s(params)
+    given = _Given(
+        params_file, overrides, model_rev, data_rev, approval, registry_uri, version, workdir,
+        review_poll_s, publish_unchanged, time.monotonic() + bound,
+    )  # fmt: skip
+    try:
+        with timeout(bound, timeout_exc_type=NightTimedOut):
+            return _night(params, given)
+    except NightTimedOut:
+        raise NightTimedOut(
+            f"nightly {params.registry.model_name}: stopped at its time bound "
+            f"({describe_bound(params)}); what was built is cached for the next run"
+        ) from None
+
+
+@dataclass(frozen=True)
+class _Given:
+    """The nightly's own parameters, as given."""
+
+    params_file: str
+    overrides: dict[str, Any] | None
+    model_rev: str | None
+    data_rev: str | None
+    approval: Literal["ui", "auto"] | None
+    registry_uri: str | None
+    version: str | None
+    workdir: str
+    review_poll_s: int
+    publish_unchanged: bool
+    deadline: float  # time.monotonic() at the night's bound
+
+    def seconds_left(self) -> float:
+        """What bounds a stage besides its own setting: a build running in a worker thread is
+        not stopped by the night's bound firing in this one."""
+        return max(1.0, self.deadline - time.monotonic())
+
+
+def _night(params: Params, given: _Given) -> NightlyResult:
+    logger = get_run_logger()
+    params_file, overrides, model_rev, data_rev = (
+        given.params_file, given.overrides, given.model_rev, given.data_rev
+    )  # fmt: skip
+    approval, registry_uri, version, workdir = (
+        given.approval, given.registry_uri, given.version, given.workdir
+    )  # fmt: skip
+    review_poll_s, publish_unchanged = given.review_poll_s, given.publish_unchanged
     registry = params.registry.model_copy(update={"uri": registry_uri or params.registry.uri})
     model = params.registry.model_name
     # before any work: an unreachable registry or a bad version would otherwise fail at the end
@@ -100,12 +148,15 @@ def nightly(
     for hint in hints:
         logger.warning(hint)
     fan_out = build_variants.with_options(task_runner=make_task_runner(params.task_runner))
-    variants = fan_out(params, baseline.sha256, base_key, baseline_dir, data_dir, work)
+    variants = fan_out(
+        params, baseline.sha256, base_key, baseline_dir, data_dir, work, given.seconds_left()
+    )
     records, dirs = variants.records, variants.dirs
     logger.info("variants: %s", ", ".join(f"{n}={r.status}" for n, r in records.items()))
     logger.info("built by: %s", ", ".join(f"{n}={b}" for n, b in variants.builders.items()))
 
-    metrics, eval_dir = evaluate_variants(records, dirs, data_key, data_dir, work)
+    bound = min(params.timeouts.evaluate_s, int(given.seconds_left()) + 1)
+    metrics, eval_dir = evaluate_variants(records, dirs, data_key, data_dir, work, timeout_s=bound)
     write_pointer(run_dir, Path(params_file).resolve(), data_dir, dirs)  # for the study tools
     run = MergedEngines(records, dirs, metrics, eval_dir / "metrics" / "predictions.npz")
 

@@ -327,7 +327,13 @@ class _Trials:
         # trials are ranked on the selection split; only the pick is evaluated on test (_offer),
         # so the accuracy the review and the registry show was not what chose it
         metrics, eval_dir = evaluate_variants(
-            built.records, built.dirs, p.data_key, p.data_dir, work, SELECTION_SPLIT
+            built.records,
+            built.dirs,
+            p.data_key,
+            p.data_dir,
+            work,
+            SELECTION_SPLIT,
+            timeout_s=self.params.timeouts.evaluate_s,
         )
         predictions_file = eval_dir / "metrics" / "predictions.npz"
         images = load_split(Path(p.data_dir), "test").x
@@ -538,7 +544,10 @@ def _offer(
         work,
     )
     trials.count(variants, built.cached)
-    metrics, eval_dir = evaluate_variants(built.records, built.dirs, p.data_key, p.data_dir, work)
+    bound = params.timeouts.evaluate_s
+    metrics, eval_dir = evaluate_variants(
+        built.records, built.dirs, p.data_key, p.data_dir, work, timeout_s=bound
+    )
     ok = {n: built.dirs[n] for n, r in built.records.items() if r.status == "ok"}
     profiles = {name: params.runners[name] for name in params.benchmark.runners}
     images = load_split(Path(p.data_dir), "test").x

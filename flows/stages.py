@@ -7,6 +7,8 @@ its prelude (flows/search.py took them from flows/nightly.py, and the nightly ca
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from tasks.plan import content_key
 from tasks.results import BaselineSummary
 from tasks.review import GateVerdict
 from tasks.runtimes import RUNTIME_MODULES
+from tasks.timeouts import StageTimedOut
 from tasks.variant import EVALUATION_SPLIT, VariantRecord
 
 RUNNER: TaskRunner[Any] = ThreadPoolTaskRunner(max_workers=2)  # variants two at a time
@@ -142,9 +145,12 @@ def prepare_inputs(
         data_key, params.baseline, params.train, params.seed, input_hashes, base_code
     )
     baseline_dir = str(work / "baseline" / base_key)
-    baseline = rerun_if_gone(baseline_task, baseline_dir)(
-        params.baseline, params.train, data_dir, params.seed, base_key, str(root), baseline_dir
-    )
+    train = rerun_if_gone(baseline_task, baseline_dir)
+    bound = params.timeouts.build_s
+    with stage_bound("the baseline's training or import", f"timeouts.build_s = {bound} s"):
+        baseline = train.with_options(timeout_seconds=bound)(
+            params.baseline, params.train, data_dir, params.seed, base_key, str(root), baseline_dir
+        )
     return Prepared(params, inputs, data_key, data_dir, base_key, baseline_dir, baseline)
 
 
@@ -155,9 +161,11 @@ def evaluate_variants(
     data_dir: str,
     work: Path,
     split: str = EVALUATION_SPLIT,
+    timeout_s: int | None = None,
 ) -> tuple[dict[str, VariantMetrics], Path]:
     """Every variant on `split` (the test split; the search selects on val), cached by the
-    models' hashes, the data, the split and the code."""
+    models' hashes, the data, the split and the code; stopped after `timeout_s`
+    (timeouts.evaluate_s)."""
     # the same models on other data (or by other evaluation code) give other metrics
     variant_hashes = {n: record.model_sha256 or record.status for n, record in records.items()}
     code = code_sha256("tasks.evaluate", *RUNTIME_MODULES)
@@ -166,4 +174,20 @@ def evaluate_variants(
     # one model's logits, kept across runs: a run that rebuilt one variant runs only that one
     by_model = work / "evaluations" / "by-model" / content_key(data_key, code, *on)
     evaluate = rerun_if_gone(evaluate_task, eval_dir / "metrics" / "variants.json")
-    return evaluate(variant_hashes, dirs, data_dir, str(eval_dir), str(by_model), split), eval_dir
+    with stage_bound("evaluation", f"timeouts.evaluate_s = {timeout_s} s"):
+        metrics = evaluate.with_options(timeout_seconds=timeout_s)(
+            variant_hashes, dirs, data_dir, str(eval_dir), str(by_model), split
+        )
+    return metrics, eval_dir
+
+
+@contextlib.contextmanager
+def stage_bound(stage: str, bound: str) -> Iterator[None]:
+    """A stage's task past its timeout ends the night with a line naming the stage and the
+    setting, not Prefect's "Task run exceeded timeout of 1800.0 second(s)"."""
+    try:
+        yield
+    except TimeoutError as exc:
+        if isinstance(exc, StageTimedOut):
+            raise
+        raise StageTimedOut(f"{stage}: stopped at its time bound ({bound})") from None

@@ -105,24 +105,28 @@ def build_variants(
     build_timeout_s: float | None = None,
 ) -> BuiltVariants:
     """Export the baseline, then build every variant (in dependency order, in parallel on the
-    task runner the caller gives this subflow: `with_options(task_runner=...)`). With
-    `build_timeout_s`, a build running longer is stopped and its variant fails, saying so (a
-    search's seconds budget bounds the batch in flight)."""
+    task runner the caller gives this subflow: `with_options(task_runner=...)`). A build running
+    longer than timeouts.build_s, or than `build_timeout_s` when that is shorter (a search's
+    seconds budget bounds the batch in flight), is stopped and its variant fails, saying so."""
+    bound: float = params.timeouts.build_s
+    if build_timeout_s is not None and build_timeout_s < bound:
+        bound, why = build_timeout_s, f"the time left in this run, {build_timeout_s:.0f} s"
+    else:
+        why = f"timeouts.build_s = {bound} s"
     export_key = content_key(base_key, code_sha256("tasks.export"))
     variants_root = work / "variants" / export_key
     dirs = {"baseline": str(variants_root / "baseline")}
-    export = rerun_if_gone(export_task, dirs["baseline"]).submit(
-        baseline_sha256, baseline_dir, data_dir, dirs["baseline"]
+    export_bounded = rerun_if_gone(export_task, dirs["baseline"]).with_options(
+        timeout_seconds=bound
     )
+    export = export_bounded.submit(baseline_sha256, baseline_dir, data_dir, dirs["baseline"])
     futures: dict[str, PrefectFuture[Any]] = {"baseline": export}
     keys = {"baseline": export_key}
     for name, cfg in in_dependency_order(params.variants):
         technique_code = code_sha256("tasks.compress", *technique_of(cfg).modules)
         keys[name] = content_key(keys[cfg.source], name, cfg, technique_code)
         dirs[name] = str(variants_root / f"{name}-{keys[name]}")
-        compress = rerun_if_gone(compress_task, dirs[name])
-        if build_timeout_s is not None:
-            compress = compress.with_options(timeout_seconds=build_timeout_s)
+        compress = rerun_if_gone(compress_task, dirs[name]).with_options(timeout_seconds=bound)
         with gpu_annotation(params.task_runner, technique_of(cfg).build_on):
             futures[name] = compress.submit(
                 name,
@@ -148,7 +152,7 @@ def build_variants(
             records[name], builders[name] = built.record, built.builder
             continue
         cfg = params.variants[name]
-        records[name] = _did_not_finish(name, cfg, future, records)
+        records[name] = _did_not_finish(name, cfg, future, records, why)
         # kept apart from the variant's own directory (its cache): the next run builds it again
         dirs[name] = str(variants_root / f"{name}-{keys[name]}.unfinished")
         with atomic_dir(Path(dirs[name])) as staging:
@@ -158,7 +162,11 @@ def build_variants(
 
 
 def _did_not_finish(
-    name: str, cfg: VariantConfig, future: PrefectFuture[Any], records: dict[str, VariantRecord]
+    name: str,
+    cfg: VariantConfig,
+    future: PrefectFuture[Any],
+    records: dict[str, VariantRecord],
+    bound: str,
 ) -> VariantRecord:
     """The record of a variant whose build raised or crashed (or whose source did): failed, with
     why. One variant's crash (a bug in a technique, a worker process the out-of-memory killer
@@ -170,7 +178,7 @@ def _did_not_finish(
         if isinstance(error, ModelPressError):
             raise error
         if isinstance(error, TimeoutError):
-            reason = f"{name}: build stopped at its time bound ({brief(error)})"
+            reason = f"{name}: build stopped at its time bound ({bound})"
         elif isinstance(error, BaseException):
             reason = f"{name}: build crashed ({type(error).__name__}): {brief(error)}"
         else:

@@ -4,11 +4,18 @@
 #   infra/stack.sh up      start everything (idempotent), print the URLs
 #   infra/stack.sh deploy  (re)deploy the nightly schedule from params.yaml
 #   infra/stack.sh down    stop what `up` started
-#   infra/stack.sh env     print the export lines a shell needs to talk to the stack (eval them)
+#   infra/stack.sh env     print the export lines a shell needs to talk to the stack (eval them):
+#                          the ports it started with, wherever this shell's variables point
 #   infra/stack.sh rotate-auth  stop, replace the credential, start again
 #   infra/stack.sh up --db postgres  (or MODELPRESS_DB=postgres) the server's database is a local
 #       PostgreSQL: initdb'd once into a data directory, started by pg_ctl on a free loopback port,
-#       stopped by `down`. A managed Postgres instead: see infra/README.md.
+#       stopped by `down`. A managed Postgres instead: see infra/README.md. Needs PostgreSQL's
+#       server binaries (Debian: apt-get install postgresql).
+# Ports: PREFECT_PORT (default 4200), S3_PORT (9000), MODELPRESS_PG_PORT (a free one, then the
+# same one on every later `up`). The ports a running stack started with are kept in $STATE/ports
+# and win over the variables: `env` and `down` from another shell find the stack.
+# Prefect's own state (its SQLite database, profiles, local results) is $STATE/prefect-home, mode
+# 700: not ~/.prefect, which any other Prefect server of this user shares.
 # The server is closed: HTTP basic auth (PREFECT_SERVER_API_AUTH_STRING) on the API, its
 # websockets and the UI's login, and CSRF tokens on every state-changing request. The credential
 # is generated on first `up` into $STATE/auth (mode 600, under the git-ignored .modelpress/).
@@ -18,9 +25,16 @@ HOME_DIR=$(pwd)
 # overridable for the tests, which run the real script with their own venv and state directory
 BIN=${MODELPRESS_BIN:-"$HOME_DIR/.venv/bin"}
 STATE=${MODELPRESS_STACK_STATE:-"$HOME_DIR/.modelpress/stack"}
+PORTS_FILE="$STATE/ports"
+if [[ -s "$PORTS_FILE" && -f "$STATE/prefect-server.pid" ]] && kill -0 "$(cat "$STATE/prefect-server.pid")" 2>/dev/null; then
+  # shellcheck source=/dev/null
+  source "$PORTS_FILE"  # the running stack's ports, whatever this shell says
+fi
 PREFECT_PORT=${PREFECT_PORT:-4200}
 S3_PORT=${S3_PORT:-9000}
 POOL=modelpress-local
+FLEET_POOL=modelpress-fleet  # the fleet run waits for nightlies: never on their pool
+export PREFECT_HOME="$STATE/prefect-home"
 BUCKET=${MODELPRESS_BUCKET:-modelpress}
 export PREFECT_API_URL="http://127.0.0.1:${PREFECT_PORT}/api"
 export PREFECT_UI_API_URL="$PREFECT_API_URL"
@@ -40,8 +54,8 @@ if [[ "$DB" != sqlite && "$DB" != postgres ]]; then
   echo "error: --db / MODELPRESS_DB: expected sqlite or postgres, got '$DB'" >&2; exit 2
 fi
 PG_PASSWORD_FILE="$STATE/postgres-password"
-mkdir -p "$STATE"
-chmod 700 "$STATE"  # logs and the credential: the user's only
+mkdir -p "$STATE" "$PREFECT_HOME"
+chmod 700 "$STATE" "$PREFECT_HOME"  # logs, the credential, Prefect's database: the user's only
 
 start() {  # name, command...
   local name=$1; shift
@@ -109,7 +123,10 @@ start_postgres() {  # initdb once, pg_ctl start on a free loopback port, the pre
     port=$(cat "$STATE/postgres.port")
     echo "  postgres already running (port $port)"
   else
-    port=$("$BIN/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    # MODELPRESS_PG_PORT, else the port of the last `up` (a firewall rule or a client's config
+    # stays right), else a free one
+    port=${MODELPRESS_PG_PORT:-$(cat "$STATE/postgres.port" 2>/dev/null || true)}
+    [[ -n "$port" ]] || port=$("$BIN/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     echo "$port" >"$STATE/postgres.port"
     # loopback TCP only, no unix socket: nothing but this stack's server connects
     as_db "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
@@ -155,14 +172,12 @@ print(f"export MODELPRESS_CRON='{s.cron}' MODELPRESS_TIMEZONE='{s.timezone}'")
 PY
 )"
   export MODELPRESS_HOME="$HOME_DIR"
-  # Prefect 3.8.8's CLI registers the deployment, then fails a follow-up "active workers" query
-  # (422: limit=None) against its own server; judge success by reading the deployment back.
-  # One deployment per call: the failing query would otherwise end `--all` after the first one.
-  : >"$STATE/deploy.log"
+  if ! "$BIN/prefect" --no-prompt deploy --prefect-file infra/prefect.yaml --all >"$STATE/deploy.log" 2>&1; then
+    echo "error: prefect deploy --all from infra/prefect.yaml failed (see $STATE/deploy.log)" >&2; exit 1
+  fi
   for deployment in nightly/nightly fleet/fleet benchmark/cloud-cpu benchmark/edge-cpu benchmark/cuda; do
-    "$BIN/prefect" --no-prompt deploy --prefect-file infra/prefect.yaml --name "${deployment#*/}" >>"$STATE/deploy.log" 2>&1 || true
     if ! "$BIN/prefect" deployment inspect "$deployment" >/dev/null 2>&1; then
-      echo "error: deploying $deployment from infra/prefect.yaml failed (see $STATE/deploy.log)" >&2; exit 1
+      echo "error: deployment $deployment is not on the server after deploy (see $STATE/deploy.log)" >&2; exit 1
     fi
     echo "  deployment $deployment"
   done
@@ -190,6 +205,7 @@ MSG
         start prefect-server "$BIN/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
     )
     wait_for "$PREFECT_API_URL/health" "Prefect server"
+    printf 'PREFECT_PORT=%q\nS3_PORT=%q\n' "$PREFECT_PORT" "$S3_PORT" >"$PORTS_FILE"
     # a server left running by a stack.sh from before auth would still be open: don't go on with it
     if [[ $(curl -s -o /dev/null -w '%{http_code}' "$PREFECT_API_URL/admin/version") != 401 ]]; then
       echo "error: the Prefect server at $PREFECT_API_URL answers without the credential: run infra/stack.sh down, then up" >&2; exit 1
@@ -198,10 +214,11 @@ MSG
     wait_for "http://127.0.0.1:${S3_PORT}/moto-api/" "S3 endpoint"
     AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-local} AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-local} \
       "$BIN/python" -c "import boto3; boto3.client('s3', endpoint_url='http://127.0.0.1:${S3_PORT}', region_name='us-east-1').create_bucket(Bucket='$BUCKET')" 2>/dev/null || true
-    for pool in "$POOL" modelpress-cloud-cpu modelpress-edge-cpu modelpress-cuda; do
+    for pool in "$POOL" "$FLEET_POOL" modelpress-cloud-cpu modelpress-edge-cpu modelpress-cuda; do
       "$BIN/prefect" work-pool inspect "$pool" >/dev/null 2>&1 || "$BIN/prefect" work-pool create "$pool" --type process >/dev/null
     done
     start worker "$BIN/prefect" worker start --pool "$POOL"
+    start worker-fleet "$BIN/prefect" worker start --pool "$FLEET_POOL"
     # local stand-ins for the cloud and edge runners (on a device: `pip install .[edge]` and
     # `prefect worker start --pool modelpress-edge-cpu` there); no cuda worker unless you start one
     start worker-cloud-cpu "$BIN/prefect" worker start --pool modelpress-cloud-cpu
@@ -227,6 +244,7 @@ MSG
     fi
     # the secret stays in the file: the printed line reads it when the shell evaluates it
     printf 'export PREFECT_API_URL=%q\n' "$PREFECT_API_URL"
+    printf 'export PREFECT_HOME=%q\n' "$PREFECT_HOME"
     printf 'export PREFECT_API_AUTH_STRING="$(cat %q)"\n' "$AUTH_FILE"
     ;;
   rotate-auth)
@@ -236,7 +254,7 @@ MSG
     rm -f "$AUTH_FILE"
     exec "$HOME_DIR/infra/stack.sh" up --db "$DB" ;;
   down)
-    for name in worker worker-cloud-cpu worker-edge-cpu s3 prefect-server; do
+    for name in worker worker-fleet worker-cloud-cpu worker-edge-cpu s3 prefect-server; do
       if [[ -f "$STATE/$name.pid" ]]; then
         pid=$(cat "$STATE/$name.pid")
         # the whole process group: a worker's flow-run processes too (a stack started before
@@ -249,6 +267,7 @@ MSG
         rm -f "$STATE/$name.pid"; echo "  $name stopped"
       fi
     done
+    rm -f "$PORTS_FILE"
     stop_postgres ;;
   *) echo "usage: infra/stack.sh [up|deploy|down|env|rotate-auth] [--db sqlite|postgres]" >&2; exit 2 ;;
 esac

@@ -507,6 +507,16 @@ class TaskRunnerConfig(_Strict):
         return self
 
 
+class TimeoutsConfig(_Strict):
+    """Bounds on a night's work, in seconds, so that every night ends: a stage past its bound is
+    stopped and says which bound it hit. null: sized from the work (tasks/timeouts.py)."""
+
+    build_s: PositiveInt = 3_600  # one variant's build (the export, a fine-tune, a conversion)
+    evaluate_s: PositiveInt = 1_800  # evaluating every variant on the test split
+    # the whole nightly, the review's wait included; null: the sum of its stages' bounds
+    night_s: PositiveInt | None = None
+
+
 class Params(_Strict):
     seed: int = 0
     data: DataConfig = DataConfig()
@@ -530,6 +540,7 @@ class Params(_Strict):
     schedule: ScheduleConfig = ScheduleConfig()
     search: SearchConfig = SearchConfig()
     task_runner: TaskRunnerConfig = TaskRunnerConfig()
+    timeouts: TimeoutsConfig = TimeoutsConfig()
 
     @model_validator(mode="before")
     @classmethod

@@ -1,8 +1,10 @@
 """The fleet: every model a team compresses, one nightly each (fleet.yaml).
 
-    concurrency: 2            # nightlies at a time
+    concurrency: 2            # nightlies at a time (see below: a Prefect concurrency limit)
     mode: deployment          # deployment: run_deployment on a work pool | local: subflows here
     deployment: nightly/nightly
+    start_timeout_s: 21600    # a nightly not started by then (no worker polls its pool) ends timed-out
+    model_timeout_s: null     # a nightly running longer is cancelled; null: its params' night bound
     approval: null            # ui | auto | null (each params file's review.approval)
     models:
       - name: digits-resnet   # its registry name (registry.model_name)
@@ -51,6 +53,8 @@ class FleetConfig(BaseModel):
     concurrency: Annotated[int, Field(ge=1)] = 2
     mode: Literal["deployment", "local"] = "local"
     deployment: str = "nightly/nightly"
+    start_timeout_s: Annotated[int, Field(ge=1)] = 21_600
+    model_timeout_s: Annotated[int, Field(ge=1)] | None = None
     approval: Literal["ui", "auto"] | None = None
     models: Annotated[list[FleetModel], Field(min_length=1)]
 
@@ -121,6 +125,17 @@ def nightly_parameters(model: FleetModel, fleet_file: Path | str) -> dict[str, A
     return {"params_file": str(params_file), "overrides": overrides}
 
 
+def model_bound_s(parameters: dict[str, Any], fleet: FleetConfig) -> int:
+    """How long one model's nightly may run once started: fleet.yaml's model_timeout_s, else
+    its own night bound (its params' timeouts) and a minute for the run to report its end."""
+    from tasks.config import load_params
+    from tasks.timeouts import night_bound_s
+
+    if fleet.model_timeout_s is not None:
+        return fleet.model_timeout_s
+    return night_bound_s(load_params(parameters["params_file"], parameters["overrides"])) + 60
+
+
 def latest_published(parameters: dict[str, Any]) -> tuple[str | None, str | None]:
     """The model's newest version in its registry and the smallest variant in it (every
     published variant passed every gate), for the nightly parameters of a fleet entry."""
@@ -155,7 +170,7 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 @dataclass(frozen=True)
 class ModelOutcome:
     name: str
-    status: str  # the nightly's status (published, unchanged, ...) or failed
+    status: str  # the nightly's status (published, unchanged, ...), failed or timed-out
     version: str | None = None
     best_variant: str | None = None
     link: str | None = None  # the model's nightly flow run in the UI (or its id)
@@ -169,7 +184,8 @@ class FleetResult:
 
     @property
     def failed(self) -> list[ModelOutcome]:
-        return [m for m in self.models if m.status == "failed"]
+        """The models whose nightly did not end well: failed, or stopped at a time bound."""
+        return [m for m in self.models if m.status in ("failed", "timed-out")]
 
 
 def one_line(text: str) -> str:
@@ -184,12 +200,14 @@ def summary_markdown(result: FleetResult) -> str:
         "|---|---|---|---|---|",
     ]
     for m in result.models:
-        status = f"failed: {m.error}" if m.status == "failed" else m.status
+        status = f"{m.status}: {m.error}" if m.status in ("failed", "timed-out") else m.status
         link = f"[run]({m.link})" if m.link and m.link.startswith("http") else (m.link or "-")
         rows.append(
             f"| {m.name} | {status.replace('|', '/')} | {m.version or '-'} "
             f"| {m.best_variant or '-'} | {link} |"
         )
-    failed = len(result.failed)
-    head = f"**{len(result.models)} models, {failed} failed**, {result.wall_s:.0f} s"
+    failed = sum(m.status == "failed" for m in result.models)
+    timed_out = sum(m.status == "timed-out" for m in result.models)
+    ended = f"{failed} failed" + (f", {timed_out} timed out" if timed_out else "")
+    head = f"**{len(result.models)} models, {ended}**, {result.wall_s:.0f} s"
     return head + "\n\n" + "\n".join(rows)

@@ -75,6 +75,12 @@ def test_fleet_runs_every_model_and_counts_the_failed_one(
         assert outcomes[name].link
     broken = outcomes["broken"]
     assert broken.status == "failed" and broken.version is None
+    # the width is Prefect's own global concurrency limit, created with fleet.yaml's concurrency
+    # and shown in the UI; it holds for every fleet of this server, not one thread pool's
+    limit = httpx.get(
+        f"{prefect_server}/v2/concurrency_limits/modelpress-nightlies", timeout=30
+    ).json()
+    assert limit["limit"] == 2 and limit["active_slots"] == 0, limit
     assert "\n" not in (broken.error or "")
     assert "broken.yaml" in (broken.error or "") and "no_such_technique" in (broken.error or "")
 
@@ -147,3 +153,91 @@ def test_deployment_mode_runs_each_model_as_a_run_of_the_nightly_deployment(
     # one run of the deployment for the model that could run: the broken entry's params were
     # refused before any nightly started, so it never became a run
     assert len(runs) == 1
+
+
+def test_a_model_past_its_bound_is_cancelled_and_its_processes_stopped(
+    prefect_server: str, tmp_path: Path
+) -> None:
+    """Local mode: a nightly still running at fleet.yaml's model_timeout_s is stopped with its
+    whole process tree (the build child included), its run is Cancelled, the model is timed-out
+    in the summary, and the other model still publishes."""
+    import time
+
+    import psutil
+
+    from flows.fleet import fleet
+    from tasks.fleet import FleetResult
+    from tests.conftest import CRASHING_TECHNIQUE
+
+    fleet_file = _fleet(tmp_path)
+    raw = yaml.safe_load(fleet_file.read_text())
+    hang = {"technique": "crashing", "source": "baseline", "how": "hang"}
+    raw["model_timeout_s"] = 45
+    raw["models"] = [
+        {
+            "name": "hung",
+            "params": "params.yaml",
+            "overrides": {"techniques": [CRASHING_TECHNIQUE], "variants": {"slow": hang}},
+        },
+    ]
+    fleet_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    started = time.monotonic()
+    state = fleet(fleet_file=str(fleet_file), workdir=str(tmp_path / "work"), return_state=True)
+    assert time.monotonic() - started < 45 + 60
+    assert state.is_failed() and state.message == "1 of 1 models failed: hung"
+    result = state.result(raise_on_failure=False)
+    assert isinstance(result, FleetResult)
+    hung = result.models[0]
+    assert hung.status == "timed-out", hung
+    assert "ran past its bound of 45 s" in (hung.error or "")
+    spawned = [
+        p for p in psutil.Process().children(recursive=True)
+        if "spawn_main" in " ".join(p.cmdline())
+    ]  # fmt: skip
+    assert spawned == [], [p.cmdline() for p in spawned]
+    runs = httpx.post(
+        f"{prefect_server}/flow_runs/filter",
+        json={"flows": {"name": {"any_": ["nightly"]}}, "limit": 5},
+        timeout=30,
+    ).json()
+    assert [r["state"]["type"] for r in runs] == ["CANCELLED"], runs
+
+
+def test_a_deployment_nobody_runs_ends_timed_out_not_waiting_for_ever(
+    prefect_server: str, tmp_path: Path
+) -> None:
+    """Deployment mode with no worker on the deployment's pool: the run never starts. The
+    fleet gives it start_timeout_s, cancels it and says where to look, instead of waiting for
+    ever; a deployment without a concurrency limit gets fleet.yaml's."""
+    import time
+
+    from prefect import get_client
+
+    from flows.fleet import fleet
+    from flows.nightly import nightly
+
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name="nobody-polls-this", type="process"))
+        flow_id = client.create_flow(nightly)
+        client.create_deployment(flow_id, "nightly", work_pool_name="nobody-polls-this")
+    fleet_file = _fleet(tmp_path)
+    raw = yaml.safe_load(fleet_file.read_text())
+    raw |= {"mode": "deployment", "concurrency": 3, "start_timeout_s": 8}
+    raw["models"] = [m for m in raw["models"] if m["name"] == "digits-a"]
+    fleet_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    started = time.monotonic()
+    state = fleet(fleet_file=str(fleet_file), workdir=str(tmp_path / "work"), return_state=True)
+    assert time.monotonic() - started < 60
+    outcome = state.result(raise_on_failure=False).models[0]
+    assert outcome.status == "timed-out", outcome
+    assert "not started within start_timeout_s = 8 s" in (outcome.error or "")
+    assert "work pool" in (outcome.error or "")
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("nightly/nightly")
+        assert deployment.global_concurrency_limit is not None
+        assert deployment.global_concurrency_limit.limit == 3
+        run = client.read_flow_runs(limit=5)
+        states = {r.name: r.state.type.value for r in run if r.state is not None}
+    assert states.get("digits-a") in {"CANCELLED", "CANCELLING"}, states

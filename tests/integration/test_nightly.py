@@ -531,3 +531,55 @@ def test_a_build_past_its_time_bound_is_stopped_and_fails_its_variant(
     record = built.records["slow"]
     assert record.status == "failed"
     assert "slow: build stopped at its time bound" in (record.reason or ""), record.reason
+
+
+def test_a_build_past_timeouts_build_s_fails_its_variant_naming_the_setting(
+    prefect_server: str, tiny_workspace: Path
+) -> None:
+    """Every build has a bound, not only a search's: timeouts.build_s in params.yaml. Before,
+    a build with no search around it had none and a hung one held the night for ever."""
+    from flows.variants import build_variants
+    from tasks.config import parse_params
+    from tasks.io import read_json
+
+    params = parse_params(
+        {
+            "techniques": [CRASHING_TECHNIQUE],
+            "variants": {"slow": {"technique": "crashing", "source": "baseline", "how": "hang"}},
+            "timeouts": {"build_s": 3},
+        }
+    )
+    baseline = tiny_workspace / "models" / "baseline"
+    sha = read_json(baseline / "baseline.json")["sha256"]
+    started = time.monotonic()
+    built = build_variants(
+        params, sha, "build-s-test", str(baseline), str(tiny_workspace / "data"),
+        tiny_workspace / "work-build-s",
+    )  # fmt: skip
+    assert time.monotonic() - started < 60
+    record = built.records["slow"]
+    assert record.status == "failed"
+    assert record.reason == "slow: build stopped at its time bound (timeouts.build_s = 3 s)"
+
+
+def test_a_night_past_timeouts_night_s_stops_saying_so(
+    prefect_server: str, tmp_path: Path
+) -> None:
+    """The nightly as a whole has a bound (timeouts.night_s, else the sum of its stages'):
+    past it the run fails with a line naming the setting, and the flow run says so."""
+    from flows.nightly import nightly
+    from tasks.timeouts import NightTimedOut
+
+    registry = {"uri": str(tmp_path / "registry"), "model_name": "bounded"}
+    variants = {"slow": {"technique": "crashing", "source": "baseline", "how": "hang"}}
+    run = _plugin_run(tmp_path, [CRASHING_TECHNIQUE], variants, registry)
+    run["overrides"] = {"timeouts": {"night_s": 25}}  # type: ignore[assignment]
+    started = time.monotonic()
+    state = nightly(**run, return_state=True)
+    elapsed = time.monotonic() - started
+    assert state.is_failed(), state
+    with pytest.raises(NightTimedOut, match=r"nightly bounded: stopped at its time bound "
+                       r"\(timeouts.night_s = 25 s\)"):  # fmt: skip
+        state.result()
+    assert elapsed < 25 + 45, elapsed  # the hang alone is 120 s
+    assert not (tmp_path / "registry" / "bounded").exists()

@@ -1,5 +1,6 @@
-"""infra/stack.sh up/down with stand-in programs: `up` says what S3 publishing needs, `down`
-stops every process it started and what they spawned, even one that ignores SIGTERM."""
+"""infra/stack.sh up/down with stand-in programs: `up` says what S3 publishing needs, `env`
+prints the ports the stack started with, Prefect's home is the stack's own, `down` stops every
+process it started and what they spawned, even one that ignores SIGTERM."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ exit 0
 """
 PYTHON = """#!/usr/bin/env bash
 if [[ "${1:-}" == - ]]; then echo "export MODELPRESS_CRON='0 2 * * *' MODELPRESS_TIMEZONE='UTC'"; fi
+if [[ "${1:-}" == -c ]]; then echo "modelpress:stand-in"; fi
 exit 0
 """
 
@@ -82,12 +84,23 @@ def test_up_names_the_aws_variables_and_down_stops_every_process_group(tmp_path:
         assert again.returncode == 0, again.stdout + again.stderr
         assert "not set" not in again.stdout
 
+        # another shell, without the port variables: `env` still names the running stack's ports
+        other_shell = {k: v for k, v in env.items() if not k.endswith("_PORT")}
+        printed = subprocess.run(
+            [*stack, "env"], env=other_shell, capture_output=True, text=True, timeout=60
+        )
+        assert printed.returncode == 0, printed.stderr
+        assert "PREFECT_API_URL=http://127.0.0.1:1/api" in printed.stdout, printed.stdout
+        home = state / "prefect-home"
+        assert f"PREFECT_HOME={home}" in printed.stdout
+        assert home.is_dir() and home.stat().st_mode & 0o777 == 0o700
+
         deadline = time.monotonic() + 30
-        while len(list(children.glob("*.pid"))) < 3 and time.monotonic() < deadline:
+        while len(list(children.glob("*.pid"))) < 4 and time.monotonic() < deadline:
             time.sleep(0.2)
         started = [int(p.read_text()) for p in state.glob("*.pid")]
         spawned = [int(p.read_text()) for p in children.glob("*.pid")]
-        assert len(started) == 5 and len(spawned) == 3, (started, spawned)
+        assert len(started) == 6 and len(spawned) == 4, (started, spawned)
         assert all(_alive(pid) for pid in started + spawned)
 
         down = subprocess.run(
@@ -97,6 +110,7 @@ def test_up_names_the_aws_variables_and_down_stops_every_process_group(tmp_path:
         time.sleep(0.5)  # init reaps what the SIGKILL ended
         assert [pid for pid in started + spawned if _alive(pid)] == []
         assert list(state.glob("*.pid")) == []
+        assert not (state / "ports").exists()
     finally:
         for pid_file in [*state.glob("*.pid"), *children.glob("*.pid")]:
             pid = int(pid_file.read_text())
