@@ -212,11 +212,10 @@ def test_a_deployment_nobody_runs_ends_timed_out_not_waiting_for_ever(
     import time
 
     from prefect import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
 
     from flows.fleet import fleet
     from flows.nightly import nightly
-
-    from prefect.client.schemas.actions import WorkPoolCreate
 
     with get_client(sync_client=True) as client:
         client.create_work_pool(WorkPoolCreate(name="nobody-polls-this", type="process"))

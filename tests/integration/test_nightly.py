@@ -562,9 +562,7 @@ def test_a_build_past_timeouts_build_s_fails_its_variant_naming_the_setting(
     assert record.reason == "slow: build stopped at its time bound (timeouts.build_s = 3 s)"
 
 
-def test_a_night_past_timeouts_night_s_stops_saying_so(
-    prefect_server: str, tmp_path: Path
-) -> None:
+def test_a_night_past_timeouts_night_s_stops_saying_so(prefect_server: str, tmp_path: Path) -> None:
     """The nightly as a whole has a bound (timeouts.night_s, else the sum of its stages'):
     past it the run fails with a line naming the setting, and the flow run says so."""
     from flows.nightly import nightly
