@@ -62,6 +62,25 @@ def scheduler_answers(address: str, timeout_s: float = 5.0) -> None:
         ) from None
 
 
+def missing_gpu_reason(cfg: TaskRunnerConfig) -> str | None:
+    """Why a build that asks for a GPU worker could never start here, or None. On an existing
+    scheduler none of whose workers declares the GPU resource, such a task sat in the
+    scheduler's no-worker state for ever and the night never ended; a LocalCluster declares it
+    on every worker (the build there skips itself where TensorRT is missing)."""
+    if cfg.kind != "dask" or cfg.address is None:
+        return None
+    from distributed import Client
+
+    with Client(cfg.address, timeout=30) as client:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+    if any(w.get("resources", {}).get(GPU, 0) >= 1 for w in workers.values()):
+        return None
+    return (
+        f"needs a CUDA runner: no worker of the Dask cluster at {cfg.address} declares the "
+        f"{GPU} resource (start one on a GPU node with `dask worker ... --resources {GPU}=1`)"
+    )
+
+
 @contextlib.contextmanager
 def gpu_annotation(cfg: TaskRunnerConfig, build_on: str | None) -> Iterator[None]:
     """On Dask, a task that builds on a CUDA runner asks for a GPU worker; elsewhere, nothing."""

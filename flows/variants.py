@@ -12,8 +12,8 @@ from prefect import Task, flow, get_run_logger, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.futures import PrefectFuture
 
-from flows.runners import builder, gpu_annotation, pin_worker_threads
-from tasks.config import Params, VariantConfig
+from flows.runners import builder, gpu_annotation, missing_gpu_reason, pin_worker_threads
+from tasks.config import Params, TaskRunnerConfig, VariantConfig
 from tasks.errors import ModelPressError, brief
 from tasks.io import atomic_dir
 from tasks.lineage import code_sha256
@@ -28,6 +28,18 @@ CACHED_INPUTS = INPUTS - "root"
 CACHED = CACHED_INPUTS + TASK_SOURCE
 
 CachedTask = TypeVar("CachedTask", bound=Task)
+
+
+def result_storage(cfg: TaskRunnerConfig, work: Path) -> Path | str:
+    """Where the cached tasks keep their results (and so their cache records): not Prefect's
+    default ~/.prefect/storage, which is each machine's own; there a Dask worker that took over
+    from a lost one found no record of the variants the lost one had finished, and built them
+    again."""
+    if cfg.result_storage is None:
+        return work / "results"
+    if cfg.result_storage.startswith("block:"):
+        return cfg.result_storage.removeprefix("block:")
+    return Path(cfg.result_storage).resolve()
 
 
 def rerun_if_gone(cached: CachedTask, output: str | Path) -> CachedTask:
@@ -116,17 +128,28 @@ def build_variants(
     export_key = content_key(base_key, code_sha256("tasks.export"))
     variants_root = work / "variants" / export_key
     dirs = {"baseline": str(variants_root / "baseline")}
+    storage = result_storage(params.task_runner, work)
     export_bounded = rerun_if_gone(export_task, dirs["baseline"]).with_options(
-        timeout_seconds=bound
+        timeout_seconds=bound, result_storage=storage
     )
     export = export_bounded.submit(baseline_sha256, baseline_dir, data_dir, dirs["baseline"])
     futures: dict[str, PrefectFuture[Any]] = {"baseline": export}
     keys = {"baseline": export_key}
+    no_gpu = missing_gpu_reason(params.task_runner)
+    never_started: dict[str, str] = {}  # variant → why it was not submitted
     for name, cfg in in_dependency_order(params.variants):
         technique_code = code_sha256("tasks.compress", *technique_of(cfg).modules)
         keys[name] = content_key(keys[cfg.source], name, cfg, technique_code)
         dirs[name] = str(variants_root / f"{name}-{keys[name]}")
-        compress = rerun_if_gone(compress_task, dirs[name]).with_options(timeout_seconds=bound)
+        if no_gpu is not None and technique_of(cfg).build_on == "cuda":
+            never_started[name] = no_gpu
+        elif cfg.source in never_started:
+            never_started[name] = f"source '{cfg.source}' is skipped"
+        if name in never_started:
+            continue
+        compress = rerun_if_gone(compress_task, dirs[name]).with_options(
+            timeout_seconds=bound, result_storage=storage
+        )
         with gpu_annotation(params.task_runner, technique_of(cfg).build_on):
             futures[name] = compress.submit(
                 name,
@@ -155,6 +178,16 @@ def build_variants(
         records[name] = _did_not_finish(name, cfg, future, records, why)
         # kept apart from the variant's own directory (its cache): the next run builds it again
         dirs[name] = str(variants_root / f"{name}-{keys[name]}.unfinished")
+        with atomic_dir(Path(dirs[name])) as staging:
+            write_record(staging, records[name])
+    for name, reason in never_started.items():
+        cfg = params.variants[name]
+        get_run_logger().warning("variant %s: skipped: %s", name, reason)
+        records[name] = VariantRecord(
+            name=name, technique=cfg.technique, status="skipped", source=cfg.source, reason=reason
+        )
+        # not its cache directory: with a GPU worker the next run builds it
+        dirs[name] = str(variants_root / f"{name}-{keys[name]}.skipped")
         with atomic_dir(Path(dirs[name])) as staging:
             write_record(staging, records[name])
     cached = [name for name, future in futures.items() if future.state.name == "Cached"]

@@ -489,6 +489,11 @@ class TaskRunnerConfig(_Strict):
     max_workers: Annotated[int, Field(ge=1)] = 2  # threads: variants built at a time
     n_workers: Annotated[int, Field(ge=1)] = 2  # dask LocalCluster: worker processes, 1 thread each
     address: str | None = None  # dask: an existing scheduler (tcp://host:8786); no LocalCluster
+    # where the cached tasks' results live, so that any worker finds what another finished (a
+    # lost Dask worker costs only its unfinished builds): a folder every worker mounts, or
+    # `block:<type>/<name>` for a saved Prefect storage block (e.g. block:s3-bucket/results);
+    # null: <workdir>/results
+    result_storage: str | None = None
 
     @field_validator("address")
     @classmethod

@@ -127,3 +127,47 @@ def test_killing_a_worker_mid_build_still_publishes(prefect_server: str, tmp_pat
     assert {_pid(b) for n, b in result.builders.items()} == {survivor} or all(
         _pid(b) != pid_of[victim] for b in result.builders.values()
     ), result.builders
+
+
+def test_a_cluster_without_gpu_workers_skips_gpu_builds_and_keeps_results_in_the_workdir(
+    prefect_server: str, tiny_workspace: Path
+) -> None:
+    """An existing scheduler none of whose workers declares the GPU resource: the TensorRT
+    build is skipped saying why, instead of sitting in the scheduler's no-worker state for ever
+    (the night never ended). The cached builds' results live in the workdir, where a worker
+    that takes over from a lost one finds them, not in this machine's ~/.prefect/storage."""
+    from distributed import LocalCluster
+
+    from flows.variants import build_variants
+    from tasks.config import parse_params
+    from tasks.io import read_json
+
+    baseline = tiny_workspace / "models" / "baseline"
+    sha = read_json(baseline / "baseline.json")["sha256"]
+    work = tiny_workspace / "work-no-gpu"
+    with LocalCluster(
+        n_workers=1, processes=False, threads_per_worker=1, dashboard_address=None, protocol="tcp"
+    ) as cluster:
+        params = parse_params(
+            {
+                "variants": {
+                    "tensorrt_fp16": {"technique": "tensorrt_fp16", "source": "baseline"},
+                    "onnx_int8": {"technique": "onnx_int8", "source": "baseline"},
+                },
+                "task_runner": {"kind": "dask", "address": cluster.scheduler_address},
+            }
+        )
+        from flows.runners import make_task_runner
+
+        fan_out = build_variants.with_options(task_runner=make_task_runner(params.task_runner))
+        started = time.monotonic()
+        built = fan_out(params, sha, "no-gpu", str(baseline), str(tiny_workspace / "data"), work)
+        assert time.monotonic() - started < 240
+        again = fan_out(params, sha, "no-gpu", str(baseline), str(tiny_workspace / "data"), work)
+    skipped = built.records["tensorrt_fp16"]
+    assert skipped.status == "skipped", skipped
+    assert "no worker of the Dask cluster" in (skipped.reason or "")
+    assert "--resources GPU=1" in (skipped.reason or "")
+    assert built.records["onnx_int8"].status == "ok", built.records["onnx_int8"]
+    assert list((work / "results").iterdir()), "no result records in <workdir>/results"
+    assert set(again.cached) == {"baseline", "onnx_int8"}, again.cached
