@@ -572,17 +572,35 @@ def _hold_back_native_output(args: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from flows.interrupts import stop_cleanly
+
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["nightly"]:  # its own parser owns every option, --help included
-        _hold_back_native_output(argv[1:])
-        _nightly(argparse.Namespace(args=argv[1:]))
-        return
-    if argv[:1] == ["search"]:
-        _hold_back_native_output(argv[1:])
-        search_main(argv[1:])
-        return
-    args = build_parser().parse_args(argv)
-    run_main(lambda: args.handler(args))
+    command = f"modelpress {argv[0]}" if argv else "modelpress"
+    with stop_cleanly(command, _kept(argv)):
+        if argv[:1] == ["nightly"]:  # its own parser owns every option, --help included
+            _hold_back_native_output(argv[1:])
+            _nightly(argparse.Namespace(args=argv[1:]))
+            return
+        if argv[:1] == ["search"]:
+            _hold_back_native_output(argv[1:])
+            search_main(argv[1:])
+            return
+        args = build_parser().parse_args(argv)
+        run_main(lambda: args.handler(args))
+
+
+def _kept(argv: list[str]) -> str:
+    """What an interrupted run leaves for the next one."""
+    workdir = ".modelpress"
+    for index, arg in enumerate(argv):
+        if arg == "--workdir" and index + 1 < len(argv):
+            workdir = argv[index + 1]
+        elif arg.startswith("--workdir="):
+            workdir = arg.split("=", 1)[1]
+    return (
+        f"what had finished (data, baseline, built variants, evaluations) is cached under "
+        f"{workdir} and the next run reuses it; the registry holds only whole versions"
+    )
 
 
 if __name__ == "__main__":

@@ -27,8 +27,9 @@ from typing import Any, Literal, get_args
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Cancelled, Completed, Failed, State
-from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from prefect.task_runners import TaskRunner
 
+from flows.runners import LettingGoThreadPoolTaskRunner
 from tasks.decision import Status
 from tasks.fleet import (
     FleetConfig,
@@ -336,7 +337,9 @@ def fleet(
         ran = _run_deployments(runnable, path, cfg, extra)
     else:
         # threads as wide as the limit: a thread waits for its slot, not for a thread
-        runner: TaskRunner[Any] = ThreadPoolTaskRunner(max_workers=min(limit, len(runnable) or 1))
+        runner: TaskRunner[Any] = LettingGoThreadPoolTaskRunner(
+            max_workers=min(limit, len(runnable) or 1)
+        )
         ran = _run_local.with_options(task_runner=runner)(runnable, path, cfg, extra)
     by_name = {o.name: o for o in ran} | {
         name: ModelOutcome(name, "failed", error=error) for name, error in invalid.items()

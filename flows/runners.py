@@ -9,6 +9,7 @@ everything that crosses to a worker pickles.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -21,9 +22,37 @@ from tasks.config import TaskRunnerConfig
 GPU = "GPU"  # the Dask worker resource TensorRT builds ask for
 
 
+class _ThreadTimeoutCaveat(logging.Filter):
+    """Prefect warns on every task with a timeout that runs in a worker thread that the bound
+    cannot cut a blocking call short. Every build has a bound (timeouts.build_s), so the
+    warning came once per variant; what it says is in infra/README.md (Time bounds)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is running in a worker thread" not in record.getMessage()
+
+
+logging.getLogger("prefect.task_runs").addFilter(_ThreadTimeoutCaveat())
+
+
+class LettingGoThreadPoolTaskRunner(ThreadPoolTaskRunner):
+    """Prefect's thread pool runner, except that leaving it on an exception (Ctrl-C, SIGTERM,
+    the night's time bound) does not wait for the threads still running a task: Prefect's
+    waits, and a build that runs on for minutes held Ctrl-C for as long. Those threads' work is
+    lost anyway; the process that is ending stops them with itself."""
+
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        executor = self._executor
+        if exc_type is not None and executor is not None:
+            for event in self._cancel_events.values():  # what Prefect's cancel_all sets
+                event.set()
+            executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+        super().__exit__(exc_type, exc_value, traceback)
+
+
 def make_task_runner(cfg: TaskRunnerConfig) -> TaskRunner[Any]:
     if cfg.kind == "threads":
-        return ThreadPoolTaskRunner(max_workers=cfg.max_workers)
+        return LettingGoThreadPoolTaskRunner(max_workers=cfg.max_workers)
     from prefect_dask import DaskTaskRunner
 
     if cfg.address is not None:

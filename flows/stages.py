@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
-from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from prefect.task_runners import TaskRunner
 
 from flows.fetch import fetch_inputs
+from flows.runners import LettingGoThreadPoolTaskRunner
 from flows.variants import CACHED, rerun_if_gone
 from tasks.benchmark import BenchmarkRow
 from tasks.config import BaselineConfig, DataConfig, GatesConfig, Params, TrainConfig
@@ -29,7 +30,7 @@ from tasks.runtimes import RUNTIME_MODULES
 from tasks.timeouts import StageTimedOut
 from tasks.variant import EVALUATION_SPLIT, VariantRecord
 
-RUNNER: TaskRunner[Any] = ThreadPoolTaskRunner(max_workers=2)  # variants two at a time
+RUNNER: TaskRunner[Any] = LettingGoThreadPoolTaskRunner(max_workers=2)  # variants two at a time
 
 
 @task(name="prepare", cache_policy=CACHED)

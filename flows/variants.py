@@ -11,8 +11,15 @@ from typing import Any, TypeVar, cast
 from prefect import Task, flow, get_run_logger, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.futures import PrefectFuture
+from prefect.task_runners import TaskRunner
 
-from flows.runners import builder, gpu_annotation, missing_gpu_reason, pin_worker_threads
+from flows.runners import (
+    LettingGoThreadPoolTaskRunner,
+    builder,
+    gpu_annotation,
+    missing_gpu_reason,
+    pin_worker_threads,
+)
 from tasks.config import Params, TaskRunnerConfig, VariantConfig
 from tasks.errors import ModelPressError, brief
 from tasks.io import atomic_dir
@@ -106,7 +113,12 @@ def compress_task(
     return Built(record, builder())
 
 
-@flow(name="variants", validate_parameters=False)
+# unbounded, as Prefect's default: a search builds its whole batch at once; the nightly gives
+# params.task_runner's instead (with_options)
+BUILD_THREADS: TaskRunner[Any] = LettingGoThreadPoolTaskRunner()
+
+
+@flow(name="variants", validate_parameters=False, task_runner=BUILD_THREADS)
 def build_variants(
     params: Params,
     baseline_sha256: str,

@@ -28,6 +28,7 @@ def _die() -> None:
 
 def build(context: BuildContext, config: CrashingConfig) -> VariantRecord:
     if config.how == "hang":  # a build far longer than its bound, in Python (as training is)
+        print(f"crashing: {context.name} hangs for 120 s")
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             time.sleep(0.05)
