@@ -41,12 +41,19 @@ def in_child_process(what: str, step: Callable[..., Result], *args: Any) -> Resu
         # the pool's own process table, private but the only place the child's exit code is
         # kept once the pool breaks
         workers = list(getattr(child, "_processes", {}).values())
-        while True:
-            try:
-                print(lines.get(timeout=0.5))
-            except queue.Empty:
-                if future.done():
-                    break
+        try:
+            while True:
+                try:
+                    print(lines.get(timeout=0.5))
+                except queue.Empty:
+                    if future.done():
+                        break
+        except BaseException:
+            # stopped from outside (the build's time bound, Ctrl-C): the child goes too, or
+            # leaving the pool would wait for it to finish its build
+            for worker in workers:
+                worker.kill()
+            raise
         try:
             return future.result()
         except BrokenProcessPool as exc:
