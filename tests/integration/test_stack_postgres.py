@@ -1,6 +1,8 @@
 """`infra/stack.sh up --db postgres`: the real stack with its Prefect server on a PostgreSQL that
-the script initialises and starts; a tiny nightly runs against it and its flow runs are rows in
-that database; `down` stops PostgreSQL too."""
+the script initialises and starts. The operator's Prefect CLI works against it; `env` prints the
+ports it started with; its Prefect home is its own (mode 700). With a work-pool limit of 1 on the
+nightly's pool (what an operator sets first), the fleet deployment still ends: its own run is on
+its own pool, and its nightly is a row in PostgreSQL. `down` stops PostgreSQL too."""
 
 from __future__ import annotations
 
@@ -86,24 +88,63 @@ def test_nightly_against_the_postgres_backed_server(tmp_path: Path) -> None:
         assert (state / "postgres-password").stat().st_mode & 0o777 == 0o600
         assert password not in up.stdout + up.stderr
 
+        home = state / "prefect-home"
+        assert home.stat().st_mode & 0o777 == 0o700
+        # another shell: no port variables, but `env` names the running stack's
+        other_shell = {k: v for k, v in env.items() if not k.endswith("_PORT")}
+        exports = _stack(other_shell, "env").stdout
         api = f"http://127.0.0.1:{env['PREFECT_PORT']}/api"
-        run_env = cli_env({}, api) | {
+        assert f"PREFECT_API_URL={api}" in exports and f"PREFECT_HOME={home}" in exports
+        cli = cli_env({}, api) | {
             "PREFECT_API_AUTH_STRING": (state / "auth").read_text().strip(),
-            "PREFECT_HOME": str(tmp_path / "prefect-home"),
+            "PREFECT_HOME": str(home),
         }
-        done = processes.run(
-            [sys.executable, "-m", "flows.cli", "nightly", "--params", str(params),
-             "--approval", "auto", "--registry-uri", str(tmp_path / "registry"),
-             "--workdir", str(tmp_path / "work")],
-            env=run_env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=400,
+        prefect = str(Path(sys.executable).parent / "prefect")
+        # the operator's first commands: each got a 422 with fastapi 0.151+
+        for command in ("flow-run ls", "flow ls", "deployment ls", "work-pool ls", "artifact ls"):
+            done = processes.run(
+                [prefect, *command.split()], env=cli, capture_output=True, text=True, timeout=120
+            )
+            assert done.returncode == 0, (command, done.stdout[-2000:], done.stderr[-2000:])
+        listed = processes.run(
+            [prefect, "deployment", "ls"], env=cli, capture_output=True, text=True, timeout=120
+        ).stdout
+        for deployment in ("nightly/nightly", "fleet/fleet", "benchmark/cuda"):
+            assert deployment in listed, listed  # `deploy --all` deployed every one
+
+        limited = processes.run(
+            [prefect, "work-pool", "set-concurrency-limit", "modelpress-local", "1"],
+            env=cli, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        assert "published" in done.stdout
-        assert (tmp_path / "registry" / "digits-resnet").is_dir()
+        assert limited.returncode == 0, limited.stderr
+        fleet_file = tmp_path / "fleet.yaml"
+        fleet_file.write_text(
+            yaml.safe_dump(
+                {
+                    "mode": "deployment",
+                    "approval": "auto",
+                    "models": [
+                        {
+                            "name": "digits-pg",
+                            "params": str(params),
+                            "overrides": {"registry": {"uri": str(tmp_path / "registry")}},
+                        }
+                    ],
+                }
+            )
+        )
+        run = processes.run(
+            [prefect, "deployment", "run", "fleet/fleet", "--param", f"fleet_file={fleet_file}",
+             "--param", f"workdir={tmp_path / 'work'}", "--watch", "--watch-timeout", "500"],
+            env=cli, capture_output=True, text=True, timeout=560,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        assert "COMPLETED" in run.stdout.upper(), run.stdout[-3000:]
+        assert (tmp_path / "registry" / "digits-pg").is_dir()
         # the run is in PostgreSQL, not in a SQLite file (beside the deployment's scheduled runs)
         states = asyncio.run(_nightly_runs(port, password))
         assert states.count("COMPLETED") == 1 and set(states) <= {"COMPLETED", "SCHEDULED"}
-        assert not list((tmp_path / "prefect-home").glob("*.db"))
+        assert not list(home.glob("*.db"))
     finally:
         down = _stack(env, "down")
         if pg_dir is not None and pg_dir.is_relative_to("/var/lib/postgresql"):
