@@ -274,7 +274,7 @@ def _fleet(args: argparse.Namespace) -> None:
     """Print the fleet summary; exit 1 when any model failed (the line says how many)."""
     from flows._console import deliver_prefect_queues, say_user_errors_once
     from flows.fleet import fleet
-    from tasks.fleet import FleetResult, load_fleet
+    from tasks.fleet import fleet_result, load_fleet
 
     say_user_errors_once()
     load_fleet(args.fleet_file)  # a bad fleet.yaml: its one line, before any server starts
@@ -289,9 +289,9 @@ def _fleet(args: argparse.Namespace) -> None:
         )
     finally:
         deliver_prefect_queues()
-    result = state.result(raise_on_failure=False)
-    if not isinstance(result, FleetResult):
-        raise result if isinstance(result, BaseException) else RuntimeError(state.message)
+    outcome = state.result(raise_on_failure=False)
+    if fleet_result(outcome) is None:
+        raise outcome if isinstance(outcome, BaseException) else RuntimeError(state.message)
     print(f"fleet: {state.message}")
     if state.is_failed():
         sys.exit(1)

@@ -33,6 +33,7 @@ from flows.runners import LettingGoThreadPoolTaskRunner
 from tasks.decision import Status
 from tasks.fleet import (
     FleetConfig,
+    FleetFailed,
     FleetModel,
     FleetResult,
     ModelOutcome,
@@ -353,5 +354,5 @@ def fleet(
     if failed:
         names = ", ".join(m.name for m in failed)
         message = f"{len(failed)} of {len(outcomes)} models failed: {names}"
-        return Failed(message=message, data=result)
+        return Failed(message=message, data=FleetFailed(message, result))
     return Completed(message=f"{len(outcomes)} models, none failed", data=result)

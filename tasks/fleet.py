@@ -188,6 +188,26 @@ class FleetResult:
         return [m for m in self.models if m.status in ("failed", "timed-out")]
 
 
+class FleetFailed(Exception):
+    """Some models failed or timed out: the fleet's Failed state carries this, holding every
+    model's outcome. A failed state's data must be an exception: a worker's flow-run process
+    raised "FleetResult cannot be resolved into an exception" for a bare FleetResult."""
+
+    def __init__(self, message: str, result: FleetResult) -> None:
+        super().__init__(message, result)
+        self.result = result
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def fleet_result(outcome: object) -> FleetResult | None:
+    """The FleetResult of a fleet run's result, whether it ended Completed or Failed."""
+    if isinstance(outcome, FleetFailed):
+        return outcome.result
+    return outcome if isinstance(outcome, FleetResult) else None
+
+
 def one_line(text: str) -> str:
     lines = [line.strip() for line in str(text).splitlines() if line.strip()]
     return lines[0] if lines else "failed"

@@ -51,7 +51,7 @@ def test_fleet_runs_every_model_and_counts_the_failed_one(
     prefect_server: str, tmp_path: Path
 ) -> None:
     from flows.fleet import fleet
-    from tasks.fleet import FleetResult
+    from tasks.fleet import FleetResult, fleet_result
 
     fleet_file = _fleet(tmp_path)
     registry = tmp_path / "registry"
@@ -64,7 +64,7 @@ def test_fleet_runs_every_model_and_counts_the_failed_one(
 
     assert state.is_failed()
     assert state.message == "1 of 3 models failed: broken"
-    result = state.result(raise_on_failure=False)
+    result = fleet_result(state.result(raise_on_failure=False))
     assert isinstance(result, FleetResult)
     outcomes = {m.name: m for m in result.models}
     assert [m.name for m in result.models] == ["digits-a", "broken", "digits-b"]
@@ -107,7 +107,7 @@ def test_deployment_mode_runs_each_model_as_a_run_of_the_nightly_deployment(
     from prefect.client.schemas.sorting import FlowRunSort
 
     from flows.fleet import fleet
-    from tasks.fleet import FleetResult
+    from tasks.fleet import FleetResult, fleet_result
     from tests import processes
 
     fleet_file = _fleet(tmp_path)
@@ -134,7 +134,7 @@ def test_deployment_mode_runs_each_model_as_a_run_of_the_nightly_deployment(
         state = fleet(fleet_file=str(fleet_file), workdir=str(tmp_path / "work"), return_state=True)
 
     assert state.is_failed() and state.message == "1 of 2 models failed: broken"
-    result = state.result(raise_on_failure=False)
+    result = fleet_result(state.result(raise_on_failure=False))
     assert isinstance(result, FleetResult)
     outcomes = {m.name: m for m in result.models}
     assert outcomes["digits-a"].status == "published", outcomes["digits-a"]
@@ -166,7 +166,7 @@ def test_a_model_past_its_bound_is_cancelled_and_its_processes_stopped(
     import psutil
 
     from flows.fleet import fleet
-    from tasks.fleet import FleetResult
+    from tasks.fleet import FleetResult, fleet_result
     from tests.conftest import CRASHING_TECHNIQUE
 
     fleet_file = _fleet(tmp_path)
@@ -185,7 +185,7 @@ def test_a_model_past_its_bound_is_cancelled_and_its_processes_stopped(
     state = fleet(fleet_file=str(fleet_file), workdir=str(tmp_path / "work"), return_state=True)
     assert time.monotonic() - started < 45 + 60
     assert state.is_failed() and state.message == "1 of 1 models failed: hung"
-    result = state.result(raise_on_failure=False)
+    result = fleet_result(state.result(raise_on_failure=False))
     assert isinstance(result, FleetResult)
     hung = result.models[0]
     assert hung.status == "timed-out", hung
@@ -197,10 +197,11 @@ def test_a_model_past_its_bound_is_cancelled_and_its_processes_stopped(
     assert spawned == [], [p.cmdline() for p in spawned]
     runs = httpx.post(
         f"{prefect_server}/flow_runs/filter",
-        json={"flows": {"name": {"any_": ["nightly"]}}, "limit": 5},
+        json={"flows": {"name": {"any_": ["nightly"]}}, "limit": 200},
         timeout=30,
     ).json()
-    assert [r["state"]["type"] for r in runs] == ["CANCELLED"], runs
+    ours = [r for r in runs if str(r["parameters"].get("workdir", "")).startswith(str(tmp_path))]
+    assert [r["state"]["type"] for r in ours] == ["CANCELLED"], ours
 
 
 def test_a_deployment_nobody_runs_ends_timed_out_not_waiting_for_ever(
@@ -216,6 +217,7 @@ def test_a_deployment_nobody_runs_ends_timed_out_not_waiting_for_ever(
 
     from flows.fleet import fleet
     from flows.nightly import nightly
+    from tasks.fleet import fleet_result
 
     with get_client(sync_client=True) as client:
         client.create_work_pool(WorkPoolCreate(name="nobody-polls-this", type="process"))
@@ -229,7 +231,9 @@ def test_a_deployment_nobody_runs_ends_timed_out_not_waiting_for_ever(
     started = time.monotonic()
     state = fleet(fleet_file=str(fleet_file), workdir=str(tmp_path / "work"), return_state=True)
     assert time.monotonic() - started < 60
-    outcome = state.result(raise_on_failure=False).models[0]
+    result = fleet_result(state.result(raise_on_failure=False))
+    assert result is not None
+    outcome = result.models[0]
     assert outcome.status == "timed-out", outcome
     assert "not started within start_timeout_s = 8 s" in (outcome.error or "")
     assert "work pool" in (outcome.error or "")
@@ -237,6 +241,12 @@ def test_a_deployment_nobody_runs_ends_timed_out_not_waiting_for_ever(
         deployment = client.read_deployment_by_name("nightly/nightly")
         assert deployment.global_concurrency_limit is not None
         assert deployment.global_concurrency_limit.limit == 3
-        run = client.read_flow_runs(limit=5)
-        states = {r.name: r.state.type.value for r in run if r.state is not None}
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
+
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                deployment_id=FlowRunFilterDeploymentId(any_=[deployment.id])
+            )
+        )
+        states = {r.name: r.state.type.value for r in runs if r.state is not None}
     assert states.get("digits-a") in {"CANCELLED", "CANCELLING"}, states
