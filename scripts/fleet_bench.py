@@ -8,7 +8,7 @@ The models are the digits default at 16x16 under different names and seeds, two 
 (onnx_int8, pruned with one fine-tuning epoch). Three are made to fail: a params file that does
 not exist, params naming a technique that does not exist, and one whose flow-run process is
 SIGKILLed mid-run (what the out-of-memory killer does to a worker's run). The stack is started
-with its own state directory and ports, with a work-pool limit of 1 on the nightly's pool beside
+with its own state directory and ports, with a work-pool limit of 2 on the nightly's pool beside
 the nightly deployment's concurrency limit, and is stopped at the end on every path.
 
 Where the time went is CPU seconds per part of the stack (Prefect server, PostgreSQL, the
@@ -207,7 +207,7 @@ def main() -> None:
         os.environ |= {"PREFECT_API_URL": api, "PREFECT_HOME": str(state / "prefect-home"),
                        "PREFECT_API_AUTH_STRING": (state / "auth").read_text().strip()}  # fmt: skip
         prefect = str(Path(sys.executable).parent / "prefect")
-        subprocess.run([prefect, "work-pool", "set-concurrency-limit", "modelpress-local", "1"],
+        subprocess.run([prefect, "work-pool", "set-concurrency-limit", "modelpress-local", "2"],
                        check=True, capture_output=True)  # fmt: skip
         began = time.monotonic()
         fleet_run = subprocess.Popen(
