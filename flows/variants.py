@@ -185,6 +185,10 @@ def build_variants(
         if future.state.is_completed():
             built = future.result()
             records[name], builders[name] = built.record, built.builder
+            if params.task_runner.kind == "dask":  # the worker's own log line reaches the UI only
+                get_run_logger().info(
+                    "variant %s: %s, built by %s", name, built.record.status, built.builder
+                )
             continue
         cfg = params.variants[name]
         records[name] = _did_not_finish(name, cfg, future, records, why)
