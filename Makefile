@@ -68,10 +68,11 @@ example-search: $(STAMP)  ## after example-real: search its int8 and pruning kno
 	$(BIN)/modelpress search --params $(EXAMPLE)/params.yaml --approval auto \
 		--registry-uri $(EXAMPLE)/registry --workdir $(EXAMPLE)/.modelpress
 
-lint: $(STAMP)  ## ruff lint and format check, mypy type check
+lint: $(STAMP)  ## ruff lint and format check, mypy type check, no import circles or upward imports
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/python scripts/check_imports.py
 
 format: $(STAMP)  ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .

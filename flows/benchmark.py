@@ -146,7 +146,8 @@ def build_engines(
     import io
 
     from tasks.evaluate import run_variant
-    from tasks.techniques import BuildContext, technique_named  # CUDA runners have the full install
+    from tasks.techniques import technique_named  # CUDA runners have the full install
+    from tasks.techniques.context import BuildContext
 
     with np.load(images_file) as archive:
         images = archive["x"].astype(np.float32)

@@ -22,9 +22,9 @@ from tasks.decision import (
     decision_record,
 )
 from tasks.evaluate import VariantMetrics
-from tasks.lineage import content_of, unchanged_in
 from tasks.registry import PublishEntry
 from tasks.review import GateVerdict
+from tasks.unchanged import content_of, unchanged_in
 
 
 @dataclass(frozen=True)

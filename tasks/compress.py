@@ -15,7 +15,8 @@ from tasks.config import Params, VariantConfig, load_params
 from tasks.errors import ConfigError, ModelError, VariantError
 from tasks.io import atomic_dir
 from tasks.quiet import show_converter_output
-from tasks.techniques import BuildContext, technique_of
+from tasks.techniques import technique_of
+from tasks.techniques.context import BuildContext
 from tasks.variant import VariantRecord, read_record, write_record
 
 

@@ -18,12 +18,11 @@ from functools import cache
 from importlib.metadata import entry_points
 
 from tasks.errors import ConfigError, brief
-from tasks.techniques.base import BuildContext, Technique, TechniqueConfig
+from tasks.techniques.base import Technique, TechniqueConfig
 
 __all__ = [
     "BUILTIN",
     "ENTRY_POINT_GROUP",
-    "BuildContext",
     "Technique",
     "TechniqueConfig",
     "builtin_techniques",

@@ -20,7 +20,8 @@ from pydantic import Field
 from tasks.config import PositiveInt, PretrainedArch
 from tasks.data import Preprocess, Split
 from tasks.errors import VariantError
-from tasks.techniques.base import BuildContext, Technique, TechniqueConfig
+from tasks.techniques.base import Technique, TechniqueConfig
+from tasks.techniques.context import BuildContext
 from tasks.variant import VariantRecord
 
 if TYPE_CHECKING:

@@ -14,7 +14,8 @@ from typing import Literal
 
 from tasks.data import Preprocess
 from tasks.io import atomic_dir
-from tasks.techniques.base import BuildContext, Technique, TechniqueConfig
+from tasks.techniques.base import Technique, TechniqueConfig
+from tasks.techniques.context import BuildContext
 from tasks.tflite_convert import convert, working_copy, write_litert_variant
 from tasks.variant import VariantRecord, onnx_source
 

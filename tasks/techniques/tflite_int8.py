@@ -16,7 +16,8 @@ from tasks.errors import VariantError
 from tasks.int8_friendly import rewrite_hard_activations
 from tasks.io import atomic_dir
 from tasks.quiet import held_back
-from tasks.techniques.base import BuildContext, Technique, TechniqueConfig
+from tasks.techniques.base import Technique, TechniqueConfig
+from tasks.techniques.context import BuildContext
 from tasks.tflite_convert import (
     _CONVERT_LOCK,
     Calibration,

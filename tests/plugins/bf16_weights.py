@@ -15,7 +15,8 @@ import numpy as np
 from tasks.errors import VariantError
 from tasks.io import atomic_dir
 from tasks.runtimes.onnxruntime import RUNTIME as ONNX_RUNTIME
-from tasks.techniques import BuildContext, Technique, TechniqueConfig
+from tasks.techniques import Technique, TechniqueConfig
+from tasks.techniques.context import BuildContext
 from tasks.variant import (
     VariantRecord,
     carried_from,

@@ -12,7 +12,8 @@ from typing import Literal
 
 from tasks.child_process import in_child_process
 from tasks.runtimes.onnxruntime import RUNTIME as ONNX_RUNTIME
-from tasks.techniques import BuildContext, Technique, TechniqueConfig
+from tasks.techniques import Technique, TechniqueConfig
+from tasks.techniques.context import BuildContext
 from tasks.variant import VariantRecord
 
 

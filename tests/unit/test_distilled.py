@@ -14,7 +14,7 @@ from tasks.config import BaselineConfig, TrainConfig
 from tasks.data import Preprocess, load_preprocess, load_split
 from tasks.export import MODEL_FILE
 from tasks.models import DEFAULT_FACTORY, build_from_factory, count_macs_params
-from tasks.techniques import BuildContext
+from tasks.techniques.context import BuildContext
 from tasks.techniques.distilled import TECHNIQUE, DistilledConfig, build_student, student_arch
 from tasks.train import default_kwargs, make_baseline, save_baseline
 from tasks.variant import read_record

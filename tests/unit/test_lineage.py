@@ -12,14 +12,8 @@ import pytest
 from tasks.config import BaselineConfig, DataConfig
 from tasks.errors import DataError, ModelError
 from tasks.io import file_checksums
-from tasks.lineage import (
-    code_sha256,
-    data_lineage,
-    model_lineage,
-    sha256_tree,
-    unchanged_in,
-    unchanged_since,
-)
+from tasks.lineage import code_sha256, data_lineage, model_lineage, sha256_tree
+from tasks.unchanged import unchanged_in, unchanged_since
 
 
 def _tree(root: Path) -> Path:

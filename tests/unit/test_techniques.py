@@ -17,7 +17,6 @@ from tasks.config import load_params, parse_params
 from tasks.errors import ConfigError
 from tasks.techniques import (
     BUILTIN,
-    BuildContext,
     Technique,
     builtin_techniques,
     installed_techniques,
@@ -25,6 +24,7 @@ from tasks.techniques import (
     technique_named,
     technique_table,
 )
+from tasks.techniques.context import BuildContext
 from tasks.techniques.pruned import PrunedConfig
 from tests.conftest import PLUGIN_TECHNIQUE, REPO_ROOT, write_params
 
