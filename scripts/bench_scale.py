@@ -41,7 +41,7 @@ def _subflow_seconds(parent_name: str, flow_name: str) -> float | None:
 def fanout(args: argparse.Namespace) -> list[dict[str, Any]]:
     from flows.nightly import nightly
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for label, runner in (
         ("threads (max_workers=2)", {"kind": "threads"}),
         ("dask LocalCluster(n_workers=2)", {"kind": "dask", "n_workers": 2}),
@@ -75,15 +75,16 @@ def fanout(args: argparse.Namespace) -> list[dict[str, Any]]:
         fan = f"{r['fanout_s']:.1f}" if r["fanout_s"] is not None else "-"
         print(
             f"| {r['runner']} | {fan} | {r['nightly_s']} | {r['status']} | {r['flow_pid']} "
-            f"| {', '.join(r['builder_pids'])} |"
+            f"| {', '.join(str(pid) for pid in r['builder_pids'])} |"
         )
     return rows
 
 
 def fleet(args: argparse.Namespace) -> list[dict[str, Any]]:
     from flows.fleet import fleet as fleet_flow
+    from tasks.fleet import fleet_result
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for concurrency in (1, 2):
         work = Path(tempfile.mkdtemp(prefix="mp-fleet-"))
         raw = yaml.safe_load(Path(args.fleet).read_text())
@@ -104,7 +105,9 @@ def fleet(args: argparse.Namespace) -> list[dict[str, Any]]:
             return_state=True,
         )
         wall = time.monotonic() - started
-        result = state.result(raise_on_failure=False)
+        result = fleet_result(state.result(raise_on_failure=False))
+        if result is None:
+            raise SystemExit(f"fleet ended {state.name} without a result: {state.message}")
         rows.append(
             {
                 "concurrency": concurrency,
@@ -126,7 +129,8 @@ def fleet(args: argparse.Namespace) -> list[dict[str, Any]]:
     print("\n| concurrency | model | status | version | best variant | error |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        for m in r["models"]:
+        models = r["models"]
+        for m in models:
             print(
                 f"| {r['concurrency']} | {m['name']} | {m['status']} | {m['version'] or '-'} "
                 f"| {m['best_variant'] or '-'} | {m['error'] or ''} |"

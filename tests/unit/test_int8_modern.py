@@ -3,7 +3,7 @@
 Issue 10: onnx2tf turned hard-swish and hard-sigmoid into HARD_SWISH / RELU_0_TO_1, which
 XNNPACK does not run in int8; each fell back to a builtin kernel and split the graph, and int8 ran
 2x slower than fp32. These tests check the structure that makes it fast (timings live in
-benchmarks/int8_modern.py), and that the rewrite keeps the function and the accuracy.
+scripts/int8_modern.py), and that the rewrite keeps the function and the accuracy.
 """
 
 from __future__ import annotations
