@@ -15,6 +15,10 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# the runtimes of tasks/runtimes/ by name, here so that a declaration is checked without
+# importing them (they import the variant records, which import the config, which imports this)
+RUNTIME_NAMES: tuple[str, ...] = ("onnxruntime", "litert", "openvino", "tensorrt")
+
 StartsFrom = Literal["torch", "onnx"]
 STARTS_FROM: tuple[str, ...] = get_args(StartsFrom)
 
@@ -81,8 +85,12 @@ def _declaration_problem(technique: Technique) -> str | None:
         return f"{config.__name__}.technique must be Literal[{technique.name!r}]"
     if technique.starts_from not in STARTS_FROM:
         return f"starts_from must be one of {', '.join(STARTS_FROM)}"
-    if not technique.runtime:
-        return "runtime must name the runtime of what it produces"
+    if technique.runtime not in RUNTIME_NAMES:
+        # 'tvm' was accepted and failed only when its first variant was evaluated
+        return (
+            f"runtime {technique.runtime!r} is not one ModelPress evaluates; expected one of "
+            f"{', '.join(RUNTIME_NAMES)}"
+        )
     if technique.produces_onnx and technique.runtime != "onnxruntime":
         return "produces_onnx needs runtime 'onnxruntime'"
     if not callable(technique.build):

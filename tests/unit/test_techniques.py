@@ -353,3 +353,25 @@ def test_dvc_rebuilds_a_variant_when_any_module_its_technique_uses_changes() -> 
         if not any(path == dep or path.startswith(dep + "/") for dep in deps):
             missing.append(path)
     assert missing == [], f"dvc.yaml compress deps lack {missing}"
+
+
+def test_a_technique_declaring_an_unknown_runtime_is_refused_when_declared() -> None:
+    """'tvm' used to be accepted and failed only when its first variant was evaluated; the
+    declaration's list of runtimes is the runtime table's."""
+    from tasks.runtimes import RUNTIMES
+    from tasks.techniques.base import RUNTIME_NAMES
+
+    assert set(RUNTIME_NAMES) == set(RUNTIMES)
+    from typing import Literal
+
+    from tasks.techniques import TechniqueConfig
+
+    class CompiledConfig(TechniqueConfig):
+        technique: Literal["compiled"]
+
+    with pytest.raises(TypeError, match=r"runtime 'tvm' is not one ModelPress evaluates; "
+                       r"expected one of onnxruntime, litert, openvino, tensorrt"):  # fmt: skip
+        Technique(
+            name="compiled", config=CompiledConfig, starts_from="onnx", runtime="tvm",
+            produces_onnx=False, build=lambda context, config: None,
+        )  # fmt: skip
