@@ -7,16 +7,14 @@ no calibration data is needed, and the arithmetic is unchanged (a GPU delegate m
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Literal
 
 from tasks.data import Preprocess
-from tasks.io import atomic_dir
 from tasks.techniques.base import Technique, TechniqueConfig
 from tasks.techniques.context import BuildContext
-from tasks.tflite_convert import convert, working_copy, write_litert_variant
-from tasks.variant import VariantRecord, onnx_source
+from tasks.techniques.litert_weights import weights_only
+from tasks.variant import VariantRecord
 
 
 class TfliteFp16Config(TechniqueConfig):
@@ -32,28 +30,10 @@ def to_fp16(
     name: str, cfg: TfliteFp16Config, source_dir: Path, preprocess: Preprocess, out_dir: Path
 ) -> VariantRecord:
     """Convert the source variant's ONNX model to a LiteRT model with float16 weights."""
-    source, onnx_file = onnx_source(name, source_dir)
-    assert source.input is not None  # onnx_source checked it
-    with tempfile.TemporaryDirectory(prefix="mp-onnx2tf-") as work, atomic_dir(out_dir) as staging:
-        work_dir = Path(work)
-        converted = convert(
-            "tflite_fp16",
-            working_copy(onnx_file, work_dir),
-            work_dir,
-            "float16",
-            source.input.name,
-            preprocess,
-        )
-        return write_litert_variant(
-            converted,
-            staging,
-            name=name,
-            technique="tflite_fp16",
-            settings=cfg.model_dump(),
-            source=source,
-            preprocess=preprocess,
-            extra={"weights": "float16", "compute": "float32"},
-        )
+    extra = {"weights": "float16", "compute": "float32"}
+    return weights_only(
+        name, "tflite_fp16", "float16", cfg.model_dump(), source_dir, preprocess, out_dir, extra
+    )
 
 
 TECHNIQUE = Technique(
@@ -63,5 +43,5 @@ TECHNIQUE = Technique(
     runtime="litert",
     produces_onnx=False,
     build=build,
-    uses=("tasks.tflite_convert",),
+    uses=("tasks.techniques.litert_weights", "tasks.tflite_convert"),
 )
