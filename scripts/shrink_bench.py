@@ -16,13 +16,6 @@ import json
 from pathlib import Path
 
 VARIANTS = ("clustered", "low_rank", "dc_pruned", "dc_clustered", "deep_compression")
-ZSTD_LEVEL = 19
-
-
-def zstd_size(path: Path, level: int = ZSTD_LEVEL) -> int:
-    import zstandard
-
-    return len(zstandard.ZstdCompressor(level=level).compress(path.read_bytes()))
 
 
 def _accuracy(variant_dir: Path, data_dir: Path) -> float:
@@ -65,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from tasks.compress import build_variant
     from tasks.config import load_params
+    from tasks.evaluate import ZSTD_LEVEL, compressed_size
     from tasks.variant import model_path, read_record
 
     params = load_params(args.params)
@@ -88,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         path = model_path(directory, record)
         acc = _accuracy(directory, work / "data")
-        size, zsize = path.stat().st_size, zstd_size(path)
+        size, zsize = path.stat().st_size, compressed_size(directory)
         if name == "baseline":
             base_acc, base_z = acc, zsize
         assert base_acc is not None and base_z is not None
