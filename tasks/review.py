@@ -8,6 +8,7 @@ from typing import Any
 
 from tasks.benchmark import BenchmarkRow
 from tasks.io import save_figure
+from tasks.pareto import pareto_front
 
 
 @dataclass(frozen=True)
@@ -236,18 +237,10 @@ def _latency_changes(name: str, old: list[dict[str, Any]], bench: list[Benchmark
     return parts
 
 
-def pareto_front(points: dict[str, tuple[float, float]]) -> set[str]:
+def latency_accuracy_front(points: dict[str, tuple[float, float]]) -> set[str]:
     """Names not dominated in (lower latency, higher accuracy)."""
-    front = set()
-    for name, (latency, acc) in points.items():
-        dominated = any(
-            (l2 <= latency and a2 >= acc) and (l2 < latency or a2 > acc)
-            for other, (l2, a2) in points.items()
-            if other != name
-        )
-        if not dominated:
-            front.add(name)
-    return front
+    names = list(points)
+    return {names[i] for i in pareto_front([(lat, -acc) for lat, acc in points.values()])}
 
 
 def pareto_plot(
@@ -277,7 +270,7 @@ def pareto_plot(
             b.variant: (float(b.p50_ms or 0), 100 * metrics[b.variant]["accuracy"])
             for b in on_runner
         }
-        front = pareto_front(points)
+        front = latency_accuracy_front(points)
         for index, (name, (latency, acc)) in enumerate(points.items()):
             passed = verdicts.get(name, GateVerdict(False, "")).passed
             ax.scatter(

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +29,7 @@ from tasks.config import (
     VariantGates,
     validation_message,
 )
+from tasks.pareto import pareto_front
 from tasks.plan import content_key
 from tasks.speed import SpeedRatio
 from tasks.techniques import Technique, TechniqueConfig
@@ -454,22 +454,6 @@ def study_values(outcome: TrialOutcome) -> list[float] | None:
 
 
 # ---- the result --------------------------------------------------------------------------------
-
-
-def pareto_front(points: Sequence[tuple[float, ...]]) -> list[int]:
-    """Indices of the points no other point dominates, every coordinate minimised (a point
-    dominates another when it is no worse everywhere and better somewhere); equal points both stay."""
-    front = []
-    for i, p in enumerate(points):
-        dominated = any(
-            all(a <= b for a, b in zip(q, p, strict=True))
-            and any(a < b for a, b in zip(q, p, strict=True))
-            for j, q in enumerate(points)
-            if j != i
-        )
-        if not dominated:
-            front.append(i)
-    return front
 
 
 def pareto_trials(outcomes: list[TrialOutcome]) -> list[TrialOutcome]:

@@ -13,7 +13,8 @@ import yaml
 
 from tasks.config import load_params
 from tasks.errors import ConfigError
-from tasks.search import known_good, pareto_front, plan_variants
+from tasks.pareto import pareto_front
+from tasks.search import known_good, plan_variants
 from tasks.techniques import technique_table
 from tests.conftest import write_params
 

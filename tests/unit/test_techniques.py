@@ -103,9 +103,13 @@ def test_builtin_table_in_its_order_with_what_each_declares() -> None:
         "tasks.tflite_convert",
         "tasks.litert_debugger",  # float_fallback's layer errors and requantization
     )
-    assert table["tflite_fp16"].uses == table["tflite_dynamic"].uses == (
-        "tasks.techniques.litert_weights",  # the conversion the two share
-        "tasks.tflite_convert",
+    assert (
+        table["tflite_fp16"].uses
+        == table["tflite_dynamic"].uses
+        == (
+            "tasks.techniques.litert_weights",  # the conversion the two share
+            "tasks.tflite_convert",
+        )
     )
     for name, technique in table.items():
         assert technique.modules == tuple(
