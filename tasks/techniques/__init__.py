@@ -116,7 +116,12 @@ def technique_named(name: str) -> Technique:
 
 
 def technique_of(config: TechniqueConfig) -> Technique:
-    """The technique a validated variant config belongs to."""
+    """The technique a validated variant config belongs to. A config that crossed a process
+    boundary (a Dask process worker unpickles it) names a technique that process may never
+    have found, one params.yaml brought: its declaration is looked for in the module that
+    defines the config's class, which unpickling imported."""
+    if config.technique not in _found:
+        _remember_declared_beside(type(config))
     technique = technique_named(config.technique)
     if not isinstance(config, technique.config):
         raise ConfigError(
@@ -124,6 +129,19 @@ def technique_of(config: TechniqueConfig) -> Technique:
             f"expected {technique.config.__name__}"
         )
     return technique
+
+
+def _remember_declared_beside(config_class: type[TechniqueConfig]) -> None:
+    """The Technique objects of the module that defines `config_class`, for the dispatch."""
+    import sys
+
+    module = sys.modules.get(config_class.__module__)
+    declared = [
+        value
+        for value in vars(module).values()
+        if isinstance(value, Technique) and value.config is config_class
+    ] if module is not None else []  # fmt: skip
+    _remember({technique.name: technique for technique in declared})
 
 
 def runtimes_produced(table: dict[str, Technique] | None = None) -> tuple[str, ...]:

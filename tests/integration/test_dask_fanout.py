@@ -171,3 +171,35 @@ def test_a_cluster_without_gpu_workers_skips_gpu_builds_and_keeps_results_in_the
     assert built.records["onnx_int8"].status == "ok", built.records["onnx_int8"]
     assert list((work / "results").iterdir()), "no result records in <workdir>/results"
     assert set(again.cached) == {"baseline", "onnx_int8"}, again.cached
+
+
+def test_a_technique_params_yaml_names_is_built_in_a_fresh_worker_process(
+    prefect_server: str, tiny_workspace: Path
+) -> None:
+    """A technique from `techniques:` in params.yaml is found only by the processes that
+    loaded that file; a Dask process worker unpickles the variant's config and used to answer
+    `unknown technique 'bf16_weights'`. The dispatch now finds the declaration beside the
+    config's class, which unpickling imported."""
+    from flows.runners import make_task_runner
+    from flows.variants import build_variants
+    from tasks.config import parse_params
+    from tasks.io import read_json
+    from tests.conftest import PLUGIN_TECHNIQUE
+
+    params = parse_params(
+        {
+            "techniques": [PLUGIN_TECHNIQUE],
+            "variants": {"bf16": {"technique": "bf16_weights", "source": "baseline"}},
+            "task_runner": {"kind": "dask", "n_workers": 1},
+        }
+    )
+    baseline = tiny_workspace / "models" / "baseline"
+    sha = read_json(baseline / "baseline.json")["sha256"]
+    fan_out = build_variants.with_options(task_runner=make_task_runner(params.task_runner))
+    built = fan_out(
+        params, sha, "plugin-in-worker", str(baseline), str(tiny_workspace / "data"),
+        tiny_workspace / "work-plugin-worker",
+    )  # fmt: skip
+    record = built.records["bf16"]
+    assert record.status == "ok", record.reason
+    assert _pid(built.builders["bf16"]) != os.getpid()  # built in the worker process
