@@ -382,3 +382,23 @@ def test_a_technique_declaring_an_unknown_runtime_is_refused_when_declared() -> 
             name="compiled", config=CompiledConfig, starts_from="onnx", runtime="tvm",
             produces_onnx=False, build=lambda context, config: None,
         )  # fmt: skip
+
+
+def test_the_readme_technique_table_lists_every_builtin_technique_with_its_runtime() -> None:
+    """The README's table is kept by hand: it lacked qat_int8, clustered and low_rank. Every
+    built-in technique has a row, and the row's runtime is the one it declares."""
+    runtime_words = {
+        "onnxruntime": "ONNX Runtime",
+        "litert": "LiteRT",
+        "openvino": "OpenVINO",
+        "tensorrt": "TensorRT",
+    }
+    text = (REPO_ROOT / "README.md").read_text()
+    rows = {
+        line.split("|")[1].strip().strip("`"): line.rsplit("|", 2)[1]
+        for line in text.splitlines()
+        if line.startswith("| `")
+    }
+    for name, technique in builtin_techniques().items():
+        assert name in rows, f"README's technique table has no row for {name}"
+        assert runtime_words[technique.runtime] in rows[name], (name, rows[name])
