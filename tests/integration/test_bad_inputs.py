@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from tests import processes
-from tests.conftest import FAST_BENCHMARK, LENIENT_GATES, cli_env, write_params
+from tests.helpers import FAST_BENCHMARK, LENIENT_GATES, cli_env, write_params
 
 EXIT_USER_ERROR = 2
 FAKE_CREDENTIALS = {

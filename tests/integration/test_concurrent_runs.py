@@ -22,7 +22,7 @@ import yaml
 
 from tasks.config import RegistryConfig
 from tasks.registry import open_registry
-from tests.conftest import cli_env, write_params, write_random_inputs
+from tests.helpers import cli_env, write_params, write_random_inputs
 from tests.processes import Processes
 
 BUCKET = "mp-concurrent"

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests import processes
-from tests.conftest import LENIENT_GATES, write_params
+from tests.helpers import LENIENT_GATES, write_params
 from tests.processes import Processes, kill
 
 pytestmark = pytest.mark.slow

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from tests import processes
-from tests.conftest import FAST_BENCHMARK, LENIENT_GATES, REPO_ROOT, write_params
+from tests.helpers import FAST_BENCHMARK, LENIENT_GATES, REPO_ROOT, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -184,7 +184,7 @@ def test_a_technique_params_yaml_names_is_built_in_a_fresh_worker_process(
     from flows.variants import build_variants
     from tasks.config import parse_params
     from tasks.io import read_json
-    from tests.conftest import PLUGIN_TECHNIQUE
+    from tests.helpers import PLUGIN_TECHNIQUE
 
     params = parse_params(
         {

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tests import processes
-from tests.conftest import REPO_ROOT, write_params
+from tests.helpers import REPO_ROOT, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -134,7 +134,7 @@ PLUGIN_VARIANTS = {
 def plugin_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The pipeline with only variants of tests/plugins/bf16_weights.py, kept in the repo's
     plugins/ folder and named in params.yaml; tiny random inputs (an imported linear model)."""
-    from tests.conftest import write_random_inputs
+    from tests.helpers import write_random_inputs
 
     repo = tmp_path_factory.mktemp("dvc-plugin-repo")
     overrides = write_random_inputs(repo)

@@ -10,7 +10,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import FAST_BENCHMARK, LENIENT_GATES, write_params
+from tests.helpers import FAST_BENCHMARK, LENIENT_GATES, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -167,7 +167,7 @@ def test_a_model_past_its_bound_is_cancelled_and_its_processes_stopped(
 
     from flows.fleet import fleet
     from tasks.fleet import FleetResult, fleet_result
-    from tests.conftest import CRASHING_TECHNIQUE
+    from tests.helpers import CRASHING_TECHNIQUE
 
     fleet_file = _fleet(tmp_path)
     raw = yaml.safe_load(fleet_file.read_text())

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from tests import processes
-from tests.conftest import FAST_BENCHMARK, write_params
+from tests.helpers import FAST_BENCHMARK, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -270,7 +270,7 @@ def test_an_unchanged_night_says_so_through_the_cli_and_publishes_on_request(
 ) -> None:
     import subprocess
 
-    from tests.conftest import cli_env, write_random_inputs
+    from tests.helpers import cli_env, write_random_inputs
 
     overrides = write_random_inputs(tmp_path)
     params = _params(tmp_path, overrides["data"], overrides["baseline"])

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from tests import processes
-from tests.conftest import CRASHING_TECHNIQUE, FAST_BENCHMARK, REPO_ROOT, cli_env, write_params
+from tests.helpers import CRASHING_TECHNIQUE, FAST_BENCHMARK, REPO_ROOT, cli_env, write_params
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from tests import processes
-from tests.conftest import (
+from tests.helpers import (
     CRASHING_TECHNIQUE,
     FAST_BENCHMARK,
     LENIENT_GATES,

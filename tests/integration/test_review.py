@@ -12,7 +12,7 @@ from uuid import UUID
 import pytest
 import yaml
 
-from tests.conftest import FAST_BENCHMARK, write_params, write_random_inputs
+from tests.helpers import FAST_BENCHMARK, write_params, write_random_inputs
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import LENIENT_GATES, REPO_ROOT, write_params
+from tests.helpers import LENIENT_GATES, REPO_ROOT, write_params
 from tests.processes import Processes, kill
 
 pytestmark = pytest.mark.slow

@@ -23,7 +23,7 @@ import yaml
 
 from tasks.config import load_params
 from tests import processes
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 from tests.processes import Processes
 
 PREFECT = str(Path(sys.executable).with_name("prefect"))

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import FAST_BENCHMARK, write_params
+from tests.helpers import FAST_BENCHMARK, write_params
 
 pytestmark = pytest.mark.slow
 

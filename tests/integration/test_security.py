@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from tests import processes
-from tests.conftest import (
+from tests.helpers import (
     FAST_BENCHMARK,
     LENIENT_GATES,
     REPO_ROOT,

@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from tests import processes
-from tests.conftest import FAST_BENCHMARK, REPO_ROOT, cli_env, write_params, write_random_inputs
+from tests.helpers import FAST_BENCHMARK, REPO_ROOT, cli_env, write_params, write_random_inputs
 from tests.integration.test_security import Scan, _scan_flow_run
 from tests.processes import Processes
 

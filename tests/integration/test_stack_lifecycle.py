@@ -13,7 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 # A stand-in `prefect`: the server sleeps; a worker spawns a child (a flow run) and, on the
 # edge-cpu pool, ignores SIGTERM as a worker stuck on a dead server does; the rest succeeds.

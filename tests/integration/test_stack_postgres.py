@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests import processes
-from tests.conftest import FAST_BENCHMARK, LENIENT_GATES, REPO_ROOT, cli_env, write_params
+from tests.helpers import FAST_BENCHMARK, LENIENT_GATES, REPO_ROOT, cli_env, write_params
 
 pytestmark = pytest.mark.slow
 

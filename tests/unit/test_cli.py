@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests import processes
-from tests.conftest import REPO_ROOT, write_params
+from tests.helpers import REPO_ROOT, write_params
 
 EXIT_USER_ERROR = 2
 TRAIN_NORM = {"data": {"normalize": "train"}}  # an imported model states its normalisation

@@ -16,7 +16,7 @@ from tasks.techniques.distilled import DistilledConfig
 from tasks.techniques.pruned import PrunedConfig
 from tasks.techniques.tensorrt_fp16 import TensorrtFp16Config
 from tasks.techniques.tflite_int8 import TfliteInt8Config
-from tests.conftest import REPO_ROOT, write_params
+from tests.helpers import REPO_ROOT, write_params
 
 REPO_PARAMS = REPO_ROOT / "params.yaml"
 

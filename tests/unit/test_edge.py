@@ -13,7 +13,7 @@ import pytest
 from tasks.runtimes import EDGE_RUNTIMES, RUNTIMES
 from tasks.variant import read_record
 from tests import processes
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 HEAVY = (
     "torch",

@@ -75,7 +75,7 @@ def test_each_entrys_params_are_checked_before_any_nightly_starts(tmp_path: Path
     error line"; now it fails with its own line, found before anything starts, and the valid
     entries run."""
     from tasks.fleet import entry_errors, load_fleet
-    from tests.conftest import write_params
+    from tests.helpers import write_params
 
     write_params(tmp_path)
     (tmp_path / "broken.yaml").write_text(

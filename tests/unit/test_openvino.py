@@ -18,7 +18,7 @@ from tasks.errors import ModelError
 from tasks.io import sha256_file
 from tasks.runtimes import RUNTIMES, load_predictor
 from tasks.variant import model_digest, read_record, write_record
-from tests.conftest import REPO_ROOT, write_params
+from tests.helpers import REPO_ROOT, write_params
 from tests.unit.test_runtimes import CLASSES, IMAGES, _onnx_variant, _record, _reference_logits
 
 OPENVINO = RUNTIMES["openvino"]

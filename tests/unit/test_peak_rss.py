@@ -9,7 +9,7 @@ import sys
 import numpy as np
 
 from tests import processes
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 CHILD = "from tasks.benchmark import peak_rss_mb; print(peak_rss_mb())"
 

@@ -29,7 +29,7 @@ from tasks.report import format_table
 from tasks.results import read_metrics
 from tasks.review import GateVerdict, review_rows
 from tasks.variant import read_record
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 NEW = ("tflite_fp16", "tflite_dynamic", "onnx_int8")
 CONFIGS = {

@@ -13,7 +13,7 @@ import pytest
 
 from tasks.quiet import LOGGER, held_back
 from tests import processes
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 
 def test_prints_inside_are_logged_not_printed(

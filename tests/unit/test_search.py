@@ -16,7 +16,7 @@ from tasks.errors import ConfigError
 from tasks.pareto import pareto_front
 from tasks.search import known_good, plan_variants
 from tasks.techniques import technique_table
-from tests.conftest import write_params
+from tests.helpers import write_params
 
 SEARCH = {
     "chains": [["tflite_int8"], ["pruned", "tflite_int8"]],

@@ -246,7 +246,7 @@ def test_the_study_tools_work_from_the_nightlys_own_workspace(
     from tasks import calibration_study
     from tasks.workspace import write_pointer
     from tests import processes
-    from tests.conftest import write_params
+    from tests.helpers import write_params
 
     params = write_params(tmp_path)
     variant = tmp_path / "work" / "variants" / "baseline-abc"

@@ -26,7 +26,7 @@ from tasks.techniques import (
 )
 from tasks.techniques.context import BuildContext
 from tasks.techniques.pruned import PrunedConfig
-from tests.conftest import PLUGIN_TECHNIQUE, REPO_ROOT, write_params
+from tests.helpers import PLUGIN_TECHNIQUE, REPO_ROOT, write_params
 
 PLUGIN = PLUGIN_TECHNIQUE
 BF16 = {"technique": "bf16_weights", "source": "baseline"}
@@ -349,7 +349,7 @@ def test_dvc_rebuilds_a_variant_when_any_module_its_technique_uses_changes() -> 
     technique declares must be a dep of the stage (itself, or a folder above it)."""
     import yaml
 
-    from tests.conftest import REPO_ROOT
+    from tests.helpers import REPO_ROOT
 
     stage = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]["compress"]["do"]
     deps = [str(dep).rstrip("/") for dep in stage["deps"]]

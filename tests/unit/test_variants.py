@@ -20,7 +20,7 @@ from tasks.models import count_macs_params, load_pt2, modularize
 from tasks.runtimes import load_predictor
 from tasks.train import accuracy, distillation_loss, load_baseline, predict
 from tasks.variant import read_record
-from tests.conftest import write_params
+from tests.helpers import write_params
 
 TENSORRT_HERE = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
 
