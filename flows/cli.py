@@ -257,7 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fleet.add_argument("fleet_file", nargs="?", default="fleet.yaml")
     fleet.add_argument(
-        "--concurrency", type=_positive(int), help="nightlies at a time (fleet.yaml's)"
+        "--concurrency",
+        type=_positive(int),
+        help="nightlies at a time when no Prefect limit is set yet: the slots of the global "
+        "concurrency limit modelpress-nightlies (local) or the nightly deployment's limit "
+        "(deployment); an existing limit wins (fleet.yaml's)",
     )
     fleet.add_argument(
         "--mode",
