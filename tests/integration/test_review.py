@@ -99,7 +99,8 @@ def _artifacts(api_url: str, run_id: UUID) -> dict[str, str]:
     """The run's artifacts, by key: the latest version's markdown or table data as text."""
     import httpx
 
-    # over plain HTTP: the client's read_artifacts sends nulls this server version refuses (422)
+    # over plain HTTP, the request the UI makes (the client's read_artifacts sent nulls that
+    # fastapi 0.151+ refused with a 422; fastapi is pinned to 0.150 since)
     body = {
         "artifacts": {"flow_run_id": {"any_": [str(run_id)]}},
         "sort": "CREATED_DESC",

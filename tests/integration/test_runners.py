@@ -85,8 +85,8 @@ def workers(
     logs = tmp_path_factory.mktemp("worker-logs")
     for runner, pool in POOLS.items():
         _create_pool(pool)
-        # to_deployment + apply: `deploy()` also queries active workers, which Prefect 3.8.8's
-        # client sends without a limit and its own server rejects (422)
+        # to_deployment + apply: registers the deployment and nothing else (`deploy()` also
+        # queries active workers, which got a 422 before fastapi was pinned to 0.150)
         source = benchmark_runner.from_source(
             source=str(REPO_ROOT), entrypoint="flows/benchmark.py:benchmark_runner"
         )
