@@ -27,7 +27,7 @@ def _table(args: argparse.Namespace) -> None:
 
 def _registry_config(args: argparse.Namespace) -> RegistryConfig:
     """params.registry from --params (./params.yaml if present), with --uri/--endpoint-url on top."""
-    from tasks.config import load_params, parse_params
+    from tasks.params_file import load_params, parse_params
 
     overrides: dict[str, Any] = {}
     if args.uri is not None:
@@ -350,8 +350,8 @@ def nightly_main(argv: list[str] | None = None) -> None:
     def run() -> None:
         from prefect.exceptions import PrefectHTTPStatusError
 
-        from tasks.config import load_params
         from tasks.errors import ServerAuthError
+        from tasks.params_file import load_params
 
         # a bad params file is one line now, not after Prefect's temporary server has started
         params = load_params(args.params, _runner_overrides(args))
@@ -448,7 +448,7 @@ def search_main(argv: list[str] | None = None) -> None:
     status: list[str] = []
 
     def run() -> None:
-        from tasks.config import load_params
+        from tasks.params_file import load_params
 
         # a bad search: section is one line, before Prefect starts
         params = load_params(args.params, overrides)

@@ -8,10 +8,11 @@ from typing import Any
 
 from prefect import task
 
-from tasks.config import BaselineConfig, FetchConfig, Params
+from tasks.config import BaselineConfig, FetchConfig
 from tasks.errors import ConfigError, FetchNotFoundError
 from tasks.fetch import FetchedFile, fetch_file
 from tasks.lineage import data_lineage, fetched_lineage, model_lineage
+from tasks.params_model import Params
 
 
 def _worth_retrying(task: Any, task_run: Any, state: Any) -> bool:

@@ -32,13 +32,11 @@ from flows.stages import (
 from flows.variants import build_variants
 from tasks import publish as publishing
 from tasks.benchmark import BenchmarkRow
-from tasks.config import (
-    Params,
-    load_params,
-)
 from tasks.decision import ApprovalDecision, RunOutcome, Status
 from tasks.engines import BuiltEngine, MergedEngines, engine_requests, merge_engines
 from tasks.evaluate import VariantMetrics
+from tasks.params_file import load_params
+from tasks.params_model import Params
 from tasks.report import format_table
 from tasks.results import BaselineSummary, metrics_json
 from tasks.store import ArtifactStore

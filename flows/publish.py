@@ -13,7 +13,7 @@ from prefect import get_run_logger, task
 from flows.review import ask_for_approval, record_decision_task, run_link
 from tasks import publish as publishing
 from tasks.benchmark import BenchmarkRow
-from tasks.config import Params, RegistryConfig
+from tasks.config import RegistryConfig
 from tasks.decision import (
     ApprovalDecision,
     Outcome,
@@ -22,6 +22,7 @@ from tasks.decision import (
     decision_record,
 )
 from tasks.evaluate import VariantMetrics
+from tasks.params_model import Params
 from tasks.registry import PublishEntry
 from tasks.review import GateVerdict
 from tasks.unchanged import content_of, unchanged_in

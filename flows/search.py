@@ -28,18 +28,13 @@ from flows.stages import RUNNER, Prepared, evaluate_variants, prepare_inputs, va
 from flows.variants import build_variants
 from tasks import publish as publishing
 from tasks.benchmark import BenchmarkRow
-from tasks.config import (
-    GatesConfig,
-    Params,
-    RegistryConfig,
-    SearchConfig,
-    VariantGates,
-    load_params,
-)
+from tasks.config import GatesConfig, RegistryConfig, VariantGates
 from tasks.decision import RunOutcome
 from tasks.errors import ModelPressError
 from tasks.evaluate import VariantMetrics
 from tasks.io import write_json
+from tasks.params_file import load_params
+from tasks.params_model import Params
 from tasks.search import (
     CONSTRAINT,
     OUTCOME,
@@ -66,6 +61,7 @@ from tasks.search import (
     study_values,
     suggest_plan,
 )
+from tasks.search_config import SearchConfig
 from tasks.techniques import technique_table
 from tasks.validate import SuiteResult
 from tasks.variant import SELECTION_SPLIT

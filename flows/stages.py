@@ -20,9 +20,10 @@ from flows.fetch import fetch_inputs
 from flows.runners import LettingGoThreadPoolTaskRunner
 from flows.variants import CACHED, rerun_if_gone
 from tasks.benchmark import BenchmarkRow
-from tasks.config import BaselineConfig, DataConfig, GatesConfig, Params, TrainConfig
+from tasks.config import BaselineConfig, DataConfig, GatesConfig, TrainConfig
 from tasks.evaluate import VariantMetrics
 from tasks.lineage import code_sha256
+from tasks.params_model import Params
 from tasks.plan import content_key
 from tasks.results import BaselineSummary
 from tasks.review import GateVerdict

@@ -20,10 +20,11 @@ from flows.runners import (
     missing_gpu_reason,
     pin_worker_threads,
 )
-from tasks.config import Params, TaskRunnerConfig, VariantConfig
+from tasks.config import TaskRunnerConfig, VariantConfig
 from tasks.errors import ModelPressError, brief
 from tasks.io import atomic_dir
 from tasks.lineage import code_sha256
+from tasks.params_model import Params
 from tasks.plan import content_key, in_dependency_order
 from tasks.techniques import technique_of
 from tasks.variant import VariantRecord, write_record

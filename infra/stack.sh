@@ -166,7 +166,7 @@ stop_postgres() {
 
 deploy() {
   eval "$("$BIN/python" - <<'PY'
-from tasks.config import load_params
+from tasks.params_file import load_params
 s = load_params("params.yaml").schedule
 print(f"export MODELPRESS_CRON='{s.cron}' MODELPRESS_TIMEZONE='{s.timezone}'")
 PY

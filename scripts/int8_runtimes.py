@@ -24,10 +24,10 @@ import numpy as np
 
 from tasks.benchmark import BenchmarkRow, measure_in_subprocess
 from tasks.compress import compress
-from tasks.config import load_params
 from tasks.data import load_split
 from tasks.evaluate import evaluate
 from tasks.io import write_json
+from tasks.params_file import load_params
 from tasks.runtimes import runs_on
 from tasks.statistics import paired_drop_interval
 from tasks.variant import BASELINE, EVALUATION_SPLIT

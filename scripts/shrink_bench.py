@@ -29,10 +29,10 @@ def _accuracy(variant_dir: Path, data_dir: Path) -> float:
 
 
 def prepare_baseline(params_path: Path, work: Path) -> None:
-    from tasks.config import load_params
     from tasks.data import prepare, write_prepared
     from tasks.export import export_baseline
     from tasks.io import read_json
+    from tasks.params_file import load_params
     from tasks.train import make_baseline, save_baseline
 
     if (work / "variants" / "baseline" / "variant.json").exists():
@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from tasks.compress import build_variant
-    from tasks.config import load_params
     from tasks.evaluate import ZSTD_LEVEL, compressed_size
+    from tasks.params_file import load_params
     from tasks.variant import model_path, read_record
 
     params = load_params(args.params)

@@ -177,9 +177,9 @@ def plot_latency(rows: list[BenchmarkRow], path: Path) -> Path:
 
 
 def _bench(args: argparse.Namespace) -> None:
-    from tasks.config import load_params
     from tasks.data import load_split
     from tasks.io import atomic_dir, write_json
+    from tasks.params_file import load_params
 
     params = load_params(args.params)
     runners = {

@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tasks.config import Params, VariantConfig, load_params
+from tasks.config import VariantConfig
 from tasks.errors import ConfigError, ModelError, VariantError
 from tasks.io import atomic_dir
+from tasks.params_file import load_params
+from tasks.params_model import Params
 from tasks.quiet import show_converter_output
 from tasks.techniques import technique_of
 from tasks.techniques.context import BuildContext

@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from tasks.config import DataConfig, load_params
+from tasks.config import DataConfig
 from tasks.errors import DataError
 from tasks.io import atomic_dir, read_json, write_json
 from tasks.lineage import data_lineage
+from tasks.params_file import load_params
 
 # ImageNet's RGB statistics: what torchvision-style pretrained backbones were trained with
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from tasks.config import load_params
 from tasks.data import Split, load_split
 from tasks.errors import ModelError, brief
 from tasks.io import atomic_dir, atomic_file, read_json, sha256_file, write_json
+from tasks.params_file import load_params
 from tasks.plan import content_key
 from tasks.runtimes import load_predictor
 from tasks.variant import (

@@ -96,7 +96,7 @@ def entry_errors(fleet: FleetConfig, path: Path | str) -> dict[str, str]:
     """Entry name → why its params cannot run (file missing, invalid, ...), found before any
     nightly starts: such an entry fails with that line and the others run. It used to fail
     inside its child run with a traceback, and the summary said "see the error line"."""
-    from tasks.config import load_params
+    from tasks.params_file import load_params
 
     errors = {}
     for index, model in enumerate(fleet.models):
@@ -128,7 +128,7 @@ def nightly_parameters(model: FleetModel, fleet_file: Path | str) -> dict[str, A
 def model_bound_s(parameters: dict[str, Any], fleet: FleetConfig) -> int:
     """How long one model's nightly may run once started: fleet.yaml's model_timeout_s, else
     its own night bound (its params' timeouts) and a minute for the run to report its end."""
-    from tasks.config import load_params
+    from tasks.params_file import load_params
     from tasks.timeouts import night_bound_s
 
     if fleet.model_timeout_s is not None:
@@ -139,7 +139,7 @@ def model_bound_s(parameters: dict[str, Any], fleet: FleetConfig) -> int:
 def latest_published(parameters: dict[str, Any]) -> tuple[str | None, str | None]:
     """The model's newest version in its registry and the smallest variant in it (every
     published variant passed every gate), for the nightly parameters of a fleet entry."""
-    from tasks.config import load_params
+    from tasks.params_file import load_params
     from tasks.registry import open_registry
 
     params = load_params(parameters["params_file"], parameters.get("overrides"))

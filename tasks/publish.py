@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from tasks.benchmark import BenchmarkRow
-from tasks.config import Params, RegistryConfig
+from tasks.config import RegistryConfig
 from tasks.decision import ApprovalRecord
 from tasks.evaluate import ZSTD_LEVEL, VariantMetrics
+from tasks.params_model import Params
 from tasks.registry import PublishEntry
 from tasks.review import GateVerdict
 from tasks.runtimes import FORMAT_BY_RUNTIME

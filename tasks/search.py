@@ -22,15 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from tasks.config import (
-    GatesConfig,
-    KnobRange,
-    SearchConfig,
-    VariantGates,
-    validation_message,
-)
+from tasks.config import GatesConfig, VariantGates
+from tasks.params_file import validation_message
 from tasks.pareto import pareto_front
 from tasks.plan import content_key
+from tasks.search_config import KnobRange, SearchConfig
 from tasks.speed import SpeedRatio
 from tasks.techniques import Technique, TechniqueConfig
 

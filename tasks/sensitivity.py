@@ -319,8 +319,8 @@ def source_dir(variant_dirs: dict[str, Path], source: str, name: str) -> Path:
 
 def int8_setup(params_file: Path, name: str, data_dir: Path) -> tuple[Any, Any, Any]:
     """A tflite_int8 variant's config, the calib split and the preprocessing, checked."""
-    from tasks.config import load_params
     from tasks.data import load_preprocess, load_split
+    from tasks.params_file import load_params
     from tasks.techniques.tflite_int8 import TfliteInt8Config
 
     cfg = load_params(params_file).variants.get(name)

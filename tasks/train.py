@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tasks.config import BaselineConfig, Params, TrainConfig, load_params
+from tasks.config import BaselineConfig, TrainConfig
 from tasks.data import Preprocess, Split, load_preprocess, load_split
 from tasks.errors import ModelError, brief
 from tasks.io import atomic_dir, read_json, sha256_file, write_json
@@ -26,6 +26,8 @@ from tasks.models import (
     load_pt2,
     load_state_dict_file,
 )
+from tasks.params_file import load_params
+from tasks.params_model import Params
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -30,10 +30,10 @@ from tests.helpers import TINY_SPLITS, write_params  # noqa: E402  (after the se
 @pytest.fixture(scope="session")
 def tiny_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A workspace with prepared tiny data, a trained tiny baseline and its ONNX export."""
-    from tasks.config import load_params
     from tasks.data import load_split, prepare, write_prepared
     from tasks.export import write_onnx_variant
     from tasks.io import read_json
+    from tasks.params_file import load_params
     from tasks.train import load_baseline, make_baseline, save_baseline
 
     root = tmp_path_factory.mktemp("tiny")

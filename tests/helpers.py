@@ -84,7 +84,7 @@ FAST_BENCHMARK: dict = {
 
 def write_params(directory: Path, overrides: dict | None = None) -> Path:
     """params.yaml for tests: the repo's defaults with the tiny overrides (and any extra) on top."""
-    from tasks.config import _deep_merge
+    from tasks.params_file import _deep_merge
 
     raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     raw = _deep_merge(raw, {k: v for k, v in TINY_OVERRIDES.items() if k != "variants"})

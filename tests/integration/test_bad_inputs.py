@@ -176,7 +176,7 @@ class Workspace:
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    from tasks.config import _deep_merge
+    from tasks.params_file import _deep_merge
 
     return _deep_merge(base, extra)
 

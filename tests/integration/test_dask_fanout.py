@@ -139,8 +139,8 @@ def test_a_cluster_without_gpu_workers_skips_gpu_builds_and_keeps_results_in_the
     from distributed import LocalCluster
 
     from flows.variants import build_variants
-    from tasks.config import parse_params
     from tasks.io import read_json
+    from tasks.params_file import parse_params
 
     baseline = tiny_workspace / "models" / "baseline"
     sha = read_json(baseline / "baseline.json")["sha256"]
@@ -182,8 +182,8 @@ def test_a_technique_params_yaml_names_is_built_in_a_fresh_worker_process(
     config's class, which unpickling imported."""
     from flows.runners import make_task_runner
     from flows.variants import build_variants
-    from tasks.config import parse_params
     from tasks.io import read_json
+    from tasks.params_file import parse_params
     from tests.helpers import PLUGIN_TECHNIQUE
 
     params = parse_params(

@@ -121,7 +121,7 @@ def test_flow_uses_the_bytes_of_the_requested_rev(
     prefect_server: str, model_repo: dict, tmp_path: Path
 ) -> None:
     from flows.nightly import nightly
-    from tasks.config import load_params
+    from tasks.params_file import load_params
     from tasks.registry import open_registry
 
     params = _params(tmp_path, model_repo["repo"], str(tmp_path / "registry"))
@@ -212,7 +212,7 @@ def test_ui_approval_publishes_exactly_the_approved_subset_to_s3(
     from prefect.flow_runs import resume_flow_run
 
     from flows.nightly import nightly
-    from tasks.config import load_params
+    from tasks.params_file import load_params
     from tasks.registry import RegistryError, open_registry
 
     s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
@@ -378,7 +378,7 @@ def test_unanswered_review_times_out_and_publishes_nothing(
     assert not (tmp_path / "registry").exists() or not any(
         (tmp_path / "registry").rglob("manifest.json")
     )
-    from tasks.config import load_params
+    from tasks.params_file import load_params
     from tasks.registry import open_registry
 
     [decision] = open_registry(load_params(params).registry).list_decisions("digits-tiny")
@@ -506,8 +506,8 @@ def test_a_build_past_its_time_bound_is_stopped_and_fails_its_variant(
     import time
 
     from flows.variants import build_variants
-    from tasks.config import parse_params
     from tasks.io import read_json
+    from tasks.params_file import parse_params
 
     params = parse_params(
         {
@@ -539,8 +539,8 @@ def test_a_build_past_timeouts_build_s_fails_its_variant_naming_the_setting(
     """Every build has a bound, not only a search's: timeouts.build_s in params.yaml. Before,
     a build with no search around it had none and a hung one held the night for ever."""
     from flows.variants import build_variants
-    from tasks.config import parse_params
     from tasks.io import read_json
+    from tasks.params_file import parse_params
 
     params = parse_params(
         {

@@ -116,7 +116,7 @@ def _artifacts(api_url: str, run_id: UUID) -> dict[str, str]:
 
 
 def _registry(params: Path) -> Any:
-    from tasks.config import load_params
+    from tasks.params_file import load_params
     from tasks.registry import open_registry
 
     return open_registry(load_params(params).registry)

@@ -21,7 +21,7 @@ import httpx
 import pytest
 import yaml
 
-from tasks.config import load_params
+from tasks.params_file import load_params
 from tests import processes
 from tests.helpers import REPO_ROOT
 from tests.processes import Processes

@@ -76,7 +76,7 @@ def searched(prefect_server: str, tmp_path_factory: pytest.TempPathFactory) -> d
 
 
 def test_search_offers_its_pick_and_publishes_it_when_approved(searched: dict[str, Any]) -> None:
-    from tasks.config import load_params
+    from tasks.params_file import load_params
     from tasks.registry import open_registry
 
     first = searched["first"]

@@ -270,7 +270,7 @@ def test_published_run_leaks_no_credentials_anywhere(
 
 
 def _load(params: Path) -> Any:
-    from tasks.config import load_params
+    from tasks.params_file import load_params
 
     return load_params(params)
 
@@ -393,8 +393,8 @@ def _s3_with_admin(endpoint: str) -> Any:
 
 def test_credentials_in_params_are_refused_without_echoing_them(tmp_path: Path) -> None:
     """params are recorded in every manifest's lineage: a secret there would be published."""
-    from tasks.config import load_params
     from tasks.errors import ConfigError
+    from tasks.params_file import load_params
 
     remote = {
         "endpointurl": "http://127.0.0.1:9",

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tasks.config import Params, load_params, parse_params
 from tasks.errors import ConfigError
+from tasks.params_file import load_params, parse_params
+from tasks.params_model import Params
 from tasks.techniques import builtin_techniques
 from tasks.techniques.distilled import DistilledConfig
 from tasks.techniques.pruned import PrunedConfig

@@ -80,7 +80,7 @@ def test_benchmark_path_runs_with_torch_and_tensorflow_blocked(
     tiny_workspace: Path, tmp_path: Path
 ) -> None:
     from tasks.compress import compress
-    from tasks.config import load_params
+    from tasks.params_file import load_params
 
     params = load_params(tiny_workspace / "params.yaml")
     variant = tmp_path / "variants" / "tflite_int8"

@@ -49,7 +49,7 @@ def openvino_int8(tiny_workspace: Path, tmp_path_factory: pytest.TempPathFactory
     """openvino_int8 of the tiny baseline, built by the compress stage from params.yaml; its
     directory sits beside a link to the baseline, as the evaluator expects."""
     from tasks.compress import compress
-    from tasks.config import load_params
+    from tasks.params_file import load_params
 
     work = tmp_path_factory.mktemp("openvino")
     variant = {"technique": "openvino_int8", "source": "baseline", "calibration_samples": 64}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from tasks.config import parse_params
+from tasks.params_file import parse_params
 from tasks.plan import content_key, in_dependency_order
 
 

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.config import BaselineConfig, DataConfig, Params, SplitFractions, TrainConfig
+from tasks.config import BaselineConfig, DataConfig, SplitFractions, TrainConfig
 from tasks.data import load_split, prepare, write_prepared
 from tasks.errors import ModelError
 from tasks.idx import DEBIAN_FASHION_MNIST
 from tasks.io import read_json
 from tasks.lineage import model_lineage
+from tasks.params_model import Params
 from tasks.pretrained import WEIGHTS, build_pretrained, mobilenet_v2, read_weights
 from tasks.train import load_baseline, make_baseline, save_baseline
 

@@ -18,11 +18,11 @@ from onnx import numpy_helper
 
 from flows.cli import main as cli_main
 from tasks.compress import build_variant
-from tasks.config import load_params, parse_params
 from tasks.data import load_split
 from tasks.decision import ApprovalRecord
 from tasks.evaluate import ZSTD_LEVEL, Evaluation, compressed_size, evaluate, model_size
 from tasks.io import sha256_file, write_json
+from tasks.params_file import load_params, parse_params
 from tasks.publish import publish_entries
 from tasks.registry import LocalRegistry
 from tasks.report import format_table

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
-from tasks.config import load_params
 from tasks.errors import ConfigError
+from tasks.params_file import load_params
 from tasks.pareto import pareto_front
 from tasks.search import known_good, plan_variants
 from tasks.techniques import technique_table
@@ -332,8 +332,8 @@ def test_the_real_example_searches_from_its_own_variants() -> None:
 
 
 def test_the_space_size_counts_each_chain_s_choices() -> None:
-    from tasks.config import SearchConfig
     from tasks.search import space_size
+    from tasks.search_config import SearchConfig
 
     def size(space: dict[str, Any], chains: list[list[str]] | None = None) -> int | None:
         chains = chains or SEARCH["chains"]
@@ -479,7 +479,7 @@ def test_no_batch_starts_that_would_end_past_the_seconds_budget() -> None:
     import time
 
     from flows.search import _stop_reason
-    from tasks.config import SearchConfig
+    from tasks.search_config import SearchConfig
 
     cfg = SearchConfig.model_validate({"budget": {"trials": None, "seconds": 30}})
     started = time.monotonic() - 10

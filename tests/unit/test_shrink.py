@@ -10,10 +10,10 @@ import pytest
 import zstandard
 
 from tasks.compress import build_variant
-from tasks.config import parse_params
 from tasks.data import load_split
 from tasks.evaluate import run_variant
 from tasks.models import count_macs_params
+from tasks.params_file import parse_params
 from tasks.techniques.clustered import ClusteredConfig, distinct_weight_values
 from tasks.techniques.low_rank import LowRankConfig
 from tasks.techniques.pruned import PrunedConfig

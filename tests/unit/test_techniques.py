@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import yaml
 
-from tasks.config import load_params, parse_params
 from tasks.errors import ConfigError
+from tasks.params_file import load_params, parse_params
 from tasks.techniques import (
     BUILTIN,
     Technique,
@@ -132,7 +132,7 @@ def test_reading_the_table_imports_no_torch() -> None:
     from tests import processes
 
     script = (
-        "import sys; from tasks.config import load_params; load_params('params.yaml'); "
+        "import sys; from tasks.params_file import load_params; load_params('params.yaml'); "
         "print('torch' in sys.modules, 'tensorflow' in sys.modules)"
     )
     done = processes.run(

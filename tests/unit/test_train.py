@@ -50,7 +50,7 @@ def test_normalize_none_feeds_raw_pixels_to_an_imported_model(tmp_path: Path) ->
 def test_a_mis_normalised_import_ends_the_run_with_what_to_check(tmp_path: Path) -> None:
     from flows._console import result_text
     from flows.nightly import NightlyResult
-    from tasks.config import parse_params
+    from tasks.params_file import parse_params
     from tasks.train import import_hints
 
     model = _raw_pixel_model(tmp_path)

@@ -12,11 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-from tasks.config import load_params
 from tasks.data import load_preprocess, load_split
 from tasks.errors import ModelError
 from tasks.evaluate import evaluate, mean_kl, model_size, run_variant, write_evaluation
 from tasks.models import count_macs_params, load_pt2, modularize
+from tasks.params_file import load_params
 from tasks.runtimes import load_predictor
 from tasks.train import accuracy, distillation_loss, load_baseline, predict
 from tasks.variant import read_record
