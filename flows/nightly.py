@@ -41,7 +41,7 @@ from tasks.report import format_table
 from tasks.results import BaselineSummary, metrics_json
 from tasks.store import ArtifactStore
 from tasks.timeouts import NightTimedOut, describe_bound, night_bound_s
-from tasks.validate import speed_evidence
+from tasks.variant_gates import speed_evidence
 from tasks.workspace import write_pointer
 
 

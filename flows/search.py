@@ -32,6 +32,7 @@ from tasks.config import GatesConfig, RegistryConfig, VariantGates
 from tasks.decision import RunOutcome
 from tasks.errors import ModelPressError
 from tasks.evaluate import VariantMetrics
+from tasks.expectations import SuiteResult
 from tasks.io import write_json
 from tasks.params_file import load_params
 from tasks.params_model import Params
@@ -63,7 +64,6 @@ from tasks.search import (
 )
 from tasks.search_config import SearchConfig
 from tasks.techniques import technique_table
-from tasks.validate import SuiteResult
 from tasks.variant import SELECTION_SPLIT
 
 SearchStatus = Literal["found", "infeasible"]

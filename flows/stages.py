@@ -47,7 +47,7 @@ def prepare_task(cfg: DataConfig, seed: int, data_key: str, root: str, out_dir: 
 def check_data_task(data_dir: str, gates: GatesConfig, variants: list[str], docs_dir: str) -> bool:
     """Great Expectations data suite, with the test-split sizes the variants' gates need;
     raises before any compression when it fails."""
-    from tasks.validate import check_prepared_data
+    from tasks.data_checks import check_prepared_data
 
     return check_prepared_data(Path(data_dir), gates, variants, Path(docs_dir)).success
 
@@ -98,7 +98,7 @@ def validate_task(
     docs_dir: str,
 ) -> dict[str, GateVerdict]:
     """Great Expectations metrics suite per variant, with the paired statistical drop gate."""
-    from tasks.validate import judge_variants
+    from tasks.variant_gates import judge_variants
 
     return judge_variants(metrics, Path(predictions_file), bench, gates, Path(docs_dir))
 

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
     from tasks.benchmark import BenchmarkRow
     from tasks.evaluate import VariantMetrics
-    from tasks.validate import Check, SuiteResult
+    from tasks.expectations import Check, SuiteResult
 
 CHAIN = "chain"  # the study parameter that picks the chain of techniques
 OUTCOME = "outcome"  # the user attribute holding a trial's TrialOutcome
@@ -352,10 +352,10 @@ def judge_trials(
     gates: GatesConfig,
     docs_dir: Path | None,
 ) -> dict[str, SuiteResult]:
-    """The nightly's metrics suites (tasks.validate.gate_variants) on the selection split, the
+    """The nightly's metrics suites (tasks.variant_gates.gate_variants) on the selection split, the
     drops as point estimates (only the pick is certified, on test), kept whole: the search needs
     each check's observed value and threshold, not only pass or fail."""
-    from tasks.validate import gate_variants, speed_evidence
+    from tasks.variant_gates import gate_variants, speed_evidence
 
     rows = {name: asdict(row) for name, row in metrics.items()}
     p50, ratios = speed_evidence(bench)

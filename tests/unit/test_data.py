@@ -487,8 +487,8 @@ def test_imagefolder_with_an_empty_class_folder_names_it(tmp_path: Path) -> None
 
 def _gate_message(prepared: PreparedData) -> str:
     from tasks.config import DataGates
+    from tasks.data_checks import assert_data_valid, check_data
     from tasks.errors import DataValidationError
-    from tasks.validate import assert_data_valid, check_data
 
     result = check_data(prepared.splits, prepared.preprocess, DataGates())
     with pytest.raises(DataValidationError) as info:

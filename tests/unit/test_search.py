@@ -225,8 +225,8 @@ def _metrics_row(accuracy: float, size: int) -> Any:
 
 def test_a_trial_says_how_far_it_fell_short_of_each_gate(params_file: Path) -> None:
     from tasks.benchmark import BenchmarkRow
+    from tasks.expectations import Check, SuiteResult
     from tasks.search import TrialPlan, best_attempt, best_feasible, outcome_of, study_values
-    from tasks.validate import Check, SuiteResult
 
     params = load_params(params_file)
     plan = TrialPlan(

@@ -11,22 +11,13 @@ import pytest
 from tasks.benchmark import BenchmarkRow
 from tasks.config import DataConfig, DataGates, GatesConfig
 from tasks.data import PreparedData, Split, prepare
+from tasks.data_checks import DataValidationError, assert_data_valid, check_data, evidence_needs
 from tasks.errors import DataError
 from tasks.evaluate import VariantMetrics
+from tasks.expectations import Check, SuiteResult
 from tasks.speed import SpeedRatio
 from tasks.statistics import critical_value, paired_drop_interval, worst_class_drop_bound
-from tasks.validate import (
-    STATUS_CHECK,
-    Check,
-    DataValidationError,
-    Ratios,
-    SuiteResult,
-    assert_data_valid,
-    check_data,
-    evidence_needs,
-    gate_variants,
-    judge_variants,
-)
+from tasks.variant_gates import STATUS_CHECK, Ratios, gate_variants, judge_variants
 
 NUM_CLASSES = 10
 PER_CLASS = 30  # 300 test samples
@@ -626,7 +617,7 @@ def test_weight_sharing_beats_its_source_on_what_a_device_downloads() -> None:
     """A clustered model's file is as large as its source's (float32 values, shared), its
     zstd-compressed file several times smaller: judged on the file alone it was refused."""
     from tasks.config import VariantGates
-    from tasks.validate import improvement
+    from tasks.variant_gates import improvement
 
     gates = VariantGates(min_speedup=1.1, min_size_reduction=2.0)
     same_speed = {"edge-cpu": _timed(1.0, 1.0)}
