@@ -115,7 +115,7 @@ def result_text(result: NightlyResult) -> str:
 
 def search_text(result: SearchResult) -> str:
     """The Pareto set, then the pick (or the best attempt) and where the report went."""
-    from tasks.search import outcomes_table, pareto_trials
+    from tasks.search_results import outcomes_table, pareto_trials
 
     lines = [
         "Pareto set (accuracy vs p50 vs size):",

@@ -39,30 +39,33 @@ from tasks.params_model import Params
 from tasks.search import (
     CONSTRAINT,
     OUTCOME,
-    TrialOutcome,
     TrialPlan,
+    chain_label,
+    distinct_trials,
+    finished_trials,
+    known_good,
+    open_study,
+    plan_variants,
+    space_size,
+    storage_url,
+    study_key,
+    suggest_plan,
+)
+from tasks.search_config import SearchConfig
+from tasks.search_results import (
+    TrialOutcome,
     beats_incumbent,
     best_attempt,
     best_feasible,
     best_published,
-    chain_label,
-    distinct_trials,
-    finished_trials,
     incumbent_label,
-    known_good,
-    open_study,
     outcome_of,
     pareto_plot,
     pareto_trials,
-    plan_variants,
+    refused_outcome,
     report_markdown,
-    space_size,
-    storage_url,
-    study_key,
     study_values,
-    suggest_plan,
 )
-from tasks.search_config import SearchConfig
 from tasks.techniques import technique_table
 from tasks.variant import SELECTION_SPLIT
 
@@ -99,7 +102,7 @@ def judge_task(
     docs_dir: str,
 ) -> dict[str, SuiteResult]:
     """The nightly's metrics suites on a batch, each check with its observed value."""
-    from tasks.search import judge_trials
+    from tasks.search_results import judge_trials
 
     with np.load(predictions_file) as saved:
         predictions = {key: saved[key] for key in saved.files}
@@ -225,7 +228,7 @@ def _measure(plans: list[TrialPlan], study: Any, trials: _Trials, batch: int) ->
     outcomes = dict(
         zip([p.number for p in fresh], trials.run(fresh, batch) if fresh else [], strict=True)
     )
-    outcomes |= {plan.number: plan.refused() for plan in plans if plan.invalid is not None}
+    outcomes |= {plan.number: refused_outcome(plan) for plan in plans if plan.invalid is not None}
     return [
         outcomes.get(plan.number) or replace(measured[plan.variant], number=plan.number)
         for plan in plans

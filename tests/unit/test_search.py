@@ -226,7 +226,8 @@ def _metrics_row(accuracy: float, size: int) -> Any:
 def test_a_trial_says_how_far_it_fell_short_of_each_gate(params_file: Path) -> None:
     from tasks.benchmark import BenchmarkRow
     from tasks.expectations import Check, SuiteResult
-    from tasks.search import TrialPlan, best_attempt, best_feasible, outcome_of, study_values
+    from tasks.search import TrialPlan
+    from tasks.search_results import best_attempt, best_feasible, outcome_of, study_values
 
     params = load_params(params_file)
     plan = TrialPlan(
@@ -403,6 +404,7 @@ def test_a_sampled_combination_no_technique_accepts_is_a_failed_trial_not_a_cras
     import optuna
 
     from tasks.search import suggest_plan
+    from tasks.search_results import refused_outcome
 
     # each value is valid with the other knob's default; epochs 2 with freeze 3 is not
     space = {"qat_int8.epochs": [2, 3], "qat_int8.freeze_bn_after": [1, 3]}
@@ -416,7 +418,7 @@ def test_a_sampled_combination_no_technique_accepts_is_a_failed_trial_not_a_cras
     plan = suggest_plan(study.ask(), search, technique_table())
     assert plan.invalid is not None and "freeze_bn_after must be at most epochs (2)" in plan.invalid
     assert plan.variants == {} and plan.variant.startswith("pruned_qat_int8_invalid_")
-    refused = plan.refused()
+    refused = refused_outcome(plan)
     assert (refused.status, refused.feasible) == ("invalid", False)
     assert refused.knobs.items() >= knobs.items()  # with the pruning knobs sampled for it
     assert refused.reason == plan.invalid
@@ -434,7 +436,7 @@ def _manifest(**variants: dict) -> dict:
 
 
 def test_the_incumbent_is_the_latest_versions_best_by_the_objective() -> None:
-    from tasks.search import best_published
+    from tasks.search_results import best_published
 
     fast = {
         "size_bytes": 900,
@@ -457,7 +459,7 @@ def test_the_incumbent_is_the_latest_versions_best_by_the_objective() -> None:
 
 
 def test_a_pick_must_be_distinguishably_better_than_the_incumbent() -> None:
-    from tasks.search import Incumbent, beats_incumbent
+    from tasks.search_results import Incumbent, beats_incumbent
     from tasks.speed import SpeedRatio
 
     incumbent = Incumbent("3", "tflite_int8_a1", 0.0316)
