@@ -17,18 +17,17 @@ from typing import Any
 import numpy as np
 from prefect import flow, get_run_logger, task
 
-from tasks.benchmark import (
-    BenchmarkRow,
-    measure_again,
+from tasks.benchmark import BenchmarkRow, measure_again
+from tasks.config import BenchmarkConfig, RunnerProfile
+from tasks.engines import BuiltEngine, EngineRequest
+from tasks.errors import brief
+from tasks.io import write_json
+from tasks.measuring_process import (
     measure_in_subprocess,
     measurement_context,
     measurement_key,
     reused_row,
 )
-from tasks.config import BenchmarkConfig, RunnerProfile
-from tasks.engines import BuiltEngine, EngineRequest
-from tasks.errors import brief
-from tasks.io import write_json
 from tasks.paired_timing import Compare, compare_in_subprocess, compare_with_references
 from tasks.runtimes import runs_on
 from tasks.store import ArtifactStore

@@ -24,12 +24,12 @@ from unittest import mock
 import numpy as np
 import torch
 
-from tasks.benchmark import measure_in_subprocess
 from tasks.config import BenchmarkConfig, RunnerProfile
 from tasks.data import Preprocess, Split
 from tasks.export import write_onnx_variant
 from tasks.int8_friendly import Rewrite
 from tasks.io import write_json
+from tasks.measuring_process import measure_in_subprocess
 from tasks.mobilenets import mobilenet_v2_style, mobilenet_v3_style
 from tasks.op_profile import format_profile, profile_variant
 from tasks.runtimes import load_predictor

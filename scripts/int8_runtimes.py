@@ -22,11 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from tasks.benchmark import BenchmarkRow, measure_in_subprocess
+from tasks.benchmark import BenchmarkRow
 from tasks.compress import compress
 from tasks.data import load_split
 from tasks.evaluate import evaluate
 from tasks.io import write_json
+from tasks.measuring_process import measure_in_subprocess
 from tasks.params_file import load_params
 from tasks.runtimes import runs_on
 from tasks.statistics import paired_drop_interval

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.benchmark import BenchmarkRow, measure_again, measure_in_subprocess
+from tasks.benchmark import BenchmarkRow, measure_again
 from tasks.config import BenchmarkConfig, RunnerProfile
+from tasks.measuring_process import measure_in_subprocess
 from tasks.paired_timing import compare_in_subprocess, compare_with_references
 from tasks.runtimes import runs_on
 

@@ -21,18 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.benchmark import (
-    LATENCY_IMAGES,
-    BenchmarkRow,
-    apply_profile,
-    images_for_measuring,
-    latency_trial,
-    measurement_key,
-    run_measuring_child,
-)
+from tasks.benchmark import LATENCY_IMAGES, BenchmarkRow, apply_profile, latency_trial
 from tasks.config import BenchmarkConfig, RunnerProfile
 from tasks.errors import ModelPressError, brief
 from tasks.io import write_json
+from tasks.measuring_process import images_for_measuring, measurement_key, run_measuring_child
 from tasks.plan import content_key
 from tasks.speed import SpeedRatio, ratio_interval
 from tasks.variant import BASELINE

@@ -9,31 +9,22 @@ workers running because a worker did not exit 30 s after SIGTERM and nothing esc
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
+
+from tasks.processes import signal_group, stop_groups
 
 GRACE_S = 30.0  # SIGTERM to SIGKILL: a worker deregisters and ends its flow runs in this time
 
 
 def stop(*processes: subprocess.Popen[Any], grace_s: float = GRACE_S) -> None:
     """SIGTERM every process's group, wait up to grace_s for all, SIGKILL the groups, reap."""
+    stop_groups(*processes, grace_s=grace_s)
     for process in processes:
-        _signal_group(process, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    for process in processes:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=max(0.0, deadline - time.monotonic()))
-    for process in processes:
-        # also when the leader is gone: what it started may still be in its group
-        _signal_group(process, signal.SIGKILL)
-    for process in processes:
-        process.wait(timeout=60)  # SIGKILL cannot be refused: this reaps
         for stream in (process.stdin, process.stdout, process.stderr):
             if stream is not None:
                 stream.close()
@@ -41,15 +32,8 @@ def stop(*processes: subprocess.Popen[Any], grace_s: float = GRACE_S) -> None:
 
 def kill(process: subprocess.Popen[Any]) -> None:
     """SIGKILL the process's whole group at once (a crash, not a shutdown) and reap it."""
-    _signal_group(process, signal.SIGKILL)
+    signal_group(process, signal.SIGKILL)
     process.wait(timeout=60)
-
-
-def _signal_group(process: subprocess.Popen[Any], signum: int) -> None:
-    # start_new_session: the group id is the leader's pid, and stays reserved while any
-    # member lives, so this never reaches an unrelated process
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signum)
 
 
 class Processes:

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.benchmark import LATENCY_IMAGES, _leading_images, images_for_measuring
+from tasks.benchmark import LATENCY_IMAGES
 from tasks.config import BenchmarkConfig
+from tasks.measuring_process import _leading_images, images_for_measuring
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.uint8])

@@ -94,7 +94,7 @@ def test_a_reference_is_measured_again_after_the_others_and_keeps_its_faster_row
     """Every speed-up is relative to the baseline (and a chained variant's to its source): a
     baseline slowed by a busy second made every variant look faster, so references are measured
     once more, last, and the faster row is the one reported and kept."""
-    from tasks.benchmark import measure_in_subprocess
+    from tasks.measuring_process import measure_in_subprocess
 
     variant, images = bench_inputs
     derived = tmp_path / "derived"

@@ -60,7 +60,7 @@ def test_a_measuring_child_that_overruns_is_killed_with_what_it_started(tmp_path
     import sys
     import time
 
-    from tasks.benchmark import run_measuring_child
+    from tasks.measuring_process import run_measuring_child
 
     pid_file = tmp_path / "grandchild.pid"
     script = (

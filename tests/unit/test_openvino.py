@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.benchmark import measure_in_subprocess
 from tasks.config import BenchmarkConfig, RunnerProfile
 from tasks.errors import ModelError
 from tasks.io import sha256_file
+from tasks.measuring_process import measure_in_subprocess
 from tasks.runtimes import RUNTIMES, load_predictor
 from tasks.variant import model_digest, read_record, write_record
 from tests.helpers import REPO_ROOT, write_params
