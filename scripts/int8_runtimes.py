@@ -36,11 +36,11 @@ from tasks.variant import BASELINE, EVALUATION_SPLIT
 
 def build(params_file: Path, work: Path, names: list[str]) -> None:
     """The stages `dvc repro` runs, for the baseline and `names` only; what exists is kept."""
-    from tasks import data, export, train
+    from tasks.stages import export, prepare, train
 
     params = load_params(params_file)
     if not (work / "data").exists():
-        data.main(["--params", str(params_file), "--out", str(work / "data")])
+        prepare.main(["--params", str(params_file), "--out", str(work / "data")])
     if not (work / "models" / BASELINE).exists():
         train.main(
             [

@@ -8,18 +8,18 @@ Bad input (config, files) still stops with a one-line error.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tasks.config import VariantConfig
 from tasks.errors import ConfigError, ModelError, VariantError
 from tasks.io import atomic_dir
-from tasks.params_file import load_params
-from tasks.params_model import Params
-from tasks.quiet import show_converter_output
 from tasks.techniques import technique_of
 from tasks.techniques.context import BuildContext
 from tasks.variant import VariantRecord, read_record, write_record
+
+if TYPE_CHECKING:
+    from tasks.params_model import Params
 
 
 def compress(
@@ -82,31 +82,3 @@ def _record_failure(
     with atomic_dir(out_dir) as staging:
         write_record(staging, record)
     return record
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="compress: build one variant")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument(
-        "--name", required=True, help="variant name (a key of params.yaml variants)"
-    )
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--baseline", type=Path, required=True, help="the train stage's output")
-    parser.add_argument("--source", type=Path, required=True, help="the source variant's directory")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument(
-        "--verbose", action="store_true", help="show the converters' output (TensorFlow's)"
-    )
-    args = parser.parse_args(argv)
-    if args.verbose:
-        show_converter_output()
-    params = load_params(args.params)
-    record = compress(params, args.name, args.data, args.baseline, args.source, args.out)
-    note = f" ({record.reason})" if record.reason else ""
-    print(f"compress: {args.name} [{record.technique}] {record.status}{note} → {args.out}")
-
-
-if __name__ == "__main__":
-    from tasks.cli_support import run_main
-
-    run_main(main)

@@ -8,7 +8,6 @@ artifact carries what it needs to reproduce its inputs.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,6 @@ from tasks.config import DataConfig
 from tasks.errors import DataError
 from tasks.io import atomic_dir, read_json, write_json
 from tasks.lineage import data_lineage
-from tasks.params_file import load_params
 
 # ImageNet's RGB statistics: what torchvision-style pretrained backbones were trained with
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -394,23 +392,3 @@ def _normalisation(cfg: DataConfig, train_x: np.ndarray) -> tuple[list[float], l
     mean = cfg.mean or [float(v) for v in train_x.mean(axis=(0, 2, 3))]
     std = cfg.std or [max(float(v), 1e-3) for v in train_x.std(axis=(0, 2, 3))]
     return [round(v, 6) for v in mean], [round(v, 6) for v in std]
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="prepare: load, check and split the data")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    params = load_params(args.params)
-    prepared = prepare(params.data, params.seed, root=args.params.parent)
-    write_prepared(prepared, args.out)
-    sizes = ", ".join(f"{name} {len(split)}" for name, split in prepared.splits.items())
-    print(
-        f"prepare: {params.data.source} → {args.out} ({sizes}; {prepared.preprocess.num_classes} classes)"
-    )
-
-
-if __name__ == "__main__":
-    from tasks.cli_support import run_main
-
-    run_main(main)

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tasks.data import Split, load_split
+from tasks.data import Split
 from tasks.errors import ModelError, brief
 from tasks.io import atomic_dir, atomic_file, read_json, sha256_file, write_json
-from tasks.params_file import load_params
 from tasks.plan import content_key
 from tasks.runtimes import load_predictor
 from tasks.variant import (
@@ -289,27 +287,3 @@ def write_evaluation(evaluation: Evaluation, metrics_dir: Path, plot_file: Path)
 
 def _kib(size: int | None) -> float | None:
     return None if size is None else round(size / 1024, 1)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="evaluate: every variant in its own runtime")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--variants", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True, help="metrics directory")
-    parser.add_argument(
-        "--plot", type=Path, required=True, help="accuracy-vs-size plot data (JSON)"
-    )
-    args = parser.parse_args(argv)
-    params = load_params(args.params)
-    evaluation = evaluate(
-        args.variants, list(params.variants), load_split(args.data, EVALUATION_SPLIT)
-    )
-    write_evaluation(evaluation, args.out, args.plot)
-    print(f"evaluate: {len(evaluation.metrics)} variants → {args.out / 'variants.json'}")
-
-
-if __name__ == "__main__":
-    from tasks.cli_support import run_main
-
-    run_main(main)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import threading
 import warnings
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from torch import nn
 
 from tasks.data import Preprocess, load_preprocess, load_split
 from tasks.errors import ModelError, brief
-from tasks.io import atomic_dir, read_json
+from tasks.io import atomic_dir
 from tasks.models import count_macs_params
 from tasks.runtimes.onnxruntime import RUNTIME as ONNX_RUNTIME
 from tasks.train import load_baseline, predict
@@ -167,34 +166,3 @@ def export_baseline(
         source=None,
         parent_sha256=baseline_sha256,
     )
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="export: baseline → ONNX fp32")
-    parser.add_argument("--baseline", type=Path, required=True)
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    preprocess = load_preprocess(args.data)
-    model = load_baseline(args.baseline)
-    weights_sha = read_json(args.baseline / "baseline.json")["sha256"]
-    test_x = preprocess.normalize(load_split(args.data, "test").x)
-    record = write_onnx_variant(
-        model,
-        preprocess,
-        test_x,
-        args.out,
-        name="baseline",
-        technique="baseline",
-        source=None,
-        parent_sha256=weights_sha,
-    )
-    print(
-        f"export: baseline ONNX fp32 → {args.out} (max |Δ| vs torch {record.extra['onnx_max_abs_diff']:.2e})"
-    )
-
-
-if __name__ == "__main__":
-    from tasks.cli_support import run_main
-
-    run_main(main)

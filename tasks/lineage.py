@@ -12,6 +12,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+from tasks.code_closure import import_closure
 from tasks.config import BaselineConfig, DataConfig
 from tasks.errors import DataError, ModelError
 from tasks.fetch import FetchedFile
@@ -53,10 +54,11 @@ def module_source_sha256(module: str, field: str) -> str:
 
 
 def code_sha256(*modules: str) -> str:
-    """One sha256 over the source files of `modules`: part of a cache key, because Prefect's
-    TASK_SOURCE hashes only the task wrapper, not the tasks/ code it calls."""
+    """One sha256 over the source files of `modules` and of every module of theirs they import
+    (tasks/code_closure.py): part of a cache key, because Prefect's TASK_SOURCE hashes only the
+    task wrapper, not the tasks/ code it calls, and a hand-kept list misses a helper."""
     digest = hashlib.sha256()
-    for module in modules:
+    for module in import_closure(*modules):
         digest.update(module.encode() + b"\0" + module_source_sha256(module, "code").encode())
     return digest.hexdigest()
 

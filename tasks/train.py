@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,8 +25,9 @@ from tasks.models import (
     load_pt2,
     load_state_dict_file,
 )
-from tasks.params_file import load_params
-from tasks.params_model import Params
+
+if TYPE_CHECKING:
+    from tasks.params_model import Params
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -399,7 +399,7 @@ def import_hint(
     )
 
 
-def _mmacs(macs: int | None) -> str:
+def mmacs(macs: int | None) -> str:
     return "unknown" if macs is None else f"{macs / 1e6:.1f} M"
 
 
@@ -433,25 +433,3 @@ def distillation_loss(
     )
     hard = F.cross_entropy(student_logits, labels)
     return alpha * temperature**2 * soft + (1.0 - alpha) * hard
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="train: make the baseline model")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    params = load_params(args.params)
-    root = args.params.parent
-    result = make_baseline(params.baseline, params.train, args.data, params.seed, root=root)
-    save_baseline(result, params.baseline, args.out, root=root)
-    print(
-        f"train: baseline ({result.kind}) test accuracy {result.test_accuracy:.4f}, "
-        f"{result.params:,} params, {_mmacs(result.macs)} MACs → {args.out}"
-    )
-
-
-if __name__ == "__main__":
-    from tasks.cli_support import run_main
-
-    run_main(main)

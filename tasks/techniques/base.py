@@ -55,8 +55,9 @@ class Technique:
     # technique may take it as its source (pruned → clustered)
     produces_torch: bool = False
     build_on: str | None = None  # None: built here; else the runner kind that must build it
-    # other modules whose code decides what `build` makes (graph rewrites, fine-tuning loops):
-    # their source joins the compress cache key, so a change there rebuilds the variant
+    # modules whose code decides what `build` makes that it does not import (a child process's
+    # `python -m` module): their source joins the compress cache key. What the technique's
+    # module imports, directly or not, joins it without being listed (tasks/code_closure.py).
     uses: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:

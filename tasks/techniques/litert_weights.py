@@ -10,7 +10,8 @@ from typing import Any
 
 from tasks.data import Preprocess
 from tasks.io import atomic_dir
-from tasks.tflite_convert import Output, convert, working_copy, write_litert_variant
+from tasks.onnx_for_tf import working_copy
+from tasks.tflite_convert import Output, convert, write_litert_variant
 from tasks.variant import VariantRecord, onnx_source
 
 

@@ -15,6 +15,7 @@ from tasks.data import Preprocess, Split
 from tasks.errors import VariantError
 from tasks.int8_friendly import rewrite_hard_activations
 from tasks.io import atomic_dir
+from tasks.onnx_for_tf import working_copy
 from tasks.quiet import held_back
 from tasks.techniques.base import Technique, TechniqueConfig
 from tasks.techniques.context import BuildContext
@@ -23,7 +24,6 @@ from tasks.tflite_convert import (
     Calibration,
     Converted,
     convert,
-    working_copy,
     write_litert_variant,
 )
 from tasks.variant import VariantRecord, onnx_source
@@ -249,5 +249,9 @@ TECHNIQUE = Technique(
     runtime="litert",
     produces_onnx=False,
     build=build,
-    uses=("tasks.int8_friendly", "tasks.tflite_convert", "tasks.litert_debugger"),
+    uses=(
+        "tasks.int8_friendly",
+        "tasks.tflite_convert",
+        "tasks.litert_debugger",
+    ),
 )

@@ -210,7 +210,7 @@ def test_channel_shuffles_become_gathers_onnx_runtime_agrees_on(tmp_path: Path) 
     import onnx
     import onnxruntime as ort
 
-    from tasks.tflite_convert import channel_shuffles_as_gather, simplified
+    from tasks.onnx_for_tf import channel_shuffles_as_gather, simplified
 
     x = np.random.default_rng(0).random((4, 3, 16, 16), dtype=np.float32)
     write_onnx_variant(
