@@ -2,7 +2,7 @@
 
 onnx2tf writes the SavedModel and then runs TensorFlow's TFLiteConverter once per output it is
 asked for: float32 and float16 always, dynamic-range int8 and full-integer int8 on request. A
-technique picks one `Output`, gets that file back, and records it with `litert_record`.
+technique picks one `Output`, gets that file back, and `write_litert_variant` stages it with its record.
 """
 
 from __future__ import annotations
@@ -25,11 +25,7 @@ from tasks.runtimes.litert import RUNTIME as LITERT
 from tasks.variant import (
     TensorSpec,
     VariantRecord,
-    carried_from,
-    data_fields,
-    finished_record,
-    preprocess_fields,
-    write_record,
+    record_built,
 )
 
 MODEL_FILE = LITERT.model_file
@@ -191,7 +187,6 @@ def write_litert_variant(
     staging: Path,
     *,
     name: str,
-    technique: str,
     settings: dict[str, Any],
     source: VariantRecord,
     preprocess: Preprocess,
@@ -200,19 +195,15 @@ def write_litert_variant(
     """Compact the converted model into the variant directory being staged and write its record."""
     converted_bytes = converted.tflite.stat().st_size
     (staging / MODEL_FILE).write_bytes(compact(converted.tflite.read_bytes()))
-    input_spec, output_spec = io_specs(staging / MODEL_FILE)
-    record = VariantRecord(
+    return record_built(
+        staging,
         name=name,
-        technique=technique,
-        status="ok",
+        settings=settings,
+        source=source,
+        preprocess=preprocess,
         runtime="litert",
         model_file=MODEL_FILE,
-        input=input_spec,
-        output=output_spec,
-        preprocess=preprocess_fields(preprocess),
-        data=data_fields(preprocess),
-        settings=settings,
-        **carried_from(source),
+        tensors=io_specs(staging / MODEL_FILE),
         extra={
             "onnx2tf": version("onnx2tf"),
             "float32_tflite_bytes": converted.float32_bytes,
@@ -220,9 +211,6 @@ def write_litert_variant(
         }
         | extra,
     )
-    record = finished_record(staging, record)
-    write_record(staging, record)
-    return record
 
 
 def compact(content: bytes) -> bytes:

@@ -159,6 +159,50 @@ def finished_record(directory: Path, record: VariantRecord, **changes: Any) -> V
     return VariantRecord(**values)
 
 
+def record_built(
+    staging: Path,
+    *,
+    name: str,
+    settings: dict[str, Any],
+    source: VariantRecord,
+    preprocess: Preprocess,
+    runtime: Runtime | None,
+    model_file: str | None,
+    extra: dict[str, Any],
+    tensors: tuple[TensorSpec, TensorSpec] | None = None,
+    reason: str | None = None,
+) -> VariantRecord:
+    """Write the record of a variant a technique built into `staging`, and return it.
+
+    The technique gives only its own work: the runtime and model file it made, its facts
+    (`extra`), and its tensors where they differ from its source's (a LiteRT model's int8
+    input). What every variant records comes from here: its source's lineage and tensors, the
+    data, the preprocessing, the settings (whose `technique` names it) and the model's checksum.
+    `reason` without a model file records the variant as skipped with why (a runtime missing
+    here, a CUDA runner needed)."""
+    skipped = model_file is None
+    inputs, outputs = tensors or (source.input, source.output)
+    record = VariantRecord(
+        name=name,
+        technique=str(settings["technique"]),
+        status="skipped" if skipped else "ok",
+        reason=reason,
+        runtime=runtime,
+        model_file=model_file,
+        input=None if skipped else inputs,
+        output=None if skipped else outputs,
+        preprocess=preprocess_fields(preprocess),
+        data=data_fields(preprocess),
+        settings=settings,
+        **carried_from(source),
+        extra=extra,
+    )
+    if not skipped:
+        record = finished_record(staging, record)
+    write_record(staging, record)
+    return record
+
+
 def preprocess_fields(preprocess: Preprocess) -> dict[str, Any]:
     """What a consumer needs to turn an image into this variant's input and read its output."""
     return {

@@ -39,7 +39,6 @@ def weights_only(
             converted,
             staging,
             name=name,
-            technique=technique,
             settings=settings,
             source=source,
             preprocess=preprocess,

@@ -33,12 +33,8 @@ from tasks.techniques.base import Technique, TechniqueConfig
 from tasks.techniques.context import BuildContext
 from tasks.variant import (
     VariantRecord,
-    carried_from,
-    data_fields,
-    finished_record,
     onnx_source,
-    preprocess_fields,
-    write_record,
+    record_built,
 )
 
 MODEL_FILE = ONNXRUNTIME.model_file
@@ -108,18 +104,14 @@ def quantize(
         ops = _op_counts(staging / MODEL_FILE)
         if not ops["DequantizeLinear"]:
             raise VariantError(f"{name}: ONNX Runtime found no op it quantizes in this model")
-        record = VariantRecord(
+        return record_built(
+            staging,
             name=name,
-            technique="onnx_int8",
-            status="ok",
+            settings=cfg.model_dump(),
+            source=source,  # QDQ keeps float32 I/O: the source's tensors, unchanged
+            preprocess=preprocess,
             runtime="onnxruntime",
             model_file=MODEL_FILE,
-            input=source.input,  # QDQ keeps float32 I/O: the source's tensors, unchanged
-            output=source.output,
-            preprocess=preprocess_fields(preprocess),
-            data=data_fields(preprocess),
-            settings=cfg.model_dump(),
-            **carried_from(source),
             extra={
                 "onnxruntime": version("onnxruntime"),
                 "calibration_samples": len(images),
@@ -128,9 +120,6 @@ def quantize(
                 "dequantize_linear": ops["DequantizeLinear"],
             },
         )
-        record = finished_record(staging, record)
-        write_record(staging, record)
-    return record
 
 
 def _prepared(name: str, onnx_file: Path, work_dir: Path, preprocess: bool) -> Path:

@@ -22,13 +22,9 @@ from tasks.techniques.base import Technique, TechniqueConfig
 from tasks.techniques.context import BuildContext
 from tasks.variant import (
     VariantRecord,
-    carried_from,
-    data_fields,
-    finished_record,
     model_path,
-    preprocess_fields,
     read_record,
-    write_record,
+    record_built,
 )
 
 MODEL_FILE = OPENVINO.model_file
@@ -76,18 +72,14 @@ def quantize(
     samples = normalize(calib.x[: cfg.calibration_samples], source)
     with atomic_dir(out_dir) as staging:
         fake_quantize = _quantize_to_ir(onnx_file, samples, cfg, staging / MODEL_FILE)
-        record = VariantRecord(
+        return record_built(
+            staging,
             name=name,
-            technique="openvino_int8",
-            status="ok",
+            settings=cfg.model_dump(),
+            source=source,
+            preprocess=preprocess,
             runtime="openvino",
             model_file=MODEL_FILE,
-            input=source.input,
-            output=source.output,
-            preprocess=preprocess_fields(preprocess),
-            data=data_fields(preprocess),
-            settings=cfg.model_dump(),
-            **carried_from(source),
             extra={
                 "openvino": version("openvino"),
                 "nncf": version("nncf"),
@@ -95,9 +87,6 @@ def quantize(
                 "fake_quantize_ops": fake_quantize,
             },
         )
-        record = finished_record(staging, record)
-        write_record(staging, record)
-    return record
 
 
 def _quantize_to_ir(onnx_file: Path, samples: Any, cfg: OpenvinoInt8Config, xml_file: Path) -> int:

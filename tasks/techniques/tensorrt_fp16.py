@@ -21,13 +21,9 @@ from tasks.techniques.base import Technique, TechniqueConfig
 from tasks.techniques.context import BuildContext
 from tasks.variant import (
     VariantRecord,
-    carried_from,
-    data_fields,
-    finished_record,
     model_path,
-    preprocess_fields,
     read_record,
-    write_record,
+    record_built,
 )
 
 if TYPE_CHECKING:
@@ -113,38 +109,28 @@ def build_engine_variant(
     reason = tensorrt_unavailable_reason()
     with atomic_dir(out_dir) as staging:
         if reason is not None:
-            record = VariantRecord(
+            return record_built(
+                staging,
                 name=name,
-                technique="tensorrt_fp16",
-                status="skipped",
-                reason=reason,
                 settings=cfg.model_dump(),
-                **carried_from(source),
-                preprocess=preprocess_fields(preprocess),
-                data=data_fields(preprocess),
+                source=source,
+                preprocess=preprocess,
+                runtime=None,
+                model_file=None,
                 extra=extra,
+                reason=reason,
             )
-        else:
-            facts = build_engine(
-                model_path(source_dir, source), staging / ENGINE_FILE, cfg, preprocess
-            )
-            record = VariantRecord(
-                name=name,
-                technique="tensorrt_fp16",
-                status="ok",
-                runtime="tensorrt",
-                model_file=ENGINE_FILE,
-                input=source.input,
-                output=source.output,
-                preprocess=preprocess_fields(preprocess),
-                data=data_fields(preprocess),
-                settings=cfg.model_dump(),
-                **carried_from(source),
-                extra=extra | {"build": asdict(facts)},
-            )
-            record = finished_record(staging, record)
-        write_record(staging, record)
-    return record
+        facts = build_engine(model_path(source_dir, source), staging / ENGINE_FILE, cfg, preprocess)
+        return record_built(
+            staging,
+            name=name,
+            settings=cfg.model_dump(),
+            source=source,
+            preprocess=preprocess,
+            runtime="tensorrt",
+            model_file=ENGINE_FILE,
+            extra=extra | {"build": asdict(facts)},
+        )
 
 
 def build_engine(

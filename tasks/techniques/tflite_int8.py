@@ -96,7 +96,6 @@ def quantize(
             converted,
             staging,
             name=name,
-            technique="tflite_int8",
             settings=cfg.model_dump(),
             source=source,
             preprocess=preprocess,
