@@ -12,7 +12,7 @@ import yaml
 from tasks.errors import ConfigError
 from tasks.params_file import load_params, parse_params
 from tasks.params_model import Params
-from tasks.techniques import builtin_techniques
+from tasks.techniques import builtin_techniques, technique_table
 from tasks.techniques.distilled import DistilledConfig
 from tasks.techniques.pruned import PrunedConfig
 from tasks.techniques.tensorrt_fp16 import TensorrtFp16Config
@@ -373,16 +373,21 @@ def test_source_naming_a_missing_variant_is_refused(repo_raw: dict[str, Any]) ->
     assert "variants.x.source: 'nosuch' is not 'baseline' nor a variant" in message
 
 
-@pytest.mark.parametrize("technique", ["pruned", "distilled", "clustered", "low_rank"])
+TABLE = technique_table()
+TORCH_MAKERS = ", ".join(sorted(n for n, t in TABLE.items() if t.produces_torch))
+
+
+@pytest.mark.parametrize("technique", [n for n, t in TABLE.items() if t.starts_from == "torch"])
 @pytest.mark.parametrize("source", ["distilled", "tflite_int8"])
 def test_torch_technique_needs_a_source_with_a_torch_model(
     repo_raw: dict[str, Any], technique: str, source: str
 ) -> None:
     raw = _merged(repo_raw, {"variants": {"x": {"technique": technique, "source": source}}})
     message = _error(raw)
+    assert {"clustered", "low_rank", "pruned"} <= set(TORCH_MAKERS.split(", "))
     assert (
         f"variants.x.source: technique '{technique}' starts from a torch model and "
-        f"'{source}' has none (use baseline or a variant of: clustered, low_rank, pruned)"
+        f"'{source}' has none (use baseline or a variant of: {TORCH_MAKERS})"
     ) in message
 
 
@@ -397,7 +402,9 @@ def test_int8_of_an_int8_variant_is_refused(repo_raw: dict[str, Any]) -> None:
     )
     message = _error(raw)
     assert "variants.x.source: 'tflite_int8' does not produce ONNX" in message
-    assert "baseline, clustered, distilled, low_rank, pruned" in message
+    onnx_makers = ", ".join(sorted(n for n, t in TABLE.items() if t.produces_onnx))
+    assert {"clustered", "distilled", "low_rank", "pruned"} <= set(onnx_makers.split(", "))
+    assert f"baseline, {onnx_makers}" in message
 
 
 def test_int8_of_a_tensorrt_variant_is_refused(repo_raw: dict[str, Any]) -> None:
