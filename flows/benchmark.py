@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from prefect import flow, get_run_logger, task
 
+from tasks.arrays import Array
 from tasks.benchmark import BenchmarkRow, measure_again
 from tasks.config import BenchmarkConfig, RunnerProfile
 from tasks.engines import BuiltEngine, EngineRequest
@@ -273,7 +274,7 @@ def _cancel(flow_run_id: Any) -> None:
 
 
 def upload_inputs(
-    store: ArtifactStore, run_key: str, variant_dirs: dict[str, str], images: np.ndarray
+    store: ArtifactStore, run_key: str, variant_dirs: dict[str, str], images: Array
 ) -> tuple[dict[str, str], str]:
     """Put the variants (content-addressed by model sha256) and the test images in the store."""
     keys = {}
@@ -319,7 +320,7 @@ def benchmark_on_runners(
     cfg: BenchmarkConfig,
     profiles: dict[str, RunnerProfile],
     variant_dirs: dict[str, str],
-    images: np.ndarray,
+    images: Array,
     run_dir: Path,
     engine_requests: dict[str, EngineRequest],
     reuse_dir: Path | None = None,

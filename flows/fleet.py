@@ -26,7 +26,8 @@ from typing import Any, Literal, get_args
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
-from prefect.states import Cancelled, Completed, Failed, State
+from prefect.client.schemas.objects import State
+from prefect.states import Cancelled, Completed, Failed
 from prefect.task_runners import TaskRunner
 
 from flows.runners import LettingGoThreadPoolTaskRunner

@@ -20,6 +20,7 @@ from flows.search_trials import Trials
 from flows.stages import Prepared, evaluate_variants, validate_task
 from flows.variants import build_variants
 from tasks import publish as publishing
+from tasks.arrays import Array
 from tasks.config import GatesConfig, RegistryConfig
 from tasks.decision import RunOutcome
 from tasks.evaluate import VariantMetrics
@@ -46,7 +47,7 @@ def against_published(
     pick_name: str,
     pick_dir: str,
     row: VariantMetrics,
-    images: np.ndarray,
+    images: Array,
     run_dir: Path,
 ) -> tuple[bool, str]:
     """Whether the pick is distinguishably better, by the search's objective, than the best

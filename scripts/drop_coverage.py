@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tasks.arrays import Array
 from tasks.io import write_json
 from tasks.statistics import clopper_pearson, simulate_pass_rate, smallest_certifying_size
 
@@ -25,9 +26,7 @@ SIZES = (50, 100, 359, 2000, 10000)
 RATE_FACTORS = (1.0, 1.5, 3.0, 10.0, 30.0)  # discordance rate as a multiple of the true drop
 
 
-def conditional_mcnemar(
-    b: np.ndarray, c: np.ndarray, n: np.ndarray, confidence: float
-) -> tuple[np.ndarray, np.ndarray]:
+def conditional_mcnemar(b: Array, c: Array, n: Array, confidence: float) -> tuple[Array, Array]:
     """The old bound: Clopper-Pearson on b given b + c, as if b + c were known."""
     highs = []
     for bi, ci, ni in zip(b, c, n, strict=True):

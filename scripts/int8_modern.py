@@ -19,11 +19,13 @@ import argparse
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import numpy as np
 import torch
 
+from tasks.arrays import Array
 from tasks.config import BenchmarkConfig, RunnerProfile
 from tasks.data import Preprocess, Split
 from tasks.export import write_onnx_variant
@@ -48,7 +50,7 @@ TIMING = BenchmarkConfig(
 )
 
 
-def _digits_rgb(size: int) -> tuple[np.ndarray, np.ndarray]:
+def _digits_rgb(size: int) -> tuple[Array, Array]:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -57,7 +59,7 @@ def _digits_rgb(size: int) -> tuple[np.ndarray, np.ndarray]:
     return x.numpy(), digits.target.astype(np.int64)
 
 
-def _train(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, epochs: int) -> None:
+def _train(model: torch.nn.Module, x: Array, y: Array, epochs: int) -> None:
     optimizer = torch.optim.Adam(model.parameters(), 3e-3)
     inputs, labels = (torch.from_numpy(x) - 0.5) / 0.25, torch.from_numpy(y)
     model.train()
@@ -78,7 +80,7 @@ def _train(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, epochs: int) ->
     model.eval()
 
 
-def build(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, root: Path) -> None:
+def build(model: torch.nn.Module, images: Array, labels: Array, root: Path) -> None:
     """fp32 ONNX baseline, int8 as onnx2tf emits it ('int8_before') and int8 rewritten ('int8')."""
     from tasks.techniques.tflite_int8 import quantize
 
@@ -97,7 +99,7 @@ def build(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, root: 
         quantize("int8_before", cfg, root / "baseline", calib, pre, root / "int8_before")
 
 
-def measure_speed(arch: str, size: int, root: Path) -> dict:
+def measure_speed(arch: str, size: int, root: Path) -> dict[str, Any]:
     torch.manual_seed(0)
     model = ARCHS[arch](num_classes=10)
     images = np.random.default_rng(0).random((192, 3, size, size), dtype=np.float32)
@@ -107,7 +109,7 @@ def measure_speed(arch: str, size: int, root: Path) -> dict:
             model((torch.from_numpy(batch) - 0.5) / 0.25)
     build(model, images, np.zeros(len(images), dtype=np.int64), root)
     np.savez(root / "images.npz", x=images[128:])
-    result: dict = {}
+    result: dict[str, Any] = {}
     for name in VARIANTS:
         row = measure_in_subprocess(
             name, root / name, root / "images.npz", "edge-cpu", EDGE, TIMING
@@ -121,7 +123,7 @@ def measure_speed(arch: str, size: int, root: Path) -> dict:
     return result
 
 
-def measure_accuracy(arch: str, size: int, epochs: int, root: Path) -> dict:
+def measure_accuracy(arch: str, size: int, epochs: int, root: Path) -> dict[str, Any]:
     images, labels = _digits_rgb(size)
     torch.manual_seed(0)
     model = ARCHS[arch](num_classes=10, width=0.5)
@@ -139,7 +141,7 @@ def measure_accuracy(arch: str, size: int, epochs: int, root: Path) -> dict:
     return result
 
 
-def format_table(results: list[dict]) -> str:
+def format_table(results: list[dict[str, Any]]) -> str:
     lines = [
         f"{'net':<4} {'variant':<12} {'p50 ms':>7} {'vs fp32':>8} {'accuracy':>9} {'agree':>6}"
     ]
@@ -185,7 +187,7 @@ def main() -> None:
     write_json(args.out, {"edge_profile": EDGE.model_dump(), **settings, "results": results})
 
 
-def format_profile_dict(profile: dict) -> str:
+def format_profile_dict(profile: dict[str, Any]) -> str:
     from tasks.op_profile import OpProfile, OpRow
 
     return format_profile(OpProfile(**(profile | {"rows": [OpRow(**r) for r in profile["rows"]]})))

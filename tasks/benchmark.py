@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from tasks.arrays import Array
 from tasks.config import BenchmarkConfig, RunnerProfile
 from tasks.errors import ModelPressError
 from tasks.runtimes import RUNTIME_PACKAGES
@@ -91,7 +92,7 @@ def apply_profile(profile: RunnerProfile) -> tuple[int, list[int]]:
 def measure(
     name: str,
     variant_dir: Path,
-    images: np.ndarray,
+    images: Array,
     runner: str,
     profile: RunnerProfile,
     cfg: BenchmarkConfig,
@@ -144,7 +145,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def latency_trial(infer: Any, prepared: list[np.ndarray], cfg: BenchmarkConfig) -> np.ndarray:
+def latency_trial(infer: Any, prepared: list[Array], cfg: BenchmarkConfig) -> Array:
     """Batch-1 timings (ms) over real test images, until iterations or max_seconds."""
     timings: list[float] = []
     deadline = time.perf_counter() + cfg.max_seconds
@@ -156,7 +157,7 @@ def latency_trial(infer: Any, prepared: list[np.ndarray], cfg: BenchmarkConfig) 
     return np.asarray(timings)
 
 
-def _throughput(predictor: Any, images: np.ndarray, cfg: BenchmarkConfig) -> float:
+def _throughput(predictor: Any, images: Array, cfg: BenchmarkConfig) -> float:
     batch = predictor.prepare(np.resize(images, (cfg.throughput_batch, *images.shape[1:])))
     predictor.infer(batch)  # warm the batch shape (LiteRT re-allocates on a new shape)
     done, started = 0, time.perf_counter()

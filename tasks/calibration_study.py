@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tasks.arrays import Array
 from tasks.io import write_json
 
 SIZES = (32, 64, 128, 256, 512, 1000)
@@ -61,9 +62,9 @@ def study_sizes(requested: Sequence[int], available: int) -> list[int]:
 def calibration_study(
     variant: str,
     saved_model: Path,
-    calib: np.ndarray,
-    eval_x: np.ndarray,
-    eval_y: np.ndarray,
+    calib: Array,
+    eval_x: Array,
+    eval_y: Array,
     sizes: Sequence[int],
     per_channel: bool,
     int8_io: bool,

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from tasks.arrays import Array
 from tasks.config import DataConfig
 from tasks.errors import DataError
 from tasks.io import atomic_dir, read_json, write_json
@@ -29,8 +30,8 @@ RESIZE = "bilinear"  # how every source is brought to image_size x image_size (P
 
 @dataclass(frozen=True)
 class Split:
-    x: np.ndarray  # float32 (N, C, H, W) in [0, 1]
-    y: np.ndarray  # int64 (N,)
+    x: Array  # float32 (N, C, H, W) in [0, 1]
+    y: Array  # int64 (N,)
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -55,7 +56,7 @@ class Preprocess:
     data_sha256: str | None = None
     split_sizes: dict[str, int] = field(default_factory=dict)
 
-    def normalize(self, x: np.ndarray) -> np.ndarray:
+    def normalize(self, x: Array) -> Array:
         """[0, 1] NCHW pixels → normalised float32 NCHW model input."""
         mean = np.asarray(self.mean, dtype=np.float32).reshape(1, -1, 1, 1)
         std = np.asarray(self.std, dtype=np.float32).reshape(1, -1, 1, 1)
@@ -101,8 +102,8 @@ def prepare(cfg: DataConfig, seed: int, root: Path = Path(".")) -> PreparedData:
 
 
 def split_stratified(
-    x: np.ndarray,
-    y: np.ndarray,
+    x: Array,
+    y: Array,
     fractions: dict[str, float],
     seed: int,
     names: tuple[str, ...] = SPLITS,
@@ -110,7 +111,7 @@ def split_stratified(
     """Per-class shuffled split into `names` by their fractions (renormalised to add up to 1);
     same seed, same split."""
     rng = np.random.default_rng(seed)
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    parts: dict[str, list[Array]] = {name: [] for name in names}
     shares = np.asarray([fractions[name] for name in names])
     cumulative = np.cumsum(shares / shares.sum())
     for label in np.unique(y):
@@ -158,7 +159,7 @@ def load_preprocess(data_dir: Path) -> Preprocess:
 # ---- sources -------------------------------------------------------------------------------
 
 
-def _load_source(cfg: DataConfig, root: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+def _load_source(cfg: DataConfig, root: Path) -> tuple[Array, Array, list[str] | None]:
     if cfg.source == "digits":
         return (*_load_digits(cfg), [str(d) for d in range(10)])
     path = root / str(cfg.path)
@@ -177,7 +178,7 @@ def _source_sha256(cfg: DataConfig, root: Path) -> str | None:
     return str(data_lineage(cfg, root)["data_sha256"])
 
 
-def _load_digits(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+def _load_digits(cfg: DataConfig) -> tuple[Array, Array]:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -206,9 +207,7 @@ def _idx_splits(
     return splits, names
 
 
-def _subsample(
-    images: np.ndarray, labels: np.ndarray, limit: int | None, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _subsample(images: Array, labels: Array, limit: int | None, seed: int) -> tuple[Array, Array]:
     """At most `limit` samples, classes taken in turn (a handful still holds every class)."""
     if limit is None or limit >= len(labels):
         return images, labels
@@ -221,7 +220,7 @@ def _subsample(
     return images[chosen], labels[chosen]
 
 
-def _idx_pixels(images: np.ndarray, cfg: DataConfig) -> np.ndarray:
+def _idx_pixels(images: Array, cfg: DataConfig) -> Array:
     """uint8 (N, H, W) → float32 (N, C, size, size) in [0, 1]; 3 channels repeat the grey one."""
     x = images.astype(np.float32)[:, None] / 255.0
     if x.shape[2:] != (cfg.image_size, cfg.image_size):
@@ -229,7 +228,7 @@ def _idx_pixels(images: np.ndarray, cfg: DataConfig) -> np.ndarray:
     return np.repeat(x, 3, axis=1) if cfg.channels == 3 else x
 
 
-def _load_npz(path: Path, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+def _load_npz(path: Path, cfg: DataConfig) -> tuple[Array, Array, list[str] | None]:
     try:
         archive = np.load(path)
     except Exception as exc:  # numpy raises several types for a corrupt archive
@@ -268,7 +267,7 @@ def _load_npz(path: Path, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, list
     return pixels, y.astype(np.int64), _npz_class_names(path, names, cfg)
 
 
-def _npz_class_names(path: Path, names: np.ndarray | None, cfg: DataConfig) -> list[str] | None:
+def _npz_class_names(path: Path, names: Array | None, cfg: DataConfig) -> list[str] | None:
     """data.class_names, else the npz's own class_names array, else None."""
     if cfg.class_names is not None:
         return list(cfg.class_names)
@@ -282,7 +281,7 @@ def _npz_class_names(path: Path, names: np.ndarray | None, cfg: DataConfig) -> l
     return [str(name) for name in names.tolist()]
 
 
-def _load_imagefolder(path: Path, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _load_imagefolder(path: Path, cfg: DataConfig) -> tuple[Array, Array, list[str]]:
     from PIL import Image, UnidentifiedImageError
 
     class_dirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -304,7 +303,7 @@ def _load_imagefolder(path: Path, cfg: DataConfig) -> tuple[np.ndarray, np.ndarr
     return np.stack(images), np.asarray(labels, dtype=np.int64), [d.name for d in class_dirs]
 
 
-def _image_pixels(img: Any, mode: str, size: int, file: Path) -> np.ndarray:
+def _image_pixels(img: Any, mode: str, size: int, file: Path) -> Array:
     """One image as (C, H, W) float32 in [0, 1], resized. A 16-bit image is scaled by its own
     range (65535), not converted to 8 bits: Pillow's convert("L") clips every value above 255,
     and a 16-bit grey PNG became 99.7 % white."""
@@ -326,7 +325,7 @@ def _image_pixels(img: Any, mode: str, size: int, file: Path) -> np.ndarray:
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
-def _resize(x: np.ndarray, size: int) -> np.ndarray:
+def _resize(x: Array, size: int) -> Array:
     from PIL import Image
 
     out = np.empty((*x.shape[:2], size, size), dtype=np.float32)
@@ -340,7 +339,7 @@ def _resize(x: np.ndarray, size: int) -> np.ndarray:
 # ---- checks --------------------------------------------------------------------------------
 
 
-def _check_pixels(x: np.ndarray, origin: str) -> None:
+def _check_pixels(x: Array, origin: str) -> None:
     if x.size == 0:
         return  # reported as "no samples" with the labels
     finite = np.isfinite(x)
@@ -352,7 +351,7 @@ def _check_pixels(x: np.ndarray, origin: str) -> None:
         raise DataError(f"{origin}: float32 pixels span [{low:.3g}, {high:.3g}]; expected [0, 1]")
 
 
-def _check_labels(cfg: DataConfig, y: np.ndarray, class_names: list[str] | None) -> int:
+def _check_labels(cfg: DataConfig, y: Array, class_names: list[str] | None) -> int:
     origin = cfg.path or "digits"
     if len(y) == 0:
         raise DataError(f"{origin}: no samples")
@@ -382,7 +381,7 @@ def _check_class_names(cfg: DataConfig, names: list[str] | None, num_classes: in
         )
 
 
-def _normalisation(cfg: DataConfig, train_x: np.ndarray) -> tuple[list[float], list[float]]:
+def _normalisation(cfg: DataConfig, train_x: Array) -> tuple[list[float], list[float]]:
     if cfg.normalize == "none":
         return [0.0] * cfg.channels, [1.0] * cfg.channels
     if cfg.normalize == "imagenet":  # one grey channel: the average of ImageNet's three

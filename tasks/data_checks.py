@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tasks.arrays import Array
 from tasks.config import DataGates, GatesConfig
 from tasks.data import SPLITS, Preprocess, Split
 from tasks.errors import DataError, DataValidationError
@@ -120,7 +121,7 @@ def assert_data_valid(result: SuiteResult) -> None:
         raise DataValidationError(result.describe())
 
 
-def _name_classes(check: Check, counts: np.ndarray, names: list[str] | None) -> Check:
+def _name_classes(check: Check, counts: Array, names: list[str] | None) -> Check:
     """A failed class-count check names the classes behind its number, so the user knows
     which class (for ImageFolder data: which folder) needs more images."""
     if check.success or check.column not in ("train_min_class_count", "train_class_imbalance"):
@@ -210,7 +211,7 @@ def class_frame(splits: dict[str, Split], num_classes: int) -> pd.DataFrame:
     return pd.DataFrame([row])
 
 
-def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
+def class_counts(labels: Array, num_classes: int) -> Array:
     """Samples per class 0..num_classes-1; labels outside that range are not counted."""
     labels = np.asarray(labels, dtype=np.int64)
     valid = labels[(labels >= 0) & (labels < num_classes)]

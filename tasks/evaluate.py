@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from tasks.arrays import Array
 from tasks.data import Split
 from tasks.errors import ModelError, brief
 from tasks.io import atomic_dir, atomic_file, read_json, sha256_file, write_json
@@ -57,13 +58,11 @@ class VariantMetrics:
 @dataclass(frozen=True)
 class Evaluation:
     metrics: dict[str, VariantMetrics]
-    logits: dict[str, np.ndarray]
-    labels: np.ndarray
+    logits: dict[str, Array]
+    labels: Array
 
 
-def run_variant(
-    variant_dir: Path, images: np.ndarray, threads: int = 1, batch_size: int = 64
-) -> np.ndarray:
+def run_variant(variant_dir: Path, images: Array, threads: int = 1, batch_size: int = 64) -> Array:
     predictor = load_predictor(variant_dir, threads=threads)
     return np.concatenate(
         [predictor(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
@@ -134,17 +133,17 @@ class ByModel:
     variant does not run the others again. `directory` must be one per test split and
     evaluation code; None keeps nothing."""
 
-    images: np.ndarray
+    images: Array
     threads: int
     directory: Path | None
 
-    def measure(self, variant_dir: Path) -> tuple[np.ndarray, int, bool]:
+    def measure(self, variant_dir: Path) -> tuple[Array, int, bool]:
         """The logits, the zstd size, and whether the logits were kept from an earlier run."""
         entry = self._entry(variant_dir)  # the files hashed once for both
         logits, kept = self._logits(variant_dir, entry)
         return logits, self._compressed_size(variant_dir, entry), kept
 
-    def _logits(self, variant_dir: Path, entry: Path | None) -> tuple[np.ndarray, bool]:
+    def _logits(self, variant_dir: Path, entry: Path | None) -> tuple[Array, bool]:
         path = None if entry is None else entry / f"logits-{self.threads}-threads.npy"
         if path is not None and path.is_file():
             kept = np.load(path)
@@ -195,9 +194,9 @@ def model_files(variant_dir: Path) -> list[Path]:
 
 def metrics_row(
     record: VariantRecord,
-    logits: np.ndarray | None,
-    base_logits: np.ndarray,
-    labels: np.ndarray,
+    logits: Array | None,
+    base_logits: Array,
+    labels: Array,
     size: int | None,
     base_size: int,
     compressed: int | None = None,
@@ -241,18 +240,18 @@ def metrics_row(
     )
 
 
-def mean_kl(reference_logits: np.ndarray, logits: np.ndarray) -> float:
+def mean_kl(reference_logits: Array, logits: Array) -> float:
     """Mean over samples of KL(softmax(reference) ‖ softmax(logits))."""
     log_p, log_q = _log_softmax(reference_logits), _log_softmax(logits)
     return float(np.mean(np.sum(np.exp(log_p) * (log_p - log_q), axis=1)))
 
 
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
+def _log_softmax(logits: Array) -> Array:
     shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
-def per_class_accuracy(predicted: np.ndarray, labels: np.ndarray) -> list[float | None]:
+def per_class_accuracy(predicted: Array, labels: Array) -> list[float | None]:
     """Accuracy per class index; None for a class absent from the test split (JSON has no NaN)."""
     return [
         round(float((predicted[labels == c] == c).mean()), 6) if (labels == c).any() else None

@@ -6,11 +6,13 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from tasks.arrays import Array
 from tasks.data import Preprocess, load_preprocess, load_split
 from tasks.errors import ModelError, brief
 from tasks.io import atomic_dir
@@ -64,7 +66,7 @@ def export_onnx(model: nn.Module, preprocess: Preprocess, path: Path) -> None:
             raise ModelError(f"export: ONNX export failed ({brief(exc)})") from None
 
 
-def check_onnx(path: Path, model: nn.Module, x: np.ndarray, atol: float = 1e-3) -> ExportCheck:
+def check_onnx(path: Path, model: nn.Module, x: Array, atol: float = 1e-3) -> ExportCheck:
     """Run the ONNX file in ONNX Runtime and compare with torch on the same inputs."""
     import onnxruntime as ort
 
@@ -95,10 +97,10 @@ def onnx_record(
     preprocess: Preprocess,
     macs: int | None,
     params: int,
-    settings: dict | None = None,
+    settings: dict[str, Any] | None = None,
     parent_sha256: str | None = None,
     baseline_sha256: str | None = None,
-    extra: dict | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> VariantRecord:
     """variant.json for an fp32 ONNX model produced by this module's `export_onnx`."""
     c, h, w = preprocess.input_shape
@@ -130,10 +132,10 @@ EXPORT_CHECK_IMAGES = 256
 def write_onnx_variant(
     model: nn.Module,
     preprocess: Preprocess,
-    check_x: np.ndarray,
+    check_x: Array,
     out_dir: Path,
     save_torch: bool = False,
-    **record_fields,
+    **record_fields: Any,
 ) -> VariantRecord:
     """Export `model`, check it against torch, and write the variant directory atomically;
     save_torch: the torch module too, for torch-starting variants built from this one."""

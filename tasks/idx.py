@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tasks.arrays import Array
 from tasks.errors import DataError
 from tasks.io import sha256_file
 
@@ -55,7 +56,7 @@ def idx_sha256(directory: Path) -> str:
     return digest.hexdigest()
 
 
-def read_idx(path: Path, kind: str) -> np.ndarray:
+def read_idx(path: Path, kind: str) -> Array:
     """Read one IDX file of unsigned bytes: `kind` "images" (N, H, W) or "labels" (N,)."""
     raw = _read_bytes(path)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != _UBYTE:
@@ -78,7 +79,7 @@ def read_idx(path: Path, kind: str) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
-def read_idx_split(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+def read_idx_split(directory: Path, split: str) -> tuple[Array, Array]:
     """Images (N, H, W) uint8 and labels (N,) int64 of one official split ("train"/"t10k")."""
     files = idx_files(directory)
     images = read_idx(files[(split, "images")], "images")

@@ -197,7 +197,7 @@ class _Constants:
         return self.names[value]
 
 
-def _hard_swish(node: object, const: _Constants, divide: bool) -> list:
+def _hard_swish(node: object, const: _Constants, divide: bool) -> list[Any]:
     """x/6 · relu6(x + 3); without the /6 where the consumers' weights took it.
 
     The /6 goes on x, not on the product: the TFLite converter fuses x·relu6(x+3)/6 (in that
@@ -287,7 +287,7 @@ def _fold_sixth_into_consumers(graph: object, tensor: str) -> bool:
     return True
 
 
-def _hard_sigmoid(node: object, const: _Constants, divide: bool) -> list:
+def _hard_sigmoid(node: object, const: _Constants, divide: bool) -> list[Any]:
     """relu6(6·alpha·x + 6·beta) / 6; without the /6 where the consumers' weights took it."""
     from onnx import helper
 

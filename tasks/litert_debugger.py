@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tasks.arrays import Array
 from tasks.errors import ConfigError
 
 # ops that only move or pad int8 values (error far below a quantization step): no candidates
@@ -47,7 +48,7 @@ class LayerError:
 # ── quantizing a SavedModel, whole or with float layers ──
 
 
-def calibrated_model(saved_model: Path, calib: np.ndarray) -> bytes:
+def calibrated_model(saved_model: Path, calib: Array) -> bytes:
     """The float model with calibration statistics, not yet quantized.
 
     `calib` is normalised NHWC float32, one sample per representative step, as onnx2tf feeds it.
@@ -98,7 +99,7 @@ def quantized_model(
     )
 
 
-def layer_errors(calibrated: bytes, calib: np.ndarray, per_channel: bool) -> list[LayerError]:
+def layer_errors(calibrated: bytes, calib: Array, per_channel: bool) -> list[LayerError]:
     """Every quantized layer's own output error on `calib`, in graph order."""
     import tensorflow as tf
     from tensorflow.lite.python import convert
@@ -179,8 +180,8 @@ def float_ops(content: bytes) -> list[str]:
     return found
 
 
-def _samples(x: np.ndarray) -> Callable[[], Iterator[list[np.ndarray]]]:
-    def generate() -> Iterator[list[np.ndarray]]:
+def _samples(x: Array) -> Callable[[], Iterator[list[Array]]]:
+    def generate() -> Iterator[list[Array]]:
         for i in range(len(x)):
             yield [x[i : i + 1]]
 
@@ -190,7 +191,7 @@ def _samples(x: np.ndarray) -> Callable[[], Iterator[list[np.ndarray]]]:
 # ── running a .tflite on a split ──
 
 
-def predict(content: bytes, x: np.ndarray, batch: int = 64) -> np.ndarray:
+def predict(content: bytes, x: Array, batch: int = 64) -> Array:
     """Top-1 predictions of a .tflite on normalised NHWC float32 `x`."""
     from ai_edge_litert.interpreter import Interpreter
 
@@ -214,7 +215,7 @@ def predict(content: bytes, x: np.ndarray, batch: int = 64) -> np.ndarray:
 
 
 def interleaved_ratio(
-    content: bytes, reference: bytes, x: np.ndarray, rounds: int = 6, iterations: int = 100
+    content: bytes, reference: bytes, x: Array, rounds: int = 6, iterations: int = 100
 ) -> tuple[float, float, float]:
     """(ratio, low, high): `content`'s batch-1 p50 over `reference`'s, both .tflite models on one
     thread in this process, their timing loops interleaved round by round (tasks/speed.py)."""
@@ -222,14 +223,14 @@ def interleaved_ratio(
 
     from tasks.speed import ratio_interval
 
-    def runner(model: bytes) -> Callable[[np.ndarray], None]:
+    def runner(model: bytes) -> Callable[[Array], None]:
         interpreter = Interpreter(model_content=model, num_threads=1)
         source = interpreter.get_input_details()[0]
         interpreter.resize_tensor_input(source["index"], [1, *x.shape[1:]])
         interpreter.allocate_tensors()
         scale, zero = source["quantization"]
 
-        def run(image: np.ndarray) -> None:
+        def run(image: Array) -> None:
             if source["dtype"] == np.int8:
                 image = np.clip(np.round(image / scale + zero), -128, 127).astype(np.int8)
             interpreter.set_tensor(source["index"], image.astype(source["dtype"]))
@@ -254,7 +255,7 @@ def interleaved_ratio(
     return ratio_interval(p50s[0], p50s[1])
 
 
-def nhwc(x: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+def nhwc(x: Array, mean: Sequence[float], std: Sequence[float]) -> Array:
     """[0, 1] NCHW pixels → the normalised NHWC float32 input of an onnx2tf model."""
     m = np.asarray(mean, dtype=np.float32).reshape(1, 1, 1, -1)
     s = np.asarray(std, dtype=np.float32).reshape(1, 1, 1, -1)

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from tasks.arrays import Array
 from tasks.benchmark import LATENCY_IMAGES, BenchmarkRow, host_facts, measure, read_or_none, rounded
 from tasks.config import BenchmarkConfig, RunnerProfile
 from tasks.errors import brief, process_ended
@@ -87,7 +88,7 @@ def images_for_measuring(images_file: Path, cfg: BenchmarkConfig, work: Path) ->
     return trimmed
 
 
-def _leading_images(images_file: Path, count: int) -> np.ndarray:
+def _leading_images(images_file: Path, count: int) -> Array:
     """The first `count` images of an .npz's `x`, read without loading the rest (this process's
     memory is what a forked measuring child starts from, and what its peak RSS reports)."""
     import zipfile
@@ -191,7 +192,7 @@ def _one(args: argparse.Namespace) -> None:
 
 
 def direct_litert_p50(
-    model_file: Path, images: np.ndarray, threads: int, iterations: int, trials: int = 1
+    model_file: Path, images: Array, threads: int, iterations: int, trials: int = 1
 ) -> float:
     """p50 (ms) of LiteRT's Interpreter called directly in a plain loop: the harness's cross-check.
 

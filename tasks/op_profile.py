@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tasks.arrays import Array
 from tasks.errors import ModelPressError
 from tasks.variant import model_path, read_record
 
@@ -196,7 +197,7 @@ def _count_ops(ops: list[LitertOp]) -> dict[tuple[str, str], int]:
 # ---- shared ------------------------------------------------------------------------------------
 
 
-def _zeros(shape: object, dtype: type) -> np.ndarray:
+def _zeros(shape: object, dtype: type) -> Array:
     """Zeros of a model input's shape; dynamic (None, -1, named) dimensions become 1."""
     dims = [d if isinstance(d, int | np.integer) and d > 0 else 1 for d in shape]  # type: ignore[attr-defined]
     return np.zeros([int(d) for d in dims], dtype=dtype)

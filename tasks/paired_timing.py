@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tasks.arrays import Array
 from tasks.benchmark import LATENCY_IMAGES, BenchmarkRow, apply_profile, latency_trial
 from tasks.config import BenchmarkConfig, RunnerProfile
 from tasks.errors import ModelPressError, brief
@@ -50,7 +51,7 @@ def compare(
     variant_dir: Path,
     reference_dir: Path,
     reference: str,
-    images: np.ndarray,
+    images: Array,
     threads: int,
     cfg: BenchmarkConfig,
 ) -> SpeedRatio:
@@ -84,7 +85,7 @@ def compare(
 
 
 def compare_pairs(
-    pairs: list[Pair], images: np.ndarray, profile: RunnerProfile, cfg: BenchmarkConfig
+    pairs: list[Pair], images: Array, profile: RunnerProfile, cfg: BenchmarkConfig
 ) -> dict[int, SpeedRatio | str]:
     """Every pair in this process (apply_profile first), by index: its ratio, or why there is
     none (a model its runtime cannot load fails its own pair, not the others)."""

@@ -18,12 +18,11 @@ from tasks.pareto import pareto_front
 from tasks.speed import SpeedRatio
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from tasks.benchmark import BenchmarkRow
     from tasks.evaluate import VariantMetrics
     from tasks.expectations import Check, SuiteResult
 
+from tasks.arrays import Array
 from tasks.search import TrialPlan, chain_label
 
 # ---- a measured trial --------------------------------------------------------------------------
@@ -72,7 +71,7 @@ def refused_outcome(plan: TrialPlan) -> TrialOutcome:
 
 def judge_trials(
     metrics: dict[str, VariantMetrics],
-    predictions: dict[str, np.ndarray],
+    predictions: dict[str, Array],
     bench: list[BenchmarkRow],
     gates: GatesConfig,
     docs_dir: Path | None,
@@ -90,7 +89,7 @@ def judge_trials(
 def outcome_of(
     plan: TrialPlan,
     metrics: dict[str, VariantMetrics],
-    predictions: dict[str, np.ndarray],
+    predictions: dict[str, Array],
     bench: list[BenchmarkRow],
     suites: dict[str, SuiteResult],
     minimize: str,

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from tasks.arrays import Array
 from tasks.errors import ConfigError
 from tasks.io import write_json
 from tasks.litert_debugger import (
@@ -80,9 +81,9 @@ class Ranking:
 def rank_layers(
     variant: str,
     saved_model: Path,
-    calib: np.ndarray,
-    eval_x: np.ndarray,
-    eval_y: np.ndarray,
+    calib: Array,
+    eval_x: Array,
+    eval_y: Array,
     per_channel: bool,
     int8_io: bool,
     top: int,

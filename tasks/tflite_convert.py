@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from tasks.arrays import Array
 from tasks.data import Preprocess
 from tasks.errors import VariantError, brief
 from tasks.quiet import held_back
@@ -172,7 +173,7 @@ def io_specs(tflite_file: Path) -> tuple[TensorSpec, TensorSpec]:
     )
 
 
-def _spec(detail: dict, layout: str | None) -> TensorSpec:
+def _spec(detail: dict[str, Any], layout: str | None) -> TensorSpec:
     dtype = np.dtype(detail["dtype"]).name
     scale, zero_point = detail["quantization"]
     quantization = (
@@ -244,7 +245,7 @@ def _sharing_builder(size: int) -> Any:
             super().__init__(initial)
             self.written: dict[tuple[str, bytes], int] = {}
 
-        def CreateNumpyVector(self, x: np.ndarray) -> int:  # flatbuffers' name
+        def CreateNumpyVector(self, x: Array) -> int:  # flatbuffers' name
             key = (x.dtype.str, x.tobytes()) if x.nbytes <= 1 << 16 else None
             if key is not None and key in self.written:
                 return self.written[key]

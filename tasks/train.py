@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tasks.arrays import Array
 from tasks.config import BaselineConfig, TrainConfig
 from tasks.data import Preprocess, Split, load_preprocess, load_split
 from tasks.errors import ModelError, brief
@@ -185,14 +186,14 @@ def _random_shift(inputs: torch.Tensor, rng: np.random.Generator, pad: int = 2) 
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def predict(model: nn.Module, x: Array, batch_size: int = 256) -> Array:
     """Logits for normalised NCHW float32 inputs."""
     model.eval()
     chunks = [model(torch.from_numpy(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
     return torch.cat(chunks).float().numpy()
 
 
-def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+def accuracy(logits: Array, labels: Array) -> float:
     return float((logits.argmax(axis=1) == labels).mean())
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tasks.arrays import Array
 from tasks.benchmark import BenchmarkRow
 from tasks.config import GatesConfig, VariantGates
 from tasks.errors import DataError
@@ -42,8 +43,8 @@ PAIRED_COLUMNS = ("drop_upper", "worst_class_drop_upper")  # bounds of a drop ag
 
 
 def gate_variants(
-    metrics: dict[str, dict],
-    predictions: dict[str, np.ndarray],
+    metrics: dict[str, dict[str, Any]],
+    predictions: dict[str, Array],
     latency_p50_ms: dict[str, dict[str, float]],
     gates: GatesConfig,
     docs_dir: Path | None = None,
@@ -101,9 +102,9 @@ def gate_variants(
 
 def variant_frame(
     row: dict[str, Any],
-    labels: np.ndarray,
-    base_pred: np.ndarray,
-    pred: np.ndarray,
+    labels: Array,
+    base_pred: Array,
+    pred: Array,
     p50_ms: float | None,
     confidence: float,
     selection: bool = False,
@@ -172,7 +173,7 @@ def speed_evidence(bench: list[BenchmarkRow]) -> tuple[dict[str, dict[str, float
 
 
 def _improvement_rules(
-    name: str, metrics: dict[str, dict], ratios: Ratios, gates: VariantGates
+    name: str, metrics: dict[str, dict[str, Any]], ratios: Ratios, gates: VariantGates
 ) -> list[tuple[str, float, Rule]]:
     """(column, value, rule) for each variant `name` must beat: the baseline, and for a
     combination its source as well (pruned_int8 must beat pruned, not only the baseline):
@@ -301,7 +302,7 @@ def _not_ok(name: str) -> SuiteResult:
     return SuiteResult(suite=_variant_suite(name), success=False, checks=[check])
 
 
-def _prediction(predictions: dict[str, np.ndarray], key: str) -> np.ndarray:
+def _prediction(predictions: dict[str, Array], key: str) -> Array:
     if key not in predictions:
         raise DataError(
             f"predictions: no {key!r} (found {sorted(predictions)}); run the 'evaluate' stage first"

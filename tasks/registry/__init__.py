@@ -20,7 +20,6 @@ from tasks.registry.local import LocalRegistry
 from tasks.registry.manifest import (
     CLAIM_NAME,
     DECISIONS_DIR,
-    FORMATS,
     MANIFEST_NAME,
     MANIFEST_SCHEMA,
     RESERVATION_NAME,
@@ -31,6 +30,7 @@ from tasks.registry.manifest import (
 from tasks.registry.protocol import PublishResult, Registry
 from tasks.registry.s3 import S3_MAX_ATTEMPTS, S3Registry, make_client
 from tasks.registry.verify import Problem, ProblemKind, VerifyReport
+from tasks.runtimes import FORMATS
 
 __all__ = [
     "CLAIM_NAME",

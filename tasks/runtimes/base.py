@@ -14,20 +14,22 @@ from pathlib import Path
 
 import numpy as np
 
+from tasks.arrays import Array
 from tasks.variant import VariantRecord
 
-Array = Callable[[np.ndarray], np.ndarray]
+# one step of a loaded model: arrays in, arrays out
+Step = Callable[[Array], Array]
 
 
 @dataclass(frozen=True)
 class LoadedModel:
     """A variant in its runtime: images → logits, in three steps."""
 
-    prepare: Array  # [0, 1] NCHW images → the runtime's input (normalised, laid out, quantised)
-    infer: Array  # runtime input → raw output (the part a benchmark times)
-    finish: Array  # raw output → float32 logits
+    prepare: Step  # [0, 1] NCHW images → the runtime's input (normalised, laid out, quantised)
+    infer: Step  # runtime input → raw output (the part a benchmark times)
+    finish: Step  # raw output → float32 logits
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
+    def __call__(self, images: Array) -> Array:
         return self.finish(self.infer(self.prepare(images)))
 
 
@@ -60,7 +62,7 @@ class Runtime:
         return f"pip install '.[{self.extra}]'"
 
 
-def normalize(images: np.ndarray, record: VariantRecord) -> np.ndarray:
+def normalize(images: Array, record: VariantRecord) -> Array:
     """[0, 1] pixels → the variant's normalised float32 input, with its recorded mean/std."""
     spec = record.preprocess or {}
     mean = np.asarray(spec.get("mean", [0.0]), dtype=np.float32).reshape(1, -1, 1, 1)

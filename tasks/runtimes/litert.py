@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tasks.arrays import Array
 from tasks.errors import ModelError, brief
 from tasks.runtimes.base import LoadedModel, Runtime, normalize
 from tasks.variant import TensorSpec, VariantRecord
@@ -26,7 +27,7 @@ def load(path: Path, record: VariantRecord, threads: int) -> LoadedModel:
     input_spec, output_spec = record.input, record.output
     allocated: list[int] = [-1]
 
-    def infer(x: np.ndarray) -> np.ndarray:
+    def infer(x: Array) -> Array:
         if x.shape[0] != allocated[0]:
             interpreter.resize_tensor_input(input_index, list(x.shape))
             interpreter.allocate_tensors()
@@ -44,7 +45,7 @@ def load(path: Path, record: VariantRecord, threads: int) -> LoadedModel:
     )
 
 
-def quantize(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
+def quantize(x: Array, spec: TensorSpec) -> Array:
     """float → the tensor's int8 (or float32 when it is not quantised)."""
     if spec.quantization is None:
         return np.ascontiguousarray(x, dtype=np.float32)
@@ -52,7 +53,7 @@ def quantize(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
     return np.clip(np.round(x / scale + zero_point), -128, 127).astype(np.int8)
 
 
-def dequantize(y: np.ndarray, spec: TensorSpec) -> np.ndarray:
+def dequantize(y: Array, spec: TensorSpec) -> Array:
     """The tensor's int8 (or float32) → float32."""
     if spec.quantization is None:
         return y.astype(np.float32)

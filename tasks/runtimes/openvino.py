@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from tasks.arrays import Array
 from tasks.errors import ModelError, brief
 from tasks.runtimes.base import LoadedModel, Runtime, normalize
 from tasks.variant import VariantRecord
@@ -57,7 +58,7 @@ def load(path: Path, record: VariantRecord, threads: int) -> LoadedModel:
     if len(fixed) == len(dims):
         request_for((1, *fixed))
 
-    def infer(x: np.ndarray) -> np.ndarray:
+    def infer(x: Array) -> Array:
         request = request_for(x.shape)
         # a tensor over x's memory, no dict of outputs: ~20 µs less a call than infer({0: x})
         request.set_input_tensor(ov.Tensor(np.ascontiguousarray(x), shared_memory=True))

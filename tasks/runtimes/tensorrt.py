@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tasks.arrays import Array
 from tasks.errors import ModelError
 from tasks.runtimes.base import LoadedModel, Runtime, normalize
 from tasks.variant import VariantRecord
@@ -29,7 +30,7 @@ def load(path: Path, record: VariantRecord, threads: int) -> LoadedModel:
     assert record.input is not None and record.output is not None
     input_name, output_name = record.input.name, record.output.name
 
-    def infer(x: np.ndarray) -> np.ndarray:
+    def infer(x: Array) -> Array:
         inputs = torch.from_numpy(np.ascontiguousarray(x)).cuda()
         context.set_input_shape(input_name, tuple(inputs.shape))
         outputs = torch.empty(

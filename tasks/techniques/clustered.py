@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 from pydantic import Field
 
+from tasks.arrays import Array
 from tasks.config import PositiveInt
 from tasks.errors import VariantError
 from tasks.techniques.base import Technique, TechniqueConfig
@@ -24,7 +25,6 @@ from tasks.techniques.context import BuildContext
 from tasks.variant import VariantRecord
 
 if TYPE_CHECKING:
-    import numpy as np
     import torch
     from torch import nn
 
@@ -203,9 +203,7 @@ def clustered_layers(model: nn.Module, which: str) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, kinds)]
 
 
-def kmeans_1d(
-    values: np.ndarray, clusters: int, init: str, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
+def kmeans_1d(values: Array, clusters: int, init: str, seed: int) -> tuple[Array, Array]:
     """Centroids and each value's centroid index (scikit-learn k-means on the scalar values)."""
     import numpy as np
     from sklearn.cluster import KMeans

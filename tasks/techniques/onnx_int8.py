@@ -22,8 +22,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
-
+from tasks.arrays import Array
 from tasks.config import PositiveInt
 from tasks.data import Preprocess, Split
 from tasks.errors import VariantError, brief
@@ -70,14 +69,14 @@ class SplitReader:
     """Calibration batches of a split, normalised as the model expects, one dict per
     `get_next()` (ONNX Runtime's CalibrationDataReader protocol) and None when done."""
 
-    def __init__(self, input_name: str, images: np.ndarray, preprocess: Preprocess) -> None:
-        self._batches: Iterator[np.ndarray] = (
+    def __init__(self, input_name: str, images: Array, preprocess: Preprocess) -> None:
+        self._batches: Iterator[Array] = (
             preprocess.normalize(images[i : i + CALIBRATION_BATCH])
             for i in range(0, len(images), CALIBRATION_BATCH)
         )
         self._input_name = input_name
 
-    def get_next(self) -> dict[str, np.ndarray] | None:
+    def get_next(self) -> dict[str, Array] | None:
         batch = next(self._batches, None)
         return None if batch is None else {self._input_name: batch}
 
