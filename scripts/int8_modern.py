@@ -20,7 +20,6 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import numpy as np
 import torch
@@ -29,7 +28,6 @@ from tasks.arrays import Array
 from tasks.config import BenchmarkConfig, RunnerProfile
 from tasks.data import Preprocess, Split
 from tasks.export import write_onnx_variant
-from tasks.int8_friendly import Rewrite
 from tasks.io import write_json
 from tasks.measuring_process import measure_in_subprocess
 from tasks.mobilenets import mobilenet_v2_style, mobilenet_v3_style
@@ -93,10 +91,8 @@ def build(model: torch.nn.Module, images: Array, labels: Array, root: Path) -> N
     cfg = TfliteInt8Config(technique="tflite_int8", source="baseline", calibration_samples=128)
     calib = Split(x=images[:128], y=labels[:128])
     quantize("int8", cfg, root / "baseline", calib, pre, root / "int8")
-    with mock.patch(
-        "tasks.techniques.tflite_int8.rewrite_hard_activations", return_value=Rewrite(0, 0)
-    ):
-        quantize("int8_before", cfg, root / "baseline", calib, pre, root / "int8_before")
+    as_exported = cfg.model_copy(update={"hard_activations_as_relu6": False})
+    quantize("int8_before", as_exported, root / "baseline", calib, pre, root / "int8_before")
 
 
 def measure_speed(arch: str, size: int, root: Path) -> dict[str, Any]:

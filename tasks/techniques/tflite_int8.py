@@ -46,6 +46,9 @@ class TfliteInt8Config(TechniqueConfig):
     # the most layers it may keep in float (each costs p50: the study times them)
     auto_max_drop: Annotated[float, Field(ge=0)] = 1.0
     max_float_layers: PositiveInt = 4
+    # HardSwish/HardSigmoid rewritten as ReLU6 arithmetic, which XNNPACK runs in int8 (they
+    # have no int8 kernel); false: converted as exported (to measure what the rewrite gains)
+    hard_activations_as_relu6: bool = True
 
 
 def build(context: BuildContext, config: TfliteInt8Config) -> VariantRecord:
@@ -124,7 +127,7 @@ def _onnx2tf(
     assert source.input is not None  # onnx_source checked it
     onnx_copy = working_copy(onnx_file, work_dir)
     # HARD_SWISH/RELU_0_TO_1 have no int8 XNNPACK kernel: ReLU6 arithmetic stays on it
-    rewritten = rewrite_hard_activations(onnx_copy)
+    rewritten = rewrite_hard_activations(onnx_copy).total if cfg.hard_activations_as_relu6 else 0
     calib_file = work_dir / "calib.npy"
     # onnx2tf calibrates on NHWC pixels and applies (x - mean) / std itself.
     np.save(calib_file, calib.x[: cfg.calibration_samples].transpose(0, 2, 3, 1))
@@ -139,7 +142,7 @@ def _onnx2tf(
         per_channel=cfg.per_channel,
         calibration=calibration,
     )
-    return converted, rewritten.total
+    return converted, rewritten
 
 
 def _keep_float(

@@ -331,3 +331,28 @@ def test_written_out_hard_activations_convert_and_keep_their_function(tmp_path: 
     record = quantize("int8", cfg, tmp_path / "baseline", calib, preprocess, tmp_path / "int8")
     assert record.status == "ok"
     assert not {op.op for op in litert_ops(tmp_path / "int8" / "model.tflite")} & SLOW_INT8_OPS
+
+
+def test_the_rewrite_can_be_turned_off_to_measure_what_it_gains(tmp_path: Path) -> None:
+    """hard_activations_as_relu6: false converts the hard activations as exported (what
+    scripts/int8_modern.py times against the rewrite): LiteRT's HARD_SWISH ops stay."""
+    model, images = _calibrated(mobilenet_v3_style)
+    preprocess = Preprocess(
+        image_size=SIZE, channels=3, num_classes=10, mean=[0.5] * 3, std=[0.25] * 3
+    )
+    write_onnx_variant(
+        model, preprocess, preprocess.normalize(images[:8]), tmp_path / "baseline",
+        name="baseline", technique="baseline", source=None, parent_sha256="0" * 64,
+    )  # fmt: skip
+    cfg = TfliteInt8Config(
+        technique="tflite_int8",
+        source="baseline",
+        calibration_samples=32,
+        hard_activations_as_relu6=False,
+    )
+    calib = Split(x=images[:32], y=np.zeros(32, dtype=np.int64))
+    record = quantize("as_exported", cfg, tmp_path / "baseline", calib, preprocess, tmp_path / "q")
+    kinds = Counter(op.op for op in litert_ops(tmp_path / "q" / "model.tflite"))
+    assert kinds["HARD_SWISH"] > 0
+    assert "rewritten_activations" not in record.extra
+    assert record.settings["hard_activations_as_relu6"] is False
