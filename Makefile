@@ -13,7 +13,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: help install run repro bench test test-fast lint format stack stack-down deploy clean datasets \
-	weights example-real example-search
+	weights example-real example-search layout
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -68,11 +68,15 @@ example-search: $(STAMP)  ## after example-real: search its int8 and pruning kno
 	$(BIN)/modelpress search --params $(EXAMPLE)/params.yaml --approval auto \
 		--registry-uri $(EXAMPLE)/registry --workdir $(EXAMPLE)/.modelpress
 
-lint: $(STAMP)  ## ruff lint and format check, mypy type check, no import circles or upward imports
+layout:  ## the code's layout: one line per module (path, lines, what it is)
+	@$(BIN)/python scripts/layout.py
+
+lint: $(STAMP)  ## ruff lint and format check, mypy type check, no import circles or upward imports, no module over 500 lines
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/python scripts/check_imports.py
+	$(BIN)/python scripts/layout.py --check
 
 format: $(STAMP)  ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .
