@@ -88,7 +88,7 @@ def test_prepare_rejects_nan_pixels(tmp_path: Path) -> None:
     x[7, 0, 3, 3] = np.nan
     _write_npz(tmp_path, x, y)
     _npz_params(tmp_path)
-    run = _run(tmp_path, "tasks.data", "--params", "params.yaml", "--out", "data")
+    run = _run(tmp_path, "tasks.stages.prepare", "--params", "params.yaml", "--out", "data")
     line = _assert_user_error(run, "inputs/bad.npz", "2 NaN/Inf pixel value(s)")
     assert run.stdout == ""
     assert line.startswith("error: inputs/bad.npz: ")
@@ -109,14 +109,14 @@ def test_prepare_rejects_labels_out_of_range(
     x = np.random.default_rng(0).integers(0, 256, (len(labels), 1, 12, 12), dtype=np.uint8)
     _write_npz(tmp_path, x, labels.astype(np.int64))
     _npz_params(tmp_path, num_classes=num_classes)
-    run = _run(tmp_path, "tasks.data", "--params", "params.yaml", "--out", "data")
+    run = _run(tmp_path, "tasks.stages.prepare", "--params", "params.yaml", "--out", "data")
     _assert_user_error(run, "bad.npz", detail)
     _assert_nothing_left(tmp_path, "data")
 
 
 def test_prepare_rejects_a_bad_params_file(tmp_path: Path) -> None:
     write_params(tmp_path, {"data": {"sizee": 16}})
-    run = _run(tmp_path, "tasks.data", "--params", "params.yaml", "--out", "data")
+    run = _run(tmp_path, "tasks.stages.prepare", "--params", "params.yaml", "--out", "data")
     _assert_user_error(run, "data.sizee: unknown key")
     assert "params.yaml:" in run.stderr
     _assert_nothing_left(tmp_path, "data")
@@ -130,7 +130,7 @@ def prepared_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny digits prepared once by the real prepare entry point."""
     root = tmp_path_factory.mktemp("cli_prepare")
     write_params(root)
-    run = _run(root, "tasks.data", "--params", "params.yaml", "--out", "data")
+    run = _run(root, "tasks.stages.prepare", "--params", "params.yaml", "--out", "data")
     assert run.returncode == 0, run.stderr[-2000:]
     assert "prepare: digits → data" in run.stdout
     assert "10 classes" in run.stdout
@@ -154,7 +154,7 @@ def workspace(tmp_path: Path, prepared_data: Path) -> Path:
 def _train(workspace: Path) -> Run:
     return _run(
         workspace,
-        "tasks.train",
+        "tasks.stages.train",
         "--params",
         "params.yaml",
         "--data",
@@ -293,7 +293,7 @@ def test_compress_unknown_variant(workspace: Path) -> None:
     write_params(workspace)
     run = _run(
         workspace,
-        "tasks.compress",
+        "tasks.stages.compress",
         "--params",
         "params.yaml",
         "--name",
@@ -318,7 +318,7 @@ def test_compress_unknown_variant(workspace: Path) -> None:
 def _convert_int8(tiny_workspace: Path, out: Path, *extra: str) -> Run:
     return _run(
         tiny_workspace,
-        "tasks.compress",
+        "tasks.stages.compress",
         *("--params", "params.yaml", "--name", "tflite_int8", "--data", "data"),
         *("--baseline", "models/baseline", "--source", "variants/baseline"),
         *("--out", str(out), *extra),

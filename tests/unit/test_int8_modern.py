@@ -242,13 +242,13 @@ def test_tf_same_pads_convert_without_onnxsim_on_path(
     absent from PATH when the venv's `modelpress` runs without the venv activated. Without the
     in-process fold the conversion fails (the raw-graph case shows the test can fail)."""
     pytest.importorskip("efficientnet_lite_pytorch")  # the `real` extra: installed by make
-    from tasks import tflite_convert
+    from tasks import onnx_for_tf
     from tasks.errors import VariantError
     from tasks.pretrained import efficientnet_lite0
 
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
     if not fold:
-        monkeypatch.setattr(tflite_convert, "simplified", lambda model: model)
+        monkeypatch.setattr(onnx_for_tf, "simplified", lambda model: model)
     torch.manual_seed(0)
     model = efficientnet_lite0(num_classes=10, image_size=64)
     preprocess = Preprocess(
