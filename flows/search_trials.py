@@ -10,7 +10,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from prefect import get_run_logger, task
 
 from flows.benchmark import benchmark_on_runners
@@ -19,7 +18,7 @@ from flows.variants import build_variants
 from tasks.benchmark import BenchmarkRow
 from tasks.config import GatesConfig
 from tasks.errors import ModelPressError
-from tasks.evaluate import VariantMetrics
+from tasks.evaluate import VariantMetrics, read_predictions
 from tasks.expectations import SuiteResult
 from tasks.params_model import Params
 from tasks.search import (
@@ -46,8 +45,7 @@ def judge_task(
     """The nightly's metrics suites on a batch, each check with its observed value."""
     from tasks.search_results import judge_trials
 
-    with np.load(predictions_file) as saved:
-        predictions = {key: saved[key] for key in saved.files}
+    predictions = read_predictions(predictions_file)
     return judge_trials(metrics, predictions, bench, gates, Path(docs_dir))
 
 
@@ -177,8 +175,7 @@ class Trials:
         suites = judge_task(
             metrics, str(predictions_file), rows, self.gates, str(run_dir / "data-docs")
         )
-        with np.load(predictions_file) as saved:
-            predictions = {key: saved[key] for key in saved.files}
+        predictions = read_predictions(predictions_file)
         cfg = self.params.search
         return [
             outcome_of(

@@ -79,11 +79,11 @@ def merge_engines(
         compressed_size,
         metrics_row,
         model_size,
+        read_predictions,
     )
 
     records, dirs, metrics = dict(merged.records), dict(merged.dirs), dict(merged.metrics)
-    with np.load(merged.predictions_file) as saved:
-        predictions = {key: saved[key] for key in saved.files}
+    predictions: dict[str, Any] = read_predictions(merged.predictions_file)
     base_dir = Path(dirs["baseline"])
     for name, built in engines.items():
         directory = store.get_dir(built.key, variants_root / f"{name}-engine-{_key(built)}")

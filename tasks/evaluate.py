@@ -259,6 +259,13 @@ def per_class_accuracy(predicted: Array, labels: Array) -> list[float | None]:
     ]
 
 
+def read_predictions(predictions_file: Path | str) -> dict[str, Array]:
+    """predictions.npz as write_evaluation wrote it: `labels`, and per variant its `logits__<name>`
+    and `pred__<name>`, all read into memory (the file is closed on return)."""
+    with np.load(predictions_file) as saved:
+        return {key: saved[key] for key in saved.files}
+
+
 def write_evaluation(evaluation: Evaluation, metrics_dir: Path, plot_file: Path) -> None:
     """metrics/variants.json, per-sample predictions, and the accuracy-vs-size plot data."""
     with atomic_dir(metrics_dir) as staging:

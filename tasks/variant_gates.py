@@ -320,8 +320,9 @@ def judge_variants(
     """Each variant's verdict for the review: its metrics suite (with the paired statistical
     drop gate) and the bound the drop gate judged."""
     metrics = {name: asdict(row) for name, row in table.items()}  # rows as variants.json has them
-    with np.load(predictions_file) as saved:
-        predictions = {key: saved[key] for key in saved.files}
+    from tasks.evaluate import read_predictions  # the runtimes: only when judging a run
+
+    predictions = read_predictions(predictions_file)
     p50, ratios = speed_evidence(bench)
     results = gate_variants(metrics, predictions, p50, gates, docs_dir, ratios)
     uppers = {  # the bound the drop gate judges, shown to the reviewer

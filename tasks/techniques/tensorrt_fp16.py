@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from tasks.config import PositiveInt
 from tasks.data import Preprocess, Split
@@ -105,31 +105,24 @@ def build_engine_variant(
         if teacher is not None and test is not None
         else None
     )
-    extra = {"cpu_fp16_accuracy": fp16_acc}
+    extra: dict[str, Any] = {"cpu_fp16_accuracy": fp16_acc}
     reason = tensorrt_unavailable_reason()
     with atomic_dir(out_dir) as staging:
-        if reason is not None:
-            return record_built(
-                staging,
-                name=name,
-                settings=cfg.model_dump(),
-                source=source,
-                preprocess=preprocess,
-                runtime=None,
-                model_file=None,
-                extra=extra,
-                reason=reason,
+        made: dict[str, Any] = {"runtime": None, "model_file": None, "reason": reason}
+        if reason is None:
+            facts = build_engine(
+                model_path(source_dir, source), staging / ENGINE_FILE, cfg, preprocess
             )
-        facts = build_engine(model_path(source_dir, source), staging / ENGINE_FILE, cfg, preprocess)
+            made = {"runtime": "tensorrt", "model_file": ENGINE_FILE}
+            extra |= {"build": asdict(facts)}
         return record_built(
             staging,
             name=name,
             settings=cfg.model_dump(),
             source=source,
             preprocess=preprocess,
-            runtime="tensorrt",
-            model_file=ENGINE_FILE,
-            extra=extra | {"build": asdict(facts)},
+            extra=extra,
+            **made,
         )
 
 
