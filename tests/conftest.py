@@ -3,7 +3,9 @@ every test process needs before Prefect is imported. What tests import lives in 
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -28,15 +30,32 @@ from tests.helpers import TINY_SPLITS, write_params  # noqa: E402  (after the se
 
 
 @pytest.fixture(scope="session")
-def tiny_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A workspace with prepared tiny data, a trained tiny baseline and its ONNX export."""
+def tiny_workspace(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """A workspace with prepared tiny data, a trained tiny baseline and its ONNX export: built
+    once per session, by the first of the parallel test processes (pytest-xdist) to ask while the
+    others wait on a lock, then copied, so that each process writes only into its own copy."""
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if worker_id != "master" else base) / "tiny-built"
+    with open(f"{shared}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (shared / ".complete").exists():
+            shutil.rmtree(shared, ignore_errors=True)
+            shared.mkdir()
+            _build_tiny_workspace(shared)
+            (shared / ".complete").touch()
+    root = tmp_path_factory.mktemp("tiny")
+    shutil.copytree(shared, root, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".complete"))
+    return root
+
+
+def _build_tiny_workspace(root: Path) -> None:
+    """Prepared tiny data, a trained tiny baseline and its ONNX export, in `root`."""
     from tasks.data import load_split, prepare, write_prepared
     from tasks.export import write_onnx_variant
     from tasks.io import read_json
     from tasks.params_file import load_params
     from tasks.train import load_baseline, make_baseline, save_baseline
 
-    root = tmp_path_factory.mktemp("tiny")
     # the splits its tests were sized on (60% train): the repo's default gives test 40% so that
     # the drop gates can be certified, which fine-tuning tests here do not need
     params = load_params(write_params(root, {"data": {"splits": TINY_SPLITS}}))
@@ -59,4 +78,8 @@ def tiny_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
         source=None,
         parent_sha256=sha,
     )
-    return root
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """This process's Prefect home (its database and results) goes with it."""
+    shutil.rmtree(_PREFECT_HOME, ignore_errors=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -37,3 +38,12 @@ def s3_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAMODELPRESSTEST01")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "modelpress-test-secret-key-0000000000000")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every integration test runs a real pipeline, server or stack: `make test` runs them,
+    `make test-fast` (-m "not slow") leaves them out."""
+    here = str(Path(__file__).parent)
+    for item in items:
+        if str(item.path).startswith(here):
+            item.add_marker(pytest.mark.slow)

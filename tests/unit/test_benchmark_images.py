@@ -36,6 +36,7 @@ def test_measuring_file_holds_only_what_latency_and_throughput_use(tmp_path: Pat
         assert len(trimmed["x"]) == max(LATENCY_IMAGES, BenchmarkConfig().throughput_batch)
 
 
+@pytest.mark.slow  # builds, measures and profiles every variant (~15 s)
 def test_make_bench_writes_a_per_op_profile_of_each_variant(
     tiny_workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -325,6 +325,7 @@ def _convert_int8(tiny_workspace: Path, out: Path, *extra: str) -> Run:
     )
 
 
+@pytest.mark.slow  # two LiteRT conversions in subprocesses (~20 s)
 def test_conversion_prints_one_line_and_verbose_shows_tensorflow(
     tiny_workspace: Path, tmp_path: Path
 ) -> None:

@@ -53,6 +53,7 @@ def test_default_student_of_a_trained_baseline_is_todays_cnn() -> None:
         assert torch.equal(student.state_dict()[key], value), key
 
 
+@pytest.mark.slow  # fine-tunes a real EfficientNet-Lite0 (~20 s)
 def test_distils_real_efficientnet_lite0_into_a_narrower_one(
     fashion_dir: Path,  # noqa: F811
     tmp_path: Path,

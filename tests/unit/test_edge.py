@@ -76,6 +76,7 @@ def test_edge_extra_declares_no_heavy_dependency() -> None:
     assert RUNTIMES["openvino"].extra == "edge-openvino" and not RUNTIMES["openvino"].edge
 
 
+@pytest.mark.slow  # a conversion and a measuring process with imports blocked (~10 s)
 def test_benchmark_path_runs_with_torch_and_tensorflow_blocked(
     tiny_workspace: Path, tmp_path: Path
 ) -> None:

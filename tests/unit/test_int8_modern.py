@@ -233,6 +233,7 @@ def test_a_sixth_folds_only_where_the_readers_are_linear(
     assert _multiplications_by_a_sixth(onnx_file) == (0 if folded else 1)
 
 
+@pytest.mark.slow  # converts a real EfficientNet-Lite0 twice (~40 s)
 @pytest.mark.parametrize("fold", [True, False], ids=["simplified-here", "raw-graph"])
 def test_tf_same_pads_convert_without_onnxsim_on_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fold: bool
@@ -297,6 +298,7 @@ class _WrittenOutV3Block(torch.nn.Module):
         return self.head((x + y).mean((2, 3)))
 
 
+@pytest.mark.slow  # a LiteRT conversion (~9 s)
 def test_written_out_hard_activations_convert_and_keep_their_function(tmp_path: Path) -> None:
     """onnx2tf fused the written-out chain itself, lost the Add's constant and failed the
     whole conversion ('... must be the output of a TensorFlow Layer ... Found: 3.0')."""
@@ -333,6 +335,7 @@ def test_written_out_hard_activations_convert_and_keep_their_function(tmp_path: 
     assert not {op.op for op in litert_ops(tmp_path / "int8" / "model.tflite")} & SLOW_INT8_OPS
 
 
+@pytest.mark.slow  # a LiteRT int8 conversion (~12 s)
 def test_the_rewrite_can_be_turned_off_to_measure_what_it_gains(tmp_path: Path) -> None:
     """hard_activations_as_relu6: false converts the hard activations as exported (what
     scripts/int8_modern.py times against the rewrite): LiteRT's HARD_SWISH ops stay."""

@@ -64,6 +64,7 @@ def _train_loss(model: torch.nn.Module, data_dir: Path) -> float:
     return float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(train.y)))
 
 
+@pytest.mark.slow  # fine-tunes a real EfficientNet-Lite0 (~20 s)
 def test_fine_tunes_real_efficientnet_lite0_on_real_fashion_mnist(
     fashion_dir: Path, tmp_path: Path
 ) -> None:

@@ -19,6 +19,9 @@ from tasks.publish import build_facts
 from tasks.review import study_markdown
 from tasks.techniques.tflite_int8 import TfliteInt8Config, quantize, saved_model
 
+# quantization-debugger runs and LiteRT conversions, 10-30 s each: `make test`, not test-fast
+pytestmark = pytest.mark.slow
+
 CFG = TfliteInt8Config(technique="tflite_int8", source="baseline", calibration_samples=64)
 
 

@@ -25,7 +25,14 @@ from tests.helpers import PLUGIN_TECHNIQUE
 TABLE = technique_table((PLUGIN_TECHNIQUE,))
 
 
-@pytest.mark.parametrize("name", list(TABLE))
+# a technique that fine-tunes (starts from torch) takes 5-25 s here: `make test`, not test-fast
+CASES = [
+    pytest.param(name, marks=pytest.mark.slow) if t.starts_from == "torch" else name
+    for name, t in TABLE.items()
+]
+
+
+@pytest.mark.parametrize("name", CASES)
 def test_every_technique_builds_a_variant_its_runtime_evaluates(
     name: str, tiny_workspace: Path, tmp_path: Path
 ) -> None:

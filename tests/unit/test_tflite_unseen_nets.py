@@ -231,6 +231,7 @@ def test_channel_shuffles_become_gathers_onnx_runtime_agrees_on(tmp_path: Path) 
     assert channel_shuffles_as_gather(model) == 0
 
 
+@pytest.mark.slow  # a LiteRT int8 conversion (~10 s)
 def test_a_shufflenet_v2_style_net_converts_to_litert(tmp_path: Path) -> None:
     """torchvision's ShuffleNetV2 stopped every LiteRT conversion: the shuffled map reached the
     next unit's Concat in NCHW beside an NHWC branch (found on the real torchvision model)."""
@@ -262,6 +263,7 @@ def test_an_exact_gelu_fails_the_variant_in_one_line_with_the_fix(tmp_path: Path
     _fp16(tmp_path / "tanh", _net(nn.GELU(approximate="tanh")))  # the fix it names converts
 
 
+@pytest.mark.slow  # a LiteRT int8 conversion (~9 s)
 def test_layer_norm_converts_to_int8_ops_xnnpack_runs(tmp_path: Path) -> None:
     """onnx2tf's LayerNorm computed its variance with SQUARED_DIFFERENCE, which has no int8
     XNNPACK kernel (31% of an unseen MobileViT-style net's int8 time, 19 us each): the variance

@@ -365,6 +365,7 @@ def _save_pt2(model: nn.Module, path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow  # builds every tiny variant from a .pt2 (~12 s)
 def test_user_pt2_goes_through_every_variant(tiny_workspace: Path, tmp_path: Path) -> None:
     from tasks.compress import compress
     from tasks.export import write_onnx_variant
