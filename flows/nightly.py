@@ -253,7 +253,7 @@ def _best(published: Any, metrics: dict[str, VariantMetrics]) -> str | None:
 def _import_hints(params: Params, baseline: BaselineSummary, data_dir: str) -> list[str]:
     from tasks.train import import_hints
 
-    return import_hints(params, baseline.test_accuracy, Path(data_dir))
+    return import_hints(params.baseline, params.gates, baseline.test_accuracy, Path(data_dir))
 
 
 def _benchmark(

@@ -20,12 +20,13 @@ from flows.runners import (
     missing_gpu_reason,
     pin_worker_threads,
 )
-from tasks.config import TaskRunnerConfig, VariantConfig
+from tasks.config import TaskRunnerConfig
 from tasks.errors import ModelPressError, brief
 from tasks.io import atomic_dir
 from tasks.lineage import code_sha256
 from tasks.params_model import Params
 from tasks.plan import content_key, in_dependency_order
+from tasks.technique import VariantConfig
 from tasks.techniques import technique_of
 from tasks.variant import VariantRecord, write_record
 

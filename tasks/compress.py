@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tasks.config import VariantConfig
 from tasks.errors import ConfigError, ModelError, VariantError
 from tasks.io import atomic_dir
+from tasks.technique import VariantConfig
 from tasks.techniques import technique_of
 from tasks.techniques.context import BuildContext
 from tasks.variant import VariantRecord, read_record, write_record

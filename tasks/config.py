@@ -13,12 +13,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tasks.techniques.base import TechniqueConfig
-
-# Every variant's config derives from TechniqueConfig; each technique's own model (with its
-# `technique` tag) lives in its module under tasks/techniques/.
-VariantConfig = TechniqueConfig
-
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 # DVC remote options that hold secrets (S3, Azure, GDrive, OSS, HTTP/WebDAV/SSH remotes)
 _CREDENTIAL_KEY = re.compile(

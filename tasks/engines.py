@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from tasks.config import VariantConfig
 from tasks.evaluate import VariantMetrics
 from tasks.plan import content_key
 from tasks.store import ArtifactStore
+from tasks.technique import VariantConfig
 from tasks.techniques import technique_of
 from tasks.variant import VariantRecord, read_record
 

@@ -17,7 +17,7 @@ from tasks.errors import ConfigError, brief
 from tasks.params_model import Params, TechniqueReferences
 
 if TYPE_CHECKING:
-    from tasks.techniques import Technique
+    from tasks.technique import Technique
 
 # how pydantic names the member of a union in an error's location: KnobRange, list[...], function-after[...]
 _UNION_MEMBER = re.compile(r"^(KnobRange|[a-z_-]+\[.*\])$")

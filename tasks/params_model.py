@@ -30,13 +30,13 @@ from tasks.config import (
     TaskRunnerConfig,
     TimeoutsConfig,
     TrainConfig,
-    VariantConfig,
     default_model_name,
 )
 from tasks.search_config import SearchConfig, check_search
+from tasks.technique import VariantConfig
 
 if TYPE_CHECKING:
-    from tasks.techniques import Technique
+    from tasks.technique import Technique
 
 
 def _resolve_reference(reference: str) -> str:

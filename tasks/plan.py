@@ -7,7 +7,7 @@ import hashlib
 import json
 from typing import Any
 
-from tasks.config import VariantConfig
+from tasks.technique import VariantConfig
 
 
 def content_key(*parts: Any) -> str:

@@ -22,7 +22,7 @@ from tasks.config import VariantGates
 from tasks.params_file import validation_message
 from tasks.plan import content_key
 from tasks.search_config import KnobRange, SearchConfig
-from tasks.techniques import Technique, TechniqueConfig
+from tasks.technique import Technique, TechniqueConfig
 
 if TYPE_CHECKING:
     import optuna

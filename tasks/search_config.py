@@ -11,7 +11,7 @@ from pydantic import Field, ValidationError, model_validator
 from tasks.config import PositiveInt, Section, VariantGates
 
 if TYPE_CHECKING:
-    from tasks.techniques import Technique
+    from tasks.technique import Technique
 
 Scalar = bool | int | float | str | None
 

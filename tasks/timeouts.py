@@ -9,9 +9,9 @@ publishing). A stage past its bound is stopped there; the nightly's bound is the
 
 from __future__ import annotations
 
-from tasks.config import VariantConfig
 from tasks.errors import ModelPressError
 from tasks.params_model import Params
+from tasks.technique import VariantConfig
 
 # data preparation, checks, validation and publishing: seconds on the default model, minutes on
 # a large one; bounded together rather than one by one

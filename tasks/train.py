@@ -7,14 +7,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from tasks.arrays import Array
-from tasks.config import BaselineConfig, TrainConfig
+from tasks.config import BaselineConfig, GatesConfig, TrainConfig
 from tasks.data import Preprocess, Split, load_preprocess, load_split
 from tasks.errors import ModelError, brief
 from tasks.io import atomic_dir, read_json, sha256_file, write_json
@@ -26,9 +26,6 @@ from tasks.models import (
     load_pt2,
     load_state_dict_file,
 )
-
-if TYPE_CHECKING:
-    from tasks.params_model import Params
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -404,12 +401,14 @@ def mmacs(macs: int | None) -> str:
     return "unknown" if macs is None else f"{macs / 1e6:.1f} M"
 
 
-def import_hints(params: Params, test_accuracy: float, data_dir: Path) -> list[str]:
+def import_hints(
+    baseline: BaselineConfig, gates: GatesConfig, test_accuracy: float, data_dir: Path
+) -> list[str]:
     """What to check when an imported baseline scores far below its accuracy gate."""
     hint = import_hint(
-        params.baseline.source,
+        baseline.source,
         test_accuracy,
-        params.gates.for_variant("baseline").min_accuracy,
+        gates.for_variant("baseline").min_accuracy,
         load_preprocess(data_dir),
     )
     return [hint] if hint else []

@@ -30,12 +30,13 @@ from tests.helpers import TINY_SPLITS, write_params  # noqa: E402  (after the se
 
 
 @pytest.fixture(scope="session")
-def tiny_workspace(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+def tiny_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A workspace with prepared tiny data, a trained tiny baseline and its ONNX export: built
     once per session, by the first of the parallel test processes (pytest-xdist) to ask while the
     others wait on a lock, then copied, so that each process writes only into its own copy."""
     base = tmp_path_factory.getbasetemp()
-    shared = (base.parent if worker_id != "master" else base) / "tiny-built"
+    # pytest-xdist's processes share their base's parent (one per session); alone, its own base
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "tiny-built"
     with open(f"{shared}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (shared / ".complete").exists():

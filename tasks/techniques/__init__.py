@@ -18,7 +18,7 @@ from functools import cache
 from importlib.metadata import entry_points
 
 from tasks.errors import ConfigError, brief
-from tasks.techniques.base import Technique, TechniqueConfig
+from tasks.technique import Technique, TechniqueConfig
 
 __all__ = [
     "BUILTIN",

@@ -20,7 +20,7 @@ from pydantic import Field
 from tasks.config import PositiveInt, PretrainedArch
 from tasks.data import Preprocess, Split
 from tasks.errors import VariantError
-from tasks.techniques.base import Technique, TechniqueConfig
+from tasks.technique import Technique, TechniqueConfig
 from tasks.techniques.context import BuildContext
 from tasks.variant import VariantRecord
 

@@ -16,7 +16,7 @@ from pydantic import Field
 
 from tasks.config import Fraction, PositiveInt
 from tasks.errors import VariantError
-from tasks.techniques.base import Technique, TechniqueConfig
+from tasks.technique import Technique, TechniqueConfig
 from tasks.techniques.context import BuildContext
 from tasks.variant import VariantRecord
 

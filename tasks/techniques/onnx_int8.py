@@ -28,7 +28,7 @@ from tasks.data import Preprocess, Split
 from tasks.errors import VariantError, brief
 from tasks.io import atomic_dir
 from tasks.runtimes.onnxruntime import RUNTIME as ONNXRUNTIME
-from tasks.techniques.base import Technique, TechniqueConfig
+from tasks.technique import Technique, TechniqueConfig
 from tasks.techniques.context import BuildContext
 from tasks.variant import (
     VariantRecord,

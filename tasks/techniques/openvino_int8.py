@@ -18,7 +18,7 @@ from tasks.io import atomic_dir
 from tasks.quiet import held_back
 from tasks.runtimes.base import normalize
 from tasks.runtimes.openvino import RUNTIME as OPENVINO
-from tasks.techniques.base import Technique, TechniqueConfig
+from tasks.technique import Technique, TechniqueConfig
 from tasks.techniques.context import BuildContext
 from tasks.variant import (
     VariantRecord,

@@ -17,7 +17,7 @@ from tasks.data import Preprocess, Split
 from tasks.errors import VariantError, brief
 from tasks.io import atomic_dir
 from tasks.runtimes.tensorrt import RUNTIME as TENSORRT
-from tasks.techniques.base import Technique, TechniqueConfig
+from tasks.technique import Technique, TechniqueConfig
 from tasks.techniques.context import BuildContext
 from tasks.variant import (
     VariantRecord,

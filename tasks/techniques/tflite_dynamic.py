@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from tasks.data import Preprocess
-from tasks.techniques.base import Technique, TechniqueConfig
+from tasks.technique import Technique, TechniqueConfig
 from tasks.techniques.context import BuildContext
 from tasks.techniques.litert_weights import weights_only
 from tasks.variant import VariantRecord

@@ -17,7 +17,7 @@ from tasks.int8_friendly import rewrite_hard_activations
 from tasks.io import atomic_dir
 from tasks.onnx_for_tf import working_copy
 from tasks.quiet import held_back
-from tasks.techniques.base import Technique, TechniqueConfig
+from tasks.technique import Technique, TechniqueConfig
 from tasks.techniques.context import BuildContext
 from tasks.tflite_convert import (
     _CONVERT_LOCK,

@@ -124,7 +124,7 @@ def test_builtin_table_in_its_order_with_what_each_declares() -> None:
             sorted(
                 {
                     f"tasks.techniques.{name}",
-                    "tasks.techniques.base",
+                    "tasks.technique",
                     "tasks.techniques.context",  # the build context's loaders
                     *technique.uses,
                 }
@@ -355,7 +355,7 @@ def test_a_technique_declaring_an_unknown_runtime_is_refused_when_declared() -> 
     """'tvm' used to be accepted and failed only when its first variant was evaluated; the
     declaration's list of runtimes is the runtime table's."""
     from tasks.runtimes import RUNTIMES
-    from tasks.techniques.base import RUNTIME_NAMES
+    from tasks.technique import RUNTIME_NAMES
 
     assert set(RUNTIME_NAMES) == set(RUNTIMES)
     from typing import Literal

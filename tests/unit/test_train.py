@@ -58,7 +58,7 @@ def test_a_mis_normalised_import_ends_the_run_with_what_to_check(tmp_path: Path)
     params = parse_params(
         {"baseline": {"source": "pt2", "path": str(model)}, "data": {"normalize": "train"}}
     )
-    hints = import_hints(params, accuracy, Path(data_dir))
+    hints = import_hints(params.baseline, params.gates, accuracy, Path(data_dir))
     result = NightlyResult(
         model="m",
         version=None,

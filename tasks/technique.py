@@ -1,10 +1,10 @@
-"""What a technique is: its declaration (`Technique`) and the base of its config. What `build`
+"""What a technique is: its declaration (`Technique`) and the base of its config (every variant's
+entry in params.yaml). The built-in techniques and the table are tasks/techniques/; what `build`
 gets is tasks/techniques/context.py.
 
-Light on purpose (pydantic and the standard library, nothing of ModelPress's that builds):
-params.yaml is validated against the technique table on machines and in processes that never
-build a variant, and tasks/config.py imports this module; the build context imports the data,
-training and variant modules, which import the config.
+Light on purpose (pydantic and the standard library, nothing of ModelPress's): params.yaml is
+validated against the technique table on machines and in processes that never build a variant,
+and every module that names a variant's config imports this one, below the techniques.
 """
 
 from __future__ import annotations
@@ -30,6 +30,10 @@ class TechniqueConfig(BaseModel):
 
     technique: str
     source: str = Field(description="variant this one starts from ('baseline' or another variant)")
+
+
+# a variant's config, as params.yaml's `variants` holds it: its technique's own model, a subclass
+VariantConfig = TechniqueConfig
 
 
 # build(context: tasks.techniques.context.BuildContext, config) -> tasks.variant.VariantRecord;
