@@ -123,7 +123,10 @@ def _this_thread_to(buffer: _Buffer) -> Iterator[None]:
     global _replaced, _routers
     thread = threading.get_ident()
     with _routing_lock:
-        if _routers is None:
+        # first holder, or the streams were replaced while another thread held back (a thread a
+        # stopped build left inside its block, while a harness swapped the streams): route the
+        # streams as they are now, else this thread's prints would bypass its buffer
+        if _routers is None or (sys.stdout, sys.stderr) != _routers:
             _replaced = sys.stdout, sys.stderr
             _routers = _ThreadRouter(sys.stdout), _ThreadRouter(sys.stderr)
             sys.stdout, sys.stderr = _routers

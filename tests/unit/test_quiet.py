@@ -143,3 +143,35 @@ def test_closing_a_handler_made_inside_held_back_leaves_stderr_open() -> None:
     finally:
         sys.stderr = saved
     assert outer.getvalue() == "after\n"
+
+
+def test_streams_swapped_while_another_thread_holds_back_are_routed_again(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A thread left inside held_back (a build the night stopped and let go) keeps the routers
+    installed; if the streams are swapped meanwhile (a harness's capture, a library), a new
+    block's prints must still reach its buffer, not the new stream."""
+    inside, release = threading.Event(), threading.Event()
+
+    def left_behind() -> None:
+        with held_back():
+            inside.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=left_behind)
+    thread.start()
+    try:
+        assert inside.wait(10)
+        swapped = io.StringIO()
+        monkeypatch.setattr(sys, "stdout", swapped)
+        with caplog.at_level(logging.DEBUG, logger=LOGGER.name), held_back():
+            print("converter chatter")
+        assert swapped.getvalue() == ""
+        assert [r.getMessage() for r in caplog.records if r.name == LOGGER.name] == [
+            "converter chatter"
+        ]
+        print("after the block")
+        assert swapped.getvalue() == "after the block\n"
+    finally:
+        release.set()
+        thread.join(10)
