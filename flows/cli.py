@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from flows.cli_registry import add_registry_commands
 from tasks.cli_support import run_main
+
+# Without PREFECT_API_URL a command starts a temporary Prefect server and gives it 20 s to answer
+# (Prefect's default); on a busy 2-core machine its start took longer and the run died with
+# "Timed out while attempting to connect to ephemeral Prefect API server". A setting the user
+# gives wins.
+EPHEMERAL_STARTUP_S = "120"
+
+
+def _prefect_defaults() -> None:
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_STARTUP_S)
 
 
 def _table(args: argparse.Namespace) -> None:
@@ -118,6 +129,7 @@ def _run_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
 
 def nightly_main(argv: list[str] | None = None) -> None:
     """`modelpress nightly`: run the flow once, here, and print where everything went."""
+    _prefect_defaults()
     from flows._console import deliver_prefect_queues, result_text, say_user_errors_once
     from flows.nightly import nightly  # imports Prefect: only when asked
 
@@ -179,6 +191,7 @@ EXIT_INFEASIBLE = 3  # the search ran, and no trial met the gates
 
 def search_main(argv: list[str] | None = None) -> None:
     """`modelpress search`: run the search flow once, here; exit 3 when nothing met the goal."""
+    _prefect_defaults()
     from flows._console import deliver_prefect_queues, say_user_errors_once, search_text
     from flows.search import search  # imports Prefect: only when asked
 
@@ -370,6 +383,7 @@ def _hold_back_native_output(args: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    _prefect_defaults()
     from flows.interrupts import stop_cleanly
 
     argv = sys.argv[1:] if argv is None else argv

@@ -589,3 +589,26 @@ def test_pull_under_a_regular_file_is_one_line(tmp_path: Path) -> None:
         str(registry),
     )
     _assert_user_error(run, "plain is a file, not a directory")
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "120"), ("45", "45")])
+def test_the_temporary_server_gets_time_to_start_on_a_busy_machine(
+    tmp_path: Path, given: str | None, expected: str
+) -> None:
+    """Prefect gives a temporary server 20 s; a loaded 2-core machine needed more. The command
+    line raises the default before Prefect reads its settings, and a value the user set stays."""
+    env = {
+        k: v for k, v in _env().items() if k != "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+    }
+    if given is not None:
+        env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = given
+    code = (
+        "from flows import cli; cli._prefect_defaults(); "
+        "from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as s; "
+        "print(s.value())"
+    )
+    done = processes.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=120, check=True,
+    )  # fmt: skip
+    assert done.stdout.strip().splitlines()[-1] == expected
