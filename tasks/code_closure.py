@@ -11,10 +11,14 @@ from __future__ import annotations
 import ast
 import functools
 import importlib.util
+import threading
 from pathlib import Path
 
 # ModelPress's own code; a plugin's package is followed too (the start module's top level)
 FOLLOWED = ("tasks",)
+# CPython 3.11's ast.parse is not safe in threads (two at once: "SystemError: AST constructor
+# recursion depth mismatch"), and the nightly keys its variants from several build threads
+_PARSING = threading.Lock()
 
 
 def import_closure(*modules: str) -> tuple[str, ...]:
@@ -37,7 +41,8 @@ def imports_of(module: str) -> tuple[str, ...]:
     if path is None:
         return ()
     followed = {*FOLLOWED, module.partition(".")[0]}
-    tree = ast.parse(path.read_text(), str(path))
+    with _PARSING:
+        tree = ast.parse(path.read_text(), str(path))
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: set[str] = set()
     for node in _run_time_nodes(tree):
