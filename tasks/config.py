@@ -1,5 +1,4 @@
 """params.yaml's sections as typed, validated models: the schema, importing nothing of ModelPress.
-but the technique declarations' base model.
 
 The whole file is `tasks.params_model.Params`; `tasks.params_file.load_params` reads it once at an
 entry point, and sections are passed down from there: nothing below opens the file again.
