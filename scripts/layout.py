@@ -24,25 +24,28 @@ def first_sentence(path: Path) -> str:
     return paragraph if end < 0 else paragraph[: end + 1]
 
 
+def modules(packages: list[str]) -> list[tuple[Path, int]]:
+    """Every module of `packages` with its length in lines, in path order."""
+    return [
+        (path, len(path.read_text().splitlines()))
+        for package in packages
+        for path in sorted((ROOT / package).rglob("*.py"))
+    ]
+
+
 def too_long(packages: list[str]) -> list[str]:
-    out = []
-    for package in packages:
-        for path in sorted((ROOT / package).rglob("*.py")):
-            length = len(path.read_text().splitlines())
-            if length > MAX_LINES:
-                where = path.relative_to(ROOT)
-                out.append(f"{where}: {length} lines, over {MAX_LINES}: split it by concern")
-    return out
+    return [
+        f"{path.relative_to(ROOT)}: {length} lines, over {MAX_LINES}: split it by concern"
+        for path, length in modules(packages)
+        if length > MAX_LINES
+    ]
 
 
 def layout(packages: list[str]) -> list[str]:
-    lines = []
-    for package in packages:
-        for path in sorted((ROOT / package).rglob("*.py")):
-            name = str(path.relative_to(ROOT))
-            length = len(path.read_text().splitlines())
-            lines.append(f"{name:34s} {length:4d}  {first_sentence(path)}")
-    return lines
+    return [
+        f"{path.relative_to(ROOT)!s:34s} {length:4d}  {first_sentence(path)}"
+        for path, length in modules(packages)
+    ]
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -135,3 +136,14 @@ def cli_env(credentials: dict[str, str], api_url: str | None = None) -> dict[str
     if api_url:
         env["PREFECT_API_URL"] = api_url
     return env
+
+
+def load_script(name: str) -> Any:
+    """scripts/<name>.py as a module (scripts/ is not a package): for testing its functions."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -3,22 +3,16 @@ imports, and this tree has none and no upward import."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import load_script
 
 
-def _checker() -> object:
-    spec = importlib.util.spec_from_file_location(
-        "check_imports", REPO_ROOT / "scripts" / "check_imports.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _checker() -> Any:
+    return load_script("check_imports")
 
 
 def test_a_circle_of_lazy_imports_is_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,21 +3,16 @@ a module over 500 lines (a grab-bag to split), which this tree has none of."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import load_script
 
 
 def _layout() -> Any:
-    spec = importlib.util.spec_from_file_location("layout", REPO_ROOT / "scripts" / "layout.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("layout")
 
 
 def test_a_module_over_the_limit_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
