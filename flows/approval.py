@@ -1,10 +1,11 @@
 """The reviewer's form: one toggle per variant that passed every gate, their name and a comment.
 
 Built at run time with pydantic.create_model so the Prefect UI renders a toggle per variant
-(a reviewer picks, never types variant names). The server checks a submission against the form's
-JSON schema before it resumes the run (Prefect 3.8's resume endpoint rejects input that does not
-validate), so what the schema says is refused in the dialog itself; who may approve is checked by
-the flow after the resume, so that a refusal can be recorded (see `refusal`).
+(a reviewer picks, never types variant names). Who approved is established after the resume:
+behind the stack (`infra/stack.sh`), the review guard fills `reviewer` with the login Caddy
+checked and attests it on the run (`tasks/stack_guard.py`), and the flow records that login;
+on a Prefect server without the guard the typed name is recorded, and says it was typed. Who may
+approve is checked by the flow, so that a refusal can be recorded (see `refusal`).
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ from prefect.input import RunInput
 from tasks.decision import ApprovalDecision, now
 
 APPROVE_PREFIX = "approve_"
-# at least one character that is not whitespace: the registry needs a name (approved_by), and a
-# name of spaces would be stripped to nothing after the reviewer pressed Resume
-REVIEWER_PATTERN = r"\S"
 REVIEWER_MAX_LENGTH = 128
+# written on the run by the review guard (tasks/stack_guard.py) before it lets a reviewer resume
+ATTESTATION_PREFIX = "modelpress-approver-"
 
 
 def approval_form(
@@ -38,12 +38,14 @@ def approval_form(
         )
         for name in passing
     }
+    # optional: behind the stack the guard fills it with the reviewer's login; a blank name
+    # elsewhere is refused by the flow, in words, and the run asks again
     fields["reviewer"] = (
         str,
         pydantic.Field(
-            pattern=REVIEWER_PATTERN,
+            default="",
             max_length=REVIEWER_MAX_LENGTH,
-            title="Reviewer (your name, recorded in the manifest; not blank)",
+            title="Reviewer (behind the stack: your login, filled in for you; elsewhere your name)",
         ),
     )
     fields["comment"] = (str, pydantic.Field(default="", title="Comment"))
@@ -72,8 +74,8 @@ def refusal(reviewer: str, approvers: list[str]) -> str | None:
         return "the reviewer's name is blank; type your name"
     if approvers and _canonical(reviewer, approvers) is None:
         return (
-            f"{reviewer.strip()!r} is not on review.approvers ({', '.join(approvers)}); "
-            f"nothing was published: an approver must submit the form"
+            f"{reviewer.strip()!r} is not on review.approvers; nothing was published: an "
+            f"approver must submit the form"
         )
     return None
 
@@ -83,31 +85,75 @@ def approver_name(reviewer: str, approvers: list[str]) -> str:
     return _canonical(reviewer, approvers) or reviewer.strip()
 
 
-def identity(approvers: list[str], behind_auth: bool) -> str:
+AUTHENTICATED = "authenticated login (checked by the stack's Caddy, attested by its review guard)"
+
+
+def identity(approvers: list[str], behind_auth: bool, attested: bool = False) -> str:
     """How the approver's identity was established, for the manifest and the decision record."""
-    how = (
-        "typed name checked against review.approvers"
+    checked = (
+        ", checked against review.approvers"
         if approvers
-        else "typed name, not checked (review.approvers is empty)"
+        else ", not checked (review.approvers is empty)"
     )
-    return how + (
-        ", behind the stack's HTTP basic auth"
-        if behind_auth
-        else ", on a Prefect server without authentication"
+    if attested:
+        return AUTHENTICATED + checked
+    return (
+        "typed name"
+        + checked
+        + (
+            ", behind a shared HTTP basic auth credential (no review guard: not proof of who typed it)"
+            if behind_auth
+            else ", on a Prefect server without authentication"
+        )
     )
 
 
 def who_may_approve(approvers: list[str]) -> str:
-    """The form's plain statement of who may approve."""
+    """The form's plain statement of who may approve: never the names themselves (an impostor
+    would be told what to type)."""
     if approvers:
         return (
-            f"**Who may approve:** {', '.join(approvers)} (`review.approvers`). Any other name "
-            f"is refused and recorded, and the run asks again."
+            "**Who may approve:** the people named in `review.approvers` (params.yaml). Behind "
+            "the stack you approve as your login; anyone else is refused and recorded, and the "
+            "run asks again."
         )
     return (
         "**Who may approve:** anyone who can reach this Prefect UI: `review.approvers` is empty, "
-        "so the name you type is recorded as given, not checked."
+        "so the approver is recorded (behind the stack, their login) but not checked."
     )
+
+
+def review_guard() -> bool:
+    """Whether this run's Prefect API is the stack's front door with its review guard."""
+    import httpx
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        try:
+            answer = client._client.get("/modelpress/guard")
+        except httpx.HTTPStatusError:  # a Prefect server of its own: 404
+            return False
+    return answer.status_code == 200 and answer.json().get("guard") == "modelpress-review-guard"
+
+
+def attested_approver(pause_key: str) -> str | None:
+    """The login the review guard attested for this run's pause `pause_key`, or None."""
+    import json
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.runtime import flow_run
+
+    with get_client(sync_client=True) as client:
+        try:
+            value = client.read_flow_run_input(
+                UUID(flow_run.get_id()), ATTESTATION_PREFIX + pause_key
+            )
+        except ObjectNotFound:
+            return None
+    principal = json.loads(value).get("principal")
+    return str(principal) if principal else None
 
 
 def _canonical(reviewer: str, approvers: list[str]) -> str | None:

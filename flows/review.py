@@ -60,7 +60,10 @@ def review_task(
     rows = review_rows(metrics, bench, verdicts)
     write_json(Path(run_dir) / "review.json", rows)
     changes = changes_vs_published(metrics, published, bench)
-    summary = summary_markdown(model, inputs, rows, changes)
+    link = run_link().flow_run_url
+    summary = f"**This run:** [{link}]({link}): a review's Resume is in its ⋮ menu.\n\n" + (
+        summary_markdown(model, inputs, rows, changes)
+    )
     plot = pareto_plot(metrics, bench, verdicts, Path(run_dir) / "pareto.png")
     key = artifact_key(model)
     create_table_artifact(
@@ -69,7 +72,8 @@ def review_task(
     create_markdown_artifact(markdown=summary, key=f"{key}-summary", description="Run summary")
     encoded = base64.b64encode(plot.read_bytes()).decode()
     create_markdown_artifact(
-        markdown=f"![Pareto plot](data:image/png;base64,{encoded})\n\nFile: `{plot.resolve()}`",
+        # the picture alone: the server's file path means nothing to a reviewer in a browser
+        markdown=f"![Pareto plot: accuracy against latency](data:image/png;base64,{encoded})",
         key=f"{key}-pareto",
         description="Accuracy vs latency (marker area ∝ size)",
     )
@@ -115,33 +119,52 @@ def ask_for_approval(
 ) -> ApprovalDecision | None:
     """Auto policy, or pause for the reviewer's form; None when the review timed out.
 
-    A blank name is refused by the form's schema before the run resumes. A reviewer not on
-    review.approvers is refused here (so that the refusal can be recorded): the run pauses
-    again with the reason above the form, within the same overall timeout.
+    Behind the stack's review guard the approver is the login it attested on the run (a resume
+    without its attestation is refused); elsewhere the typed name, recorded as typed. A blank
+    name, or an approver not on review.approvers, is refused here (so that the refusal can be
+    recorded): the run pauses again with the reason above the form, within the same overall
+    timeout.
     """
     if approval == "auto":
         return auto_decision(passing)
     from prefect.exceptions import FlowPauseTimeout
     from prefect.flow_runs import pause_flow_run
 
-    from flows.approval import approval_form, approver_name, decision_from_form, identity, refusal
+    from flows.approval import (
+        approval_form,
+        approver_name,
+        attested_approver,
+        decision_from_form,
+        identity,
+        refusal,
+        review_guard,
+    )
 
-    how = identity(review.approvers, _behind_auth())
+    guarded = review_guard()
+    how = identity(review.approvers, _behind_auth(), attested=guarded)
+    announce_review(review.notify, passing, run_link().flow_run_url)
     deadline = time.monotonic() + review.timeout_s
     notice, attempt = "", 1
     while (remaining := round(deadline - time.monotonic())) > 0:
         form = approval_form(passing, notice + form_text, titles)
+        key = "review" if attempt == 1 else f"review-{attempt}"
         try:
             answer = pause_flow_run(
-                wait_for_input=form,
-                timeout=remaining,
-                poll_interval=poll_s,
-                key="review" if attempt == 1 else f"review-{attempt}",
+                wait_for_input=form, timeout=remaining, poll_interval=poll_s, key=key
             )
         except FlowPauseTimeout:
             return None
         decision = decision_from_form(answer, passing, how)
-        why = refusal(decision.approved_by, review.approvers)
+        why = None
+        if guarded:
+            login = attested_approver(key)
+            if login is None:
+                why = (
+                    "the run was resumed without the review guard's attestation (not through the "
+                    "stack's login); nothing was published"
+                )
+            decision = decision.renamed(login or decision.approved_by)
+        why = why or refusal(decision.approved_by, review.approvers)
         if why is None:
             return decision.renamed(approver_name(decision.approved_by, review.approvers))
         uri = record_refusal(decision.because(why))
@@ -160,12 +183,52 @@ def _behind_auth() -> bool:
 
 
 def run_link() -> RunLink:
-    """This flow run's id and its page in the Prefect UI (PREFECT_UI_URL, or from the API URL)."""
+    """This flow run's id and its page in the UI a fresh browser gets (Prefect 3.8 serves its
+    newer UI under /v2 by default: Resume sits in the run's ⋮ menu there)."""
     from prefect.runtime import flow_run
     from prefect.utilities.urls import url_for
 
     run_id = flow_run.get_id() or "local"
-    return RunLink(flow_run_id=run_id, flow_run_url=url_for("flow-run", obj_id=run_id) or "")
+    url = url_for("flow-run", obj_id=run_id) or ""
+    return RunLink(flow_run_id=run_id, flow_run_url=_in_default_ui(url, run_id))
+
+
+def _in_default_ui(url: str, run_id: str) -> str:
+    """`url` (the classic UI's path) in the server's default UI, asked from its /ui-settings
+    (open, like the UI's files); `url` itself when the server cannot say."""
+    import httpx
+
+    base = url.removesuffix(f"/runs/flow-run/{run_id}")
+    if not url or base == url:
+        return url
+    try:
+        settings = httpx.get(f"{base}/ui-settings", timeout=5).json()
+    except (httpx.HTTPError, ValueError):
+        return url
+    prefix = settings.get(f"{settings.get('default_ui')}_base_url") or ""
+    return f"{base}{prefix.rstrip('/')}/runs/flow-run/{run_id}"
+
+
+def announce_review(notify: list[str], passing: list[str], link: str) -> None:
+    """Tell the reviewers a review waits: the run's log, and each notification block named in
+    review.notify (a block that cannot be loaded or reached is logged, never fatal)."""
+    from prefect.blocks.core import Block
+
+    logger = get_run_logger()
+    subject = f"ModelPress: review needed ({len(passing)} variant(s) passed every gate)"
+    body = (
+        f"{', '.join(passing)} passed every gate and wait for a reviewer. Open {link} and press "
+        f"Resume (in the run's ⋮ menu) to approve or reject."
+    )
+    logger.warning("review needed: %s", body)
+    for slug in notify:
+        try:
+            block: Any = Block.load(slug)  # a NotificationBlock: Slack, Teams, a webhook, ...
+            block.notify(body=body, subject=subject)
+        except Exception as error:  # a notification that fails must not lose the review
+            logger.warning("review notification %r failed: %s", slug, error)
+        else:
+            logger.info("review notification sent through %s", slug)
 
 
 def tag_run(tag: str) -> None:

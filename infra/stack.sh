@@ -16,9 +16,16 @@
 # and win over the variables: `env` and `down` from another shell find the stack.
 # Prefect's own state (its SQLite database, profiles, local results) is $STATE/prefect-home, mode
 # 700: not ~/.prefect, which any other Prefect server of this user shares.
-# The server is closed: HTTP basic auth (PREFECT_SERVER_API_AUTH_STRING) on the API, its
-# websockets and the UI's login, and CSRF tokens on every state-changing request. The credential
-# is generated on first `up` into $STATE/auth (mode 600, under the git-ignored .modelpress/).
+# The stack is closed, and knows who is asking: Caddy (Debian's, `make caddy`) is its front door
+# on PREFECT_PORT and checks each person's and worker's own credential (bcrypt, HTTP basic auth);
+# the review guard (tasks/stack_guard.py) decides the requests where the principal matters (a
+# worker cannot resume or cancel a paused run; a reviewer approves as their login); the Prefect
+# server behind them listens on a port of its own with an auth string only Caddy and the guard
+# hold, and CSRF tokens on every state-changing request.
+#   infra/stack.sh user add NAME --role reviewer|worker   a credential for NAME (new password if
+#       NAME exists) in $STATE/credentials/NAME, mode 600; Caddy restarts to know it
+#   infra/stack.sh user remove NAME | user list
+# `up` creates the `worker` credential (the workers', the deployments', the operator's scripts').
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HOME_DIR=$(pwd)
@@ -32,6 +39,9 @@ if [[ -s "$PORTS_FILE" && -f "$STATE/prefect-server.pid" ]] && kill -0 "$(cat "$
 fi
 PREFECT_PORT=${PREFECT_PORT:-4200}
 S3_PORT=${S3_PORT:-9000}
+SERVER_PORT=${SERVER_PORT:-}  # the Prefect server's own port (behind Caddy): a free one
+GUARD_PORT=${GUARD_PORT:-}
+CADDY=${MODELPRESS_CADDY:-$(command -v caddy || echo "$HOME_DIR/.tools/caddy/usr/bin/caddy")}
 POOL=modelpress-local
 FLEET_POOL=modelpress-fleet  # the fleet run waits for nightlies: never on their pool
 export PREFECT_HOME="$STATE/prefect-home"
@@ -41,9 +51,26 @@ export PREFECT_UI_API_URL="$PREFECT_API_URL"
 export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 DVC_NO_ANALYTICS=1 GX_ANALYTICS_ENABLED=false
 # API calls retry (bounded, with backoff) on 429/502/503 and connection errors; add 500/504 too
 export PREFECT_CLIENT_RETRY_EXTRA_CODES=500,504
-AUTH_FILE="$STATE/auth"
+UPSTREAM_AUTH="$STATE/upstream-auth"  # the Prefect server's own auth string: Caddy and the guard
+PROXY_SECRET="$STATE/proxy-secret"    # what Caddy shows the guard
+WORKER_CREDENTIAL="$STATE/credentials/worker"
 COMMAND=${1:-up}; [[ $# -gt 0 ]] && shift
+if [[ "$COMMAND" == user ]]; then
+  mkdir -p "$STATE"; chmod 700 "$STATE"
+  action=${1:-}; shift || true
+  case "$action" in
+    add|remove|list) "$BIN/python" -m tasks.stack_users "$action" "$@" --state "$STATE" ;;
+    *) echo "usage: infra/stack.sh user add NAME --role reviewer|worker | user remove NAME | user list" >&2; exit 2 ;;
+  esac
+  # a running front door learns the change now: Caddy restarts with the new Caddyfile
+  if [[ "$action" != list && -f "$STATE/caddy.pid" ]] && kill -0 "$(cat "$STATE/caddy.pid")" 2>/dev/null; then
+    exec "$HOME_DIR/infra/stack.sh" restart-caddy
+  fi
+  exit 0
+fi
 DB=${MODELPRESS_DB:-sqlite}
+ARG=""  # env's NAME
+if [[ "$COMMAND" == env && $# -gt 0 && "$1" != --* ]]; then ARG=$1; shift; fi
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --db) DB=${2:-}; shift 2 || { echo "error: --db needs sqlite or postgres" >&2; exit 2; } ;;
@@ -73,16 +100,55 @@ wait_for() {  # url, what
   echo "error: $2 did not come up at $1 (see $STATE/*.log)" >&2; exit 1
 }
 
-ensure_auth() {  # the credential, generated once; exported for this script's clients and workers
-  if [[ ! -s "$AUTH_FILE" ]]; then
+secret() {  # file: a random secret, generated once, never printed
+  if [[ ! -s "$1" ]]; then
     # umask first: the file is never readable by others, not even between create and chmod
-    (umask 077 && "$BIN/python" -c 'import secrets; print("modelpress:" + secrets.token_urlsafe(32))' >"$AUTH_FILE.new")
-    mv "$AUTH_FILE.new" "$AUTH_FILE"
-    echo "  generated the stack's credential (user 'modelpress') in $AUTH_FILE"
+    (umask 077 && "$BIN/python" -c 'import secrets; print(secrets.token_urlsafe(32))' >"$1.new")
+    mv "$1.new" "$1"
   fi
-  chmod 600 "$AUTH_FILE"
-  PREFECT_API_AUTH_STRING=$(<"$AUTH_FILE")
+  chmod 600 "$1"
+}
+
+ensure_auth() {  # the server's and the proxy's secrets, the worker credential; exported for
+  # this script's own clients (work pools, deployments) and the workers it starts
+  if [[ ! -s "$UPSTREAM_AUTH" ]]; then
+    secret "$UPSTREAM_AUTH.value"
+    (umask 077 && printf 'modelpress-server:%s\n' "$(<"$UPSTREAM_AUTH.value")" >"$UPSTREAM_AUTH")
+    rm -f "$UPSTREAM_AUTH.value"
+  fi
+  secret "$PROXY_SECRET"
+  if [[ ! -s "$WORKER_CREDENTIAL" ]]; then
+    "$BIN/python" -m tasks.stack_users add worker --role worker --state "$STATE" >/dev/null
+    echo "  created the workers' credential (user 'worker') in $WORKER_CREDENTIAL"
+  fi
+  PREFECT_API_AUTH_STRING=$(<"$WORKER_CREDENTIAL")
   export PREFECT_API_AUTH_STRING
+}
+
+free_port() { "$BIN/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+start_front_door() {  # the Caddyfile from users.json, then Caddy on PREFECT_PORT
+  [[ -x "$CADDY" ]] || { echo "error: caddy not found at $CADDY: run make caddy (Debian's caddy, unpacked into .tools/) or set MODELPRESS_CADDY" >&2; exit 1; }
+  "$BIN/python" -m tasks.stack_users caddyfile --state "$STATE" --port "$PREFECT_PORT" \
+    --upstream-port "$SERVER_PORT" --guard-port "$GUARD_PORT"
+  "$CADDY" validate --config "$STATE/Caddyfile" --adapter caddyfile >"$STATE/caddy-validate.log" 2>&1 \
+    || { echo "error: the generated Caddyfile does not validate (see $STATE/caddy-validate.log)" >&2; exit 1; }
+  # Caddy autosaves its running config (the secrets in it) under XDG_CONFIG_HOME: keep it in $STATE
+  XDG_CONFIG_HOME="$STATE/caddy" XDG_DATA_HOME="$STATE/caddy" \
+    start caddy "$CADDY" run --config "$STATE/Caddyfile" --adapter caddyfile
+}
+
+stop_one() {  # name: its whole process group, TERM then KILL
+  [[ -f "$STATE/$1.pid" ]] || return 0
+  local pid group; pid=$(cat "$STATE/$1.pid")
+  # the whole process group: a worker's flow-run processes too (a stack started before
+  # `start` used setsid has no group of its own: then the process alone)
+  group=-$pid; kill -0 -- "$group" 2>/dev/null || group=$pid
+  kill -TERM -- "$group" 2>/dev/null || true
+  # workers shut down gracefully but may wait on a server that is already gone
+  for _ in $(seq 1 10); do kill -0 -- "$group" 2>/dev/null || break; sleep 1; done
+  kill -KILL -- "$group" 2>/dev/null || true
+  rm -f "$STATE/$1.pid"; echo "  $1 stopped"
 }
 
 # ---- PostgreSQL (--db postgres) -----------------------------------------------------------------
@@ -197,19 +263,28 @@ MSG
     ensure_auth
     DATABASE_URL=""
     if [[ "$DB" == postgres ]]; then start_postgres; fi
+    SERVER_PORT=${SERVER_PORT:-$(free_port)}
+    GUARD_PORT=${GUARD_PORT:-$(free_port)}
     # the server alone gets the server-side settings (workers and flow runs need only the
-    # client's); without a database URL, Prefect's default SQLite file under PREFECT_HOME
+    # client's); without a database URL, Prefect's default SQLite file under PREFECT_HOME. Its
+    # UI calls the API through the front door.
     (
       if [[ -n "$DATABASE_URL" ]]; then export PREFECT_API_DATABASE_CONNECTION_URL=$DATABASE_URL; fi
-      PREFECT_SERVER_API_AUTH_STRING=$PREFECT_API_AUTH_STRING PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED=true \
-        start prefect-server "$BIN/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
+      PREFECT_SERVER_API_AUTH_STRING=$(<"$UPSTREAM_AUTH") PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED=true \
+        start prefect-server "$BIN/prefect" server start --host 127.0.0.1 --port "$SERVER_PORT"
     )
-    wait_for "$PREFECT_API_URL/health" "Prefect server"
-    printf 'PREFECT_PORT=%q\nS3_PORT=%q\n' "$PREFECT_PORT" "$S3_PORT" >"$PORTS_FILE"
+    wait_for "http://127.0.0.1:${SERVER_PORT}/api/health" "Prefect server"
+    printf 'PREFECT_PORT=%q\nS3_PORT=%q\nSERVER_PORT=%q\nGUARD_PORT=%q\n' \
+      "$PREFECT_PORT" "$S3_PORT" "$SERVER_PORT" "$GUARD_PORT" >"$PORTS_FILE"
+    start guard "$BIN/python" -m tasks.stack_guard --state "$STATE" --port "$GUARD_PORT" --upstream-port "$SERVER_PORT"
+    start_front_door
+    wait_for "$PREFECT_API_URL/health" "the front door (Caddy)"
     # a server left running by a stack.sh from before auth would still be open: don't go on with it
-    if [[ $(curl -s -o /dev/null -w '%{http_code}' "$PREFECT_API_URL/admin/version") != 401 ]]; then
-      echo "error: the Prefect server at $PREFECT_API_URL answers without the credential: run infra/stack.sh down, then up" >&2; exit 1
-    fi
+    for url in "$PREFECT_API_URL/admin/version" "http://127.0.0.1:${SERVER_PORT}/api/admin/version"; do
+      if [[ $(curl -s -o /dev/null -w '%{http_code}' "$url") != 401 ]]; then
+        echo "error: $url answers without a credential: run infra/stack.sh down, then up" >&2; exit 1
+      fi
+    done
     start s3 "$BIN/moto_server" -H 127.0.0.1 -p "$S3_PORT"
     wait_for "http://127.0.0.1:${S3_PORT}/moto-api/" "S3 endpoint"
     AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-local} AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-local} \
@@ -227,47 +302,46 @@ MSG
     cat <<MSG
 
 ModelPress stack is up:
-  Prefect UI:   http://127.0.0.1:${PREFECT_PORT}  (login: the contents of $AUTH_FILE,
-                "user:password" on one line; the file is the only copy, never printed)
+  Prefect UI:   http://127.0.0.1:${PREFECT_PORT}  (log in with your own credential: one line
+                "name:password" in $STATE/credentials/<name>, never printed)
+  People:       infra/stack.sh user add NAME --role reviewer   (then hand over that file)
   S3 endpoint:  http://127.0.0.1:${S3_PORT} (bucket '$BUCKET'; any credentials)
-  This shell's clients (prefect, modelpress):  eval "\$(infra/stack.sh env)"
+  This shell's clients (prefect, modelpress):  eval "\$(infra/stack.sh env [NAME])"
   Run tonight's flow now:  eval "\$(infra/stack.sh env)" && $BIN/prefect deployment run nightly/nightly
   Publish to S3 instead of ./registry: set registry.uri: s3://$BUCKET/registry and
       registry.endpoint_url: http://127.0.0.1:${S3_PORT} in params.yaml
-  Stop:  infra/stack.sh down    New credential:  infra/stack.sh rotate-auth
+  Stop:  infra/stack.sh down    New secrets for the server and workers:  infra/stack.sh rotate-auth
 MSG
     ;;
   deploy) ensure_auth; deploy ;;
+  restart-caddy)
+    stop_one caddy >/dev/null
+    start_front_door >/dev/null
+    wait_for "$PREFECT_API_URL/health" "the front door (Caddy)"
+    echo "  caddy restarted with $(grep -c . <("$BIN/python" -m tasks.stack_users list --state "$STATE")) users" ;;
   env)
-    if [[ ! -s "$AUTH_FILE" ]]; then
-      echo "error: no credential at $AUTH_FILE: start the stack first (infra/stack.sh up)" >&2; exit 1
+    who=${ARG:-worker}
+    credential="$STATE/credentials/$who"
+    if [[ ! -s "$credential" ]]; then
+      echo "error: no credential at $credential: start the stack first (infra/stack.sh up) or add the user (infra/stack.sh user add $who --role reviewer)" >&2; exit 1
     fi
     # the secret stays in the file: the printed line reads it when the shell evaluates it
     printf 'export PREFECT_API_URL=%q\n' "$PREFECT_API_URL"
     printf 'export PREFECT_HOME=%q\n' "$PREFECT_HOME"
-    printf 'export PREFECT_API_AUTH_STRING="$(cat %q)"\n' "$AUTH_FILE"
+    printf 'export PREFECT_API_AUTH_STRING="$(cat %q)"\n' "$credential"
     ;;
   rotate-auth)
     # the server reads its auth string at start and every worker holds the old one: stop all,
-    # replace the credential, start all. A run waiting for review is stopped too (rerun it).
+    # replace the server's, the proxy's and the workers' secrets, start all. People keep theirs
+    # (`user add NAME` gives one a new password). A run waiting for review is stopped too.
     "$HOME_DIR/infra/stack.sh" down
-    rm -f "$AUTH_FILE"
+    rm -f "$UPSTREAM_AUTH" "$PROXY_SECRET" "$WORKER_CREDENTIAL"
     exec "$HOME_DIR/infra/stack.sh" up --db "$DB" ;;
   down)
-    for name in worker worker-fleet worker-cloud-cpu worker-edge-cpu s3 prefect-server; do
-      if [[ -f "$STATE/$name.pid" ]]; then
-        pid=$(cat "$STATE/$name.pid")
-        # the whole process group: a worker's flow-run processes too (a stack started before
-        # `start` used setsid has no group of its own: then the process alone)
-        group=-$pid; kill -0 -- "$group" 2>/dev/null || group=$pid
-        kill -TERM -- "$group" 2>/dev/null || true
-        # workers shut down gracefully but may wait on a server that is already gone
-        for _ in $(seq 1 10); do kill -0 -- "$group" 2>/dev/null || break; sleep 1; done
-        kill -KILL -- "$group" 2>/dev/null || true
-        rm -f "$STATE/$name.pid"; echo "  $name stopped"
-      fi
+    for name in worker worker-fleet worker-cloud-cpu worker-edge-cpu caddy guard s3 prefect-server; do
+      stop_one "$name"
     done
     rm -f "$PORTS_FILE"
     stop_postgres ;;
-  *) echo "usage: infra/stack.sh [up|deploy|down|env|rotate-auth] [--db sqlite|postgres]" >&2; exit 2 ;;
+  *) echo "usage: infra/stack.sh [up|deploy|down|env [NAME]|rotate-auth|user ...] [--db sqlite|postgres]" >&2; exit 2 ;;
 esac

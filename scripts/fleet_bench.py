@@ -205,7 +205,7 @@ def main() -> None:
         up_s = time.monotonic() - started
         api = f"http://127.0.0.1:{env['PREFECT_PORT']}/api"
         os.environ |= {"PREFECT_API_URL": api, "PREFECT_HOME": str(state / "prefect-home"),
-                       "PREFECT_API_AUTH_STRING": (state / "auth").read_text().strip()}  # fmt: skip
+                       "PREFECT_API_AUTH_STRING": (state / "credentials" / "worker").read_text().strip()}  # fmt: skip
         prefect = str(Path(sys.executable).parent / "prefect")
         subprocess.run([prefect, "work-pool", "set-concurrency-limit", "modelpress-local", "2"],
                        check=True, capture_output=True)  # fmt: skip

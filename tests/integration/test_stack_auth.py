@@ -362,7 +362,8 @@ def test_nightly_behind_auth_is_resumed_by_a_reviewer_and_leaks_no_credential(
     approval = manifest["variants"]["distilled"]["approval"]
     assert approval["approved_by"] == "alice"
     assert approval["identity"] == (
-        "typed name checked against review.approvers, behind the stack's HTTP basic auth"
+        "typed name, checked against review.approvers, behind a shared HTTP basic auth "
+        "credential (no review guard: not proof of who typed it)"
     )
     decisions = sorted(p for p in registry.rglob("*.json") if p.parent.name == "decisions")
     outcomes = [json.loads(d.read_text()) for d in decisions]
@@ -397,90 +398,3 @@ def test_nightly_behind_auth_is_resumed_by_a_reviewer_and_leaks_no_credential(
     assert files > 20 and server_files >= 1 and scan.total("server-home") > 100_000
     total = sum(scan.scanned.values())
     print(f"secret scan: {len(scan.scanned)} sources, {total} bytes, {len(scan.hits)} hits")
-
-
-# ---- infra/stack.sh itself ---------------------------------------------------------------------
-
-
-def _stack(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return processes.run(
-        ["bash", str(REPO_ROOT / "infra" / "stack.sh"), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-@pytest.mark.slow  # two full stack starts (server, S3, three workers, four deployments): ~4 min
-def test_stack_sh_starts_a_closed_server_and_gives_the_workers_the_credential(
-    tmp_path: Path,
-) -> None:
-    """The real `infra/stack.sh up` (own ports, state and Prefect home): a credential file only
-    the user can read, a server that answers 401 without it and wants CSRF tokens, workers online
-    with it, `env` lines that hold no secret, no log with the secret, a new one on rotate-auth."""
-    state = tmp_path / "state"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_"))}
-    env |= {
-        "MODELPRESS_BIN": str(Path(sys.executable).parent),
-        "MODELPRESS_STACK_STATE": str(state),
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_PORT": str(_free_port()),
-        "S3_PORT": str(_free_port()),
-    }
-    api = f"http://127.0.0.1:{env['PREFECT_PORT']}/api"
-    try:
-        up = _stack(env, "up")
-        assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
-        auth = state / "auth"
-        assert auth.stat().st_mode & 0o777 == 0o600 and state.stat().st_mode & 0o777 == 0o700
-        credential = auth.read_text().strip()
-        user, password = credential.split(":", 1)
-        assert user == USER and len(password) >= 43  # 32 random bytes, urlsafe base64
-        server = AuthServer(
-            api, credential, tmp_path / "prefect-home", state / "prefect-server.log"
-        )
-
-        refused = httpx.get(f"{api}/flow_runs/{NO_RUN}")
-        assert (refused.status_code, refused.json()) == (401, UNAUTHORIZED)
-        no_csrf = Api(server, credential, csrf=False).post("/flows/", {"name": "x"})
-        assert no_csrf.status_code == 403
-        workers = Api(server, credential).post(
-            "/work_pools/modelpress-local/workers/filter", {"limit": 5, "offset": 0}
-        )
-        assert workers.status_code == 200 and [w["status"] for w in workers.json()] == ["ONLINE"]
-
-        printed = _stack(env, "env")
-        assert printed.returncode == 0, printed.stderr
-        evaluated = processes.run(
-            [
-                "bash",
-                "-c",
-                printed.stdout + 'printf %s "$PREFECT_API_AUTH_STRING $PREFECT_API_URL"',
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        )
-        assert evaluated.stdout == f"{credential} {api}"
-
-        scan = Scan(secrets={"password": password})
-        scan.add("up", up.stdout + up.stderr)
-        scan.add("env", printed.stdout + printed.stderr)
-        for log in state.glob("*.log"):
-            scan.add(log.name, log.read_bytes())
-        assert scan.hits == [] and scan.total("prefect-server.log") > 200
-
-        rotated = _stack(env, "rotate-auth")
-        assert rotated.returncode == 0, rotated.stdout[-2000:] + rotated.stderr[-2000:]
-        assert auth.read_text().strip() != credential
-        old = httpx.get(f"{api}/admin/version", headers={"Authorization": _basic(credential)})
-        assert old.status_code == 401
-        new = httpx.get(
-            f"{api}/admin/version", headers={"Authorization": _basic(auth.read_text().strip())}
-        )
-        assert new.status_code == 200
-    finally:
-        down = _stack(env, "down")
-        assert down.returncode == 0, down.stderr

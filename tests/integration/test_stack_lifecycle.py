@@ -28,9 +28,21 @@ case "$1 $2" in
 esac
 exit 0
 """
+# A stand-in `python`: the deploy's schedule, secrets and free ports; `-m tasks.stack_users add`
+# writes a credential, the guard sleeps
 PYTHON = """#!/usr/bin/env bash
 if [[ "${1:-}" == - ]]; then echo "export MODELPRESS_CRON='0 2 * * *' MODELPRESS_TIMEZONE='UTC'"; fi
-if [[ "${1:-}" == -c ]]; then echo "modelpress:stand-in"; fi
+if [[ "${1:-}" == -c ]]; then
+  if [[ "$2" == *getsockname* ]]; then echo 3; else echo "stand-in-secret"; fi
+fi
+if [[ "${1:-} ${2:-}" == "-m tasks.stack_guard" ]]; then exec sleep 300; fi
+if [[ "${1:-} ${2:-} ${3:-}" == "-m tasks.stack_users add" ]]; then
+  state=${@: -1}; mkdir -p "$state/credentials"; echo "$4:stand-in" >"$state/credentials/$4"
+fi
+exit 0
+"""
+CADDY = """#!/usr/bin/env bash
+if [[ "$1" == run ]]; then exec sleep 300; fi
 exit 0
 """
 
@@ -57,6 +69,7 @@ def test_up_names_the_aws_variables_and_down_stops_every_process_group(tmp_path:
     _script(venv_bin / "prefect", PREFECT)
     _script(venv_bin / "moto_server", "#!/usr/bin/env bash\nexec sleep 300\n")
     _script(venv_bin / "python", PYTHON)
+    _script(venv_bin / "caddy", CADDY)
     tools = tmp_path / "tools"
     tools.mkdir()
     # a stand-in curl: every endpoint is up, and the API asked without a credential answers 401
@@ -69,6 +82,7 @@ def test_up_names_the_aws_variables_and_down_stops_every_process_group(tmp_path:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env |= {"PATH": f"{tools}{os.pathsep}{env['PATH']}", "CHILDREN": str(children)}
     env |= {"PREFECT_PORT": "1", "S3_PORT": "2"}  # nothing listens: the stand-ins never bind
+    env["MODELPRESS_CADDY"] = str(venv_bin / "caddy")
     stack = ["bash", str(repo / "infra" / "stack.sh")]
     state = repo / ".modelpress" / "stack"
     try:
@@ -100,7 +114,8 @@ def test_up_names_the_aws_variables_and_down_stops_every_process_group(tmp_path:
             time.sleep(0.2)
         started = [int(p.read_text()) for p in state.glob("*.pid")]
         spawned = [int(p.read_text()) for p in children.glob("*.pid")]
-        assert len(started) == 6 and len(spawned) == 4, (started, spawned)
+        # server, guard, caddy, S3, four workers
+        assert len(started) == 8 and len(spawned) == 4, (started, spawned)
         assert all(_alive(pid) for pid in started + spawned)
 
         down = subprocess.run(

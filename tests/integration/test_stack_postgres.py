@@ -96,7 +96,7 @@ def test_nightly_against_the_postgres_backed_server(tmp_path: Path) -> None:
         api = f"http://127.0.0.1:{env['PREFECT_PORT']}/api"
         assert f"PREFECT_API_URL={api}" in exports and f"PREFECT_HOME={home}" in exports
         cli = cli_env({}, api) | {
-            "PREFECT_API_AUTH_STRING": (state / "auth").read_text().strip(),
+            "PREFECT_API_AUTH_STRING": (state / "credentials" / "worker").read_text().strip(),
             "PREFECT_HOME": str(home),
         }
         prefect = str(Path(sys.executable).parent / "prefect")

@@ -98,7 +98,7 @@ def test_form_text_is_narrow_and_says_why_baseline_is_offered_and_who_may_approv
     assert "fp32 reference model itself, re-published as a deployable ONNX" in text
     assert "anyone who can reach this Prefect UI" in text and "not checked" in text
     assert "Rejected by the gates, not offered: tflite_int8" in text
-    assert "alice, bob (`review.approvers`)" in who_may_approve(["alice", "bob"])
+    assert "`review.approvers`" in who_may_approve(["alice", "bob"])
 
 
 def test_change_vs_published_compares_each_variant_with_its_own_last_version(
@@ -148,27 +148,35 @@ def test_decisions_are_kept_create_only_beside_the_versions(tmp_path: Path) -> N
         )
 
 
-def test_the_form_refuses_a_blank_reviewer_and_the_flow_an_unlisted_one() -> None:
-    from prefect.utilities.schema_tools import ValidationError, validate
+def test_the_form_names_no_approver_and_the_flow_refuses_blank_or_unlisted_ones() -> None:
+    from prefect.utilities.schema_tools import validate
 
     schema = approval_form(["pruned"], "text", {"pruned": "Publish pruned: acc 0.94"})
     schema_json = schema.model_json_schema()
     assert schema_json["properties"]["approve_pruned"]["title"] == "Publish pruned: acc 0.94"
-    for blank in ("", "   ", "\t\u00a0"):
-        with pytest.raises(ValidationError, match="reviewer"):
-            validate({"reviewer": blank}, schema_json, raise_on_error=True)
-    validate({"reviewer": "alice"}, schema_json, raise_on_error=True)
+    # the reviewer may be left blank in the form: behind the stack the guard fills in the login
+    validate({"reviewer": ""}, schema_json, raise_on_error=True)
+    assert schema.model_validate({"approve_pruned": True}).reviewer == ""
 
+    for blank in ("", "   ", "\t\u00a0"):
+        assert "blank" in (refusal(blank, ["alice"]) or "")
     assert refusal("mallory", []) is None
-    assert "not on review.approvers (alice, bob)" in (refusal("mallory", ["alice", "bob"]) or "")
+    why = refusal("mallory", ["alice", "bob"]) or ""
+    assert "'mallory' is not on review.approvers" in why and "alice" not in why
     assert refusal(" ALICE ", ["alice", "bob"]) is None
     assert approver_name(" ALICE ", ["alice", "bob"]) == "alice"
+    assert "alice" not in who_may_approve(["alice", "bob"])
     assert identity([], behind_auth=False) == (
         "typed name, not checked (review.approvers is empty), "
         "on a Prefect server without authentication"
     )
     assert identity(["alice"], behind_auth=True) == (
-        "typed name checked against review.approvers, behind the stack's HTTP basic auth"
+        "typed name, checked against review.approvers, behind a shared HTTP basic auth "
+        "credential (no review guard: not proof of who typed it)"
+    )
+    assert identity(["alice"], behind_auth=True, attested=True) == (
+        "authenticated login (checked by the stack's Caddy, attested by its review guard), "
+        "checked against review.approvers"
     )
 
 
@@ -212,3 +220,23 @@ def test_cli_lists_who_decided_what_and_why(
     out = capsys.readouterr().out
     assert "nothing-approved  approved: none  not approved: tflite_int8  by bob" in out
     assert "comment: int8 is slower than fp32" in out and "runs/flow-run/run-1" in out
+
+
+def test_labels_of_points_that_meet_are_pushed_a_line_apart_right_of_their_markers() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tasks.review import _label_points
+
+    fig, ax = plt.subplots(dpi=100)
+    points = {"tflite_int8": (0.014, 95.3), "onnx_int8": (0.0142, 95.2), "pruned": (0.07, 56.0)}
+    areas = {"tflite_int8": 400.0, "onnx_int8": 100.0, "pruned": 100.0}
+    ax.scatter(*zip(*points.values(), strict=True))
+    _label_points(ax, points, areas)
+    offsets = {a.get_text(): a.xyann for a in ax.texts}
+    assert offsets["tflite_int8"] == (400**0.5 / 2 + 4, 0.0)  # right of its marker's edge
+    assert offsets["onnx_int8"][1] <= -11 * 72 / 100  # a line below: the two would overlap
+    assert offsets["pruned"] == (100**0.5 / 2 + 4, 0.0)  # far from both: where it belongs
+    plt.close(fig)
