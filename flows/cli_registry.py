@@ -137,7 +137,9 @@ def _format_decision(d: dict[str, Any]) -> str:
         f"{d.get('decided_at')}  {d.get('outcome')}  approved: {approved}  "
         f"not approved: {not_approved}  by {d.get('reviewer') or '-'} ({d.get('identity') or '-'})"
     )
-    details = [f"comment: {d['comment']}"] if d.get("comment") else []
+    # a refusal's request: what the refused reviewer asked to publish
+    details = [f"requested: {', '.join(d['requested'])}"] if d.get("requested") else []
+    details += [f"comment: {d['comment']}"] if d.get("comment") else []
     details += [f"reason: {d['reason']}"] if d.get("reason") else []
     details.append(f"run: {d.get('flow_run_url') or d.get('flow_run_id')}")
     return head + "\n  " + "  ".join(details)

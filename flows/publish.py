@@ -20,6 +20,7 @@ from tasks.decision import (
     RunOutcome,
     approval_record,
     decision_record,
+    registry_reference,
 )
 from tasks.evaluate import VariantMetrics
 from tasks.params_model import Params
@@ -191,7 +192,7 @@ def approve_and_publish(
         candidates.metrics,
         candidates.verdicts,
         candidates.bench,
-        approval_record(decision, run, decision_uri),
+        approval_record(decision, run, registry_reference(decision_uri, model)),
     )
     lineage = publishing.lineage(
         params,

@@ -269,6 +269,20 @@ class ReviewConfig(Section):
     timeout_s: PositiveInt = 86_400
     # who may approve in the UI form; empty: anyone who can reach the (authenticated) UI
     approvers: list[str] = []
+    # Prefect notification blocks told when a review waits, as "<block type>/<block name>"
+    # (e.g. "slack-webhook/ml-team", "custom-webhook/reviewers"): the message carries the run's link
+    notify: list[str] = []
+
+    @field_validator("notify")
+    @classmethod
+    def _block_slugs(cls, value: list[str]) -> list[str]:
+        for slug in value:
+            if not re.fullmatch(r"[a-z0-9-]+/[A-Za-z0-9_.-]+", slug):
+                raise ValueError(
+                    f"{slug!r}: expected a Prefect block as '<block type>/<block name>', "
+                    f"e.g. 'slack-webhook/ml-team'"
+                )
+        return value
 
     @field_validator("approvers")
     @classmethod

@@ -168,6 +168,23 @@ def decision_record(
     )
 
 
+def registry_reference(decision_uri: str, model: str) -> str:
+    """The decision record's key relative to the registry's root (`<model>/decisions/<name>`):
+    a consumer follows it from wherever it reads the registry, not the publisher's path."""
+    marker = f"{model}/decisions/"
+    at = decision_uri.rfind(marker)
+    return decision_uri[at:] if at >= 0 else decision_uri
+
+
+def as_text(value: str) -> str:
+    """A reviewer's words shown as words in a markdown artifact: no HTML and no markdown
+    (an `<img>` or `![](url)` in a comment would make every viewer's browser fetch a URL)."""
+    escaped = value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    for special in "\\`*_[]()!#~":
+        escaped = escaped.replace(special, "\\" + special)
+    return " ".join(escaped.split())  # one table cell: no line breaks
+
+
 def approval_record(decision: ApprovalDecision, run: RunLink, decision_uri: str) -> ApprovalRecord:
     """Who approved, how that identity was established, and the review it came from."""
     return ApprovalRecord(
@@ -188,13 +205,15 @@ def decision_markdown(record: DecisionRecord, uri: str) -> str:
         ("approved", ", ".join(record.approved) or "none"),
         ("not approved", ", ".join(record.not_approved) or "none"),
         ("rejected by the gates", ", ".join(record.rejected_by_gates) or "none"),
-        ("by", f"{record.reviewer or '-'} ({record.identity or 'no reviewer'})"),
+        ("by", f"{as_text(record.reviewer or '-')} ({record.identity or 'no reviewer'})"),
         ("when", record.decided_at),
-        ("comment", record.comment or "-"),
+        ("comment", as_text(record.comment) or "-"),
         ("record", f"`{uri}`"),
     ]
     if record.reason:
-        rows.insert(1, ("reason", record.reason))
+        rows.insert(1, ("reason", as_text(record.reason)))
+    if record.requested:
+        rows.insert(2, ("requested", ", ".join(record.requested)))
     lines = ["| | |", "|---|---|"]
     lines += [f"| {key} | {str(value).replace('|', '/')} |" for key, value in rows]
     return f"### Review decision: {record.outcome}\n\n" + "\n".join(lines)

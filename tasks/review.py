@@ -28,7 +28,8 @@ class GateVerdict:
 def review_rows(
     metrics: dict[str, dict[str, Any]], bench: list[BenchmarkRow], verdicts: dict[str, GateVerdict]
 ) -> list[dict[str, Any]]:
-    """One row per variant and runner (a variant no runner measured still gets a row)."""
+    """One row per variant and runner (a variant no runner measured still gets a row), the gate
+    and its reason right after the names."""
     rows = []
     for name, row in metrics.items():
         verdict = verdicts.get(name, GateVerdict(False, row.get("reason") or row["status"]))
@@ -39,6 +40,9 @@ def review_rows(
                 {
                     "variant": name,
                     "runner": b.runner if b else "-",
+                    # the verdict first: a narrow window or a paged table still shows it
+                    "gate": "pass" if verdict.passed else "REJECTED",
+                    "reason": "; ".join(part for part in (verdict.reason, _bench_note(b)) if part),
                     "accuracy": _fmt(row.get("accuracy"), "{:.4f}"),
                     "drop_pts": _fmt(row.get("accuracy_drop"), "{:+.2f}"),
                     "drop_upper_pts": _fmt(verdict.drop_upper, "{:+.2f}"),
@@ -52,8 +56,6 @@ def review_rows(
                     "p99_ms": _fmt(timed.p99_ms if timed else None, "{:.3f}"),
                     # against each reference, timed interleaved in one session (tasks/speed.py)
                     "speed": _speed_cell(timed),
-                    "gate": "pass" if verdict.passed else "REJECTED",
-                    "reason": "; ".join(part for part in (verdict.reason, _bench_note(b)) if part),
                 }
             )
     return rows
@@ -249,61 +251,85 @@ def pareto_plot(
     verdicts: dict[str, GateVerdict],
     path: Path,
 ) -> Path:
-    """Accuracy vs p50 latency per runner (marker shape); marker area ∝ size; Pareto front outlined."""
+    """Accuracy vs p50 latency, one panel per runner (each variant once per panel); marker area ∝
+    size; Pareto front outlined; labels beside their points, nudged apart where they would
+    overlap; the legend below the panels, with markers of one size, covering nothing."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     measured = [
         b
         for b in bench
         if b.status == "ok" and metrics.get(b.variant, {}).get("accuracy") is not None
     ]
-    runners = list(dict.fromkeys(b.runner for b in measured))
-    shapes = "os^Dv<>p"
-    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    runners = list(dict.fromkeys(b.runner for b in measured)) or ["no runner"]
+    fig, axes = plt.subplots(
+        1, len(runners), figsize=(5.2 * len(runners), 4.6), dpi=120, sharey=True, squeeze=False
+    )
     biggest = max((metrics[b.variant]["size_bytes"] for b in measured), default=1)
-    for k, runner in enumerate(runners):
-        on_runner = [b for b in measured if b.runner == runner]
+    for ax, runner in zip(axes[0], runners, strict=True):
         points = {
             b.variant: (float(b.p50_ms or 0), 100 * metrics[b.variant]["accuracy"])
-            for b in on_runner
+            for b in measured
+            if b.runner == runner
         }
         front = latency_accuracy_front(points)
-        for index, (name, (latency, acc)) in enumerate(points.items()):
+        areas = {name: 40 + 600 * metrics[name]["size_bytes"] / biggest for name in points}
+        for name, (latency, acc) in points.items():
             passed = verdicts.get(name, GateVerdict(False, "")).passed
             ax.scatter(
                 latency,
                 acc,
-                s=40 + 600 * metrics[name]["size_bytes"] / biggest,
-                alpha=0.6,
-                marker=shapes[k % len(shapes)],
+                s=areas[name],
+                alpha=0.55,
                 color="tab:green" if passed else "tab:red",
                 edgecolors="black" if name in front else "none",
                 linewidths=2 if name in front else 0,
                 zorder=3,
-                label=runner if index == 0 else None,
             )
-            # staggered labels: variants with equal accuracy and latency would overlap
-            ax.annotate(
-                name,
-                (latency, acc),
-                textcoords="offset points",
-                xytext=(7, 5 - 11 * (index % 3)),
-                fontsize=7,
-            )
-    ax.set_xlabel("p50 latency, batch 1 (ms)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(
-        "Accuracy vs latency per runner (area ∝ size; outlined = Pareto front; red = rejected)"
-    )
-    ax.title.set_fontsize(9)
-    if runners:
-        ax.legend(title="runner", fontsize=8)
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
+        _label_points(ax, points, areas)
+        ax.set_title(runner, fontsize=9)
+        ax.set_xlabel("p50 latency, batch 1 (ms)")
+        ax.grid(True, alpha=0.3)
+        ax.margins(x=0.25, y=0.12)  # room for the labels right of the rightmost points
+    axes[0][0].set_ylabel("test accuracy (%)")
+    fig.suptitle("Accuracy vs latency (marker area ∝ size)", fontsize=10)
+    handles = [
+        Line2D([], [], marker="o", ls="", ms=8, color="tab:green", alpha=0.6, label="passed"),
+        Line2D([], [], marker="o", ls="", ms=8, color="tab:red", alpha=0.6, label="rejected"),
+        Line2D([], [], marker="o", ls="", ms=8, mfc="none", mec="black", mew=2,
+               label="Pareto front (outlined)"),
+    ]  # fmt: skip
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return save_figure(fig, path)
+
+
+def _label_points(ax: Any, points: dict[str, tuple[float, float]], areas: dict[str, float]) -> None:
+    """Each variant's name right of its marker's edge; names closer than a line apart are
+    pushed down (in screen units, so it holds whatever the axes' scale)."""
+    ax.figure.canvas.draw()  # the data-to-pixel transform needs the final limits
+    to_pixels = ax.transData.transform
+    placed: list[tuple[float, float]] = []
+    line_px = 11.0
+    for name, (x, y) in sorted(points.items(), key=lambda item: -item[1][1]):
+        px, py = to_pixels((x, y))
+        offset = 0.0
+        while any(abs(px - qx) < 90 and abs(py - offset - qy) < line_px for qx, qy in placed):
+            offset += line_px
+        placed.append((px, py - offset))
+        ax.annotate(
+            name,
+            (x, y),
+            textcoords="offset points",
+            xytext=(areas[name] ** 0.5 / 2 + 4, -offset * 72 / ax.figure.dpi),
+            va="center",
+            fontsize=7,
+            arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.5"} if offset else None,
+        )
 
 
 def _kib(size: int | None) -> float | None:

@@ -433,6 +433,10 @@ def _bad_registry(root: Path) -> Path:
     (decisions / "b.json").write_text(
         '{"outcome": "approved", "approved": ["int8"], "reviewer": "ann"}'
     )
+    (decisions / "c.json").write_text(
+        '{"outcome": "refused", "approved": [], "requested": ["pruned"], "reviewer": "carol",'
+        ' "reason": "not on review.approvers"}'
+    )
     (registry / "evil").symlink_to("/etc", target_is_directory=True)
     return registry
 
@@ -443,6 +447,8 @@ def test_registry_commands_list_what_is_bad_and_show_the_rest(tmp_path: Path) ->
     assert decisions.returncode == 0, decisions.stderr
     assert "a.json  bad: not a decision record" in decisions.stdout
     assert "approved  approved: int8" in decisions.stdout and "by ann" in decisions.stdout
+    # a refusal says what the refused reviewer asked for
+    assert "refused  approved: none" in decisions.stdout and "requested: pruned" in decisions.stdout
     listed = _run(tmp_path, "flows.cli", "registry", "list", "--uri", registry)
     assert (
         "m  0 version(s), none readable; 2 with a bad manifest (1, 2): run verify" in listed.stdout

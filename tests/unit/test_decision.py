@@ -9,6 +9,7 @@ from tasks.decision import (
     auto_decision,
     decision_markdown,
     decision_record,
+    registry_reference,
 )
 
 RUN = RunLink(flow_run_id="0f3c", flow_run_url="http://ui/runs/flow-run/0f3c")
@@ -52,7 +53,11 @@ def test_the_markdown_shows_the_reason_second_and_escapes_pipes() -> None:
     record = decision_record("m", "refused", FORM.because("a | b"), OFFERED, REJECTED, RUN)
     lines = decision_markdown(record, "s3://r/m/decisions/1.json").splitlines()
     assert lines[0] == "### Review decision: refused"
-    assert lines[4:6] == ["| outcome | **refused** |", "| reason | a / b |"]
+    assert lines[4:7] == [
+        "| outcome | **refused** |",
+        "| reason | a / b |",
+        "| requested | pruned |",  # what the refused reviewer asked to publish
+    ]
     assert "| rejected by the gates | distilled |" in lines
     assert "| by | mallory (typed name checked against review.approvers) |" in lines
 
@@ -72,3 +77,22 @@ def test_the_manifest_approval_names_the_review_run_and_its_record() -> None:
     ]
     assert approval["identity"] == "auto-approval policy"
     assert approval["decision"] == "s3://r/m/decisions/1.json"
+
+
+def test_a_comment_is_shown_as_text_never_as_html_or_markdown() -> None:
+    beacon = FORM.__class__(
+        **{**FORM.__dict__, "comment": "<img src=x> ![t](http://evil.example/p.png) *ok*"}
+    )
+    record = decision_record("m", "approved", beacon, OFFERED, REJECTED, RUN)
+    [comment] = [line for line in decision_markdown(record, "u").splitlines() if "comment" in line]
+    assert "<img" not in comment and "&lt;img src=x&gt;" in comment
+    assert "![" not in comment and "](" not in comment  # no image, no link: escaped
+    assert r"\!\[t\]\(http://evil.example/p.png\) \*ok\*" in comment
+
+
+def test_the_manifest_points_at_its_decision_relative_to_the_registry() -> None:
+    assert (
+        registry_reference("s3://b/reg/m/decisions/2026-x-1.json", "m")
+        == "m/decisions/2026-x-1.json"
+    )
+    assert registry_reference("/srv/reg/m/decisions/a.json", "m") == "m/decisions/a.json"
