@@ -16,11 +16,10 @@ import pydantic
 from prefect.input import RunInput
 
 from tasks.decision import ApprovalDecision, now
+from tasks.stack_users import ATTESTATION_PREFIX
 
 APPROVE_PREFIX = "approve_"
 REVIEWER_MAX_LENGTH = 128
-# written on the run by the review guard (tasks/stack_guard.py) before it lets a reviewer resume
-ATTESTATION_PREFIX = "modelpress-approver-"
 
 
 def approval_form(

@@ -28,6 +28,7 @@ import contextlib
 import json
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +42,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from tasks.stack_users import (
+    ATTESTATION_PREFIX,
     PRINCIPAL_HEADER,
     PROXY_SECRET_HEADER,
     Principal,
@@ -48,7 +50,6 @@ from tasks.stack_users import (
     load_users,
 )
 
-ATTESTATION_PREFIX = "modelpress-approver-"
 # Prefect keeps a pause's answer under `paused-<pause key>-response`; only its resume writes it
 ANSWER_SUFFIX = "-response"
 # what a worker may not make of a paused run: resume it (Running, or Scheduled to resume
@@ -123,6 +124,22 @@ async def forward(guard: Guard, request: Request, body: bytes) -> Response:
     return Response(answer.content, status_code=answer.status_code, headers=kept)
 
 
+Handler = Callable[[Request, Guard, Principal], Awaitable[Response]]
+
+
+def authenticated(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """The route, for requests that came through Caddy with a principal it checked."""
+
+    async def endpoint(request: Request) -> Response:
+        guard: Guard = request.app.state.guard
+        principal = guard.principal(request)
+        if principal is None:
+            return refused(401, "Unauthorized")
+        return await handler(request, guard, principal)
+
+    return endpoint
+
+
 async def flow_run_state(guard: Guard, flow_run_id: str) -> dict[str, Any] | None:
     async with guard.client() as client:
         answer = await client.get(f"/api/flow_runs/{flow_run_id}")
@@ -132,11 +149,8 @@ async def flow_run_state(guard: Guard, flow_run_id: str) -> dict[str, Any] | Non
     return state
 
 
-async def resume(request: Request) -> Response:
-    guard: Guard = request.app.state.guard
-    principal = guard.principal(request)
-    if principal is None:
-        return refused(401, "Unauthorized")
+@authenticated
+async def resume(request: Request, guard: Guard, principal: Principal) -> Response:
     if principal.role != "reviewer":
         return refused(
             403, f"{principal.name} is a {principal.role} credential: it cannot resume a paused run"
@@ -146,8 +160,13 @@ async def resume(request: Request) -> Response:
     run_input = payload.get("run_input")
     flow_run_id = request.path_params["flow_run_id"]
     state = await flow_run_state(guard, flow_run_id)
-    if run_input is None or state is None or state.get("type") != "PAUSED":
+    if state is None or state.get("type") != "PAUSED":
         return await forward(guard, request, body)  # Prefect answers these itself
+    # a pause that waits for input: a resume without one is answered with the login too
+    waits_for_input = bool((state.get("state_details") or {}).get("run_input_keyset"))
+    if run_input is None and not waits_for_input:
+        return await forward(guard, request, body)
+    run_input = dict(run_input or {})
     typed = str(run_input.get("reviewer") or "").strip()
     if typed and typed.casefold() != principal.name.casefold():
         return refused(
@@ -173,23 +192,24 @@ async def resume(request: Request) -> Response:
             return refused(409, "another reviewer's decision on this review is being submitted")
         written.raise_for_status()
         filled = json.dumps({**payload, "run_input": run_input}).encode()
-        answer = await forward(guard, request, filled)
-        accepted = (
-            answer.status_code < 300 and json.loads(bytes(answer.body)).get("status") == "ACCEPT"
-        )
-        if not accepted:  # the run did not resume: the attestation must not outlive it
-            await client.delete(
-                f"/api/flow_runs/{flow_run_id}/input/{key}",
-                headers=await guard.csrf_headers(client),
+        accepted = False
+        try:
+            answer = await forward(guard, request, filled)
+            accepted = (
+                answer.status_code < 300
+                and json.loads(bytes(answer.body)).get("status") == "ACCEPT"
             )
+        finally:
+            if not accepted:  # the run did not resume: the attestation must not outlive it
+                await client.delete(
+                    f"/api/flow_runs/{flow_run_id}/input/{key}",
+                    headers=await guard.csrf_headers(client),
+                )
     return answer
 
 
-async def set_state(request: Request) -> Response:
-    guard: Guard = request.app.state.guard
-    principal = guard.principal(request)
-    if principal is None:
-        return refused(401, "Unauthorized")
+@authenticated
+async def set_state(request: Request, guard: Guard, principal: Principal) -> Response:
     body = await request.body()
     if principal.role == "worker":
         wanted = str(((json.loads(body) if body else {}).get("state") or {}).get("type", ""))
@@ -203,10 +223,8 @@ async def set_state(request: Request) -> Response:
     return await forward(guard, request, body)
 
 
-async def run_input(request: Request) -> Response:
-    guard: Guard = request.app.state.guard
-    if guard.principal(request) is None:
-        return refused(401, "Unauthorized")
+@authenticated
+async def run_input(request: Request, guard: Guard, principal: Principal) -> Response:
     body = await request.body()
     key = str((json.loads(body) if body else {}).get("key", ""))
     if key.startswith(ATTESTATION_PREFIX) or key.endswith(ANSWER_SUFFIX):
@@ -217,11 +235,8 @@ async def run_input(request: Request) -> Response:
     return await forward(guard, request, body)
 
 
-async def whoami(request: Request) -> Response:
-    guard: Guard = request.app.state.guard
-    principal = guard.principal(request)
-    if principal is None:
-        return refused(401, "Unauthorized")
+@authenticated
+async def whoami(request: Request, guard: Guard, principal: Principal) -> Response:
     return JSONResponse(
         {
             "guard": "modelpress-review-guard",

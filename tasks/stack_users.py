@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import bcrypt
-
 Role = Literal["reviewer", "worker"]
 ROLES: tuple[Role, ...] = ("reviewer", "worker")
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9._-]{0,63}")
@@ -38,6 +36,8 @@ PRINCIPAL_HEADER = "X-Modelpress-Principal"
 PROXY_SECRET_HEADER = "X-Modelpress-Proxy"
 # the routes the guard sees (after Caddy's basicauth): the review's resume, state changes and
 # run inputs of flow runs, the guard's own endpoint
+# the run input the guard writes before a reviewer's resume goes through: the flow's evidence
+ATTESTATION_PREFIX = "modelpress-approver-"
 GUARDED_PATH = r"^/api/(flow_runs/[^/]+/(resume|set_state|input)|modelpress/.*)$"
 
 
@@ -67,6 +67,8 @@ def add_user(state: Path, name: str, role: Role) -> Path:
         )
     if role not in ROLES:
         raise ValueError(f"--role {role!r}: expected one of {', '.join(ROLES)}")
+    import bcrypt  # the full install's; an edge worker reading this module's names needs none
+
     password = secrets.token_urlsafe(32)
     hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(BCRYPT_COST)).decode()
     users = {n: {"role": p.role, "bcrypt": p.bcrypt_hash} for n, p in load_users(state).items()}
@@ -96,6 +98,8 @@ def authenticate(users: dict[str, Principal], credential: str) -> Principal | No
     principal = users.get(name)
     if principal is None or not password:
         return None
+    import bcrypt
+
     if bcrypt.checkpw(password.encode(), principal.bcrypt_hash.encode()):
         return principal
     return None
