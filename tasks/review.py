@@ -270,6 +270,7 @@ def pareto_plot(
         1, len(runners), figsize=(5.2 * len(runners), 4.6), dpi=120, sharey=True, squeeze=False
     )
     biggest = max((metrics[b.variant]["size_bytes"] for b in measured), default=1)
+    labels: list[tuple[Any, dict[str, tuple[float, float]], dict[str, float]]] = []
     for ax, runner in zip(axes[0], runners, strict=True):
         points = {
             b.variant: (float(b.p50_ms or 0), 100 * metrics[b.variant]["accuracy"])
@@ -290,11 +291,13 @@ def pareto_plot(
                 linewidths=2 if name in front else 0,
                 zorder=3,
             )
-        _label_points(ax, points, areas)
+        labels.append((ax, points, areas))
         ax.set_title(runner, fontsize=9)
         ax.set_xlabel("p50 latency, batch 1 (ms)")
         ax.grid(True, alpha=0.3)
         ax.margins(x=0.25, y=0.12)  # room for the labels right of the rightmost points
+        low, high = ax.get_ylim()
+        ax.set_ylim(low, min(high, 101.0))  # no accuracy above 100 % on the axis
     axes[0][0].set_ylabel("test accuracy (%)")
     fig.suptitle("Accuracy vs latency (marker area ∝ size)", fontsize=10)
     handles = [
@@ -305,31 +308,55 @@ def pareto_plot(
     ]  # fmt: skip
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
+    for ax, points, areas in labels:  # last: placed in the axes' final pixels
+        _label_points(ax, points, areas)
     return save_figure(fig, path)
 
 
+Box = tuple[float, float, float, float]  # left, bottom, right, top, in pixels
+
+
 def _label_points(ax: Any, points: dict[str, tuple[float, float]], areas: dict[str, float]) -> None:
-    """Each variant's name right of its marker's edge; names closer than a line apart are
-    pushed down (in screen units, so it holds whatever the axes' scale)."""
+    """Each variant's name right of its marker's edge, where it covers no other label and no
+    other marker: else the first free place a line lower, joined to its point by a thin line (in
+    pixels, so it holds whatever the axes' scale)."""
     ax.figure.canvas.draw()  # the data-to-pixel transform needs the final limits
     to_pixels = ax.transData.transform
-    placed: list[tuple[float, float]] = []
-    line_px = 11.0
-    for name, (x, y) in sorted(points.items(), key=lambda item: -item[1][1]):
-        px, py = to_pixels((x, y))
-        offset = 0.0
-        while any(abs(px - qx) < 90 and abs(py - offset - qy) < line_px for qx, qy in placed):
-            offset += line_px
-        placed.append((px, py - offset))
+    pixels_per_point = ax.figure.dpi / 72
+    line = 9 * pixels_per_point
+    centres = {name: to_pixels(xy) for name, xy in points.items()}
+    radius = {name: areas[name] ** 0.5 / 2 * pixels_per_point for name in points}
+    markers: list[Box] = [
+        (cx - radius[n], cy - radius[n], cx + radius[n], cy + radius[n])
+        for n, (cx, cy) in centres.items()
+    ]
+    taken: list[Box] = []
+    for name, (x, y) in sorted(points.items(), key=lambda item: (-item[1][1], item[1][0])):
+        cx, cy = centres[name]
+        left = cx + radius[name] + 4 * pixels_per_point
+        width = len(name) * 4.3 * pixels_per_point  # 7-point text
+        own = (cx - radius[name], cy - radius[name], cx + radius[name], cy + radius[name])
+        others = [box for box in markers if box != own] + taken
+        drop = 0.0
+        while drop < 12 * line and any(
+            _overlap((left, cy - drop - line / 2, left + width, cy - drop + line / 2), box)
+            for box in others
+        ):
+            drop += line
+        taken.append((left, cy - drop - line / 2, left + width, cy - drop + line / 2))
         ax.annotate(
             name,
             (x, y),
             textcoords="offset points",
-            xytext=(areas[name] ** 0.5 / 2 + 4, -offset * 72 / ax.figure.dpi),
+            xytext=((left - cx) / pixels_per_point, -drop / pixels_per_point),
             va="center",
             fontsize=7,
-            arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.5"} if offset else None,
+            arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.5"} if drop else None,
         )
+
+
+def _overlap(a: Box, b: Box) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def _kib(size: int | None) -> float | None:

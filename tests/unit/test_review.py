@@ -222,7 +222,7 @@ def test_cli_lists_who_decided_what_and_why(
     assert "comment: int8 is slower than fp32" in out and "runs/flow-run/run-1" in out
 
 
-def test_labels_of_points_that_meet_are_pushed_a_line_apart_right_of_their_markers() -> None:
+def test_labels_cover_no_other_label_or_marker_and_sit_right_of_their_own() -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -236,7 +236,20 @@ def test_labels_of_points_that_meet_are_pushed_a_line_apart_right_of_their_marke
     ax.scatter(*zip(*points.values(), strict=True))
     _label_points(ax, points, areas)
     offsets = {a.get_text(): a.xyann for a in ax.texts}
-    assert offsets["tflite_int8"] == (400**0.5 / 2 + 4, 0.0)  # right of its marker's edge
-    assert offsets["onnx_int8"][1] <= -11 * 72 / 100  # a line below: the two would overlap
-    assert offsets["pruned"] == (100**0.5 / 2 + 4, 0.0)  # far from both: where it belongs
+    # right of its own marker's edge (radius sqrt(area)/2 points, then 4 points)
+    assert offsets["tflite_int8"] == pytest.approx((400**0.5 / 2 + 4, 0.0))
+    assert offsets["pruned"] == pytest.approx((100**0.5 / 2 + 4, 0.0))  # nothing near: in place
+    # onnx_int8's place would be on tflite_int8's marker: a line lower at least, clear of it
+    assert offsets["onnx_int8"][0] == pytest.approx(100**0.5 / 2 + 4)
+    assert offsets["onnx_int8"][1] <= -9
+    fig.canvas.draw()
+    from matplotlib.text import Text
+
+    # the text's own box (an Annotation's extent would include its leader line)
+    boxes = {t.get_text(): Text.get_window_extent(t) for t in ax.texts}
+    assert not boxes["tflite_int8"].overlaps(boxes["onnx_int8"])
+    cx, cy = ax.transData.transform(points["tflite_int8"])
+    r = 400**0.5 / 2 * 100 / 72  # the marker's radius in pixels
+    label = boxes["onnx_int8"]
+    assert label.y1 <= cy - r or label.x0 >= cx + r  # below or right of tflite_int8's marker
     plt.close(fig)
