@@ -140,6 +140,7 @@ def approve_and_publish(
         params.review,
         form.poll_s,
         lambda refused: record("refused", refused),
+        run.flow_run_url,
     )
     if decision is None:
         uri = record("timed-out", None)

@@ -116,6 +116,7 @@ def ask_for_approval(
     review: ReviewConfig,
     poll_s: int,
     record_refusal: Callable[[ApprovalDecision], str],
+    link: str,
 ) -> ApprovalDecision | None:
     """Auto policy, or pause for the reviewer's form; None when the review timed out.
 
@@ -123,7 +124,7 @@ def ask_for_approval(
     without its attestation is refused); elsewhere the typed name, recorded as typed. A blank
     name, or an approver not on review.approvers, is refused here (so that the refusal can be
     recorded): the run pauses again with the reason above the form, within the same overall
-    timeout.
+    timeout. `link` is the run's page, sent to the reviewers when the review starts waiting.
     """
     if approval == "auto":
         return auto_decision(passing)
@@ -142,7 +143,7 @@ def ask_for_approval(
 
     guarded = review_guard()
     how = identity(review.approvers, _behind_auth(), attested=guarded)
-    announce_review(review.notify, passing, run_link().flow_run_url)
+    announce_review(review.notify, passing, link)
     deadline = time.monotonic() + review.timeout_s
     notice, attempt = "", 1
     while (remaining := round(deadline - time.monotonic())) > 0:

@@ -326,17 +326,16 @@ def _label_points(ax: Any, points: dict[str, tuple[float, float]], areas: dict[s
     line = 9 * pixels_per_point
     centres = {name: to_pixels(xy) for name, xy in points.items()}
     radius = {name: areas[name] ** 0.5 / 2 * pixels_per_point for name in points}
-    markers: list[Box] = [
-        (cx - radius[n], cy - radius[n], cx + radius[n], cy + radius[n])
+    markers: dict[str, Box] = {
+        n: (cx - radius[n], cy - radius[n], cx + radius[n], cy + radius[n])
         for n, (cx, cy) in centres.items()
-    ]
+    }
     taken: list[Box] = []
     for name, (x, y) in sorted(points.items(), key=lambda item: (-item[1][1], item[1][0])):
         cx, cy = centres[name]
         left = cx + radius[name] + 4 * pixels_per_point
         width = len(name) * 4.3 * pixels_per_point  # 7-point text
-        own = (cx - radius[name], cy - radius[name], cx + radius[name], cy + radius[name])
-        others = [box for box in markers if box != own] + taken
+        others = [box for n, box in markers.items() if n != name] + taken
         drop = 0.0
         while drop < 12 * line and any(
             _overlap((left, cy - drop - line / 2, left + width, cy - drop + line / 2), box)
