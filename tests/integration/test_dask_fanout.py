@@ -5,7 +5,6 @@ is building a variant mid-run still ends in a correct, published result."""
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import threading
 import time
@@ -16,7 +15,7 @@ import pytest
 import yaml
 
 from tests import processes
-from tests.helpers import FAST_BENCHMARK, LENIENT_GATES, REPO_ROOT, write_params
+from tests.helpers import FAST_BENCHMARK, LENIENT_GATES, REPO_ROOT, free_port, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -69,17 +68,11 @@ def test_local_cluster_builds_two_variants_in_two_worker_processes(
     assert os.getpid() not in pids.values()  # worker processes, not the flow's
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_killing_a_worker_mid_build_still_publishes(prefect_server: str, tmp_path: Path) -> None:
     from distributed import Client
 
     dask = Path(sys.executable).parent / "dask"
-    address = f"tcp://127.0.0.1:{_free_port()}"
+    address = f"tcp://127.0.0.1:{free_port()}"
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     worker_args = ["--nthreads", "1", "--no-nanny", "--resources", "GPU=1", "--no-dashboard"]
     with processes.Processes(grace_s=10) as started:

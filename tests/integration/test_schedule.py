@@ -8,7 +8,6 @@ deploys infra/prefect.yaml with the CLI, the way `stack.sh deploy` does.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ import yaml
 
 from tasks.params_file import load_params
 from tests import processes
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, free_port
 from tests.processes import Processes
 
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -39,18 +38,12 @@ DEPLOY_NIGHTLY = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def scheduling_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """A real `prefect server start` (scheduler services on) with its own home; yields the API URL
     and the server's log."""
     home = tmp_path_factory.mktemp("prefect-server-home")
-    port = _free_port()
+    port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     env = os.environ | {
         "PREFECT_HOME": str(home),

@@ -17,15 +17,9 @@ import pytest
 import yaml
 
 from tests import processes
-from tests.helpers import FAST_BENCHMARK, LENIENT_GATES, REPO_ROOT, cli_env, write_params
+from tests.helpers import FAST_BENCHMARK, LENIENT_GATES, REPO_ROOT, cli_env, free_port, write_params
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _stack(env: dict[str, str], *args: str) -> processes.subprocess.CompletedProcess[str]:
@@ -66,8 +60,8 @@ def test_nightly_against_the_postgres_backed_server(tmp_path: Path) -> None:
         "MODELPRESS_BIN": str(Path(sys.executable).parent),
         "MODELPRESS_STACK_STATE": str(state),
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_PORT": str(_free_port()),
-        "S3_PORT": str(_free_port()),
+        "PREFECT_PORT": str(free_port()),
+        "S3_PORT": str(free_port()),
     }
     params = write_params(tmp_path, {"gates": LENIENT_GATES, "benchmark": FAST_BENCHMARK})
     raw = yaml.safe_load(params.read_text())
