@@ -111,11 +111,7 @@ secret() {  # file: a random secret, generated once, never printed
 
 ensure_auth() {  # the server's and the proxy's secrets, the worker credential; exported for
   # this script's own clients (work pools, deployments) and the workers it starts
-  if [[ ! -s "$UPSTREAM_AUTH" ]]; then
-    secret "$UPSTREAM_AUTH.value"
-    (umask 077 && printf 'modelpress-server:%s\n' "$(<"$UPSTREAM_AUTH.value")" >"$UPSTREAM_AUTH")
-    rm -f "$UPSTREAM_AUTH.value"
-  fi
+  secret "$UPSTREAM_AUTH"
   secret "$PROXY_SECRET"
   if [[ ! -s "$WORKER_CREDENTIAL" ]]; then
     "$BIN/python" -m tasks.stack_users add worker --role worker --state "$STATE" >/dev/null

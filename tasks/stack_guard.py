@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import Any
 
 import httpx
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -47,6 +47,7 @@ from tasks.stack_users import (
     PROXY_SECRET_HEADER,
     Principal,
     authenticate,
+    basic_auth,
     load_users,
 )
 
@@ -68,6 +69,7 @@ class Guard:
     client_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     _csrf: tuple[str, float] | None = None
     _users: tuple[float, dict[str, Principal]] | None = None
+    _http: httpx.AsyncClient | None = None
 
     def users(self) -> dict[str, Principal]:
         """users.json, read again when it changes (a user added or removed while running)."""
@@ -77,15 +79,15 @@ class Guard:
             self._users = (mtime, load_users(self.state))
         return self._users[1]
 
+    def via_caddy(self, headers: Headers) -> bool:
+        """Whether a request came through Caddy (which shows the guard the proxy secret)."""
+        return headers.get(PROXY_SECRET_HEADER) == self.proxy_secret
+
     def principal(self, request: Request) -> Principal | None:
         """The principal Caddy checked, when the request came through Caddy."""
-        if request.headers.get(PROXY_SECRET_HEADER) != self.proxy_secret:
+        if not self.via_caddy(request.headers):
             return None
         return self.users().get(request.headers.get(PRINCIPAL_HEADER, ""))
-
-    def upstream_headers(self) -> dict[str, str]:
-        token = base64.b64encode(self.upstream_auth.encode()).decode()
-        return {"Authorization": f"Basic {token}"}
 
     async def csrf_headers(self, client: httpx.AsyncClient) -> dict[str, str]:
         """A CSRF token for the guard's own changes (the server wants one on every change)."""
@@ -98,9 +100,14 @@ class Guard:
         return {"Prefect-Csrf-Token": self._csrf[0], "Prefect-Csrf-Client": self.client_id}
 
     def client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            base_url=self.upstream, headers=self.upstream_headers(), timeout=60
-        )
+        """One client to the server for every request (its connections are kept)."""
+        if self._http is None:
+            self._http = httpx.AsyncClient(
+                base_url=self.upstream,
+                headers={"Authorization": basic_auth(self.upstream_auth)},
+                timeout=60,
+            )
+        return self._http
 
 
 def refused(status: int, message: str) -> JSONResponse:
@@ -111,14 +118,9 @@ def refused(status: int, message: str) -> JSONResponse:
 async def forward(guard: Guard, request: Request, body: bytes) -> Response:
     """The request as it came (CSRF headers included), with the server's credential."""
     headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
-    async with guard.client() as client:
-        answer = await client.request(
-            request.method,
-            request.url.path,
-            params=request.query_params,
-            content=body,
-            headers=headers,
-        )
+    answer = await guard.client().request(
+        request.method, request.url.path, params=request.query_params, content=body, headers=headers
+    )
     kept = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_HEADERS}
     kept.pop("content-encoding", None)  # httpx has decoded the body
     return Response(answer.content, status_code=answer.status_code, headers=kept)
@@ -140,9 +142,14 @@ def authenticated(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     return endpoint
 
 
+async def json_body(request: Request) -> tuple[bytes, dict[str, Any]]:
+    """The request's body as sent (to forward it) and as JSON (to judge it)."""
+    body = await request.body()
+    return body, (json.loads(body) if body else {})
+
+
 async def flow_run_state(guard: Guard, flow_run_id: str) -> dict[str, Any] | None:
-    async with guard.client() as client:
-        answer = await client.get(f"/api/flow_runs/{flow_run_id}")
+    answer = await guard.client().get(f"/api/flow_runs/{flow_run_id}")
     if answer.status_code != 200:
         return None
     state: dict[str, Any] | None = answer.json().get("state")
@@ -155,16 +162,15 @@ async def resume(request: Request, guard: Guard, principal: Principal) -> Respon
         return refused(
             403, f"{principal.name} is a {principal.role} credential: it cannot resume a paused run"
         )
-    body = await request.body()
-    payload: dict[str, Any] = json.loads(body) if body else {}
+    body, payload = await json_body(request)
     run_input = payload.get("run_input")
     flow_run_id = request.path_params["flow_run_id"]
     state = await flow_run_state(guard, flow_run_id)
     if state is None or state.get("type") != "PAUSED":
         return await forward(guard, request, body)  # Prefect answers these itself
+    details = state.get("state_details") or {}
     # a pause that waits for input: a resume without one is answered with the login too
-    waits_for_input = bool((state.get("state_details") or {}).get("run_input_keyset"))
-    if run_input is None and not waits_for_input:
+    if run_input is None and not details.get("run_input_keyset"):
         return await forward(guard, request, body)
     run_input = dict(run_input or {})
     typed = str(run_input.get("reviewer") or "").strip()
@@ -175,46 +181,47 @@ async def resume(request: Request, guard: Guard, principal: Principal) -> Respon
             f"(leave the reviewer field empty or type {principal.name})",
         )
     run_input["reviewer"] = principal.name
-    key = ATTESTATION_PREFIX + str((state.get("state_details") or {}).get("pause_key"))
+    key = ATTESTATION_PREFIX + str(details.get("pause_key"))
     attestation = {
         "principal": principal.name,
         "role": principal.role,
         "at": datetime.now(UTC).isoformat(),
         "via": "caddy basicauth (bcrypt) + modelpress review guard",
     }
-    async with guard.client() as client:
-        written = await client.post(
-            f"/api/flow_runs/{flow_run_id}/input",
-            json={"key": key, "value": json.dumps(attestation)},
-            headers=await guard.csrf_headers(client),
+    client = guard.client()
+    written = await client.post(
+        f"/api/flow_runs/{flow_run_id}/input",
+        json={"key": key, "value": json.dumps(attestation)},
+        headers=await guard.csrf_headers(client),
+    )
+    if written.status_code == 409:
+        return refused(409, "another reviewer's decision on this review is being submitted")
+    written.raise_for_status()
+    filled = json.dumps({**payload, "run_input": run_input}).encode()
+    accepted = False
+    try:
+        answer = await forward(guard, request, filled)
+        accepted = (
+            answer.status_code < 300 and json.loads(bytes(answer.body)).get("status") == "ACCEPT"
         )
-        if written.status_code == 409:
-            return refused(409, "another reviewer's decision on this review is being submitted")
-        written.raise_for_status()
-        filled = json.dumps({**payload, "run_input": run_input}).encode()
-        accepted = False
-        try:
-            answer = await forward(guard, request, filled)
-            accepted = (
-                answer.status_code < 300
-                and json.loads(bytes(answer.body)).get("status") == "ACCEPT"
+    finally:
+        if not accepted:  # the run did not resume: the attestation must not outlive it
+            await client.delete(
+                f"/api/flow_runs/{flow_run_id}/input/{key}",
+                headers=await guard.csrf_headers(client),
             )
-        finally:
-            if not accepted:  # the run did not resume: the attestation must not outlive it
-                await client.delete(
-                    f"/api/flow_runs/{flow_run_id}/input/{key}",
-                    headers=await guard.csrf_headers(client),
-                )
     return answer
 
 
 @authenticated
 async def set_state(request: Request, guard: Guard, principal: Principal) -> Response:
-    body = await request.body()
-    if principal.role == "worker":
-        wanted = str(((json.loads(body) if body else {}).get("state") or {}).get("type", ""))
+    body, payload = await json_body(request)
+    wanted = str((payload.get("state") or {}).get("type", "")).upper()
+    # a run's own moves (Completed, Failed, ...) are never refused: the server is asked for the
+    # run's state only for the moves a worker may not make of a paused run
+    if principal.role == "worker" and wanted in MOVES_ON:
         state = await flow_run_state(guard, request.path_params["flow_run_id"])
-        if state is not None and state.get("type") == "PAUSED" and wanted.upper() in MOVES_ON:
+        if state is not None and state.get("type") == "PAUSED":
             return refused(
                 403,
                 f"{principal.name} is a worker credential: it cannot resume or cancel a paused "
@@ -225,8 +232,8 @@ async def set_state(request: Request, guard: Guard, principal: Principal) -> Res
 
 @authenticated
 async def run_input(request: Request, guard: Guard, principal: Principal) -> Response:
-    body = await request.body()
-    key = str((json.loads(body) if body else {}).get("key", ""))
+    body, payload = await json_body(request)
+    key = str(payload.get("key", ""))
     if key.startswith(ATTESTATION_PREFIX) or key.endswith(ANSWER_SUFFIX):
         return refused(
             403,
@@ -258,7 +265,7 @@ async def relay(websocket: WebSocket) -> None:
         for header in websocket.headers.getlist("sec-websocket-protocol")
         for p in header.split(",")
     ]
-    if websocket.headers.get(PROXY_SECRET_HEADER) != guard.proxy_secret or "prefect" not in offered:
+    if not guard.via_caddy(websocket.headers) or "prefect" not in offered:
         await websocket.close(1008)
         return
     await websocket.accept(subprotocol="prefect")
@@ -306,14 +313,21 @@ async def _pump_both_ways(websocket: WebSocket, up: Any) -> None:
 
 
 def create_app(guard: Guard) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        if guard._http is not None:  # the shared client's connections, at shutdown
+            await guard._http.aclose()
+
     app = Starlette(
+        lifespan=lifespan,
         routes=[
             Route("/api/flow_runs/{flow_run_id}/resume", resume, methods=["POST"]),
             Route("/api/flow_runs/{flow_run_id}/set_state", set_state, methods=["POST"]),
             Route("/api/flow_runs/{flow_run_id}/input", run_input, methods=["POST"]),
             Route("/api/modelpress/guard", whoami, methods=["GET"]),
             WebSocketRoute("/{path:path}", relay),
-        ]
+        ],
     )
     app.state.guard = guard
     return app

@@ -10,11 +10,9 @@ credential is then searched for in everything the run left (the secret scan of t
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -29,8 +27,16 @@ import httpx
 import pytest
 import yaml
 
+from tasks.stack_users import basic_auth
 from tests import processes
-from tests.helpers import FAST_BENCHMARK, REPO_ROOT, cli_env, write_params, write_random_inputs
+from tests.helpers import (
+    FAST_BENCHMARK,
+    REPO_ROOT,
+    cli_env,
+    free_port,
+    write_params,
+    write_random_inputs,
+)
 from tests.integration.test_security import Scan, _scan_flow_run
 from tests.processes import Processes
 
@@ -55,12 +61,6 @@ class AuthServer:
     log: Path  # what the server printed
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def _process_group(command: list[str], env: dict[str, str], log: Path) -> Iterator[Any]:
     """A subprocess in its own process group, stopped on every path (tests.processes: SIGTERM to
@@ -73,7 +73,7 @@ def _process_group(command: list[str], env: dict[str, str], log: Path) -> Iterat
 def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer]:
     root = tmp_path_factory.mktemp("auth-server")
     credential = f"{USER}:{secrets.token_urlsafe(32)}"  # the shape stack.sh generates
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env |= {
         "PREFECT_HOME": str(root / "home"),
@@ -102,24 +102,18 @@ def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer
         yield AuthServer(url, credential, root / "home", log)
 
 
-def _basic(credential: str) -> str:
-    """The Authorization header Prefect's clients and UI send (the UI keeps the base64 part in
-    its localStorage after the login form)."""
-    return "Basic " + base64.b64encode(credential.encode()).decode()
-
-
 class Api:
     """The API as a browser or script sees it: optional credential, optional CSRF token."""
 
     def __init__(self, server: AuthServer, credential: str | None, csrf: bool = True):
-        headers = {"Authorization": _basic(credential)} if credential else {}
+        headers = {"Authorization": basic_auth(credential)} if credential else {}
         self.http = httpx.Client(base_url=server.url, headers=headers, timeout=30)
         if csrf:  # a token needs the credential: fetch it with the real one
             client_id = f"test-{secrets.token_hex(4)}"
             token = httpx.get(
                 f"{server.url}/csrf-token",
                 params={"client": client_id},
-                headers={"Authorization": _basic(server.credential)},
+                headers={"Authorization": basic_auth(server.credential)},
                 timeout=30,
             )
             token.raise_for_status()
@@ -379,7 +373,7 @@ def test_nightly_behind_auth_is_resumed_by_a_reviewer_and_leaks_no_credential(
         secrets={
             "auth string": auth_server.credential,
             "password": password,
-            "basic header": _basic(auth_server.credential).removeprefix("Basic "),
+            "basic header": basic_auth(auth_server.credential).removeprefix("Basic "),
         }
     )
     scan.add("control", f"x {password} y")  # the scan sees a planted secret
