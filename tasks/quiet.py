@@ -24,9 +24,25 @@ LOGGER = logging.getLogger("modelpress.convert")
 native_log: Path | None = None
 
 
+class _ConverterOutputHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Prints to `stream`, or to whatever sys.stderr is when a line is emitted: the stderr of
+    the moment `--verbose` was read may since have been replaced (and closed) by a harness."""
+
+    def __init__(self, stream: TextIO | None) -> None:
+        super().__init__(stream)
+        self._fixed = stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = self._fixed or sys.stderr
+        super().emit(record)
+
+
 def show_converter_output(stream: TextIO | None = None) -> None:
-    """`--verbose`: print what converters said (to stderr, beside the log lines)."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    """`--verbose`: print what converters said (to stderr, beside the log lines). Asked twice
+    (a second entry point in the same process), it still prints each line once."""
+    for old in [h for h in LOGGER.handlers if isinstance(h, _ConverterOutputHandler)]:
+        LOGGER.removeHandler(old)
+    handler = _ConverterOutputHandler(stream)
     handler.setFormatter(logging.Formatter("%(message)s"))
     LOGGER.addHandler(handler)
     LOGGER.setLevel(logging.DEBUG)

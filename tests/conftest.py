@@ -7,6 +7,7 @@ import fcntl
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,17 @@ def _build_tiny_workspace(root: Path) -> None:
         source=None,
         parent_sha256=sha,
     )
+
+
+@pytest.fixture(autouse=True)
+def _converter_log_as_it_was() -> Iterator[None]:
+    """An entry point run in-process with --verbose turns the converter logger's propagation
+    off and gives it a handler for good: the next test's caplog would never see its lines."""
+    from tasks.quiet import LOGGER
+
+    handlers, level, propagate = list(LOGGER.handlers), LOGGER.level, LOGGER.propagate
+    yield
+    LOGGER.handlers, LOGGER.level, LOGGER.propagate = handlers, level, propagate
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

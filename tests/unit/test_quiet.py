@@ -81,6 +81,27 @@ def test_verbose_prints_what_was_held_back() -> None:
     assert stream.getvalue() == "TensorSpec(shape=(None, 10))\n"
 
 
+def test_verbose_asked_twice_prints_once_and_to_the_stderr_of_the_moment(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Two entry points in one process each read --verbose; the stderr they saw may be gone
+    (replaced and closed) by the time a converter speaks."""
+    from tasks.quiet import show_converter_output
+
+    gone = io.StringIO()
+    saved = sys.stderr
+    sys.stderr = gone
+    try:
+        show_converter_output()
+        show_converter_output()
+    finally:
+        sys.stderr = saved
+    gone.close()
+    with held_back():
+        print("TensorSpec(shape=(None, 10))")
+    assert capsys.readouterr().err == "TensorSpec(shape=(None, 10))\n"
+
+
 def test_a_stream_kept_from_inside_prints_again_afterwards(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
