@@ -13,7 +13,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: help install run repro bench test test-fast lint format stack stack-down deploy clean datasets \
-	weights example-real example-search layout caddy
+	weights example-real example-search layout caddy browser
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,11 +45,21 @@ bench: $(STAMP)  ## benchmark every variant on the local runner profiles: table,
 TEST_WORKERS ?= 4
 PYTEST := $(BIN)/pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
-test: $(STAMP) weights datasets caddy  ## run the test suite (offline, CPU-only, slow tests included; about 20 min on 2 cores)
+test: $(STAMP) weights datasets caddy browser  ## run the test suite (offline, CPU-only, slow tests included; about 20 min on 2 cores)
 	$(PYTEST)
 
-test-fast: $(STAMP) weights datasets caddy  ## the unit tests without the slow ones (no pipeline runs, conversions or fine-tunes)
+test-fast: $(STAMP) weights datasets caddy browser  ## the unit tests without the slow ones (no pipeline runs, conversions or fine-tunes)
 	$(PYTEST) -m "not slow"
+
+# The review's browser test drives a real Chromium: Debian's (apt verifies it), never Playwright's
+# own download. Installing it needs root; without root, install it yourself.
+CHROMIUM := /usr/bin/chromium
+browser: $(CHROMIUM)  ## Debian's chromium, for the review's browser test (tests/integration/test_review_browser.py)
+$(CHROMIUM):
+	@command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] || { echo "browser: $(CHROMIUM) missing: install Debian's chromium (sudo apt-get install chromium)"; exit 1; }
+	@{ DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 || \
+	  { apt-get update -qq >/dev/null 2>&1; DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null; }; }
+	@$@ --version 2>/dev/null
 
 # The stack's front door (infra/stack.sh): Debian's caddy, a single static binary, unpacked from
 # its .deb (apt verifies it against the signed archive) without installing anything system-wide.

@@ -9,8 +9,9 @@ opens the ⋮ menu's Resume dialog, toggles the variants named, optionally types
         --run-url http://127.0.0.1:4200/v2/runs/flow-run/<id> --approve onnx_int8 --out docs
 
 Needs Playwright (`pip install playwright`) and a Chromium (Debian: `apt-get install chromium`;
-never `playwright install`). Not part of the suite: the same decisions are tested through the API
-(tests/integration/test_stack_people.py); this shows them in the browser and keeps docs/ current.
+never `playwright install`). The suite decides a review the same way in
+tests/integration/test_review_browser.py; this script is for a person watching, and keeps the
+screenshots in docs/ current.
 """
 
 from __future__ import annotations

@@ -1,11 +1,17 @@
-"""Real services for the integration tests: a Prefect server (test harness) and an S3 endpoint."""
+"""Real services for the integration tests: a Prefect server (test harness), an S3 endpoint, and
+the whole stack behind its login (module-scoped: one per module that asks for it)."""
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import free_port
+from tests.integration.stack_harness import Stack
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +53,32 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if str(item.path).startswith(here):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("stack")
+    state = root / "state"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_"))}
+    env |= {
+        "MODELPRESS_BIN": str(Path(sys.executable).parent),
+        "MODELPRESS_STACK_STATE": str(state),
+        "PREFECT_PORT": str(free_port()),
+        "S3_PORT": str(free_port()),
+    }
+    stack = Stack(env, state, f"http://127.0.0.1:{env['PREFECT_PORT']}/api", {})
+    try:
+        up = stack.run("up")
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        for name in ("alice", "bob", "carol"):
+            added = stack.run("user", "add", name, "--role", "reviewer")
+            assert added.returncode == 0, added.stdout + added.stderr
+        ports = dict(line.split("=") for line in (state / "ports").read_text().split())
+        stack.ports = {k: int(v) for k, v in ports.items()}
+        yield stack
+    finally:
+        down = stack.run("down")
+        print("\n| request | expected | observed |\n|---|---|---|")
+        for row in stack.probes:
+            print("| " + " | ".join(row) + " |")
+    assert down.returncode == 0, down.stderr

@@ -11,111 +11,17 @@ observed) that infra/README.md shows.
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from tasks.stack_users import basic_auth
-from tests import processes
-from tests.helpers import (
-    FAST_BENCHMARK,
-    REPO_ROOT,
-    cli_env,
-    free_port,
-    write_params,
-    write_random_inputs,
-)
+from tests.integration.stack_harness import Stack, review_night, wait_for_review
 from tests.integration.test_security import Scan
 from tests.processes import Processes
 
 pytestmark = pytest.mark.slow  # a whole stack and a nightly through it: about 3 minutes
-
-
-@dataclass
-class Stack:
-    env: dict[str, str]
-    state: Path
-    api: str  # the front door's /api
-    ports: dict[str, int]
-    probes: list[tuple[str, str, str]] = field(default_factory=list)
-
-    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return processes.run(
-            ["bash", str(REPO_ROOT / "infra" / "stack.sh"), *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-
-    def credential(self, name: str) -> str:
-        return (self.state / "credentials" / name).read_text().strip()
-
-    def client(self, name: str | None, base: str | None = None) -> httpx.Client:
-        """As `name` (None: no credential), with a CSRF token fetched as that principal."""
-        headers = {}
-        if name is not None:
-            headers["Authorization"] = basic_auth(self.credential(name))
-        http = httpx.Client(base_url=base or self.api, headers=headers, timeout=60)
-        if name is not None:
-            client_id = f"test-{secrets.token_hex(4)}"
-            token = http.get("/csrf-token", params={"client": client_id})
-            if token.status_code == 200:
-                http.headers["Prefect-Csrf-Token"] = token.json()["token"]
-                http.headers["Prefect-Csrf-Client"] = client_id
-        return http
-
-    def probe(self, request: str, expected: str, answer: httpx.Response) -> httpx.Response:
-        detail = ""
-        try:
-            body = answer.json()
-            detail = (
-                body.get("detail") or body.get("exception_message") or body.get("status")
-                or body.get("principal") or ""
-            )  # fmt: skip
-        except (ValueError, AttributeError):
-            pass
-        self.probes.append((request, expected, f"{answer.status_code} {detail}".strip()))
-        return answer
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    root = tmp_path_factory.mktemp("stack")
-    state = root / "state"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_"))}
-    env |= {
-        "MODELPRESS_BIN": str(Path(sys.executable).parent),
-        "MODELPRESS_STACK_STATE": str(state),
-        "PREFECT_PORT": str(free_port()),
-        "S3_PORT": str(free_port()),
-    }
-    stack = Stack(env, state, f"http://127.0.0.1:{env['PREFECT_PORT']}/api", {})
-    try:
-        up = stack.run("up")
-        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
-        for name in ("alice", "bob", "carol"):
-            added = stack.run("user", "add", name, "--role", "reviewer")
-            assert added.returncode == 0, added.stdout + added.stderr
-        ports = dict(line.split("=") for line in (state / "ports").read_text().split())
-        stack.ports = {k: int(v) for k, v in ports.items()}
-        yield stack
-    finally:
-        down = stack.run("down")
-        print("\n| request | expected | observed |\n|---|---|---|")
-        for row in stack.probes:
-            print("| " + " | ".join(row) + " |")
-    assert down.returncode == 0, down.stderr
 
 
 def test_each_principal_has_their_own_credential_and_nothing_goes_around_caddy(
@@ -212,50 +118,14 @@ def test_each_principal_has_their_own_credential_and_nothing_goes_around_caddy(
     assert stack.credential("alice").split(":")[1] not in printed.stdout
 
 
-def _wait_for_review(
-    api: httpx.Client, cli: subprocess.Popen[str], after: str | None = None
-) -> dict[str, Any]:
-    """The paused run once its form is stored; `after`: a form already answered."""
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        assert cli.poll() is None, "the nightly ended before its review"
-        runs = api.post("/flow_runs/filter", json={"sort": "ID_DESC", "limit": 5, "offset": 0})
-        for run in runs.json():
-            keyset = (run.get("state") or {}).get("state_details", {}).get("run_input_keyset")
-            fresh = keyset and keyset["schema"] != after
-            stored = fresh and api.get(f"/flow_runs/{run['id']}/input/{keyset['schema']}")
-            if run["state_type"] == "PAUSED" and stored and stored.status_code == 200:
-                return dict(run)
-        time.sleep(1)
-    raise AssertionError("the nightly never paused for review")
-
-
 def test_the_review_is_decided_by_the_login_not_by_a_typed_name(
     stack: Stack, tmp_path: Path
 ) -> None:
-    inputs = write_random_inputs(tmp_path)  # every accuracy gate off: a review is due
-    review = {"approval": "ui", "timeout_s": 600, "approvers": ["alice", "bob"]}
-    params = write_params(tmp_path, inputs | {"review": review})
-    raw = yaml.safe_load(params.read_text())
-    raw["variants"] = {"onnx_int8": {"technique": "onnx_int8", "source": "baseline"}}
-    raw["gates"]["per_variant"] = {}
-    raw["benchmark"] = {**raw["benchmark"], **FAST_BENCHMARK}
-    params.write_text(yaml.safe_dump(raw, sort_keys=False))
-    client_home = tmp_path / "client-prefect-home"
-    env = cli_env({}, stack.api) | {
-        "PREFECT_API_AUTH_STRING": stack.credential("worker"),  # `infra/stack.sh env`
-        "PREFECT_HOME": str(client_home),
-        "PREFECT_LOCAL_STORAGE_PATH": str(client_home / "storage"),
-        "PYTHONUNBUFFERED": "1",
-    }
-    registry = tmp_path / "registry"
-    command = [sys.executable, "-m", "flows.cli", "nightly", "--params", str(params)]
-    command += ["--workdir", str(tmp_path / "work"), "--registry-uri", str(registry)]
-    cli_log = tmp_path / "cli.log"
+    command, env, registry, cli_log = review_night(stack, tmp_path, approvers=["alice", "bob"])
     alice, carol, worker = stack.client("alice"), stack.client("carol"), stack.client("worker")
     with Processes() as started:
         cli = started.popen(command, env=env, log=cli_log)
-        run = _wait_for_review(alice, cli)
+        run = wait_for_review(alice, cli)
         path = f"/flow_runs/{run['id']}"
         answer = {"approve_onnx_int8": True, "reviewer": "", "comment": "<img src=x> looks fine"}
 
@@ -294,7 +164,7 @@ def test_the_review_is_decided_by_the_login_not_by_a_typed_name(
         )  # fmt: skip
         assert not_listed.json()["status"] == "ACCEPT", not_listed.text
         first = run["state"]["state_details"]["run_input_keyset"]["schema"]
-        run = _wait_for_review(alice, cli, after=first)
+        run = wait_for_review(alice, cli, after=first)
 
         approved = stack.probe(
             "POST resume as alice, reviewer left blank", "201 ACCEPT, published as alice",
