@@ -44,6 +44,7 @@ BUILTIN: tuple[str, ...] = (
     "tflite_dynamic",
     "onnx_int8",
     "qat_int8",
+    "qat_onnx_int8",
     "clustered",
     "low_rank",
 )

@@ -16,9 +16,10 @@ from tasks.data import load_preprocess, load_split
 from tasks.errors import VariantError
 from tasks.evaluate import Evaluation, evaluate
 from tasks.io import read_json
+from tasks.qat import prepare_qat, to_float
 from tasks.techniques import technique_named
 from tasks.techniques.context import BuildContext
-from tasks.techniques.qat_int8 import QatInt8Config, prepare_qat, to_float
+from tasks.techniques.qat_int8 import QatInt8Config
 from tasks.techniques.tflite_int8 import TfliteInt8Config, quantize
 from tasks.train import load_baseline, predict
 
