@@ -91,8 +91,9 @@ PretrainedArch = Literal["efficientnet_lite0", "mobilenet_v2"]
 
 
 class BaselineConfig(Section):
-    """The model to compress: trained here, a torch.export .pt2, module:factory + state_dict, or
-    an ImageNet-pretrained backbone fine-tuned here."""
+    """The model to compress: trained here (the default CNN, or `factory`'s architecture from
+    scratch), a torch.export .pt2, module:factory + state_dict, or an ImageNet-pretrained
+    backbone fine-tuned here."""
 
     source: Literal["train", "pt2", "factory", "pretrained"] = "train"
     path: str | None = None
@@ -115,6 +116,8 @@ class BaselineConfig(Section):
             raise ValueError(
                 "source 'pretrained' needs baseline.arch: efficientnet_lite0 or mobilenet_v2"
             )
+        if self.factory_kwargs and self.factory is None:
+            raise ValueError("factory_kwargs needs baseline.factory")
         if self.arch is not None and self.source != "pretrained":
             raise ValueError(f"arch is for source 'pretrained', not '{self.source}'")
         if self.factory is not None and ":" not in self.factory:

@@ -96,9 +96,17 @@ def data_lineage(cfg: DataConfig, root: Path) -> dict[str, Any]:
 def model_lineage(cfg: BaselineConfig, root: Path) -> dict[str, Any]:
     """What the baseline came from: the .pt2 file's sha256, or the factory module's source and
     the state_dict file's sha256. A trained baseline has no model file: it is determined by the
-    data, the train params, the seed and the training code (`code_sha256`)."""
-    if cfg.source == "train":
+    data, the train params, the seed and the training code (`code_sha256`), and the factory
+    module's source where it trains the user's architecture."""
+    if cfg.source == "train" and cfg.factory is None:
         return {"model": "train"}
+    if cfg.source == "train":  # the user's architecture, trained here from scratch
+        module = str(cfg.factory).partition(":")[0]
+        return {
+            "model": "train",
+            "factory": cfg.factory,
+            "factory_source_sha256": module_source_sha256(module, "baseline.factory"),
+        }
     if cfg.source == "pretrained":
         return _pretrained_lineage(cfg, root)
     path = Path(root) / str(cfg.path)

@@ -263,7 +263,12 @@ def make_baseline(
     kwargs: dict[str, Any] = {}
     pretrained_sha256: str | None = None
     if cfg.source == "train":
-        factory, kwargs = DEFAULT_FACTORY, default_kwargs(preprocess, train_cfg.width)
+        # baseline.factory with source train: the user's architecture, trained here from scratch
+        factory, kwargs = (
+            (cfg.factory, cfg.factory_kwargs)
+            if cfg.factory
+            else (DEFAULT_FACTORY, default_kwargs(preprocess, train_cfg.width))
+        )
         settings = FitSettings(
             train_cfg.epochs, train_cfg.batch_size, train_cfg.lr, train_cfg.weight_decay
         )

@@ -184,3 +184,17 @@ def test_a_factory_baseline_records_its_module_source(tmp_path: Path) -> None:
     save_baseline(result, BaselineConfig(), tmp_path / "baseline")
     record = read_json(tmp_path / "baseline" / "baseline.json")
     assert record["factory_source_sha256"] == sha256_file(Path(tasks.models.__file__))
+
+
+def test_a_factory_trained_here_is_keyed_by_its_module_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "lineage_trained_mod.py").write_text("def build():\n    return None\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = BaselineConfig(source="train", factory="lineage_trained_mod:build")
+    first = model_lineage(cfg, tmp_path)
+    assert (first["model"], first["factory"]) == ("train", "lineage_trained_mod:build")
+    (tmp_path / "lineage_trained_mod.py").write_text("def build():\n    return 1\n")
+    assert model_lineage(cfg, tmp_path)["factory_source_sha256"] != first["factory_source_sha256"]
+    assert model_lineage(BaselineConfig(), tmp_path) == {"model": "train"}
+    sys.modules.pop("lineage_trained_mod", None)

@@ -189,3 +189,26 @@ def test_a_version_with_only_the_baseline_says_no_compressed_variant_passed(
     )
     text = result_text(result)
     assert ("no compressed variant passed its gates" in text) is noted
+
+
+def test_source_train_with_a_factory_trains_that_architecture(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`source: train` + `factory:` is the user's architecture trained here, not the default
+    CNN under the user's name (it was, silently)."""
+    (tmp_path / "user_arch_mlp.py").write_text(
+        "from torch import nn\n"
+        "def build(hidden=24):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(),"
+        " nn.Linear(hidden, 10))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data_dir = tmp_path / "data"
+    write_prepared(prepare(DataConfig(image_size=8), seed=0), data_dir)
+    cfg = BaselineConfig(
+        source="train", factory="user_arch_mlp:build", factory_kwargs={"hidden": 24}
+    )
+    result = make_baseline(cfg, TrainConfig(epochs=10, lr=0.01), data_dir, seed=0, root=tmp_path)
+    assert (result.factory, result.factory_kwargs) == ("user_arch_mlp:build", {"hidden": 24})
+    assert result.params == 64 * 24 + 24 + 24 * 10 + 10
+    assert result.test_accuracy > 0.25  # trained (chance is 0.1; an MLP on shifted 8x8 digits)
