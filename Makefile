@@ -45,7 +45,7 @@ bench: $(STAMP)  ## benchmark every variant on the local runner profiles: table,
 TEST_WORKERS ?= 4
 PYTEST := $(BIN)/pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
-test: $(STAMP) weights datasets caddy browser  ## run the test suite (offline, CPU-only, slow tests included; about 20 min on 2 cores)
+test: $(STAMP) weights datasets caddy browser  ## run the test suite (offline, CPU-only, slow tests included; 25-35 min on 2 cores)
 	$(PYTEST)
 
 test-fast: $(STAMP) weights datasets caddy browser  ## the unit tests without the slow ones (no pipeline runs, conversions or fine-tunes)
