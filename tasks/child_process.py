@@ -29,7 +29,12 @@ def in_child_process(what: str, step: Callable[..., Result], *args: Any) -> Resu
     """`step(*args)` in a spawned child process, its result or its exception returned or raised
     here; `what` ("pruned's build") names it if the child dies. `step` and its arguments must
     pickle (a module-level function). Its stdout, line by line, is printed here: in a Prefect
-    task's thread that is the task's log."""
+    task's thread that is the task's log.
+
+    A daemonic process (a Dask worker) may not have children; it runs one task at a time, so
+    there the step runs in place."""
+    if multiprocessing.current_process().daemon:
+        return step(*args)
     spawn = multiprocessing.get_context("spawn")
     lines = spawn.Queue()
     # the child computes with as many torch threads as this process: the same bytes either way

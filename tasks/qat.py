@@ -122,8 +122,9 @@ def weighted_qat_modules(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if hasattr(m, "weight_fake_quant")]
 
 
-def _activation_quantizers(model: nn.Module) -> list[_LearnableFakeQuantize]:
-    return [m for m in model.modules() if isinstance(m, _LearnableFakeQuantize)]
+def _learned_quantizers(model: nn.Module) -> dict[str, _LearnableFakeQuantize]:
+    """The activation quantizers whose ranges train, by module name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, _LearnableFakeQuantize)}
 
 
 def qat_finetune(
@@ -146,17 +147,11 @@ def qat_finetune(
 
     steps_per_epoch = max(1, -(-len(train) // cfg.batch_size))
     steps = 0
-    learned = _activation_quantizers(prepared)
-    learned_names = [
-        f"{name}.{part}"
-        for name, module in prepared.named_modules()
-        if isinstance(module, _LearnableFakeQuantize)
-        for part in ("scale", "zero_point")
-    ]
+    learned = _learned_quantizers(prepared)
 
     def freeze_ranges() -> None:
         prepared.apply(disable_observer)
-        for quantizer in learned:
+        for quantizer in learned.values():
             quantizer.toggle_qparam_learning(enabled=False)
 
     def apply_freezes() -> None:
@@ -179,7 +174,7 @@ def qat_finetune(
         with torch.no_grad():
             prepared.eval()(torch.from_numpy(preprocess.normalize(train.x[: cfg.batch_size])))
         prepared.apply(disable_observer)
-        for quantizer in learned:
+        for quantizer in learned.values():
             if cfg.freeze_observers_after:
                 quantizer.enable_param_learning()
     fit(
@@ -193,7 +188,11 @@ def qat_finetune(
             cfg.batch_size,
             cfg.lr,
             recalibrate_norms=False,
-            lr_factors=tuple((name, LEARNED_RANGE_LR_FACTOR) for name in learned_names),
+            lr_factors=tuple(
+                (f"{name}.{part}", LEARNED_RANGE_LR_FACTOR)
+                for name in learned
+                for part in ("scale", "zero_point")
+            ),
         ),
         seed,
         label,

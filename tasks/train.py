@@ -52,7 +52,7 @@ class FitSettings:
     # after the last epoch, batch-norm statistics are measured again on training images (off
     # where they are part of what is trained: QAT freezes them; and after frozen epochs)
     recalibrate_norms: bool = True
-    # parameters whose name ends with a suffix here train at lr times its factor, without weight
+    # (parameter name, factor): that parameter trains at lr times the factor, without weight
     # decay (QAT's learned quantization scales: Adam's step is lr whatever the gradient, and a
     # scale of 0.02 moved by 5e-4 a step is a range that jumps 2.5 % a step)
     lr_factors: tuple[tuple[str, float], ...] = ()
@@ -76,10 +76,10 @@ class BaselineResult:
 
 
 def _param_groups(model: nn.Module, settings: FitSettings) -> list[dict[str, Any]]:
+    factors = dict(settings.lr_factors)
     groups: dict[float | None, list[nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
-        factor = next((f for suffix, f in settings.lr_factors if name.endswith(suffix)), None)
-        groups.setdefault(factor, []).append(parameter)
+        groups.setdefault(factors.get(name), []).append(parameter)
     return [
         {"params": params}
         if factor is None

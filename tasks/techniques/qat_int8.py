@@ -51,15 +51,10 @@ def build(context: BuildContext, config: QatInt8Config) -> VariantRecord:
     Built in a child process: torch.fx's symbolic trace (prepare_qat_fx) patches
     torch.nn.Module.__call__ for the whole process while it runs, and a variant training in
     another thread of the nightly then failed mid-forward ("module is not installed as a
-    submodule"). A daemonic process (a Dask worker) may not have children; it runs one task at
-    a time, so there the build runs in place.
+    submodule"). In place in a Dask worker, which may not have children (see in_child_process).
     """
-    import multiprocessing
-
     from tasks.child_process import in_child_process
 
-    if multiprocessing.current_process().daemon:
-        return _build_here(context, config)
     return in_child_process(f"{context.name}'s build", _build_here, context, config)
 
 

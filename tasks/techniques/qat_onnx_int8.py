@@ -25,11 +25,11 @@ import tempfile
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from tasks.arrays import Array
 from tasks.data import Preprocess
-from tasks.errors import VariantError
+from tasks.errors import ModelError, VariantError
 from tasks.qat_settings import QatTrainingConfig, Ranges
 from tasks.runtimes.onnxruntime import RUNTIME as ONNXRUNTIME
 from tasks.technique import Technique
@@ -53,12 +53,8 @@ class QatOnnxInt8Config(QatTrainingConfig):
 
 def build(context: BuildContext, config: QatOnnxInt8Config) -> VariantRecord:
     """The source's torch model, fine-tuned fake-quantized, as a QDQ int8 ONNX model."""
-    import multiprocessing
-
     from tasks.child_process import in_child_process
 
-    if multiprocessing.current_process().daemon:  # a Dask worker: no children, one task at once
-        return _build_here(context, config)
     return in_child_process(f"{context.name}'s build", _build_here, context, config)
 
 
@@ -114,7 +110,6 @@ def _build_here(context: BuildContext, config: QatOnnxInt8Config) -> VariantReco
 
 def export_qdq(name: str, qdq: fx.GraphModule, preprocess: Preprocess, path: Path) -> None:
     """The QDQ network as ONNX (one error line when the exporter refuses an op)."""
-    from tasks.errors import ModelError
     from tasks.export import export_onnx
 
     try:
@@ -135,7 +130,7 @@ def store_weights_as_int8(path: Path) -> int:
     model = onnx.load(str(path))
     graph = model.graph
     constants = _constants(graph)
-    folded: list[Any] = []
+    folded: list[onnx.NodeProto] = []
     for node in graph.node:
         if node.op_type != "QuantizeLinear" or node.input[0] not in constants:
             continue

@@ -3,9 +3,11 @@ and how it ended when it ended without an answer."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,6 +30,10 @@ def _killed() -> None:
 
 def _exits() -> None:
     os._exit(3)
+
+
+def _pids_from_a_daemon(answers: Any) -> None:
+    answers.put((os.getpid(), in_child_process("a step", os.getpid)))
 
 
 def test_the_answer_and_printed_lines_come_back(capsys: pytest.CaptureFixture[str]) -> None:
@@ -84,3 +90,18 @@ def test_a_measuring_child_that_overruns_is_killed_with_what_it_started(tmp_path
     else:
         os.kill(grandchild, 9)
         raise AssertionError("the grandchild outlived the timeout")
+
+
+def test_in_a_daemonic_process_the_step_runs_in_place() -> None:
+    """A Dask process worker is daemonic and may not have children: the step runs there."""
+    spawn = multiprocessing.get_context("spawn")
+    answers = spawn.Queue()
+    daemon = spawn.Process(target=_pids_from_a_daemon, args=(answers,), daemon=True)
+    daemon.start()
+    try:
+        own, steps = answers.get(timeout=120)
+    finally:
+        daemon.join(10)
+        if daemon.is_alive():
+            daemon.kill()
+    assert own == steps == daemon.pid
